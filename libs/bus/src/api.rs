@@ -1,0 +1,387 @@
+//! Request/reply payloads: the public `chat.api.*` ones (CONTRACT §3) and the internal ones
+//! between chat-edge and the services, with one error shape, `{"error":{code,message}}`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_proto::{
+    ChatMessage, ErrorCode, Notification, PresenceEntry, RoomId, RoomKind, Status, UserId,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// An error returned over request/reply. `message` is for humans and never carries internals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+    pub fn unavailable() -> Self {
+        Self::new(
+            ErrorCode::Unavailable,
+            "a dependency is unavailable, retry later",
+        )
+    }
+    pub fn internal() -> Self {
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorReply {
+    error: ApiError,
+}
+
+/// Encodes a reply: the value itself, or `{"error":{…}}`.
+pub fn encode_reply<T: Serialize>(reply: &Result<T, ApiError>) -> Bytes {
+    let json = match reply {
+        Ok(value) => serde_json::to_vec(value),
+        Err(error) => serde_json::to_vec(&ErrorReply {
+            error: error.clone(),
+        }),
+    };
+    Bytes::from(json.unwrap_or_else(|_| {
+        br#"{"error":{"code":"internal","message":"internal error"}}"#.to_vec()
+    }))
+}
+
+/// Decodes a reply made by [`encode_reply`].
+pub fn decode_reply<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ApiError> {
+    if let Ok(ErrorReply { error }) = serde_json::from_slice::<ErrorReply>(payload) {
+        return Err(error);
+    }
+    serde_json::from_slice(payload).map_err(|e| {
+        tracing::warn!(error = %e, "undecodable reply");
+        ApiError::internal()
+    })
+}
+
+/// Decodes a request, mapping a malformed one to `bad_request`.
+pub fn decode_request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(payload)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
+}
+
+/// Sends a request and decodes its reply. No responder or no answer in time is `unavailable`.
+pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: &'static str,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, ApiError> {
+    let payload = Bytes::from(serde_json::to_vec(req).map_err(|_| ApiError::internal())?);
+    let mut headers = async_nats::HeaderMap::new();
+    crate::trace::inject_current(&mut headers);
+    let fut = client.request_with_headers(subject, headers, payload);
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(msg)) => decode_reply(&msg.payload),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, subject, "request failed");
+            Err(ApiError::unavailable())
+        }
+        Err(_) => {
+            tracing::debug!(subject, "request timed out");
+            Err(ApiError::unavailable())
+        }
+    }
+}
+
+/// Default page size of history.
+pub const HISTORY_DEFAULT_LIMIT: u32 = 50;
+/// Largest page of history.
+pub const HISTORY_MAX_LIMIT: u32 = 200;
+
+/// Clamps a requested page size to 1..=200, 50 when absent.
+pub fn clamp_limit(limit: Option<i64>) -> u32 {
+    match limit {
+        None => HISTORY_DEFAULT_LIMIT,
+        Some(l) => l.clamp(1, HISTORY_MAX_LIMIT as i64) as u32,
+    }
+}
+
+/// `chat.api.history` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRequest {
+    pub room: RoomId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+/// `chat.api.history` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub room: RoomId,
+    pub messages: Vec<ChatMessage>,
+    pub has_more: bool,
+}
+
+/// `chat.api.presence` request: a room's members, or a list of users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PresenceRequest {
+    Room { room: RoomId },
+    Users { users: Vec<UserId> },
+}
+
+/// `chat.api.presence` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceReply {
+    pub users: Vec<PresenceEntry>,
+}
+
+/// Internal rooms and membership requests, served by chat-history on [`crate::subjects::ROOMS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RoomsRequest {
+    /// Become a member: creates an unknown public room; refuses private rooms and DMs.
+    Join {
+        user: UserId,
+        room: RoomId,
+    },
+    Leave {
+        user: UserId,
+        room: RoomId,
+    },
+    Create {
+        user: UserId,
+        room: RoomId,
+        private: bool,
+        members: Vec<UserId>,
+    },
+    Invite {
+        user: UserId,
+        room: RoomId,
+        target: UserId,
+    },
+    OpenDm {
+        user: UserId,
+        other: UserId,
+    },
+    /// The rooms a user is a member of.
+    UserRooms {
+        user: UserId,
+    },
+    /// A room's kind and members.
+    Members {
+        room: RoomId,
+    },
+}
+
+/// A room and (for private rooms and DMs) its members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    pub room: RoomId,
+    pub kind: RoomKind,
+    pub members: Vec<UserId>,
+}
+
+/// A membership of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub room: RoomId,
+    pub kind: RoomKind,
+}
+
+/// Reply to [`RoomsRequest::UserRooms`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRooms {
+    pub rooms: Vec<Membership>,
+}
+
+/// Reply to leave and invite.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {
+    pub room: RoomId,
+}
+
+/// Published on `chat.user.<user>.membership` after a membership change is committed, so that
+/// every edge (re)subscribes or unsubscribes the user's sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipChange {
+    pub user: UserId,
+    pub room: RoomId,
+    pub kind: RoomKind,
+    /// true: became a member; false: no longer one.
+    pub member: bool,
+    /// Who caused it (the inviter for an invite, the user for join/leave).
+    pub by: UserId,
+}
+
+/// Request of [`crate::subjects::NOTIFY_STATE`]: what `hello` lists for a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyStateRequest {
+    pub user: UserId,
+    pub rooms: Vec<RoomId>,
+}
+
+/// A user's read marker and unread count in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadState {
+    pub room: RoomId,
+    pub last_read: u64,
+    pub unread: u64,
+}
+
+/// Reply of [`crate::subjects::NOTIFY_STATE`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyState {
+    pub rooms: Vec<UnreadState>,
+    pub notifications: Vec<Notification>,
+}
+
+/// Request of [`crate::subjects::NOTIFY_READ`]; the reply is an [`UnreadUpdate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    pub user: UserId,
+    pub room: RoomId,
+    pub seq: u64,
+}
+
+/// Published on `chat.user.<user>.unread` (CONTRACT §3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadUpdate {
+    pub user: UserId,
+    pub room: RoomId,
+    pub count: u64,
+    pub last_read: u64,
+}
+
+/// Published on `chat.user.<user>.notify` (CONTRACT §3): a notification plus its user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNotification {
+    pub user: UserId,
+    #[serde(flatten)]
+    pub notification: Notification,
+}
+
+/// Published on `chat.room.<room>.typing`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingEvent {
+    pub room: RoomId,
+    pub user: UserId,
+    pub ts: i64,
+}
+
+/// Published on `chat.room.<room>.presence`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomPresenceEvent {
+    pub room: RoomId,
+    pub user: UserId,
+    pub status: Status,
+    pub last_seen: i64,
+}
+
+/// Published on `presence.user.<user>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPresenceEvent {
+    pub user: UserId,
+    pub status: Status,
+    pub last_seen: i64,
+    pub sessions: u32,
+}
+
+/// A session an edge holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionRef {
+    pub session: String,
+    pub user: UserId,
+}
+
+/// Internal: a session opened or closed on an edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    pub edge: String,
+    pub session: String,
+    pub user: UserId,
+    pub ts: i64,
+}
+
+/// Internal: an edge's periodic report of every session it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeHeartbeat {
+    pub edge: String,
+    pub heartbeat_ms: u64,
+    pub sessions: Vec<SessionRef>,
+    pub ts: i64,
+}
+
+/// Internal: a user chose a status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub user: UserId,
+    pub status: Status,
+    pub ts: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_round_trip_values_and_errors() {
+        let ok: Result<Done, ApiError> = Ok(Done {
+            room: RoomId::new("r").unwrap(),
+        });
+        assert_eq!(decode_reply::<Done>(&encode_reply(&ok)), ok);
+        let err: Result<Done, ApiError> = Err(ApiError::forbidden("not a member"));
+        let bytes = encode_reply(&err);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["error"]["code"],
+            "forbidden"
+        );
+        assert_eq!(decode_reply::<Done>(&bytes), err);
+    }
+
+    #[test]
+    fn limits_clamp() {
+        assert_eq!(clamp_limit(None), 50);
+        assert_eq!(clamp_limit(Some(0)), 1);
+        assert_eq!(clamp_limit(Some(-5)), 1);
+        assert_eq!(clamp_limit(Some(1000)), 200);
+    }
+
+    #[test]
+    fn presence_request_has_two_shapes() {
+        let r: PresenceRequest = serde_json::from_str(r#"{"room":"x"}"#).unwrap();
+        assert!(matches!(r, PresenceRequest::Room { .. }));
+        let r: PresenceRequest = serde_json::from_str(r#"{"users":["a","b"]}"#).unwrap();
+        assert!(matches!(r, PresenceRequest::Users { ref users } if users.len() == 2));
+    }
+
+    #[test]
+    fn user_notification_is_flat() {
+        let n = UserNotification {
+            user: UserId::new("bob").unwrap(),
+            notification: Notification {
+                id: "n1".into(),
+                kind: chat_proto::NotificationKind::Mention,
+                room: RoomId::new("r").unwrap(),
+                seq: 3,
+                from: UserId::new("alice").unwrap(),
+                preview: "hi".into(),
+                ts: 1,
+            },
+        };
+        let v = serde_json::to_value(&n).unwrap();
+        assert_eq!(v["user"], "bob");
+        assert_eq!(v["kind"], "mention");
+    }
+}

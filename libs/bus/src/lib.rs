@@ -1,0 +1,22 @@
+//! Everything the services say to each other over NATS.
+//!
+//! - [`subjects`]: every subject, stream, consumer and queue-group name (no subject literal lives
+//!   anywhere else);
+//! - [`event`]: the room event stored in the `CHAT` stream (CONTRACT §3) and its live copy;
+//! - [`stream`]: the `CHAT` stream's configuration and its epoch;
+//! - [`api`]: request/reply payloads, public (`chat.api.*`) and internal;
+//! - [`trace`]: W3C trace context carried in NATS headers.
+
+pub mod api;
+pub mod event;
+pub mod stream;
+pub mod subjects;
+pub mod trace;
+
+/// Milliseconds since the Unix epoch: the `ts` of CONTRACT §1.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,126 @@
+//! Subject, stream, consumer and queue-group names: the one place that spells them.
+//!
+//! Public subjects (CONTRACT §3) are stable; everything under `chat.internal.` and
+//! `chat.user.<user>.membership` is internal and may change.
+
+use chat_proto::{RoomId, UserId};
+
+/// The JetStream stream that orders every room event.
+pub const STREAM: &str = "CHAT";
+/// Subjects the `CHAT` stream stores.
+pub const ROOM_MSG_ALL: &str = "chat.room.*.msg";
+/// Where the stream republishes every stored event, with `Nats-Sequence`/`Nats-Last-Sequence`.
+pub const FANOUT_TEMPLATE: &str = "chat.fanout.{{wildcard(1)}}";
+/// Dead-letter stream for events the archive can never store.
+pub const DEAD_LETTER_STREAM: &str = "CHAT_DLQ";
+/// Subject prefix of dead-lettered events (`chat.dlq.<consumer>`).
+pub fn dead_letter(consumer: &str) -> String {
+    format!("chat.dlq.{consumer}")
+}
+/// Subjects of the dead-letter stream.
+pub const DEAD_LETTER_ALL: &str = "chat.dlq.>";
+
+/// Durable consumer of chat-history's archive writer.
+pub const HISTORY_CONSUMER: &str = "history-archive";
+/// Durable consumer of chat-notify.
+pub const NOTIFY_CONSUMER: &str = "notify";
+
+/// Queue groups: one per service, so that any number of instances share the work.
+pub const HISTORY_QUEUE: &str = "chat-history";
+pub const PRESENCE_QUEUE: &str = "chat-presence";
+pub const NOTIFY_QUEUE: &str = "chat-notify";
+
+/// Where a room's events are published (through JetStream).
+pub fn room_msg(room: &RoomId) -> String {
+    format!("chat.room.{room}.msg")
+}
+
+/// The ordered live feed of a room.
+pub fn fanout(room: &RoomId) -> String {
+    format!("chat.fanout.{room}")
+}
+
+/// Room id of a `chat.fanout.<room>` or `chat.room.<room>.<x>` subject.
+pub fn room_of(subject: &str) -> Option<RoomId> {
+    let mut parts = subject.split('.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("chat"), Some("fanout" | "room"), Some(room)) => RoomId::new(room).ok(),
+        _ => None,
+    }
+}
+
+/// Typing indicators of a room (core NATS, live only).
+pub fn room_typing(room: &RoomId) -> String {
+    format!("chat.room.{room}.typing")
+}
+
+/// Presence changes of a room's members (core NATS, live only).
+pub fn room_presence(room: &RoomId) -> String {
+    format!("chat.room.{room}.presence")
+}
+
+/// Everything addressed to one user: `notify`, `unread`, and the internal `membership`.
+pub fn user_all(user: &UserId) -> String {
+    format!("chat.user.{user}.>")
+}
+
+/// Notifications for a user (public).
+pub fn user_notify(user: &UserId) -> String {
+    format!("chat.user.{user}.notify")
+}
+
+/// Unread counts for a user (public).
+pub fn user_unread(user: &UserId) -> String {
+    format!("chat.user.{user}.unread")
+}
+
+/// Membership changes of a user (internal): edges re-subscribe the user's sessions.
+pub fn user_membership(user: &UserId) -> String {
+    format!("chat.user.{user}.membership")
+}
+
+/// The last token of a `chat.user.<user>.<kind>` subject.
+pub fn user_subject_kind(subject: &str) -> Option<&str> {
+    subject.rsplit('.').next()
+}
+
+/// A user's status changes, for integrators.
+pub fn presence_user(user: &UserId) -> String {
+    format!("presence.user.{user}")
+}
+
+/// Public request/reply: history pages.
+pub const API_HISTORY: &str = "chat.api.history";
+/// Public request/reply: presence of a room or of users.
+pub const API_PRESENCE: &str = "chat.api.presence";
+
+/// Internal request/reply: rooms and membership (served by chat-history).
+pub const ROOMS: &str = "chat.internal.rooms";
+/// Internal request/reply: read markers, unread counts and pending notifications (chat-notify).
+pub const NOTIFY_STATE: &str = "chat.internal.notify.state";
+/// Internal request/reply: move a read marker (chat-notify).
+pub const NOTIFY_READ: &str = "chat.internal.notify.read";
+/// Internal: an edge reports a session opened (chat-presence).
+pub const PRESENCE_SESSION_UP: &str = "chat.internal.presence.up";
+/// Internal: an edge reports a session closed.
+pub const PRESENCE_SESSION_DOWN: &str = "chat.internal.presence.down";
+/// Internal: an edge's periodic list of its live sessions.
+pub const PRESENCE_HEARTBEAT: &str = "chat.internal.presence.heartbeat";
+/// Internal: a user set a status.
+pub const PRESENCE_STATUS: &str = "chat.internal.presence.status";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let room = RoomId::new("general").unwrap();
+        assert_eq!(room_msg(&room), "chat.room.general.msg");
+        assert_eq!(room_of(&fanout(&room)), Some(room.clone()));
+        assert_eq!(room_of(&room_typing(&room)), Some(room));
+        assert_eq!(room_of("chat.user.x.notify"), None);
+        let user = UserId::new("bob").unwrap();
+        assert_eq!(user_subject_kind(&user_unread(&user)), Some("unread"));
+    }
+}

@@ -1,0 +1,62 @@
+//! W3C trace context in NATS headers, so that one message is one trace across the services.
+
+use async_nats::HeaderMap;
+use opentelemetry::Context;
+use opentelemetry::propagation::{Extractor, Injector};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_ref()).collect()
+    }
+}
+
+/// Writes the current span's context (`traceparent`, `tracestate`) into `headers`.
+pub fn inject_current(headers: &mut HeaderMap) {
+    let cx = tracing::Span::current().context();
+    inject(&cx, headers);
+}
+
+/// Writes `cx` into `headers`.
+pub fn inject(cx: &Context, headers: &mut HeaderMap) {
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(cx, &mut HeaderInjector(headers))
+    });
+}
+
+/// Reads the context carried by `headers` (an empty context when there is none).
+pub fn extract(headers: Option<&HeaderMap>) -> Context {
+    match headers {
+        Some(h) => {
+            opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(h)))
+        }
+        None => Context::new(),
+    }
+}
+
+/// Makes `span` a child of the trace carried by `headers`, if any.
+pub fn continue_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
+    let cx = extract(headers);
+    let _ = span.set_parent(cx);
+}
+
+/// Reads a bare `traceparent` string (a client's frame field) as a context.
+pub fn from_traceparent(traceparent: &str) -> Context {
+    let mut h = HeaderMap::new();
+    h.insert("traceparent", traceparent);
+    extract(Some(&h))
+}

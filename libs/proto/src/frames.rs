@@ -1,0 +1,540 @@
+//! Frames in both directions, and the decoding of client frames into precise errors.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{RoomId, UserId};
+
+/// Kind of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomKind {
+    Public,
+    Private,
+    Dm,
+}
+
+impl RoomKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomKind::Public => "public",
+            RoomKind::Private => "private",
+            RoomKind::Dm => "dm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "public" => Some(RoomKind::Public),
+            "private" => Some(RoomKind::Private),
+            "dm" => Some(RoomKind::Dm),
+            _ => None,
+        }
+    }
+}
+
+/// A user's presence status. Clients may set `online`, `away` or `busy`; `offline` is derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Online,
+    Away,
+    Busy,
+    Offline,
+}
+
+/// Client → server frames (CONTRACT §2). `ref` and `traceparent` are read from the envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Auth {
+        token: String,
+    },
+    Join {
+        room: RoomId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+    },
+    Leave {
+        room: RoomId,
+    },
+    Create {
+        room: RoomId,
+        #[serde(default)]
+        private: bool,
+        #[serde(default)]
+        members: Vec<UserId>,
+    },
+    Invite {
+        room: RoomId,
+        user: UserId,
+    },
+    OpenDm {
+        user: UserId,
+    },
+    Send {
+        room: RoomId,
+        body: String,
+        client_id: String,
+    },
+    History {
+        room: RoomId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<i64>,
+    },
+    Typing {
+        room: RoomId,
+    },
+    Read {
+        room: RoomId,
+        seq: u64,
+    },
+    Status {
+        status: Status,
+    },
+    Presence {
+        room: RoomId,
+    },
+    Ping,
+}
+
+/// Every `type` a client may send, for telling `unknown_type` from `bad_request`.
+pub const CLIENT_TYPES: &[&str] = &[
+    "auth", "join", "leave", "create", "invite", "open_dm", "send", "history", "typing", "read",
+    "status", "presence", "ping",
+];
+
+impl ClientFrame {
+    /// The frame's `type`, for metrics and logs.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientFrame::Auth { .. } => "auth",
+            ClientFrame::Join { .. } => "join",
+            ClientFrame::Leave { .. } => "leave",
+            ClientFrame::Create { .. } => "create",
+            ClientFrame::Invite { .. } => "invite",
+            ClientFrame::OpenDm { .. } => "open_dm",
+            ClientFrame::Send { .. } => "send",
+            ClientFrame::History { .. } => "history",
+            ClientFrame::Typing { .. } => "typing",
+            ClientFrame::Read { .. } => "read",
+            ClientFrame::Status { .. } => "status",
+            ClientFrame::Presence { .. } => "presence",
+            ClientFrame::Ping => "ping",
+        }
+    }
+}
+
+/// A decoded client frame with the envelope fields any frame may carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Echoed in the reply or error.
+    pub reference: Option<String>,
+    /// W3C trace context of the client's own trace, if it wants the server's spans in it.
+    pub traceparent: Option<String>,
+    pub frame: ClientFrame,
+}
+
+/// Why a client frame was refused; `reference` is echoed when it could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError {
+    pub reference: Option<String>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Longest `ref` a client may attach.
+pub const MAX_REF_CHARS: usize = 64;
+
+impl Envelope {
+    /// Decodes one text frame. Never panics; every refusal names the client's mistake.
+    pub fn decode(text: &str) -> Result<Envelope, DecodeError> {
+        let fail = |reference: Option<String>, code, message: String| DecodeError {
+            reference,
+            code,
+            message,
+        };
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            fail(
+                None,
+                ErrorCode::BadRequest,
+                format!("frame is not valid JSON: {e}"),
+            )
+        })?;
+        let Value::Object(mut map) = value else {
+            return Err(fail(
+                None,
+                ErrorCode::BadRequest,
+                "frame must be a JSON object".into(),
+            ));
+        };
+        let reference = match map.remove("ref") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(r)) if crate::char_len(&r) <= MAX_REF_CHARS => Some(r),
+            Some(_) => {
+                return Err(fail(
+                    None,
+                    ErrorCode::BadRequest,
+                    format!("ref must be a string of at most {MAX_REF_CHARS} characters"),
+                ));
+            }
+        };
+        let traceparent = match map.remove("traceparent") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) if t.len() <= 128 => Some(t),
+            Some(_) => {
+                return Err(fail(
+                    reference,
+                    ErrorCode::BadRequest,
+                    "traceparent must be a string".into(),
+                ));
+            }
+        };
+        match map.get("type") {
+            Some(Value::String(t)) if CLIENT_TYPES.contains(&t.as_str()) => {}
+            Some(Value::String(t)) => {
+                let shown: String = crate::prefix_chars(t, 32).to_owned();
+                return Err(fail(
+                    reference,
+                    ErrorCode::UnknownType,
+                    format!("unknown frame type {shown:?}"),
+                ));
+            }
+            Some(_) => {
+                return Err(fail(
+                    reference,
+                    ErrorCode::BadRequest,
+                    "type must be a string".into(),
+                ));
+            }
+            None => {
+                return Err(fail(
+                    reference,
+                    ErrorCode::BadRequest,
+                    "missing field `type`".into(),
+                ));
+            }
+        }
+        match serde_json::from_value::<ClientFrame>(Value::Object(map)) {
+            Ok(frame) => Ok(Envelope {
+                reference,
+                traceparent,
+                frame,
+            }),
+            Err(e) => Err(fail(reference, ErrorCode::BadRequest, e.to_string())),
+        }
+    }
+}
+
+/// Error codes of CONTRACT §2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownType,
+    Unauthorized,
+    TokenExpired,
+    Forbidden,
+    NotFound,
+    Conflict,
+    TooLarge,
+    RateLimited,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A stored chat message as clients see it (live, in history and in replays).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub room: RoomId,
+    pub seq: u64,
+    pub prev_seq: u64,
+    pub from: UserId,
+    pub body: String,
+    pub client_id: String,
+    pub ts: i64,
+}
+
+/// The limits a client must respect, announced in `hello`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_body: usize,
+    pub max_frame: usize,
+    pub rate_per_s: u32,
+}
+
+/// One of the user's rooms, as listed in `hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSummary {
+    pub room: RoomId,
+    pub kind: RoomKind,
+    pub last_seq: u64,
+    pub last_read: u64,
+    pub unread: u64,
+}
+
+/// What a notification is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationKind {
+    Mention,
+    Dm,
+    Invite,
+}
+
+/// A notification (mention, DM, invite), pending until a `read` covers its seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub id: String,
+    pub kind: NotificationKind,
+    pub room: RoomId,
+    pub seq: u64,
+    pub from: UserId,
+    pub preview: String,
+    pub ts: i64,
+}
+
+/// A user's presence, as in snapshots and `chat.api.presence`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEntry {
+    pub user: UserId,
+    pub status: Status,
+    pub last_seen: i64,
+}
+
+/// Server → client frames (CONTRACT §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Hello {
+        user: UserId,
+        session: String,
+        epoch: String,
+        heartbeat_ms: u64,
+        limits: Limits,
+        rooms: Vec<RoomSummary>,
+        notifications: Vec<Notification>,
+    },
+    Message(ChatMessage),
+    Ack {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        room: RoomId,
+        client_id: String,
+        seq: u64,
+        ts: i64,
+        duplicate: bool,
+    },
+    Joined {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        room: RoomId,
+        kind: RoomKind,
+        last_seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<UserId>>,
+    },
+    Left {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        room: RoomId,
+    },
+    Ok {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        room: RoomId,
+    },
+    History {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        room: RoomId,
+        messages: Vec<ChatMessage>,
+        has_more: bool,
+    },
+    Typing {
+        room: RoomId,
+        user: UserId,
+    },
+    Presence {
+        room: RoomId,
+        user: UserId,
+        status: Status,
+        last_seen: i64,
+    },
+    PresenceSnapshot {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        room: RoomId,
+        users: Vec<PresenceEntry>,
+    },
+    Unread {
+        room: RoomId,
+        count: u64,
+        last_read: u64,
+    },
+    Notification(Notification),
+    Error {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    Pong {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+}
+
+impl ServerFrame {
+    /// An error frame.
+    pub fn error(reference: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error {
+            reference,
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// The frame as the JSON text sent on the socket.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string and no Serialize impl errors.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"serialization failed"}"#.to_owned()
+        })
+    }
+
+    /// The frame's `type`, for metrics.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ServerFrame::Hello { .. } => "hello",
+            ServerFrame::Message(_) => "message",
+            ServerFrame::Ack { .. } => "ack",
+            ServerFrame::Joined { .. } => "joined",
+            ServerFrame::Left { .. } => "left",
+            ServerFrame::Ok { .. } => "ok",
+            ServerFrame::History { .. } => "history",
+            ServerFrame::Typing { .. } => "typing",
+            ServerFrame::Presence { .. } => "presence",
+            ServerFrame::PresenceSnapshot { .. } => "presence_snapshot",
+            ServerFrame::Unread { .. } => "unread",
+            ServerFrame::Notification(_) => "notification",
+            ServerFrame::Error { .. } => "error",
+            ServerFrame::Pong { .. } => "pong",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(text: &str) -> ErrorCode {
+        Envelope::decode(text).unwrap_err().code
+    }
+
+    #[test]
+    fn decodes_frames_with_ref_and_traceparent() {
+        let env = Envelope::decode(
+            r#"{"type":"send","room":"r1","body":"hi","client_id":"c1","ref":"7","traceparent":"00-abc"}"#,
+        )
+        .unwrap();
+        assert_eq!(env.reference.as_deref(), Some("7"));
+        assert_eq!(env.traceparent.as_deref(), Some("00-abc"));
+        assert!(matches!(env.frame, ClientFrame::Send { ref body, .. } if body == "hi"));
+        assert_eq!(
+            Envelope::decode(r#"{"type":"ping"}"#).unwrap().frame,
+            ClientFrame::Ping
+        );
+    }
+
+    #[test]
+    fn tells_bad_request_from_unknown_type() {
+        assert_eq!(code_of("not json"), ErrorCode::BadRequest);
+        assert_eq!(code_of("[1,2]"), ErrorCode::BadRequest);
+        assert_eq!(code_of(r#"{"room":"x"}"#), ErrorCode::BadRequest);
+        assert_eq!(code_of(r#"{"type":7}"#), ErrorCode::BadRequest);
+        assert_eq!(code_of(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(
+            code_of(r#"{"type":"send","room":"r"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"type":"join","room":"bad room"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"type":"read","room":"r","seq":-1}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(code_of(r#"{"type":"ping","ref":5}"#), ErrorCode::BadRequest);
+        let long_ref = format!(r#"{{"type":"ping","ref":"{}"}}"#, "x".repeat(65));
+        assert_eq!(code_of(&long_ref), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn errors_echo_the_ref_when_readable() {
+        let err = Envelope::decode(r#"{"type":"send","ref":"r9"}"#).unwrap_err();
+        assert_eq!(err.reference.as_deref(), Some("r9"));
+    }
+
+    #[test]
+    fn server_frames_have_the_contract_shape() {
+        let f = ServerFrame::Ack {
+            reference: Some("1".into()),
+            room: RoomId::new("r").unwrap(),
+            client_id: "c".into(),
+            seq: 5,
+            ts: 10,
+            duplicate: false,
+        };
+        let v: Value = serde_json::from_str(&f.to_json()).unwrap();
+        assert_eq!(v["type"], "ack");
+        assert_eq!(v["ref"], "1");
+        assert_eq!(v["seq"], 5);
+        let m = ServerFrame::Message(ChatMessage {
+            room: RoomId::new("r").unwrap(),
+            seq: 3,
+            prev_seq: 1,
+            from: UserId::new("a").unwrap(),
+            body: "b".into(),
+            client_id: "c".into(),
+            ts: 1,
+        });
+        let v: Value = serde_json::from_str(&m.to_json()).unwrap();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["prev_seq"], 1);
+        let back: ServerFrame = serde_json::from_value(v).unwrap();
+        assert_eq!(back, m);
+        let e = ServerFrame::error(None, ErrorCode::RateLimited, "slow down");
+        assert_eq!(serde_json::to_value(&e).unwrap()["code"], "rate_limited");
+    }
+}

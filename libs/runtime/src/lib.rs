@@ -1,0 +1,14 @@
+//! What every chat service does the same way: read its configuration from the environment,
+//! set up telemetry, connect to NATS, serve `/healthz`, `/readyz` and `/metrics`, and stop on
+//! SIGINT/SIGTERM.
+
+pub mod admin;
+pub mod config;
+pub mod nats;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{ConfigError, Env};
+#[cfg(feature = "db")]
+pub mod db;
+pub mod retry;

@@ -1,0 +1,136 @@
+//! Connecting to NATS with the credentials and TLS settings of the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::{ConfigError, Env};
+
+/// How to reach NATS: `NATS_URL` (nats://127.0.0.1:4222), and optionally `NATS_USER` +
+/// `NATS_PASSWORD`, `NATS_TOKEN`, `NATS_CREDS` (a .creds file), `NATS_TLS_CA`,
+/// `NATS_TLS_CERT` + `NATS_TLS_KEY` (client certificate).
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub creds: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl NatsConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let path = |k: &str| env.get(k).map(PathBuf::from);
+        Ok(NatsConfig {
+            url: env.string("NATS_URL", "nats://127.0.0.1:4222"),
+            user: env.get("NATS_USER").map(str::to_owned),
+            password: env.get("NATS_PASSWORD").map(str::to_owned),
+            token: env.get("NATS_TOKEN").map(str::to_owned),
+            creds: path("NATS_CREDS"),
+            tls_ca: path("NATS_TLS_CA"),
+            tls_cert: path("NATS_TLS_CERT"),
+            tls_key: path("NATS_TLS_KEY"),
+        })
+    }
+
+    /// A configuration for a plain URL (tests).
+    pub fn url(url: impl Into<String>) -> Self {
+        NatsConfig {
+            url: url.into(),
+            user: None,
+            password: None,
+            token: None,
+            creds: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+
+    /// Connects, retrying until the server answers: services may start before NATS does.
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, async_nats::Error> {
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(5)))
+            .subscription_capacity(1 << 16);
+        if let (Some(u), Some(p)) = (&self.user, &self.password) {
+            opts = opts.user_and_password(u.clone(), p.clone());
+        }
+        if let Some(t) = &self.token {
+            opts = opts.token(t.clone());
+        }
+        if let Some(c) = &self.creds {
+            opts = opts.credentials_file(c).await?;
+        }
+        if let Some(ca) = &self.tls_ca {
+            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+        let client = opts.connect(self.url.as_str()).await?;
+        Ok(client)
+    }
+}
+
+/// Is the client connected right now?
+pub fn is_connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// Serves request/reply on `subject` in queue group `queue` until `shutdown`, then stops taking
+/// requests and waits for those in flight. Each request runs in its own task, inside a span
+/// continuing the requester's trace; `handle` returns the reply payload.
+pub async fn serve_requests<F, Fut>(
+    client: async_nats::Client,
+    subject: &'static str,
+    queue: &'static str,
+    shutdown: tokio_util::sync::CancellationToken,
+    handle: F,
+) -> Result<(), async_nats::Error>
+where
+    F: Fn(async_nats::Message) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bytes::Bytes> + Send + 'static,
+{
+    use futures::StreamExt;
+    use tracing::Instrument;
+
+    let handle = std::sync::Arc::new(handle);
+    let mut sub = client.queue_subscribe(subject, queue.to_owned()).await?;
+    let tasks = tokio_util::task::TaskTracker::new();
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            msg = sub.next() => match msg {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        let span = tracing::info_span!("request", subject);
+        chat_bus::trace::continue_from(&span, msg.headers.as_ref());
+        let handle = handle.clone();
+        let client = client.clone();
+        tasks.spawn(
+            async move {
+                let payload = handle(msg).await;
+                if let Err(e) = client.publish(reply, payload).await {
+                    tracing::debug!(error = %e, "reply not sent");
+                }
+            }
+            .instrument(span),
+        );
+    }
+    let _ = sub.unsubscribe().await;
+    tasks.close();
+    tasks.wait().await;
+    let _ = client.flush().await;
+    Ok(())
+}

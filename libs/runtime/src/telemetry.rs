@@ -1,0 +1,165 @@
+//! Logs and traces. Traces go out over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces
+//! variant) is set: HTTP/protobuf by default, gRPC when `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`;
+//! sampling follows `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`. No endpoint, no export.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::Env;
+
+/// Keeps the exporter alive; flushes the spans still buffered when dropped.
+#[must_use = "dropping the guard stops trace export"]
+#[derive(Debug, Default)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Which OTLP transport to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    HttpProtobuf,
+    Grpc,
+}
+
+/// The OTLP endpoint and protocol from the standard variables, if export is on.
+pub fn otlp_target(env: &Env) -> Option<(String, OtlpProtocol)> {
+    let endpoint = env
+        .get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .map(|e| (e.to_owned(), true))
+        .or_else(|| {
+            env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|e| (e.to_owned(), false))
+        })?;
+    let protocol = env
+        .get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|| env.get("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or("http/protobuf");
+    let protocol = if protocol == "grpc" {
+        OtlpProtocol::Grpc
+    } else {
+        OtlpProtocol::HttpProtobuf
+    };
+    let (base, is_traces_specific) = endpoint;
+    let url = match protocol {
+        // The OTLP spec: the generic endpoint gets /v1/traces appended for HTTP.
+        OtlpProtocol::HttpProtobuf if !is_traces_specific => {
+            format!("{}/v1/traces", base.trim_end_matches('/'))
+        }
+        _ => base,
+    };
+    Some((url, protocol))
+}
+
+/// Builds the tracer provider for `service`, or `None` when no endpoint is configured.
+pub fn tracer_provider(env: &Env, service: &str) -> Option<SdkTracerProvider> {
+    let (url, protocol) = otlp_target(env)?;
+    let exporter = match protocol {
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(url)
+            .build(),
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(url)
+            .build(),
+    };
+    let exporter = match exporter {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("OTLP trace export disabled: {e}");
+            return None;
+        }
+    };
+    let name = env.string("OTEL_SERVICE_NAME", service);
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(name)
+        .build();
+    Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    )
+}
+
+/// Installs logging (`RUST_LOG`, default `info`) and, when configured, OTLP trace export.
+/// Call once, from `main`.
+pub fn init(env: &Env, service: &str) -> TelemetryGuard {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = EnvFilter::try_new(env.string("RUST_LOG", "info"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = env.get("LOG_FORMAT") == Some("json");
+    let fmt = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_filter(filter)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_filter(filter).boxed()
+    };
+    let provider = tracer_provider(env, service);
+    let otel = provider.as_ref().map(|p| {
+        let tracer = p.tracer(service.to_owned());
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(EnvFilter::new(
+                "info,h2=off,hyper=off,tonic=off,tower=off,reqwest=off",
+            ))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    TelemetryGuard { provider }
+}
+
+/// For tests: logs only when `TEST_LOG` is set, so test output stays quiet.
+pub fn init_for_tests() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        if std::env::var_os("TEST_LOG").is_some() {
+            let filter =
+                EnvFilter::try_from_env("TEST_LOG").unwrap_or_else(|_| EnvFilter::new("debug"));
+            let _ = tracing_subscriber::registry()
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_test_writer()
+                        .with_filter(filter),
+                )
+                .try_init();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otlp_endpoint_follows_the_spec() {
+        assert_eq!(otlp_target(&Env::default()), None);
+        let env = Env::from_pairs([("OTEL_EXPORTER_OTLP_ENDPOINT", "http://j:4318/")]);
+        assert_eq!(
+            otlp_target(&env),
+            Some(("http://j:4318/v1/traces".into(), OtlpProtocol::HttpProtobuf))
+        );
+        let env = env.with("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+        assert_eq!(otlp_target(&env).unwrap().1, OtlpProtocol::Grpc);
+        let env = Env::from_pairs([("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://x/custom")]);
+        assert_eq!(otlp_target(&env).unwrap().0, "http://x/custom");
+    }
+}

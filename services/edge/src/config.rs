@@ -1,0 +1,102 @@
+//! chat-edge's configuration (CONTRACT §4).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chat_bus::stream::StreamSettings;
+use chat_runtime::nats::NatsConfig;
+use chat_runtime::{ConfigError, Env};
+
+/// Default admin address of chat-edge.
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9101";
+/// The secret used when `CHAT_JWT_SECRET` is unset: fine on a laptop, refused nowhere, so the
+/// edge logs a warning at start.
+pub const INSECURE_DEV_SECRET: &str = "insecure-development-secret";
+
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    pub nats: NatsConfig,
+    /// `EDGE_LISTEN`: where clients connect.
+    pub listen: SocketAddr,
+    /// `ADMIN_LISTEN`.
+    pub admin_listen: SocketAddr,
+    /// `CHAT_JWT_SECRET`: HS256 shared secret.
+    pub jwt_secret: String,
+    /// `CHAT_JWT_ISSUER`: required `iss` when set.
+    pub jwt_issuer: Option<String>,
+    /// `CHAT_JWT_AUDIENCE`: required `aud` when set.
+    pub jwt_audience: Option<String>,
+    /// `CHAT_ALLOWED_ORIGINS`: exact origins; empty means "same host as the request".
+    pub allowed_origins: Vec<String>,
+    /// `CHAT_MAX_BODY` in characters.
+    pub max_body: usize,
+    /// `CHAT_MAX_FRAME` in bytes.
+    pub max_frame: usize,
+    /// `CHAT_RATE_PER_S`: sustained client frames per second per connection (and the burst).
+    pub rate_per_s: u32,
+    /// `CHAT_HEARTBEAT_MS`: WebSocket pings and presence heartbeats.
+    pub heartbeat: Duration,
+    /// `CHAT_OUTBOUND_QUEUE`: frames a connection may have waiting before it is closed with 4008.
+    pub outbound_queue: usize,
+    /// `CHAT_AUTH_TIMEOUT`: time to send the `auth` frame.
+    pub auth_timeout: Duration,
+    /// `CHAT_DRAIN_GRACE`: how long a drain waits for sockets to close.
+    pub drain_grace: Duration,
+    /// `CHAT_REQUEST_TIMEOUT`: how long the edge waits for a service.
+    pub request_timeout: Duration,
+    /// `CHAT_DEV_LOGIN`: serve `POST /dev/token` (development only).
+    pub dev_login: bool,
+    /// `CHAT_WEB_DIR`: static web client served at `/`.
+    pub web_dir: PathBuf,
+    /// `CHAT_WS_BUFFER`: read/write buffer per socket in bytes (small keeps idle sockets cheap).
+    pub ws_buffer: usize,
+    pub stream: StreamSettings,
+}
+
+impl EdgeConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let opt = |k: &str| env.get(k).map(str::to_owned);
+        Ok(EdgeConfig {
+            nats: NatsConfig::from_env(env)?,
+            listen: env.addr("EDGE_LISTEN", "0.0.0.0:8080")?,
+            admin_listen: env.addr("ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN)?,
+            jwt_secret: env.string("CHAT_JWT_SECRET", INSECURE_DEV_SECRET),
+            jwt_issuer: opt("CHAT_JWT_ISSUER"),
+            jwt_audience: opt("CHAT_JWT_AUDIENCE"),
+            allowed_origins: env.list("CHAT_ALLOWED_ORIGINS"),
+            max_body: env.parse("CHAT_MAX_BODY", 4000)?,
+            max_frame: env.parse("CHAT_MAX_FRAME", 65_536)?,
+            rate_per_s: env.parse("CHAT_RATE_PER_S", 100)?,
+            heartbeat: Duration::from_millis(env.parse("CHAT_HEARTBEAT_MS", 5000u64)?.max(100)),
+            outbound_queue: env.parse("CHAT_OUTBOUND_QUEUE", 1024usize)?.max(16),
+            auth_timeout: env.duration("CHAT_AUTH_TIMEOUT", Duration::from_secs(10))?,
+            drain_grace: env.duration("CHAT_DRAIN_GRACE", Duration::from_secs(20))?,
+            request_timeout: env.duration("CHAT_REQUEST_TIMEOUT", Duration::from_secs(5))?,
+            dev_login: env.bool("CHAT_DEV_LOGIN", false)?,
+            web_dir: PathBuf::from(env.string("CHAT_WEB_DIR", "clients/web")),
+            ws_buffer: env.parse("CHAT_WS_BUFFER", 4096usize)?.max(1024),
+            stream: env.stream_settings()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = EdgeConfig::from_env(&Env::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!((c.max_body, c.max_frame, c.rate_per_s), (4000, 65_536, 100));
+        assert_eq!(c.heartbeat, Duration::from_millis(5000));
+        assert!(!c.dev_login);
+        let c = EdgeConfig::from_env(&Env::from_pairs([(
+            "CHAT_ALLOWED_ORIGINS",
+            "https://a, https://b",
+        )]))
+        .unwrap();
+        assert_eq!(c.allowed_origins, vec!["https://a", "https://b"]);
+    }
+}

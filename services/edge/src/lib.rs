@@ -1,0 +1,349 @@
+//! chat-edge: terminates client WebSockets (CONTRACT §2) and talks NATS to the services.
+//!
+//! - [`session`]: one connection, authentication to close;
+//! - [`hub`]: one NATS subscription per room and per user, shared by the local sessions;
+//! - [`auth`]: JWT verification; [`ratelimit`]: the per-connection token bucket;
+//! - this module: the HTTP side (upgrade, Origin check, static web client, dev sign-in), the
+//!   presence heartbeat and the drain.
+
+pub mod auth;
+pub mod config;
+pub mod hub;
+pub mod ratelimit;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chat_bus::api::{EdgeHeartbeat, SessionRef};
+use chat_bus::{now_ms, stream, subjects};
+use chat_proto::UserId;
+use chat_runtime::{admin, retry};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::EdgeConfig;
+
+/// What every connection of this edge shares: cheap handles only.
+#[derive(Clone)]
+pub struct Edge(Arc<EdgeInner>);
+
+pub struct EdgeInner {
+    pub config: EdgeConfig,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub stream: jetstream::stream::Stream,
+    /// The log's incarnation (CONTRACT §1).
+    pub epoch: String,
+    pub hub: hub::Hub,
+    pub auth: auth::Authenticator,
+    /// Names this process in session ids and presence heartbeats.
+    pub edge_id: String,
+    next_session: AtomicU64,
+    /// Cancelled to drain: every session closes with 1012.
+    pub shutdown: CancellationToken,
+    sessions: TaskTracker,
+}
+
+impl std::ops::Deref for Edge {
+    type Target = EdgeInner;
+    fn deref(&self) -> &EdgeInner {
+        &self.0
+    }
+}
+
+impl Edge {
+    fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Fire-and-forget publish of a JSON value.
+    pub async fn publish_json<T: serde::Serialize>(
+        &self,
+        subject: impl async_nats::subject::ToSubject,
+        value: &T,
+    ) {
+        let Ok(payload) = serde_json::to_vec(value) else {
+            return;
+        };
+        if let Err(e) = self.nats.publish(subject, payload.into()).await {
+            tracing::debug!(error = %e, "publish failed");
+        }
+    }
+}
+
+/// A started edge, ready to [`run`](App::run).
+pub struct App {
+    edge: Edge,
+    listener: TcpListener,
+    admin: TcpListener,
+}
+
+impl App {
+    /// Binds the listeners, connects to NATS and makes sure the stream exists.
+    pub async fn build(config: EdgeConfig, shutdown: CancellationToken) -> anyhow::Result<App> {
+        if config.jwt_secret == config::INSECURE_DEV_SECRET {
+            tracing::warn!("CHAT_JWT_SECRET is not set: using the insecure development secret");
+        }
+        if config.dev_login {
+            tracing::warn!("CHAT_DEV_LOGIN is on: anyone can mint a token at POST /dev/token");
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .context("bind EDGE_LISTEN")?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .context("bind ADMIN_LISTEN")?;
+        let nats = config
+            .nats
+            .connect("chat-edge")
+            .await
+            .map_err(|e| anyhow::anyhow!("connect to NATS: {e}"))?;
+        let js = jetstream::new(nats.clone());
+        let (stream, epoch) = retry::until_ok("create the CHAT stream", &shutdown, || {
+            stream::ensure_chat_stream(&js, &config.stream)
+        })
+        .await
+        .context("stopped during start")?;
+        let auth = auth::Authenticator::hs256(
+            &config.jwt_secret,
+            config.jwt_issuer.as_deref(),
+            config.jwt_audience.as_deref(),
+        );
+        let edge_id = format!("e{:08x}", rand::random::<u32>());
+        tracing::info!(%edge_id, epoch, listen = %listener.local_addr()?, "chat-edge started");
+        let edge = Edge(Arc::new(EdgeInner {
+            hub: hub::Hub::new(nats.clone()),
+            config,
+            nats,
+            js,
+            stream,
+            epoch,
+            auth,
+            edge_id,
+            next_session: AtomicU64::new(1),
+            shutdown,
+            sessions: TaskTracker::new(),
+        }));
+        Ok(App {
+            edge,
+            listener,
+            admin,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn edge(&self) -> Edge {
+        self.edge.clone()
+    }
+
+    /// Serves until the edge's shutdown token is cancelled, then drains: stops accepting,
+    /// closes every socket with 1012 and waits up to `CHAT_DRAIN_GRACE` for them to finish.
+    pub async fn run(self) {
+        let App {
+            edge,
+            listener,
+            admin,
+        } = self;
+        let shutdown = edge.shutdown.clone();
+        let admin_task = tokio::spawn(admin::serve(
+            admin,
+            admin::nats_ready(edge.nats.clone()),
+            shutdown.clone(),
+        ));
+        let heartbeat = tokio::spawn(presence_heartbeat(edge.clone()));
+        let app = router(edge.clone());
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "edge listener failed");
+        }
+        edge.sessions.close();
+        if tokio::time::timeout(edge.config.drain_grace, edge.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain grace elapsed with sessions still open");
+        }
+        heartbeat.abort();
+        let _ = edge.nats.flush().await;
+        let _ = admin_task.await;
+    }
+}
+
+/// The HTTP routes of the client listener.
+pub fn router(edge: Edge) -> Router {
+    let mut app = Router::new().route("/ws", get(ws_upgrade));
+    if edge.config.dev_login {
+        app = app.route("/dev/token", post(dev_token));
+    }
+    let web = edge.config.web_dir.clone();
+    if web.join("index.html").exists() {
+        app = app.fallback_service(tower_http::services::ServeDir::new(web));
+    }
+    app.with_state(edge)
+}
+
+/// Is this upgrade's Origin acceptable (CONTRACT §2)?
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if !allowed.is_empty() {
+        return allowed.iter().any(|a| a == origin);
+    }
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+    !origin_host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
+async fn ws_upgrade(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&headers, &edge.config.allowed_origins) {
+        metrics::counter!("edge_origin_refused_total").increment(1);
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    if edge.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned());
+    let buffer = edge.config.ws_buffer;
+    let max = edge.config.max_frame;
+    let tracker = edge.sessions.clone();
+    ws.read_buffer_size(buffer)
+        .write_buffer_size(buffer)
+        .max_write_buffer_size(max.saturating_mul(4).max(buffer * 2))
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let token_guard = tracker.token();
+            async move {
+                session::run(edge, socket, token).await;
+                drop(token_guard);
+            }
+        })
+}
+
+#[derive(Deserialize)]
+struct DevTokenRequest {
+    user: String,
+}
+
+/// Development sign-in: mints a one-hour token for any valid user id. Off unless `CHAT_DEV_LOGIN`.
+async fn dev_token(State(edge): State<Edge>, body: axum::Json<DevTokenRequest>) -> Response {
+    let Ok(user) = UserId::new(body.0.user) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({"error": "invalid user id"})),
+        )
+            .into_response();
+    };
+    match edge.auth.mint(&user, 3600) {
+        Some(token) => {
+            axum::Json(serde_json::json!({"token": token, "user": user, "expires_in": 3600}))
+                .into_response()
+        }
+        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Tells chat-presence, every heartbeat, which sessions this edge holds; an edge that stops
+/// reporting is presumed dead.
+async fn presence_heartbeat(edge: Edge) {
+    let mut tick = tokio::time::interval(edge.config.heartbeat);
+    loop {
+        tick.tick().await;
+        let sessions = edge
+            .hub
+            .sessions()
+            .await
+            .into_iter()
+            .map(|(name, user)| SessionRef {
+                session: name.to_string(),
+                user,
+            })
+            .collect();
+        let hb = EdgeHeartbeat {
+            edge: edge.edge_id.clone(),
+            heartbeat_ms: edge.config.heartbeat.as_millis() as u64,
+            sessions,
+            ts: now_ms(),
+        };
+        edge.publish_json(subjects::PRESENCE_HEARTBEAT, &hb).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn origin_rules() {
+        assert!(origin_allowed(&headers(&[("host", "chat.example")]), &[]));
+        assert!(origin_allowed(
+            &headers(&[("host", "chat.example"), ("origin", "https://chat.example")]),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            &headers(&[("host", "chat.example"), ("origin", "https://evil.example")]),
+            &[]
+        ));
+        let allowed = vec!["https://app.example".to_owned()];
+        assert!(origin_allowed(
+            &headers(&[("host", "x"), ("origin", "https://app.example")]),
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            &headers(&[("host", "x"), ("origin", "https://x")]),
+            &allowed
+        ));
+    }
+}

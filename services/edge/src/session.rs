@@ -1,0 +1,1032 @@
+//! One client connection, from authentication to close. Written over any `Sink`/`Stream` of
+//! WebSocket messages, so it is the same code in production and in tests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use axum::extract::ws::{CloseFrame, Message};
+use chat_bus::api::{
+    self, ApiError, HistoryPage, HistoryRequest, MembershipChange, NotifyState, NotifyStateRequest,
+    PresenceReply, PresenceRequest, ReadRequest, RoomInfo, RoomsRequest, SessionEvent,
+    StatusChange, TypingEvent, UnreadUpdate, UserRooms,
+};
+use chat_bus::event::{MSG_ID_HEADER, RoomEvent};
+use chat_bus::{now_ms, subjects, trace};
+use chat_proto::{
+    ClientFrame, Envelope, ErrorCode, Limits, RoomId, RoomKind, RoomSummary, ServerFrame, Status,
+    UserId, char_len, close,
+};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::Edge;
+use crate::auth::{AuthError, Identity, now_s};
+use crate::hub::{Outbound, SessionHandle};
+use crate::ratelimit::{TokenBucket, Verdict};
+
+/// Longest `client_id`.
+pub const MAX_CLIENT_ID_CHARS: usize = 64;
+
+/// What a room means to this session.
+#[derive(Debug, Clone)]
+struct RoomState {
+    kind: RoomKind,
+    /// Highest seq of this room delivered to the client; later copies are dropped.
+    delivered: u64,
+    /// First seq delivered live, so a replay can fill exactly what came before it.
+    live_from: Option<u64>,
+}
+
+/// How a frame handler wants the connection to go on.
+enum Flow {
+    Continue,
+    Close(u16, &'static str),
+}
+
+/// Runs a connection to its end. `header_token` is the bearer token of the upgrade request.
+pub async fn run<S>(edge: Edge, mut socket: S, header_token: Option<String>)
+where
+    S: Stream<Item = Result<Message, axum::Error>>
+        + Sink<Message, Error = axum::Error>
+        + Unpin
+        + Send,
+{
+    metrics::gauge!("edge_connections").increment(1.0);
+    let identity = match authenticate(&edge, &mut socket, header_token).await {
+        Some(id) => id,
+        None => {
+            metrics::gauge!("edge_connections").decrement(1.0);
+            return;
+        }
+    };
+    let id = edge.next_session_id();
+    let name: Arc<str> = format!("{}-{id}", edge.edge_id).into();
+    let (tx, rx) = mpsc::channel(edge.config.outbound_queue);
+    let handle = SessionHandle {
+        id,
+        name: name.clone(),
+        user: identity.user.clone(),
+        tx,
+        overflow: CancellationToken::new(),
+    };
+    let mut session = Session {
+        edge: edge.clone(),
+        socket,
+        handle,
+        exp: identity.exp,
+        rooms: HashMap::new(),
+        bucket: TokenBucket::new(edge.config.rate_per_s, Instant::now()),
+        last_heard: Instant::now(),
+        expiry_changed: false,
+    };
+    session.serve(rx).await;
+    session.cleanup().await;
+    metrics::gauge!("edge_connections").decrement(1.0);
+}
+
+async fn send_frame<S>(socket: &mut S, frame: &ServerFrame) -> bool
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    metrics::counter!("edge_frames_out_total", "type" => frame.type_name()).increment(1);
+    if let ServerFrame::Error { code, .. } = frame {
+        metrics::counter!("edge_errors_total", "code" => code.as_str()).increment(1);
+    }
+    socket
+        .send(Message::Text(frame.to_json().into()))
+        .await
+        .is_ok()
+}
+
+async fn close_with<S>(socket: &mut S, code: u16, reason: &'static str)
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    metrics::counter!("edge_closes_total", "code" => code.to_string()).increment(1);
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+    let _ = socket.flush().await;
+}
+
+fn is_too_big(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Message too big")
+}
+
+/// Authenticates by header or first frame; closes with 4001 and returns `None` on failure.
+async fn authenticate<S>(
+    edge: &Edge,
+    socket: &mut S,
+    header_token: Option<String>,
+) -> Option<Identity>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let (token, reference) = match header_token {
+        Some(t) => (t, None),
+        None => {
+            let first = tokio::time::timeout(edge.config.auth_timeout, async {
+                loop {
+                    match socket.next().await {
+                        Some(Ok(Message::Text(t))) => return Ok(Some(t.to_string())),
+                        Some(Ok(Message::Binary(_))) => return Ok(None),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Close(_))) | None => return Err(None),
+                        Some(Err(e)) => return Err(Some(e)),
+                    }
+                }
+            })
+            .await;
+            let text = match first {
+                Err(_) => {
+                    let f = ServerFrame::error(
+                        None,
+                        ErrorCode::Unauthorized,
+                        "no auth frame within the time limit",
+                    );
+                    send_frame(socket, &f).await;
+                    close_with(socket, close::UNAUTHORIZED, "authentication timeout").await;
+                    return None;
+                }
+                Ok(Err(Some(e))) if is_too_big(&e) => {
+                    close_with(socket, close::TOO_BIG, "frame too large").await;
+                    return None;
+                }
+                Ok(Err(_)) => return None,
+                Ok(Ok(text)) => text,
+            };
+            match text.as_deref().map(Envelope::decode) {
+                Some(Ok(Envelope {
+                    frame: ClientFrame::Auth { token },
+                    reference,
+                    ..
+                })) => (token, reference),
+                Some(Ok(env)) => {
+                    let f = ServerFrame::error(
+                        env.reference,
+                        ErrorCode::Unauthorized,
+                        "authenticate first",
+                    );
+                    send_frame(socket, &f).await;
+                    close_with(socket, close::UNAUTHORIZED, "unauthorized").await;
+                    return None;
+                }
+                Some(Err(e)) => {
+                    send_frame(socket, &ServerFrame::error(e.reference, e.code, e.message)).await;
+                    close_with(socket, close::UNAUTHORIZED, "unauthorized").await;
+                    return None;
+                }
+                None => {
+                    let f = ServerFrame::error(None, ErrorCode::Unauthorized, "authenticate first");
+                    send_frame(socket, &f).await;
+                    close_with(socket, close::UNAUTHORIZED, "unauthorized").await;
+                    return None;
+                }
+            }
+        }
+    };
+    match edge.auth.verify(&token) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            metrics::counter!("edge_auth_failures_total").increment(1);
+            let code = if e == AuthError::Expired {
+                ErrorCode::TokenExpired
+            } else {
+                ErrorCode::Unauthorized
+            };
+            send_frame(socket, &ServerFrame::error(reference, code, e.to_string())).await;
+            close_with(socket, close::UNAUTHORIZED, "unauthorized").await;
+            None
+        }
+    }
+}
+
+struct Session<S> {
+    edge: Edge,
+    socket: S,
+    handle: SessionHandle,
+    /// Token expiry, seconds since the Unix epoch.
+    exp: i64,
+    rooms: HashMap<RoomId, RoomState>,
+    bucket: TokenBucket,
+    last_heard: Instant,
+    expiry_changed: bool,
+}
+
+fn expiry_instant(exp: i64) -> tokio::time::Instant {
+    let left = (exp - now_s()).max(0) as u64;
+    tokio::time::Instant::now() + Duration::from_secs(left)
+}
+
+impl<S> Session<S>
+where
+    S: Stream<Item = Result<Message, axum::Error>>
+        + Sink<Message, Error = axum::Error>
+        + Unpin
+        + Send,
+{
+    fn user(&self) -> &UserId {
+        &self.handle.user
+    }
+
+    async fn send(&mut self, frame: &ServerFrame) -> bool {
+        send_frame(&mut self.socket, frame).await
+    }
+
+    async fn serve(&mut self, mut rx: mpsc::Receiver<Outbound>) {
+        if let Err(e) = self.start().await {
+            self.send(&ServerFrame::error(None, e.code, e.message))
+                .await;
+            close_with(&mut self.socket, 1013, "try again later").await;
+            return;
+        }
+        let heartbeat = self.edge.config.heartbeat;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let expiry = tokio::time::sleep_until(expiry_instant(self.exp));
+        tokio::pin!(expiry);
+        let shutdown = self.edge.shutdown.clone();
+        let overflow = self.handle.overflow.clone();
+        loop {
+            if self.expiry_changed {
+                expiry.as_mut().reset(expiry_instant(self.exp));
+                self.expiry_changed = false;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    close_with(&mut self.socket, close::RESTART, "server restart").await;
+                    return;
+                }
+                _ = overflow.cancelled() => {
+                    close_with(&mut self.socket, close::SLOW_CONSUMER, "slow consumer").await;
+                    return;
+                }
+                _ = &mut expiry => {
+                    self.send(&ServerFrame::error(None, ErrorCode::TokenExpired, "token expired")).await;
+                    close_with(&mut self.socket, close::UNAUTHORIZED, "token expired").await;
+                    return;
+                }
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() > heartbeat * 3 {
+                        tracing::debug!(session = %self.handle.name, "peer silent for 3 heartbeats, dropping");
+                        return;
+                    }
+                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                        return;
+                    }
+                }
+                item = rx.recv() => {
+                    let Some(item) = item else { return };
+                    if !self.deliver(item).await {
+                        return;
+                    }
+                    // Batch what else is waiting into one flush.
+                    let mut n = 0;
+                    while n < 256 {
+                        match rx.try_recv() {
+                            Ok(item) => {
+                                if !self.deliver(item).await {
+                                    return;
+                                }
+                                n += 1;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                msg = self.socket.next() => {
+                    let flow = match msg {
+                        None | Some(Ok(Message::Close(_))) => return,
+                        Some(Err(e)) => {
+                            if is_too_big(&e) {
+                                close_with(&mut self.socket, close::TOO_BIG, "frame too large").await;
+                            }
+                            return;
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                            self.last_heard = Instant::now();
+                            Flow::Continue
+                        }
+                        Some(Ok(Message::Text(t))) => {
+                            self.last_heard = Instant::now();
+                            self.on_client_frame(Some(t.as_str())).await
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            self.last_heard = Instant::now();
+                            self.on_client_frame(None).await
+                        }
+                    };
+                    if let Flow::Close(code, reason) = flow {
+                        close_with(&mut self.socket, code, reason).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registers the session, subscribes it to the user's rooms and sends `hello`.
+    async fn start(&mut self) -> Result<(), ApiError> {
+        let edge = self.edge.clone();
+        edge.hub
+            .add_user_session(self.handle.clone())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "user subscription failed");
+                ApiError::unavailable()
+            })?;
+        let memberships: UserRooms = self
+            .request(
+                subjects::ROOMS,
+                &RoomsRequest::UserRooms {
+                    user: self.user().clone(),
+                },
+            )
+            .await?;
+        let mut summaries = Vec::with_capacity(memberships.rooms.len());
+        for m in &memberships.rooms {
+            self.subscribe(&m.room, m.kind).await?;
+        }
+        let last_seqs =
+            futures::future::join_all(memberships.rooms.iter().map(|m| last_seq(&edge, &m.room)))
+                .await;
+        let state: NotifyState = match self
+            .request(
+                subjects::NOTIFY_STATE,
+                &NotifyStateRequest {
+                    user: self.user().clone(),
+                    rooms: memberships.rooms.iter().map(|m| m.room.clone()).collect(),
+                },
+            )
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "unread state unavailable; hello lists zeros");
+                NotifyState {
+                    rooms: Vec::new(),
+                    notifications: Vec::new(),
+                }
+            }
+        };
+        let unread: HashMap<&RoomId, &api::UnreadState> =
+            state.rooms.iter().map(|u| (&u.room, u)).collect();
+        for (m, last) in memberships.rooms.iter().zip(last_seqs) {
+            let last = last?;
+            if let Some(r) = self.rooms.get_mut(&m.room) {
+                r.delivered = r.delivered.max(last);
+            }
+            let u = unread.get(&m.room);
+            summaries.push(RoomSummary {
+                room: m.room.clone(),
+                kind: m.kind,
+                last_seq: last,
+                last_read: u.map_or(0, |u| u.last_read),
+                unread: u.map_or(0, |u| u.unread),
+            });
+        }
+        let hello = ServerFrame::Hello {
+            user: self.user().clone(),
+            session: self.handle.name.to_string(),
+            epoch: edge.epoch.clone(),
+            heartbeat_ms: edge.config.heartbeat.as_millis() as u64,
+            limits: Limits {
+                max_body: edge.config.max_body,
+                max_frame: edge.config.max_frame,
+                rate_per_s: edge.config.rate_per_s,
+            },
+            rooms: summaries,
+            notifications: state.notifications,
+        };
+        self.send(&hello).await;
+        let up = SessionEvent {
+            edge: edge.edge_id.clone(),
+            session: self.handle.name.to_string(),
+            user: self.user().clone(),
+            ts: now_ms(),
+        };
+        edge.publish_json(subjects::PRESENCE_SESSION_UP, &up).await;
+        Ok(())
+    }
+
+    async fn cleanup(&mut self) {
+        let rooms: Vec<RoomId> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            self.edge.hub.remove_from_room(&room, self.handle.id).await;
+        }
+        self.edge
+            .hub
+            .remove_user_session(&self.handle.user, self.handle.id)
+            .await;
+        let down = SessionEvent {
+            edge: self.edge.edge_id.clone(),
+            session: self.handle.name.to_string(),
+            user: self.user().clone(),
+            ts: now_ms(),
+        };
+        self.edge
+            .publish_json(subjects::PRESENCE_SESSION_DOWN, &down)
+            .await;
+    }
+
+    async fn request<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &mut self,
+        subject: &'static str,
+        req: &Req,
+    ) -> Result<Resp, ApiError> {
+        api::request(
+            &self.edge.nats,
+            subject,
+            req,
+            self.edge.config.request_timeout,
+        )
+        .await
+    }
+
+    /// Adds the room to this session (subscribing the hub if needed).
+    async fn subscribe(&mut self, room: &RoomId, kind: RoomKind) -> Result<(), ApiError> {
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.kind = kind;
+            return Ok(());
+        }
+        self.edge
+            .hub
+            .add_to_room(room, self.handle.clone())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "room subscription failed");
+                ApiError::unavailable()
+            })?;
+        self.rooms.insert(
+            room.clone(),
+            RoomState {
+                kind,
+                delivered: 0,
+                live_from: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, room: &RoomId) -> bool {
+        if self.rooms.remove(room).is_some() {
+            self.edge.hub.remove_from_room(room, self.handle.id).await;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Writes one queued item to the socket; false when the socket is gone.
+    async fn deliver(&mut self, item: Outbound) -> bool {
+        match item {
+            Outbound::Event { room, seq, json } => {
+                let Some(state) = self.rooms.get_mut(&room) else {
+                    return true;
+                };
+                if seq <= state.delivered {
+                    return true;
+                }
+                state.delivered = seq;
+                state.live_from.get_or_insert(seq);
+                metrics::counter!("edge_frames_out_total", "type" => "message").increment(1);
+                self.socket
+                    .feed(Message::Text((&*json).into()))
+                    .await
+                    .is_ok()
+                    && self.flush_soon().await
+            }
+            Outbound::Frame(json) => {
+                self.socket
+                    .feed(Message::Text((&*json).into()))
+                    .await
+                    .is_ok()
+                    && self.flush_soon().await
+            }
+            Outbound::Membership(change) => {
+                self.on_membership(change).await;
+                true
+            }
+        }
+    }
+
+    async fn flush_soon(&mut self) -> bool {
+        self.socket.flush().await.is_ok()
+    }
+
+    async fn on_membership(&mut self, change: MembershipChange) {
+        if change.member && !self.rooms.contains_key(&change.room) {
+            if self.subscribe(&change.room, change.kind).await.is_err() {
+                return;
+            }
+            let last = last_seq(&self.edge, &change.room).await.unwrap_or(0);
+            if let Some(r) = self.rooms.get_mut(&change.room) {
+                r.delivered = r.delivered.max(last);
+            }
+            let members = if change.kind == RoomKind::Public {
+                None
+            } else {
+                self.request::<_, RoomInfo>(
+                    subjects::ROOMS,
+                    &RoomsRequest::Members {
+                        room: change.room.clone(),
+                    },
+                )
+                .await
+                .ok()
+                .map(|i| i.members)
+            };
+            let f = ServerFrame::Joined {
+                reference: None,
+                room: change.room,
+                kind: change.kind,
+                last_seq: last,
+                recovered: None,
+                members,
+            };
+            self.send(&f).await;
+        } else if !change.member && self.unsubscribe(&change.room).await {
+            self.send(&ServerFrame::Left {
+                reference: None,
+                room: change.room,
+            })
+            .await;
+        }
+    }
+
+    async fn on_client_frame(&mut self, text: Option<&str>) -> Flow {
+        match self.bucket.check(Instant::now()) {
+            Verdict::Allow => {}
+            Verdict::Limited { retry_after } => {
+                metrics::counter!("edge_rate_limited_total").increment(1);
+                let reference = text
+                    .and_then(|t| Envelope::decode(t).ok())
+                    .and_then(|e| e.reference);
+                let f = ServerFrame::Error {
+                    reference,
+                    code: ErrorCode::RateLimited,
+                    message: "too many frames".into(),
+                    retry_after_ms: Some(retry_after.as_millis().max(1) as u64),
+                };
+                self.send(&f).await;
+                return Flow::Continue;
+            }
+            Verdict::Abuse => return Flow::Close(close::RATE_ABUSE, "rate limit exceeded"),
+        }
+        let Some(text) = text else {
+            self.send(&ServerFrame::error(
+                None,
+                ErrorCode::BadRequest,
+                "binary frames are not supported",
+            ))
+            .await;
+            return Flow::Continue;
+        };
+        let env = match Envelope::decode(text) {
+            Ok(env) => env,
+            Err(e) => {
+                self.send(&ServerFrame::error(e.reference, e.code, e.message))
+                    .await;
+                return Flow::Continue;
+            }
+        };
+        let ty = env.frame.type_name();
+        metrics::counter!("edge_frames_in_total", "type" => ty).increment(1);
+        let reference = env.reference.clone();
+        match self.handle_frame(env).await {
+            Ok(flow) => flow,
+            Err(e) => {
+                self.send(&ServerFrame::error(reference, e.code, e.message))
+                    .await;
+                Flow::Continue
+            }
+        }
+    }
+
+    fn require_member(&self, room: &RoomId) -> Result<&RoomState, ApiError> {
+        self.rooms
+            .get(room)
+            .ok_or_else(|| ApiError::forbidden("not a member of this room"))
+    }
+
+    async fn handle_frame(&mut self, env: Envelope) -> Result<Flow, ApiError> {
+        let Envelope {
+            reference,
+            traceparent,
+            frame,
+        } = env;
+        match frame {
+            ClientFrame::Auth { token } => match self.edge.auth.verify(&token) {
+                Ok(id) if id.user == self.handle.user => {
+                    self.exp = id.exp;
+                    self.expiry_changed = true;
+                    Ok(Flow::Continue)
+                }
+                Ok(_) => Err(ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "a refreshed token must be for the same user",
+                )),
+                Err(AuthError::Expired) => {
+                    Err(ApiError::new(ErrorCode::TokenExpired, "token expired"))
+                }
+                Err(AuthError::Invalid) => {
+                    Err(ApiError::new(ErrorCode::Unauthorized, "invalid token"))
+                }
+            },
+            ClientFrame::Ping => {
+                self.send(&ServerFrame::Pong { reference }).await;
+                Ok(Flow::Continue)
+            }
+            ClientFrame::Send {
+                room,
+                body,
+                client_id,
+            } => {
+                self.on_send(reference, traceparent, room, body, client_id)
+                    .await?;
+                Ok(Flow::Continue)
+            }
+            ClientFrame::Join { room, since, epoch } => {
+                self.on_join(reference, room, since, epoch).await?;
+                Ok(Flow::Continue)
+            }
+            ClientFrame::Leave { room } => {
+                let _: api::Done = self
+                    .request(
+                        subjects::ROOMS,
+                        &RoomsRequest::Leave {
+                            user: self.user().clone(),
+                            room: room.clone(),
+                        },
+                    )
+                    .await?;
+                self.unsubscribe(&room).await;
+                self.send(&ServerFrame::Left { reference, room }).await;
+                Ok(Flow::Continue)
+            }
+            ClientFrame::Create {
+                room,
+                private,
+                members,
+            } => {
+                let info: RoomInfo = self
+                    .request(
+                        subjects::ROOMS,
+                        &RoomsRequest::Create {
+                            user: self.user().clone(),
+                            room,
+                            private,
+                            members,
+                        },
+                    )
+                    .await?;
+                self.subscribe(&info.room, info.kind).await?;
+                let last = last_seq(&self.edge, &info.room).await?;
+                let members = (info.kind != RoomKind::Public).then_some(info.members);
+                let f = ServerFrame::Joined {
+                    reference,
+                    room: info.room,
+                    kind: info.kind,
+                    last_seq: last,
+                    recovered: None,
+                    members,
+                };
+                self.send(&f).await;
+                Ok(Flow::Continue)
+            }
+            ClientFrame::Invite { room, user } => {
+                self.require_member(&room)?;
+                let _: api::Done = self
+                    .request(
+                        subjects::ROOMS,
+                        &RoomsRequest::Invite {
+                            user: self.user().clone(),
+                            room: room.clone(),
+                            target: user,
+                        },
+                    )
+                    .await?;
+                self.send(&ServerFrame::Ok { reference, room }).await;
+                Ok(Flow::Continue)
+            }
+            ClientFrame::OpenDm { user } => {
+                let info: RoomInfo = self
+                    .request(
+                        subjects::ROOMS,
+                        &RoomsRequest::OpenDm {
+                            user: self.user().clone(),
+                            other: user,
+                        },
+                    )
+                    .await?;
+                self.subscribe(&info.room, info.kind).await?;
+                let last = last_seq(&self.edge, &info.room).await?;
+                let f = ServerFrame::Joined {
+                    reference,
+                    room: info.room,
+                    kind: info.kind,
+                    last_seq: last,
+                    recovered: None,
+                    members: Some(info.members),
+                };
+                self.send(&f).await;
+                Ok(Flow::Continue)
+            }
+            ClientFrame::History {
+                room,
+                before,
+                after,
+                limit,
+            } => {
+                self.require_member(&room)?;
+                if before.is_some() && after.is_some() {
+                    return Err(ApiError::bad_request("give before or after, not both"));
+                }
+                let page: HistoryPage = self
+                    .request(
+                        subjects::API_HISTORY,
+                        &HistoryRequest {
+                            room,
+                            before,
+                            after,
+                            limit,
+                        },
+                    )
+                    .await?;
+                let f = ServerFrame::History {
+                    reference,
+                    room: page.room,
+                    messages: page.messages,
+                    has_more: page.has_more,
+                };
+                self.send(&f).await;
+                Ok(Flow::Continue)
+            }
+            ClientFrame::Typing { room } => {
+                self.require_member(&room)?;
+                if self.edge.hub.typing_allowed(&self.handle.user, &room) {
+                    let ev = TypingEvent {
+                        room: room.clone(),
+                        user: self.user().clone(),
+                        ts: now_ms(),
+                    };
+                    self.edge
+                        .publish_json(subjects::room_typing(&room), &ev)
+                        .await;
+                }
+                Ok(Flow::Continue)
+            }
+            ClientFrame::Read { room, seq } => {
+                self.require_member(&room)?;
+                let _: UnreadUpdate = self
+                    .request(
+                        subjects::NOTIFY_READ,
+                        &ReadRequest {
+                            user: self.user().clone(),
+                            room,
+                            seq,
+                        },
+                    )
+                    .await?;
+                Ok(Flow::Continue)
+            }
+            ClientFrame::Status { status } => {
+                if status == Status::Offline {
+                    return Err(ApiError::bad_request("status must be online, away or busy"));
+                }
+                let ev = StatusChange {
+                    user: self.user().clone(),
+                    status,
+                    ts: now_ms(),
+                };
+                self.edge.publish_json(subjects::PRESENCE_STATUS, &ev).await;
+                Ok(Flow::Continue)
+            }
+            ClientFrame::Presence { room } => {
+                self.require_member(&room)?;
+                let reply: PresenceReply = self
+                    .request(
+                        subjects::API_PRESENCE,
+                        &PresenceRequest::Room { room: room.clone() },
+                    )
+                    .await?;
+                self.send(&ServerFrame::PresenceSnapshot {
+                    reference,
+                    room,
+                    users: reply.users,
+                })
+                .await;
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    async fn on_send(
+        &mut self,
+        reference: Option<String>,
+        traceparent: Option<String>,
+        room: RoomId,
+        body: String,
+        client_id: String,
+    ) -> Result<(), ApiError> {
+        self.require_member(&room)?;
+        let max = self.edge.config.max_body;
+        let len = char_len(&body);
+        if len == 0 {
+            return Err(ApiError::bad_request("body must not be empty"));
+        }
+        if len > max {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("body is longer than {max} characters"),
+            ));
+        }
+        if body.contains('\0') {
+            return Err(ApiError::bad_request(
+                "body must not contain NUL characters",
+            ));
+        }
+        if client_id.is_empty() || char_len(&client_id) > MAX_CLIENT_ID_CHARS {
+            return Err(ApiError::bad_request(
+                "client_id must be 1 to 64 characters",
+            ));
+        }
+        let span = tracing::info_span!(parent: None, "send", room = %room, user = %self.handle.user, seq = tracing::field::Empty);
+        if let Some(tp) = traceparent.as_deref() {
+            let _ = span.set_parent(trace::from_traceparent(tp));
+        }
+        let started = Instant::now();
+        let event = RoomEvent::message(
+            room.clone(),
+            self.user().clone(),
+            body,
+            client_id.clone(),
+            now_ms(),
+        );
+        let result = self.publish(&event).instrument(span.clone()).await;
+        metrics::histogram!("edge_send_ack_seconds").record(started.elapsed().as_secs_f64());
+        let (seq, duplicate) = result?;
+        span.record("seq", seq);
+        let ts = if duplicate {
+            original_ts(&self.edge, seq).await.unwrap_or(event.ts)
+        } else {
+            event.ts
+        };
+        self.send(&ServerFrame::Ack {
+            reference,
+            room,
+            client_id,
+            seq,
+            ts,
+            duplicate,
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Publishes through JetStream and waits for the stream's acknowledgement.
+    async fn publish(&mut self, event: &RoomEvent) -> Result<(u64, bool), ApiError> {
+        let payload = serde_json::to_vec(event).map_err(|_| ApiError::internal())?;
+        let mut headers = HeaderMap::new();
+        trace::inject_current(&mut headers);
+        // After the trace headers: the dedup id must not be lost.
+        headers.insert(MSG_ID_HEADER, event.msg_id().as_str());
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "publish failed");
+            ApiError::unavailable()
+        };
+        let fut = async {
+            let ack = self
+                .edge
+                .js
+                .publish_with_headers(subjects::room_msg(&event.room), headers, payload.into())
+                .await
+                .map_err(|e| unavailable(&e))?;
+            ack.await.map_err(|e| unavailable(&e))
+        };
+        let ack = tokio::time::timeout(self.edge.config.request_timeout, fut)
+            .await
+            .map_err(|_| unavailable(&"no acknowledgement in time"))??;
+        Ok((ack.sequence, ack.duplicate))
+    }
+
+    async fn on_join(
+        &mut self,
+        reference: Option<String>,
+        room: RoomId,
+        since: Option<u64>,
+        epoch: Option<String>,
+    ) -> Result<(), ApiError> {
+        let info: RoomInfo = self
+            .request(
+                subjects::ROOMS,
+                &RoomsRequest::Join {
+                    user: self.user().clone(),
+                    room: room.clone(),
+                },
+            )
+            .await?;
+        self.subscribe(&room, info.kind).await?;
+        let last = last_seq(&self.edge, &room).await?;
+        let members = (info.kind != RoomKind::Public).then_some(info.members);
+        let recovered = match since {
+            None => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.delivered = r.delivered.max(last);
+                }
+                None
+            }
+            Some(since) if epoch.as_deref() == Some(self.edge.epoch.as_str()) => {
+                self.replay(&room, since).await?;
+                Some(true)
+            }
+            Some(_) => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.delivered = r.delivered.max(last);
+                }
+                Some(false)
+            }
+        };
+        let f = ServerFrame::Joined {
+            reference,
+            room,
+            kind: info.kind,
+            last_seq: last,
+            recovered,
+            members,
+        };
+        self.send(&f).await;
+        Ok(())
+    }
+
+    /// Sends every event of `room` after `since` that this session has not delivered yet, in
+    /// order. The room is subscribed already, so what is published meanwhile waits in the queue
+    /// and is dropped there if the replay covered it.
+    async fn replay(&mut self, room: &RoomId, since: u64) -> Result<(), ApiError> {
+        let mut cursor = since;
+        loop {
+            let page: HistoryPage = self
+                .request(
+                    subjects::API_HISTORY,
+                    &HistoryRequest {
+                        room: room.clone(),
+                        before: None,
+                        after: Some(cursor),
+                        limit: Some(200),
+                    },
+                )
+                .await?;
+            let has_more = page.has_more && !page.messages.is_empty();
+            for m in page.messages {
+                cursor = cursor.max(m.seq);
+                let Some(state) = self.rooms.get_mut(room) else {
+                    return Ok(());
+                };
+                let before_live = state.live_from.is_none_or(|first| m.seq < first);
+                if before_live || m.seq > state.delivered {
+                    state.delivered = state.delivered.max(m.seq);
+                    if !self.send(&ServerFrame::Message(m)).await {
+                        return Ok(());
+                    }
+                }
+            }
+            if !has_more {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The room's newest seq, 0 for a room with no event.
+async fn last_seq(edge: &Edge, room: &RoomId) -> Result<u64, ApiError> {
+    match edge
+        .stream
+        .direct_get_last_for_subject(subjects::room_msg(room))
+        .await
+    {
+        Ok(m) => Ok(m.sequence),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
+        Err(e) => {
+            tracing::warn!(error = %e, "stream unreachable");
+            Err(ApiError::unavailable())
+        }
+    }
+}
+
+/// The `ts` of the stored event `seq` (the original of a duplicate send).
+async fn original_ts(edge: &Edge, seq: u64) -> Option<i64> {
+    let m = edge.stream.direct_get(seq).await.ok()?;
+    RoomEvent::decode(&m.payload).ok().map(|e| e.ts)
+}

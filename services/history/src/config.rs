@@ -1,0 +1,41 @@
+//! chat-history's configuration (CONTRACT §4 plus its own tuning variables).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_bus::stream::StreamSettings;
+use chat_runtime::nats::NatsConfig;
+use chat_runtime::{ConfigError, Env};
+
+/// Default admin address of chat-history.
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9102";
+
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    pub nats: NatsConfig,
+    /// `DATABASE_URL`; tables live in the `history` schema.
+    pub database_url: String,
+    /// `ADMIN_LISTEN`: /healthz, /readyz, /metrics.
+    pub admin_listen: SocketAddr,
+    pub stream: StreamSettings,
+    /// `HISTORY_BATCH_MAX`: most rows per archive transaction.
+    pub batch_max: usize,
+    /// `HISTORY_BATCH_WAIT`: longest a partial batch waits for more events.
+    pub batch_wait: Duration,
+    /// `HISTORY_MAX_DELIVER`: deliveries of one event before it is dead-lettered.
+    pub max_deliver: u64,
+}
+
+impl HistoryConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(HistoryConfig {
+            nats: NatsConfig::from_env(env)?,
+            database_url: env.string("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chat"),
+            admin_listen: env.addr("ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN)?,
+            stream: env.stream_settings()?,
+            batch_max: env.parse("HISTORY_BATCH_MAX", 1000)?,
+            batch_wait: env.duration("HISTORY_BATCH_WAIT", Duration::from_millis(5))?,
+            max_deliver: env.parse("HISTORY_MAX_DELIVER", 10)?,
+        })
+    }
+}

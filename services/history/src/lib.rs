@@ -1,0 +1,154 @@
+//! chat-history: archives every event of the `CHAT` stream in PostgreSQL, answers history pages
+//! (`chat.api.history`) that stay complete while the archive lags, and owns rooms and membership.
+
+pub mod archive;
+pub mod config;
+pub mod query;
+pub mod rooms;
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use chat_bus::api::{HistoryRequest, RoomsRequest, decode_request, encode_reply};
+use chat_bus::{stream, subjects};
+use chat_runtime::{admin, db, nats::serve_requests, retry};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::HistoryConfig;
+
+/// Schema of chat-history's tables.
+pub const SCHEMA: &str = "history";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A started chat-history, ready to [`run`](App::run).
+pub struct App {
+    config: HistoryConfig,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    pool: PgPool,
+    stream: jetstream::stream::Stream,
+    epoch_id: i32,
+    admin: TcpListener,
+}
+
+impl App {
+    /// Connects, creates the stream if missing and applies migrations, waiting for NATS and
+    /// PostgreSQL as long as they are down (or until `shutdown`).
+    pub async fn build(config: HistoryConfig, shutdown: &CancellationToken) -> anyhow::Result<App> {
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .context("bind ADMIN_LISTEN")?;
+        let nats = config
+            .nats
+            .connect("chat-history")
+            .await
+            .map_err(|e| anyhow::anyhow!("connect to NATS: {e}"))?;
+        let js = jetstream::new(nats.clone());
+        let (stream, epoch) = retry::until_ok("create the CHAT stream", shutdown, || {
+            stream::ensure_chat_stream(&js, &config.stream)
+        })
+        .await
+        .context("stopped during start")?;
+        retry::until_ok("create the dead-letter stream", shutdown, || {
+            stream::ensure_dead_letter_stream(&js, config.stream.replicas)
+        })
+        .await
+        .context("stopped during start")?;
+        let pool = db::pool(&config.database_url, SCHEMA, 16).context("DATABASE_URL")?;
+        retry::until_ok("apply migrations", shutdown, || {
+            db::prepare(&pool, SCHEMA, &MIGRATOR)
+        })
+        .await
+        .context("stopped during start")?;
+        let epoch_id = retry::until_ok("register the epoch", shutdown, || {
+            archive::epoch_id(&pool, &epoch)
+        })
+        .await
+        .context("stopped during start")?;
+        tracing::info!(epoch, "chat-history started");
+        Ok(App {
+            config,
+            nats,
+            js,
+            pool,
+            stream,
+            epoch_id,
+            admin,
+        })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown`, then drains: stops taking requests and events, finishes those in
+    /// hand, and acknowledges only what was committed.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let ready = db::all(vec![
+            admin::nats_ready(self.nats.clone()),
+            db::ready(self.pool.clone()),
+        ]);
+        let admin = tokio::spawn(admin::serve(self.admin, ready, shutdown.clone()));
+
+        let rooms = rooms::Rooms::new(self.pool.clone(), self.nats.clone());
+        let rooms_server = serve_requests(
+            self.nats.clone(),
+            subjects::ROOMS,
+            subjects::HISTORY_QUEUE,
+            shutdown.clone(),
+            move |msg| {
+                let rooms = rooms.clone();
+                async move {
+                    let reply = match decode_request::<RoomsRequest>(&msg.payload) {
+                        Ok(req) => rooms.handle(req).await,
+                        Err(e) => Err(e),
+                    };
+                    encode_reply(&reply)
+                }
+            },
+        );
+
+        let query = query::HistoryQuery::new(self.pool.clone(), self.stream.clone(), self.epoch_id);
+        let history_server = serve_requests(
+            self.nats.clone(),
+            subjects::API_HISTORY,
+            subjects::HISTORY_QUEUE,
+            shutdown.clone(),
+            move |msg| {
+                let query = query.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    let reply = match decode_request::<HistoryRequest>(&msg.payload) {
+                        Ok(req) => query.page(req).await,
+                        Err(e) => Err(e),
+                    };
+                    metrics::histogram!("history_page_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    encode_reply(&reply)
+                }
+            },
+        );
+
+        let archive = archive::Archive {
+            pool: self.pool.clone(),
+            js: self.js.clone(),
+            epoch_id: self.epoch_id,
+            config: self.config.clone(),
+        };
+        let (r, h, ()) = tokio::join!(rooms_server, history_server, archive.run(shutdown.clone()));
+        for res in [r, h] {
+            if let Err(e) = res {
+                tracing::error!(error = %e, "request server failed");
+            }
+        }
+        let _ = admin.await;
+        let _ = self.nats.flush().await;
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,262 @@
+//! History pages that never have a hole. Everything at or below the archive consumer's ack
+//! floor is in PostgreSQL (an event is acknowledged only after its row committed); whatever lies
+//! above it is read from the stream. So a page is complete however far the writer lags.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream::DirectGetErrorKind};
+use chat_bus::api::{ApiError, HistoryPage, HistoryRequest, clamp_limit};
+use chat_bus::event::RoomEvent;
+use chat_bus::subjects;
+use chat_proto::{ChatMessage, RoomId, UserId};
+use futures::StreamExt;
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+
+use crate::rooms::db_error;
+
+/// How stale a cached ack floor may be; a stale floor only means reading more from the stream.
+const FLOOR_TTL: Duration = Duration::from_millis(20);
+
+/// Answers history requests.
+#[derive(Clone)]
+pub struct HistoryQuery {
+    pool: PgPool,
+    stream: jetstream::stream::Stream,
+    epoch_id: i32,
+    floor: Arc<Mutex<(Option<Instant>, u64)>>,
+}
+
+type PgRow = (i64, String, String, String, i64, i64);
+
+impl HistoryQuery {
+    pub fn new(pool: PgPool, stream: jetstream::stream::Stream, epoch_id: i32) -> Self {
+        HistoryQuery {
+            pool,
+            stream,
+            epoch_id,
+            floor: Arc::new(Mutex::new((None, 0))),
+        }
+    }
+
+    /// One page (CONTRACT §2 `history`, §3 `chat.api.history`).
+    pub async fn page(&self, req: HistoryRequest) -> Result<HistoryPage, ApiError> {
+        if req.before.is_some() && req.after.is_some() {
+            return Err(ApiError::bad_request("give before or after, not both"));
+        }
+        let limit = clamp_limit(req.limit) as usize;
+        let floor = self.ack_floor().await;
+        let room = req.room;
+        let (mut messages, has_more) = match req.after {
+            Some(after) => {
+                let mut rows = self.pg_after(&room, after, floor, limit + 1).await?;
+                if rows.len() <= limit {
+                    let tail = self.tail(&room, floor).await?;
+                    rows.extend(tail.into_iter().filter(|m| m.seq > after));
+                }
+                let more = rows.len() > limit;
+                rows.truncate(limit);
+                (rows, more)
+            }
+            None => {
+                let before = req.before.unwrap_or(u64::MAX);
+                let mut tail = if before > floor.saturating_add(1) {
+                    self.tail(&room, floor).await?
+                } else {
+                    Vec::new()
+                };
+                tail.retain(|m| m.seq < before);
+                let need = (limit + 1).saturating_sub(tail.len());
+                let mut rows = if need > 0 {
+                    self.pg_before(&room, before.min(floor.saturating_add(1)), need)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                rows.extend(tail);
+                let more = rows.len() > limit;
+                let skip = rows.len().saturating_sub(limit);
+                (rows.split_off(skip), more)
+            }
+        };
+        messages.shrink_to_fit();
+        Ok(HistoryPage {
+            room,
+            messages,
+            has_more,
+        })
+    }
+
+    /// The archive consumer's ack floor: every event at or below it is in PostgreSQL.
+    async fn ack_floor(&self) -> u64 {
+        let mut cached = self.floor.lock().await;
+        if let (Some(at), floor) = *cached
+            && at.elapsed() < FLOOR_TTL
+        {
+            return floor;
+        }
+        let floor = match self.stream.consumer_info(subjects::HISTORY_CONSUMER).await {
+            Ok(info) => info.ack_floor.stream_sequence,
+            Err(e) => {
+                tracing::debug!(error = %e, "no archive consumer yet: reading everything from the stream");
+                0
+            }
+        };
+        *cached = (Some(Instant::now()), floor);
+        floor
+    }
+
+    async fn pg_after(
+        &self,
+        room: &RoomId,
+        after: u64,
+        floor: u64,
+        n: usize,
+    ) -> Result<Vec<ChatMessage>, ApiError> {
+        if after >= floor {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<PgRow> = sqlx::query_as(
+            "SELECT m.seq, m.sender, m.body, m.client_id, m.ts,
+                    COALESCE((SELECT max(p.seq) FROM messages p
+                              WHERE p.epoch_id = m.epoch_id AND p.room = m.room AND p.seq < m.seq), 0)
+             FROM messages m
+             WHERE m.epoch_id = $1 AND m.room = $2 AND m.seq > $3 AND m.seq <= $4
+             ORDER BY m.seq LIMIT $5",
+        )
+        .bind(self.epoch_id)
+        .bind(room.as_str())
+        .bind(to_i64(after))
+        .bind(to_i64(floor))
+        .bind(n as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| row_to_message(room, r))
+            .collect())
+    }
+
+    async fn pg_before(
+        &self,
+        room: &RoomId,
+        before: u64,
+        n: usize,
+    ) -> Result<Vec<ChatMessage>, ApiError> {
+        let rows: Vec<PgRow> = sqlx::query_as(
+            "SELECT m.seq, m.sender, m.body, m.client_id, m.ts,
+                    COALESCE((SELECT max(p.seq) FROM messages p
+                              WHERE p.epoch_id = m.epoch_id AND p.room = m.room AND p.seq < m.seq), 0)
+             FROM messages m
+             WHERE m.epoch_id = $1 AND m.room = $2 AND m.seq < $3
+             ORDER BY m.seq DESC LIMIT $4",
+        )
+        .bind(self.epoch_id)
+        .bind(room.as_str())
+        .bind(to_i64(before))
+        .bind(n as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let mut out: Vec<ChatMessage> = rows
+            .into_iter()
+            .filter_map(|r| row_to_message(room, r))
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The last archived seq of the room at or below `floor` (the prev_seq of the first tail event).
+    async fn pg_last(&self, room: &RoomId, floor: u64) -> Result<u64, ApiError> {
+        if floor == 0 {
+            return Ok(0);
+        }
+        let (last,): (Option<i64>,) = sqlx::query_as(
+            "SELECT max(seq) FROM messages WHERE epoch_id = $1 AND room = $2 AND seq <= $3",
+        )
+        .bind(self.epoch_id)
+        .bind(room.as_str())
+        .bind(to_i64(floor))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(last.unwrap_or(0) as u64)
+    }
+
+    /// Every event of the room above `floor`, read from the stream, in order.
+    async fn tail(&self, room: &RoomId, floor: u64) -> Result<Vec<ChatMessage>, ApiError> {
+        let subject = subjects::room_msg(room);
+        let last = match self
+            .stream
+            .direct_get_last_for_subject(subject.clone())
+            .await
+        {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                tracing::warn!(error = %e, "stream unreachable for history");
+                return Err(ApiError::unavailable());
+            }
+        };
+        if last <= floor {
+            return Ok(Vec::new());
+        }
+        let mut prev = self.pg_last(room, floor).await?;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "reading the stream tail failed");
+            ApiError::unavailable()
+        };
+        let reader = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: floor + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut messages = reader.messages().await.map_err(|e| unavailable(&e))?;
+        let mut out = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
+            let msg = match next {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(unavailable(&e)),
+                Ok(None) | Err(_) => return Err(unavailable(&"stream tail ended early")),
+            };
+            let Ok(info) = msg.info() else { continue };
+            let seq = info.stream_sequence;
+            if let Ok(event) = RoomEvent::decode(&msg.payload) {
+                out.push(event.into_message(seq, prev));
+                prev = seq;
+            }
+            if seq >= last {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn row_to_message(
+    room: &RoomId,
+    (seq, sender, body, client_id, ts, prev): PgRow,
+) -> Option<ChatMessage> {
+    Some(ChatMessage {
+        room: room.clone(),
+        seq: seq as u64,
+        prev_seq: prev as u64,
+        from: UserId::new(sender).ok()?,
+        body,
+        client_id,
+        ts,
+    })
+}

@@ -1,0 +1,368 @@
+//! Rooms and membership, persisted in PostgreSQL and served to the edges over
+//! [`chat_bus::subjects::ROOMS`]. Every committed change is announced on
+//! `chat.user.<user>.membership`, so that each edge updates the user's sessions.
+
+use std::collections::BTreeSet;
+
+use chat_bus::api::{
+    ApiError, Done, Membership, MembershipChange, RoomInfo, RoomsRequest, UserRooms,
+};
+use chat_bus::{now_ms, subjects};
+use chat_proto::{ErrorCode, RoomId, RoomKind, UserId};
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Transaction};
+
+/// Maps a database failure to what the caller may see: `unavailable` when PostgreSQL cannot be
+/// reached, `internal` otherwise; the detail goes to the log only.
+pub fn db_error(e: sqlx::Error) -> ApiError {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => {
+            tracing::warn!(error = %e, "postgres unavailable");
+            ApiError::unavailable()
+        }
+        e => {
+            tracing::error!(error = %e, "database error");
+            ApiError::internal()
+        }
+    }
+}
+
+/// The rooms service.
+#[derive(Clone)]
+pub struct Rooms {
+    pool: PgPool,
+    nats: async_nats::Client,
+}
+
+/// A reply, JSON-encoded by the caller.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum RoomsReply {
+    Room(RoomInfo),
+    Done(Done),
+    Rooms(UserRooms),
+}
+
+impl Rooms {
+    pub fn new(pool: PgPool, nats: async_nats::Client) -> Self {
+        Rooms { pool, nats }
+    }
+
+    pub async fn handle(&self, req: RoomsRequest) -> Result<RoomsReply, ApiError> {
+        match req {
+            RoomsRequest::Join { user, room } => self.join(user, room).await.map(RoomsReply::Room),
+            RoomsRequest::Leave { user, room } => {
+                self.leave(user, room).await.map(RoomsReply::Done)
+            }
+            RoomsRequest::Create {
+                user,
+                room,
+                private,
+                members,
+            } => self
+                .create(user, room, private, members)
+                .await
+                .map(RoomsReply::Room),
+            RoomsRequest::Invite { user, room, target } => {
+                self.invite(user, room, target).await.map(RoomsReply::Done)
+            }
+            RoomsRequest::OpenDm { user, other } => {
+                self.open_dm(user, other).await.map(RoomsReply::Room)
+            }
+            RoomsRequest::UserRooms { user } => self.user_rooms(user).await.map(RoomsReply::Rooms),
+            RoomsRequest::Members { room } => self.members(room).await.map(RoomsReply::Room),
+        }
+    }
+
+    async fn join(&self, user: UserId, room: RoomId) -> Result<RoomInfo, ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let kind = match room_kind(&mut tx, &room).await? {
+            Some(kind) => kind,
+            None if room.is_dm() => return Err(ApiError::forbidden("not a member of this room")),
+            None => {
+                create_room(&mut tx, &room, RoomKind::Public, &user).await?;
+                RoomKind::Public
+            }
+        };
+        let added = match kind {
+            RoomKind::Public => add_member(&mut tx, &room, &user).await?,
+            RoomKind::Private | RoomKind::Dm => {
+                if !is_member(&mut tx, &room, &user).await? {
+                    return Err(ApiError::forbidden("not a member of this room"));
+                }
+                false
+            }
+        };
+        let members = if kind == RoomKind::Public {
+            Vec::new()
+        } else {
+            list_members(&mut tx, &room).await?
+        };
+        tx.commit().await.map_err(db_error)?;
+        if added {
+            self.announce(&user, &room, kind, true, &user).await;
+        }
+        Ok(RoomInfo {
+            room,
+            kind,
+            members,
+        })
+    }
+
+    async fn leave(&self, user: UserId, room: RoomId) -> Result<Done, ApiError> {
+        let removed: Option<(String,)> = sqlx::query_as(
+            "DELETE FROM memberships m USING rooms r
+             WHERE m.room = $1 AND m.user_id = $2 AND r.id = m.room RETURNING r.kind",
+        )
+        .bind(room.as_str())
+        .bind(user.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        if let Some((kind,)) = removed {
+            let kind = RoomKind::parse(&kind).unwrap_or(RoomKind::Public);
+            self.announce(&user, &room, kind, false, &user).await;
+        }
+        Ok(Done { room })
+    }
+
+    async fn create(
+        &self,
+        user: UserId,
+        room: RoomId,
+        private: bool,
+        members: Vec<UserId>,
+    ) -> Result<RoomInfo, ApiError> {
+        if room.is_dm() {
+            return Err(ApiError::bad_request(
+                "room ids beginning with dm- are reserved",
+            ));
+        }
+        let kind = if private {
+            RoomKind::Private
+        } else {
+            RoomKind::Public
+        };
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        if !create_room(&mut tx, &room, kind, &user).await? {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "a room with this id exists",
+            ));
+        }
+        let everyone: BTreeSet<UserId> = members.into_iter().chain([user.clone()]).collect();
+        for m in &everyone {
+            add_member(&mut tx, &room, m).await?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        for m in &everyone {
+            self.announce(m, &room, kind, true, &user).await;
+        }
+        let members = if kind == RoomKind::Public {
+            Vec::new()
+        } else {
+            everyone.into_iter().collect()
+        };
+        Ok(RoomInfo {
+            room,
+            kind,
+            members,
+        })
+    }
+
+    async fn invite(&self, user: UserId, room: RoomId, target: UserId) -> Result<Done, ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let Some(kind) = room_kind(&mut tx, &room).await? else {
+            return Err(ApiError::new(ErrorCode::NotFound, "no such room"));
+        };
+        if kind == RoomKind::Dm {
+            return Err(ApiError::forbidden(
+                "nobody can be invited to a direct-message room",
+            ));
+        }
+        if !is_member(&mut tx, &room, &user).await? {
+            return Err(ApiError::forbidden("only a member may invite to this room"));
+        }
+        let added = add_member(&mut tx, &room, &target).await?;
+        tx.commit().await.map_err(db_error)?;
+        if added {
+            self.announce(&target, &room, kind, true, &user).await;
+        }
+        Ok(Done { room })
+    }
+
+    async fn open_dm(&self, user: UserId, other: UserId) -> Result<RoomInfo, ApiError> {
+        let Some(room) = RoomId::dm(&user, &other) else {
+            return Err(ApiError::bad_request(
+                "a direct-message room needs two different users",
+            ));
+        };
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        create_room(&mut tx, &room, RoomKind::Dm, &user).await?;
+        let mut added = Vec::new();
+        for m in [&user, &other] {
+            if add_member(&mut tx, &room, m).await? {
+                added.push(m.clone());
+            }
+        }
+        tx.commit().await.map_err(db_error)?;
+        for m in &added {
+            self.announce(m, &room, RoomKind::Dm, true, &user).await;
+        }
+        let mut members = vec![user, other];
+        members.sort();
+        Ok(RoomInfo {
+            room,
+            kind: RoomKind::Dm,
+            members,
+        })
+    }
+
+    async fn user_rooms(&self, user: UserId) -> Result<UserRooms, ApiError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT m.room, r.kind FROM memberships m JOIN rooms r ON r.id = m.room
+             WHERE m.user_id = $1 ORDER BY m.room",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let rooms = rows
+            .into_iter()
+            .filter_map(|(room, kind)| {
+                Some(Membership {
+                    room: RoomId::new(room).ok()?,
+                    kind: RoomKind::parse(&kind)?,
+                })
+            })
+            .collect();
+        Ok(UserRooms { rooms })
+    }
+
+    async fn members(&self, room: RoomId) -> Result<RoomInfo, ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let Some(kind) = room_kind(&mut tx, &room).await? else {
+            return Err(ApiError::new(ErrorCode::NotFound, "no such room"));
+        };
+        let members = list_members(&mut tx, &room).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(RoomInfo {
+            room,
+            kind,
+            members,
+        })
+    }
+
+    async fn announce(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        kind: RoomKind,
+        member: bool,
+        by: &UserId,
+    ) {
+        let change = MembershipChange {
+            user: user.clone(),
+            room: room.clone(),
+            kind,
+            member,
+            by: by.clone(),
+        };
+        let payload = match serde_json::to_vec(&change) {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        if let Err(e) = self
+            .nats
+            .publish(subjects::user_membership(user), payload.into())
+            .await
+        {
+            tracing::warn!(error = %e, "membership announcement not published");
+        }
+    }
+}
+
+async fn room_kind(
+    tx: &mut Transaction<'_, Postgres>,
+    room: &RoomId,
+) -> Result<Option<RoomKind>, ApiError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT kind FROM rooms WHERE id = $1")
+        .bind(room.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    Ok(row.and_then(|(k,)| RoomKind::parse(&k)))
+}
+
+/// Inserts a room; false if it existed.
+async fn create_room(
+    tx: &mut Transaction<'_, Postgres>,
+    room: &RoomId,
+    kind: RoomKind,
+    by: &UserId,
+) -> Result<bool, ApiError> {
+    let done = sqlx::query(
+        "INSERT INTO rooms (id, kind, created_by, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(room.as_str())
+    .bind(kind.as_str())
+    .bind(by.as_str())
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Adds a member; false if they were one already.
+async fn add_member(
+    tx: &mut Transaction<'_, Postgres>,
+    room: &RoomId,
+    user: &UserId,
+) -> Result<bool, ApiError> {
+    let done = sqlx::query(
+        "INSERT INTO memberships (room, user_id, joined_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(room.as_str())
+    .bind(user.as_str())
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn is_member(
+    tx: &mut Transaction<'_, Postgres>,
+    room: &RoomId,
+    user: &UserId,
+) -> Result<bool, ApiError> {
+    let row: Option<(i32,)> =
+        sqlx::query_as("SELECT 1 FROM memberships WHERE room = $1 AND user_id = $2")
+            .bind(room.as_str())
+            .bind(user.as_str())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_error)?;
+    Ok(row.is_some())
+}
+
+async fn list_members(
+    tx: &mut Transaction<'_, Postgres>,
+    room: &RoomId,
+) -> Result<Vec<UserId>, ApiError> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT user_id FROM memberships WHERE room = $1 ORDER BY user_id")
+            .bind(room.as_str())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_error)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(u,)| UserId::new(u).ok())
+        .collect())
+}

@@ -1,0 +1,180 @@
+//! A whole chat system in one test process: a nats-server and a fresh database of their own,
+//! and any number of edges and chat-history instances started on port 0.
+
+use std::net::SocketAddr;
+
+use chat_runtime::Env;
+use chat_testkit::{NatsServer, WsClient, fresh_database, token};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use chat_testkit;
+
+/// The signing secret of every test stack.
+pub const SECRET: &str = "test-secret";
+
+/// A service running in this process; stopped (drained) when dropped.
+pub struct Running {
+    pub stop: CancellationToken,
+    pub task: JoinHandle<()>,
+    pub addr: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+impl Running {
+    /// Drains and waits for the end.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        let _ = (&mut self.task).await;
+    }
+
+    /// Stops abruptly, as a crash would: no drain, no goodbye.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A test stack.
+pub struct Stack {
+    pub nats: NatsServer,
+    pub db_url: String,
+    pub edges: Vec<Running>,
+    pub histories: Vec<Running>,
+    /// Extra environment for services started from now on.
+    pub env: Vec<(String, String)>,
+}
+
+impl Stack {
+    /// NATS, a database, one chat-history and one edge.
+    pub async fn start() -> Stack {
+        Self::start_with(&[]).await
+    }
+
+    /// The same, with extra environment variables for the services.
+    pub async fn start_with(env: &[(&str, &str)]) -> Stack {
+        chat_runtime::telemetry::init_for_tests();
+        let nats = NatsServer::start().await;
+        let db_url = fresh_database().await;
+        let mut stack = Stack {
+            nats,
+            db_url,
+            edges: Vec::new(),
+            histories: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        stack.add_history().await;
+        stack.add_edge().await;
+        stack
+    }
+
+    /// The environment every service gets.
+    pub fn service_env(&self) -> Env {
+        let mut env = Env::from_pairs([
+            ("NATS_URL", self.nats.url.as_str()),
+            ("DATABASE_URL", self.db_url.as_str()),
+            ("CHAT_JWT_SECRET", SECRET),
+            ("EDGE_LISTEN", "127.0.0.1:0"),
+            ("ADMIN_LISTEN", "127.0.0.1:0"),
+            ("CHAT_HEARTBEAT_MS", "5000"),
+            ("CHAT_REQUEST_TIMEOUT", "5s"),
+        ]);
+        for (k, v) in &self.env {
+            env = env.with(k.clone(), v.clone());
+        }
+        env
+    }
+
+    pub async fn add_history(&mut self) -> usize {
+        let config =
+            chat_history::HistoryConfig::from_env(&self.service_env()).expect("history config");
+        let stop = CancellationToken::new();
+        let app = chat_history::App::build(config, &stop)
+            .await
+            .expect("start chat-history");
+        let admin = app.admin_addr();
+        let task = tokio::spawn(app.run(stop.clone()));
+        self.histories.push(Running {
+            stop,
+            task,
+            addr: None,
+            admin,
+        });
+        self.histories.len() - 1
+    }
+
+    pub async fn add_edge(&mut self) -> usize {
+        let config = chat_edge::EdgeConfig::from_env(&self.service_env()).expect("edge config");
+        let stop = CancellationToken::new();
+        let app = chat_edge::App::build(config, stop.clone())
+            .await
+            .expect("start chat-edge");
+        let (addr, admin) = (app.local_addr(), app.admin_addr());
+        let task = tokio::spawn(app.run());
+        self.edges.push(Running {
+            stop,
+            task,
+            addr: Some(addr),
+            admin,
+        });
+        self.edges.len() - 1
+    }
+
+    /// ws://…/ws of edge `i`.
+    pub fn ws_url(&self, i: usize) -> String {
+        format!(
+            "ws://{}/ws",
+            self.edges[i].addr.expect("edges have an address")
+        )
+    }
+
+    /// A valid token for `user`.
+    pub fn token(&self, user: &str) -> String {
+        token::hs256(SECRET, user, 3600)
+    }
+
+    /// Connects `user` to edge `i` and returns the client and its `hello`.
+    pub async fn login(&self, i: usize, user: &str) -> (WsClient, Value) {
+        WsClient::login(&self.ws_url(i), &self.token(user)).await
+    }
+
+    /// A pool on the test database.
+    pub async fn db(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.db_url)
+            .await
+            .expect("connect to test database")
+    }
+}
+
+/// Joins `room` and returns the `joined` frame.
+pub async fn join(c: &mut WsClient, room: &str) -> Value {
+    let r = c
+        .request(
+            serde_json::json!({"type": "join", "room": room}),
+            &format!("join-{room}"),
+        )
+        .await;
+    assert_eq!(r["type"], "joined", "join {room}: {r}");
+    r
+}
+
+/// Sends a message and returns the `ack`.
+pub async fn send(c: &mut WsClient, room: &str, body: &str, client_id: &str) -> Value {
+    let r = c
+        .request(
+            serde_json::json!({"type": "send", "room": room, "body": body, "client_id": client_id}),
+            &format!("send-{client_id}"),
+        )
+        .await;
+    assert_eq!(r["type"], "ack", "send: {r}");
+    r
+}
