@@ -47,12 +47,14 @@ pub struct Stack {
     pub db_url: String,
     pub edges: Vec<Running>,
     pub histories: Vec<Running>,
+    pub presences: Vec<Running>,
+    pub notifies: Vec<Running>,
     /// Extra environment for services started from now on.
     pub env: Vec<(String, String)>,
 }
 
 impl Stack {
-    /// NATS, a database, one chat-history and one edge.
+    /// NATS, a database, one instance of each service.
     pub async fn start() -> Stack {
         Self::start_with(&[]).await
     }
@@ -67,12 +69,16 @@ impl Stack {
             db_url,
             edges: Vec::new(),
             histories: Vec::new(),
+            presences: Vec::new(),
+            notifies: Vec::new(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
         stack.add_history().await;
+        stack.add_presence().await;
+        stack.add_notify().await;
         stack.add_edge().await;
         stack
     }
@@ -110,6 +116,42 @@ impl Stack {
             admin,
         });
         self.histories.len() - 1
+    }
+
+    pub async fn add_presence(&mut self) -> usize {
+        let config =
+            chat_presence::PresenceConfig::from_env(&self.service_env()).expect("presence config");
+        let stop = CancellationToken::new();
+        let app = chat_presence::App::build(config, &stop)
+            .await
+            .expect("start chat-presence");
+        let admin = app.admin_addr();
+        let task = tokio::spawn(app.run(stop.clone()));
+        self.presences.push(Running {
+            stop,
+            task,
+            addr: None,
+            admin,
+        });
+        self.presences.len() - 1
+    }
+
+    pub async fn add_notify(&mut self) -> usize {
+        let config =
+            chat_notify::NotifyConfig::from_env(&self.service_env()).expect("notify config");
+        let stop = CancellationToken::new();
+        let app = chat_notify::App::build(config, &stop)
+            .await
+            .expect("start chat-notify");
+        let admin = app.admin_addr();
+        let task = tokio::spawn(app.run(stop.clone()));
+        self.notifies.push(Running {
+            stop,
+            task,
+            addr: None,
+            admin,
+        });
+        self.notifies.len() - 1
     }
 
     pub async fn add_edge(&mut self) -> usize {

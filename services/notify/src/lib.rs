@@ -33,7 +33,7 @@ pub struct App {
 }
 
 impl App {
-    pub async fn build(config: NotifyConfig) -> anyhow::Result<App> {
+    pub async fn build(config: NotifyConfig, _shutdown: &CancellationToken) -> anyhow::Result<App> {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .context("bind ADMIN_LISTEN")?;

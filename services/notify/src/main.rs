@@ -9,6 +9,6 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = telemetry::init(&env, "chat-notify");
     let config = NotifyConfig::from_env(&env)?;
     let stop = shutdown::on_signal();
-    App::build(config).await?.run(stop).await;
+    App::build(config, &stop).await?.run(stop).await;
     Ok(())
 }

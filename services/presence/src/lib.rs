@@ -33,7 +33,10 @@ pub struct App {
 }
 
 impl App {
-    pub async fn build(config: PresenceConfig) -> anyhow::Result<App> {
+    pub async fn build(
+        config: PresenceConfig,
+        _shutdown: &CancellationToken,
+    ) -> anyhow::Result<App> {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .context("bind ADMIN_LISTEN")?;
