@@ -41,7 +41,12 @@ impl Authenticator {
     pub fn hs256(secret: &str, issuer: Option<&str>, audience: Option<&str>) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured iss/aud must also be present: jsonwebtoken only checks claims that exist
+        // unless they are listed as required.
+        let mut required = vec!["exp", "sub"];
+        required.extend(issuer.map(|_| "iss"));
+        required.extend(audience.map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         validation.leeway = 0;
         match issuer {
             Some(iss) => validation.set_issuer(&[iss]),

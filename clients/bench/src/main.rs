@@ -1,0 +1,352 @@
+//! `chat-bench`: measures a running chat system from outside, as clients see it.
+//!
+//! ```text
+//! chat-bench idle       --url ws://127.0.0.1:8080/ws --secret S --connections 1000 --pid EDGE_PID
+//! chat-bench throughput --url ws://127.0.0.1:8080/ws --secret S --rooms 10 --members 100 --senders 2 --rate 5000 --seconds 10
+//! chat-bench nats-floor --nats nats://127.0.0.1:4222 --rate 20000 --seconds 5
+//! ```
+//! Every sender follows a fixed schedule (constant offered rate) and latency is measured from the
+//! scheduled send time, so queueing delay is not hidden. Output: a table and a JSON line.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Args(HashMap<String, String>);
+
+impl Args {
+    fn parse() -> (String, Args) {
+        let mut it = std::env::args().skip(1);
+        let cmd = it.next().unwrap_or_default();
+        let mut map = HashMap::new();
+        while let Some(k) = it.next() {
+            if let Some(k) = k.strip_prefix("--") {
+                map.insert(k.to_owned(), it.next().unwrap_or_default());
+            }
+        }
+        (cmd, Args(map))
+    }
+    fn get(&self, k: &str, default: &str) -> String {
+        self.0.get(k).cloned().unwrap_or_else(|| default.to_owned())
+    }
+    fn num(&self, k: &str, default: u64) -> u64 {
+        self.0
+            .get(k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn token(secret: &str, user: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token")
+}
+
+async fn connect(url: &str, secret: &str, user: &str) -> anyhow::Result<Ws> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .context("connect")?;
+    ws.send(Message::Text(
+        json!({"type":"auth","token": token(secret, user)})
+            .to_string()
+            .into(),
+    ))
+    .await?;
+    wait_for(&mut ws, "hello").await?;
+    Ok(ws)
+}
+
+async fn wait_for(ws: &mut Ws, ty: &str) -> anyhow::Result<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["type"] == ty {
+                    return Ok(v);
+                }
+                if v["type"] == "error" {
+                    bail!("server error while waiting for {ty}: {v}");
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => bail!("socket error: {e}"),
+            Ok(None) => bail!("closed while waiting for {ty}"),
+            Err(_) => bail!("timed out waiting for {ty}"),
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("read /proc/PID/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS not found")
+}
+
+async fn idle(a: &Args) -> anyhow::Result<()> {
+    let url = a.get("url", "ws://127.0.0.1:8080/ws");
+    let secret = a.get("secret", "local-dev-secret");
+    let n = a.num("connections", 1000) as usize;
+    let pid = a.num("pid", 0) as u32;
+    if pid == 0 {
+        bail!("--pid of the edge process is required");
+    }
+    // Warm up: a first batch of connections so that lazily allocated structures exist.
+    let mut warm = Vec::new();
+    for i in 0..50 {
+        warm.push(connect(&url, &secret, &format!("warm{i}")).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid)?;
+    let mut conns = Vec::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        conns.push(connect(&url, &secret, &format!("idle{i}")).await?);
+    }
+    let connect_s = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid)?;
+    let per = (after.saturating_sub(before)) as f64 / n as f64;
+    println!(
+        "idle connections: {n}, edge RSS before {before} KiB, after {after} KiB, {per:.2} KiB per connection"
+    );
+    println!(
+        "connect+auth+hello: {:.0} connections/s",
+        n as f64 / connect_s
+    );
+    println!(
+        "{}",
+        json!({"bench":"idle","connections":n,"rss_before_kib":before,"rss_after_kib":after,"kib_per_connection":per})
+    );
+    drop(conns);
+    drop(warm);
+    Ok(())
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+async fn throughput(a: &Args) -> anyhow::Result<()> {
+    let url = a.get("url", "ws://127.0.0.1:8080/ws");
+    let secret = a.get("secret", "local-dev-secret");
+    let rooms = a.num("rooms", 10);
+    let members = a.num("members", 10);
+    let senders = a.num("senders", 1).min(members);
+    let rate = a.num("rate", 1000) as f64;
+    let seconds = a.num("seconds", 10);
+    let tag = format!("b{}", now_ns() % 1_000_000);
+    let per_sender_rate = rate / (rooms * senders) as f64;
+    let total_expected = (rate * seconds as f64) as u64;
+    println!(
+        "throughput: {rooms} rooms x {members} members ({senders} senders each), offered {rate} msgs/s for {seconds}s \
+         ({per_sender_rate:.1} msgs/s per sender)"
+    );
+    let mut readers = Vec::new();
+    let mut sender_tasks = Vec::new();
+    let start_at = Instant::now() + Duration::from_secs(2) + Duration::from_millis(rooms * members);
+    for r in 0..rooms {
+        let room = format!("{tag}-r{r}");
+        for m in 0..members {
+            let user = format!("{tag}-r{r}-u{m}");
+            let mut ws = connect(&url, &secret, &user).await?;
+            ws.send(Message::Text(
+                json!({"type":"join","room": room}).to_string().into(),
+            ))
+            .await?;
+            wait_for(&mut ws, "joined").await?;
+            let (mut sink, mut stream) = ws.split();
+            let expected_msgs = (per_sender_rate * seconds as f64) as u64 * senders;
+            readers.push(tokio::spawn(async move {
+                let mut lat =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+                let mut acks =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+                let mut got = 0u64;
+                let mut sent_at: HashMap<String, u64> = HashMap::new();
+                let deadline = start_at + Duration::from_secs(seconds + 15);
+                while got < expected_msgs {
+                    let next = tokio::time::timeout_at(deadline.into(), stream.next()).await;
+                    let Ok(Some(Ok(Message::Text(t)))) = next else {
+                        break;
+                    };
+                    let now = now_ns();
+                    let Ok(v) = serde_json::from_str::<Value>(&t) else {
+                        continue;
+                    };
+                    match v["type"].as_str() {
+                        Some("message") => {
+                            got += 1;
+                            if let Some(ts) = v["body"]
+                                .as_str()
+                                .and_then(|b| b.strip_prefix("t"))
+                                .and_then(|b| b.parse::<u64>().ok())
+                            {
+                                let _ = lat.record(now.saturating_sub(ts) / 1000);
+                            }
+                        }
+                        Some("ack") => {
+                            if let Some(ts) =
+                                v["client_id"].as_str().and_then(|c| sent_at.remove(c))
+                            {
+                                let _ = acks.record(now.saturating_sub(ts) / 1000);
+                            } else if let Some(ts) = v["client_id"]
+                                .as_str()
+                                .and_then(|c| c.split('-').nth(1))
+                                .and_then(|t| t.parse::<u64>().ok())
+                            {
+                                let _ = acks.record(now.saturating_sub(ts) / 1000);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                sent_at.clear();
+                (got, lat, acks)
+            }));
+            if m < senders {
+                let room = room.clone();
+                let n = (per_sender_rate * seconds as f64) as u64;
+                let interval = Duration::from_secs_f64(1.0 / per_sender_rate);
+                sender_tasks.push(tokio::spawn(async move {
+                    let base_ns = now_ns() + start_at.saturating_duration_since(Instant::now()).as_nanos() as u64;
+                    tokio::time::sleep_until(start_at.into()).await;
+                    for i in 0..n {
+                        let due = start_at + interval * i as u32;
+                        tokio::time::sleep_until(due.into()).await;
+                        let scheduled = base_ns + (interval * i as u32).as_nanos() as u64;
+                        let frame = json!({"type":"send","room": room,"body": format!("t{scheduled}"),"client_id": format!("{i}-{scheduled}")});
+                        if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    n
+                }));
+            } else {
+                drop(sink);
+            }
+        }
+    }
+    let mut sent = 0;
+    for t in sender_tasks {
+        sent += t.await?;
+    }
+    let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut acks = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut delivered = 0;
+    for r in readers {
+        let (got, l, a) = r.await?;
+        delivered += got;
+        lat.add(l)?;
+        acks.add(a)?;
+    }
+    let expected_deliveries = sent * members;
+    let elapsed = seconds as f64;
+    println!(
+        "sent {sent} (target {total_expected}), delivered {delivered} of {expected_deliveries}"
+    );
+    println!(
+        "deliveries/s {:.0}; e2e latency ms p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; send->ack ms p50 {:.3} p99 {:.3}",
+        delivered as f64 / elapsed,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&lat, 0.999),
+        lat.max() as f64 / 1000.0,
+        pct(&acks, 0.5),
+        pct(&acks, 0.99)
+    );
+    println!(
+        "{}",
+        json!({"bench":"throughput","rooms":rooms,"members":members,"senders":senders,"offered_msgs_per_s":rate,
+               "seconds":seconds,"sent":sent,"delivered":delivered,"expected_deliveries":expected_deliveries,
+               "deliveries_per_s": delivered as f64 / elapsed,
+               "e2e_ms":{"p50":pct(&lat,0.5),"p99":pct(&lat,0.99),"p999":pct(&lat,0.999)},
+               "ack_ms":{"p50":pct(&acks,0.5),"p99":pct(&acks,0.99)}})
+    );
+    Ok(())
+}
+
+async fn nats_floor(a: &Args) -> anyhow::Result<()> {
+    let url = a.get("nats", "nats://127.0.0.1:4222");
+    let rate = a.num("rate", 10_000) as f64;
+    let seconds = a.num("seconds", 5);
+    let client = async_nats::connect(&url).await?;
+    let mut sub = client.subscribe("bench.floor").await?;
+    client.flush().await?;
+    let n = (rate * seconds as f64) as u64;
+    let pubc = client.clone();
+    let publisher = tokio::spawn(async move {
+        let start = Instant::now();
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        for i in 0..n {
+            tokio::time::sleep_until((start + interval * i as u32).into()).await;
+            let _ = pubc
+                .publish("bench.floor", now_ns().to_string().into())
+                .await;
+        }
+    });
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for _ in 0..n {
+        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(10), sub.next()).await else {
+            break;
+        };
+        if let Ok(ts) = std::str::from_utf8(&m.payload).unwrap_or("").parse::<u64>() {
+            let _ = h.record(now_ns().saturating_sub(ts) / 1000);
+        }
+    }
+    publisher.await?;
+    println!(
+        "nats core pub->sub at {rate} msgs/s: p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms",
+        pct(&h, 0.5),
+        pct(&h, 0.99),
+        pct(&h, 0.999)
+    );
+    println!(
+        "{}",
+        json!({"bench":"nats-floor","rate":rate,"p50_ms":pct(&h,0.5),"p99_ms":pct(&h,0.99)})
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (cmd, args) = Args::parse();
+    match cmd.as_str() {
+        "idle" => idle(&args).await,
+        "throughput" => throughput(&args).await,
+        "nats-floor" => nats_floor(&args).await,
+        _ => {
+            eprintln!(
+                "usage: chat-bench idle|throughput|nats-floor [--flag value …] (see the source header)"
+            );
+            std::process::exit(2);
+        }
+    }
+}
