@@ -61,9 +61,14 @@ impl Stack {
 
     /// The same, with extra environment variables for the services.
     pub async fn start_with(env: &[(&str, &str)]) -> Stack {
+        let db_url = fresh_database().await;
+        Self::start_on(env, db_url).await
+    }
+
+    /// The same, on a given database (a test's own cluster, for outage tests).
+    pub async fn start_on(env: &[(&str, &str)], db_url: String) -> Stack {
         chat_runtime::telemetry::init_for_tests();
         let nats = NatsServer::start().await;
-        let db_url = fresh_database().await;
         let mut stack = Stack {
             nats,
             db_url,
@@ -101,8 +106,16 @@ impl Stack {
     }
 
     pub async fn add_history(&mut self) -> usize {
-        let config =
-            chat_history::HistoryConfig::from_env(&self.service_env()).expect("history config");
+        self.add_history_with(&[]).await
+    }
+
+    /// A chat-history with extra variables (e.g. `HISTORY_ARCHIVE=false`).
+    pub async fn add_history_with(&mut self, extra: &[(&str, &str)]) -> usize {
+        let mut env = self.service_env();
+        for (k, v) in extra {
+            env = env.with(*k, *v);
+        }
+        let config = chat_history::HistoryConfig::from_env(&env).expect("history config");
         let stop = CancellationToken::new();
         let app = chat_history::App::build(config, &stop)
             .await
@@ -219,4 +232,82 @@ pub async fn send(c: &mut WsClient, room: &str, body: &str, client_id: &str) -> 
         .await;
     assert_eq!(r["type"], "ack", "send: {r}");
     r
+}
+
+/// Sends `n` messages without waiting for each ack, then collects the acks; returns the seqs in
+/// send order. Bodies are `<prefix> <i>` and client ids `<prefix>-<i>`.
+pub async fn send_many(c: &mut WsClient, room: &str, prefix: &str, n: usize) -> Vec<u64> {
+    for i in 0..n {
+        c.send(
+            serde_json::json!({"type": "send", "room": room, "body": format!("{prefix} {i}"),
+                                  "client_id": format!("{prefix}-{i}")}),
+        )
+        .await;
+    }
+    let mut seqs = vec![0u64; n];
+    let mut got = 0;
+    while got < n {
+        let f = c.recv().await.expect("ack");
+        match f["type"].as_str() {
+            Some("ack") => {
+                let id = f["client_id"].as_str().unwrap_or("");
+                if let Some(i) = id
+                    .strip_prefix(&format!("{prefix}-"))
+                    .and_then(|i| i.parse::<usize>().ok())
+                {
+                    seqs[i] = f["seq"].as_u64().expect("seq");
+                    got += 1;
+                }
+            }
+            Some("error") => panic!("send failed: {f}"),
+            _ => {}
+        }
+    }
+    seqs
+}
+
+/// Joins with a recovery cursor; returns the replayed seqs and the `joined` frame.
+pub async fn join_since(
+    c: &mut WsClient,
+    room: &str,
+    since: u64,
+    epoch: &str,
+) -> (Vec<u64>, Value) {
+    c.send(serde_json::json!({"type": "join", "room": room, "since": since, "epoch": epoch}))
+        .await;
+    let mut got = Vec::new();
+    loop {
+        let f = c.recv().await.expect("replay");
+        match f["type"].as_str() {
+            Some("message") if f["room"] == room => got.push(f["seq"].as_u64().expect("seq")),
+            Some("joined") if f["room"] == room => return (got, f),
+            Some("error") => panic!("join failed: {f}"),
+            _ => {}
+        }
+    }
+}
+
+/// Waits until the archive holds `n` rows of `room` (polling PostgreSQL), then checks none is doubled.
+pub async fn wait_archived(db: &sqlx::PgPool, room: &str, n: i64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let row: Result<(i64, i64), _> = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT client_id) FROM history.messages WHERE room = $1",
+        )
+        .bind(room)
+        .fetch_one(db)
+        .await;
+        if let Ok((rows, distinct)) = row {
+            assert_eq!(rows, distinct, "a message was archived twice");
+            assert!(rows <= n, "more rows than messages: {rows} > {n}");
+            if rows == n {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "archive did not reach {n} rows of {room}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

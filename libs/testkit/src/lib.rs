@@ -7,7 +7,7 @@ mod pg;
 mod ws;
 
 pub use nats::{NatsOptions, NatsServer};
-pub use pg::fresh_database;
+pub use pg::{PgCluster, fresh_database};
 pub use ws::{WsClient, WsError};
 
 use std::path::PathBuf;

@@ -24,6 +24,9 @@ pub struct HistoryConfig {
     pub batch_wait: Duration,
     /// `HISTORY_MAX_DELIVER`: deliveries of one event before it is dead-lettered.
     pub max_deliver: u64,
+    /// `HISTORY_ARCHIVE` (true): run the archive writer. Off, the process only answers requests
+    /// (history pages, rooms), so readers and writers can be scaled separately.
+    pub archive: bool,
 }
 
 impl HistoryConfig {
@@ -36,6 +39,7 @@ impl HistoryConfig {
             batch_max: env.parse("HISTORY_BATCH_MAX", 1000)?,
             batch_wait: env.duration("HISTORY_BATCH_WAIT", Duration::from_millis(5))?,
             max_deliver: env.parse("HISTORY_MAX_DELIVER", 10)?,
+            archive: env.bool("HISTORY_ARCHIVE", true)?,
         })
     }
 }

@@ -114,7 +114,12 @@ impl App {
             },
         );
 
-        let query = query::HistoryQuery::new(self.pool.clone(), self.stream.clone(), self.epoch_id);
+        let query = query::HistoryQuery::new(
+            self.pool.clone(),
+            self.nats.clone(),
+            self.stream.clone(),
+            self.epoch_id,
+        );
         let history_server = serve_requests(
             self.nats.clone(),
             subjects::API_HISTORY,
@@ -141,7 +146,14 @@ impl App {
             epoch_id: self.epoch_id,
             config: self.config.clone(),
         };
-        let (r, h, ()) = tokio::join!(rooms_server, history_server, archive.run(shutdown.clone()));
+        let writer = async {
+            if self.config.archive {
+                archive.run(shutdown.clone()).await;
+            } else {
+                tracing::info!("HISTORY_ARCHIVE=false: this process does not archive");
+            }
+        };
+        let (r, h, ()) = tokio::join!(rooms_server, history_server, writer);
         for res in [r, h] {
             if let Err(e) = res {
                 tracing::error!(error = %e, "request server failed");

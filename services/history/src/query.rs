@@ -23,6 +23,7 @@ const FLOOR_TTL: Duration = Duration::from_millis(20);
 #[derive(Clone)]
 pub struct HistoryQuery {
     pool: PgPool,
+    nats: async_nats::Client,
     stream: jetstream::stream::Stream,
     epoch_id: i32,
     floor: Arc<Mutex<(Option<Instant>, u64)>>,
@@ -31,23 +32,41 @@ pub struct HistoryQuery {
 type PgRow = (i64, String, String, String, i64, i64);
 
 impl HistoryQuery {
-    pub fn new(pool: PgPool, stream: jetstream::stream::Stream, epoch_id: i32) -> Self {
+    pub fn new(
+        pool: PgPool,
+        nats: async_nats::Client,
+        stream: jetstream::stream::Stream,
+        epoch_id: i32,
+    ) -> Self {
         HistoryQuery {
             pool,
+            nats,
             stream,
             epoch_id,
             floor: Arc::new(Mutex::new((None, 0))),
         }
     }
 
-    /// One page (CONTRACT §2 `history`, §3 `chat.api.history`).
+    /// One page (CONTRACT §2 `history`, §3 `chat.api.history`). With PostgreSQL unreachable,
+    /// the page is read from the stream alone when the stream still holds all it needs, and is
+    /// `unavailable` otherwise: never silently short.
     pub async fn page(&self, req: HistoryRequest) -> Result<HistoryPage, ApiError> {
         if req.before.is_some() && req.after.is_some() {
             return Err(ApiError::bad_request("give before or after, not both"));
         }
+        match self.page_archived(&req).await {
+            Err(e) if e.code == chat_proto::ErrorCode::Unavailable => {
+                metrics::counter!("history_stream_fallback_total").increment(1);
+                self.page_from_stream(&req).await
+            }
+            other => other,
+        }
+    }
+
+    async fn page_archived(&self, req: &HistoryRequest) -> Result<HistoryPage, ApiError> {
         let limit = clamp_limit(req.limit) as usize;
         let floor = self.ack_floor().await;
-        let room = req.room;
+        let room = req.room.clone();
         let (mut messages, has_more) = match req.after {
             Some(after) => {
                 let mut rows = self.pg_after(&room, after, floor, limit + 1).await?;
@@ -187,33 +206,52 @@ impl HistoryQuery {
 
     /// Every event of the room above `floor`, read from the stream, in order.
     async fn tail(&self, room: &RoomId, floor: u64) -> Result<Vec<ChatMessage>, ApiError> {
-        let subject = subjects::room_msg(room);
-        let last = match self
-            .stream
-            .direct_get_last_for_subject(subject.clone())
-            .await
-        {
-            Ok(m) => m.sequence,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                tracing::warn!(error = %e, "stream unreachable for history");
-                return Err(ApiError::unavailable());
-            }
-        };
+        let last = self.last_seq(room).await?;
         if last <= floor {
             return Ok(Vec::new());
         }
-        let mut prev = self.pg_last(room, floor).await?;
+        let prev = self.pg_last(room, floor).await?;
+        self.stream_events(room, floor + 1, prev, last).await
+    }
+
+    /// The room's newest seq in the stream (0: none).
+    async fn last_seq(&self, room: &RoomId) -> Result<u64, ApiError> {
+        match self
+            .stream
+            .direct_get_last_for_subject(subjects::room_msg(room))
+            .await
+        {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
+            Err(e) => {
+                tracing::warn!(error = %e, "stream unreachable for history");
+                Err(ApiError::unavailable())
+            }
+        }
+    }
+
+    /// The room's events with `start <= seq <= last`, read from the stream in order; `prev` is the
+    /// room's event before `start`.
+    async fn stream_events(
+        &self,
+        room: &RoomId,
+        start: u64,
+        mut prev: u64,
+        last: u64,
+    ) -> Result<Vec<ChatMessage>, ApiError> {
         let unavailable = |e: &dyn std::fmt::Display| {
-            tracing::warn!(error = %e, "reading the stream tail failed");
+            tracing::warn!(error = %e, "reading the stream failed");
             ApiError::unavailable()
         };
+        if last < start {
+            return Ok(Vec::new());
+        }
         let reader = self
             .stream
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subject,
+                filter_subject: subjects::room_msg(room),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: floor + 1,
+                    start_sequence: start,
                 },
                 ..Default::default()
             })
@@ -226,7 +264,7 @@ impl HistoryQuery {
             let msg = match next {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => return Err(unavailable(&e)),
-                Ok(None) | Err(_) => return Err(unavailable(&"stream tail ended early")),
+                Ok(None) | Err(_) => return Err(unavailable(&"stream read ended early")),
             };
             let Ok(info) = msg.info() else { continue };
             let seq = info.stream_sequence;
@@ -239,6 +277,74 @@ impl HistoryQuery {
             }
         }
         Ok(out)
+    }
+
+    /// The room's last event at or below `seq` (0: none), asked of the stream.
+    async fn stream_last_at_or_below(&self, room: &RoomId, seq: u64) -> Result<u64, ApiError> {
+        if seq == 0 {
+            return Ok(0);
+        }
+        let req = serde_json::json!({"multi_last": [subjects::room_msg(room)], "up_to_seq": seq, "batch": 1});
+        let subject = format!("$JS.API.DIRECT.GET.{}", subjects::STREAM);
+        let reply = self
+            .nats
+            .request(subject, serde_json::to_vec(&req).unwrap_or_default().into())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "direct get failed");
+                ApiError::unavailable()
+            })?;
+        Ok(
+            chat_bus::event::header_u64(reply.headers.as_ref(), chat_bus::event::SEQUENCE_HEADER)
+                .unwrap_or(0),
+        )
+    }
+
+    /// The page from the stream alone (PostgreSQL down).
+    async fn page_from_stream(&self, req: &HistoryRequest) -> Result<HistoryPage, ApiError> {
+        let limit = clamp_limit(req.limit) as usize;
+        let room = req.room.clone();
+        let first = match self.stream.get_info().await {
+            Ok(info) => info.state.first_sequence,
+            Err(e) => {
+                tracing::warn!(error = %e, "stream unreachable for history");
+                return Err(ApiError::unavailable());
+            }
+        };
+        let last = self.last_seq(&room).await?;
+        match req.after {
+            Some(after) => {
+                // Everything after `after` must still be in the stream.
+                if after.saturating_add(1) < first {
+                    return Err(ApiError::unavailable());
+                }
+                let prev = self.stream_last_at_or_below(&room, after).await?;
+                let mut rows = self.stream_events(&room, after + 1, prev, last).await?;
+                let more = rows.len() > limit;
+                rows.truncate(limit);
+                Ok(HistoryPage {
+                    room,
+                    messages: rows,
+                    has_more: more,
+                })
+            }
+            None => {
+                let before = req.before.unwrap_or(u64::MAX);
+                let mut rows = self.stream_events(&room, first.max(1), 0, last).await?;
+                rows.retain(|m| m.seq < before);
+                // Older events may have left the stream for the archive only.
+                if rows.len() <= limit && first > 1 {
+                    return Err(ApiError::unavailable());
+                }
+                let more = rows.len() > limit;
+                let skip = rows.len().saturating_sub(limit);
+                Ok(HistoryPage {
+                    room,
+                    messages: rows.split_off(skip),
+                    has_more: more,
+                })
+            }
+        }
     }
 }
 
