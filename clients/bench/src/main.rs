@@ -4,6 +4,7 @@
 //! chat-bench idle       --url ws://127.0.0.1:8080/ws --secret S --connections 1000 --pid EDGE_PID
 //! chat-bench throughput --url ws://127.0.0.1:8080/ws --secret S --rooms 10 --members 100 --senders 2 --rate 5000 --seconds 10
 //! chat-bench nats-floor --nats nats://127.0.0.1:4222 --rate 20000 --seconds 5
+//! chat-bench history    --nats nats://127.0.0.1:4222 --messages 200000 --rooms 100 --lag-rate 50000 --page-rate 1000
 //! ```
 //! Every sender follows a fixed schedule (constant offered rate) and latency is measured from the
 //! scheduled send time, so queueing delay is not hidden. Output: a table and a JSON line.
@@ -335,6 +336,173 @@ async fn nats_floor(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The archive consumer's ack floor: every event at or below it is committed in PostgreSQL.
+async fn ack_floor(js: &async_nats::jetstream::Context) -> u64 {
+    match js.get_stream("CHAT").await {
+        Ok(s) => s
+            .consumer_info("history-archive")
+            .await
+            .map(|i| i.ack_floor.stream_sequence)
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+async fn history(a: &Args) -> anyhow::Result<()> {
+    use futures::stream::FuturesUnordered;
+    let url = a.get("nats", "nats://127.0.0.1:4222");
+    let n = a.num("messages", 200_000);
+    let rooms = a.num("rooms", 100).max(1);
+    let lag_rate = a.num("lag-rate", 50_000) as f64;
+    let lag_seconds = a.num("lag-seconds", 5);
+    let page_rate = a.num("page-rate", 1000) as f64;
+    let page_seconds = a.num("page-seconds", 5);
+    let client = async_nats::connect(&url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let tag = format!("h{}", now_ns() % 1_000_000);
+    let event = |room: u64, i: u64| {
+        json!({"v":1,"kind":"message","room":format!("{tag}-{room}"),"from":"bench","body":format!("history bench message {i}"),
+               "client_id":format!("{i}"),"ts": now_ns() / 1_000_000})
+        .to_string()
+    };
+
+    // 1. Archive throughput: publish n events as fast as the stream takes them, then wait until
+    // the archive's ack floor covers the last one.
+    let start = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    let mut last_seq = 0;
+    for i in 0..n {
+        let room = i % rooms;
+        let ack = js
+            .publish(format!("chat.room.{tag}-{room}.msg"), event(room, i).into())
+            .await?;
+        inflight.push(std::future::IntoFuture::into_future(ack));
+        while inflight.len() >= 4096 {
+            if let Some(r) = inflight.next().await {
+                last_seq = last_seq.max(r?.sequence);
+            }
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        last_seq = last_seq.max(r?.sequence);
+    }
+    let published_s = start.elapsed().as_secs_f64();
+    while ack_floor(&js).await < last_seq {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let archived_s = start.elapsed().as_secs_f64();
+    println!(
+        "archive: {n} events published in {published_s:.2}s ({:.0}/s), all archived after {archived_s:.2}s: {:.0} rows/s",
+        n as f64 / published_s,
+        n as f64 / archived_s
+    );
+
+    // 2. Archive lag at a constant rate: from the stream's ack to the row's commit (seen as the
+    // consumer's ack floor passing the event, polled every millisecond).
+    let total = (lag_rate * lag_seconds as f64) as u64;
+    let acked: std::sync::Arc<std::sync::Mutex<Vec<(u64, Instant)>>> = Default::default();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let js = js.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push((ack_floor(&js).await, Instant::now()));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            samples
+        })
+    };
+    let pub_start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / lag_rate);
+    let mut inflight = FuturesUnordered::new();
+    for i in 0..total {
+        tokio::time::sleep_until((pub_start + interval * i as u32).into()).await;
+        let room = i % rooms;
+        let fut = js
+            .publish(
+                format!("chat.room.{tag}-{room}.msg"),
+                event(room, n + i).into(),
+            )
+            .await?;
+        let acked = acked.clone();
+        inflight.push(async move {
+            if let Ok(ack) = fut.await {
+                acked
+                    .lock()
+                    .expect("lock")
+                    .push((ack.sequence, Instant::now()));
+            }
+        });
+        while let Some(()) = futures::FutureExt::now_or_never(inflight.next()).flatten() {}
+    }
+    while inflight.next().await.is_some() {}
+    let last = acked
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|a| a.0)
+        .max()
+        .unwrap_or(0);
+    while ack_floor(&js).await < last {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = poller.await?;
+    let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for (seq, at) in acked.lock().expect("lock").iter() {
+        if let Some((_, seen)) = samples.iter().find(|(floor, t)| floor >= seq && t >= at) {
+            let _ = lag.record(seen.duration_since(*at).as_micros().max(1) as u64);
+        }
+    }
+    println!(
+        "archive lag at {lag_rate} msgs/s: p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} samples, floor polled every ~1 ms)",
+        pct(&lag, 0.5),
+        pct(&lag, 0.99),
+        lag.max() as f64 / 1000.0,
+        lag.len()
+    );
+
+    // 3. chat.api.history page latency, 50-message pages, at a constant request rate.
+    let pages = (page_rate * page_seconds as f64) as u64;
+    let mut tasks = FuturesUnordered::new();
+    let page_start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / page_rate);
+    let mut page_lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for i in 0..pages {
+        let due = page_start + interval * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let client = client.clone();
+        let room = format!("{tag}-{}", i % rooms);
+        tasks.push(tokio::spawn(async move {
+            let req = json!({"room": room, "limit": 50}).to_string();
+            let r = client.request("chat.api.history", req.into()).await;
+            (r.map(|m| m.payload.len()).unwrap_or(0), due.elapsed())
+        }));
+        while let Some(Some(Ok((_, took)))) = futures::FutureExt::now_or_never(tasks.next()) {
+            let _ = page_lat.record(took.as_micros().max(1) as u64);
+        }
+    }
+    while let Some(r) = tasks.next().await {
+        let (_, took) = r?;
+        let _ = page_lat.record(took.as_micros().max(1) as u64);
+    }
+    println!(
+        "chat.api.history 50-message pages at {page_rate} req/s over {rooms} rooms: p50 {:.3} ms p99 {:.3} ms",
+        pct(&page_lat, 0.5),
+        pct(&page_lat, 0.99)
+    );
+    println!(
+        "{}",
+        json!({"bench":"history","messages":n,"archive_rows_per_s": n as f64 / archived_s,
+               "lag_rate":lag_rate,"lag_ms":{"p50":pct(&lag,0.5),"p99":pct(&lag,0.99)},
+               "page_rate":page_rate,"page_ms":{"p50":pct(&page_lat,0.5),"p99":pct(&page_lat,0.99)}})
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (cmd, args) = Args::parse();
@@ -342,6 +510,7 @@ async fn main() -> anyhow::Result<()> {
         "idle" => idle(&args).await,
         "throughput" => throughput(&args).await,
         "nats-floor" => nats_floor(&args).await,
+        "history" => history(&args).await,
         _ => {
             eprintln!(
                 "usage: chat-bench idle|throughput|nats-floor [--flag value …] (see the source header)"

@@ -75,7 +75,7 @@ impl EdgeConfig {
             request_timeout: env.duration("CHAT_REQUEST_TIMEOUT", Duration::from_secs(5))?,
             dev_login: env.bool("CHAT_DEV_LOGIN", false)?,
             web_dir: PathBuf::from(env.string("CHAT_WEB_DIR", "clients/web")),
-            ws_buffer: env.parse("CHAT_WS_BUFFER", 4096usize)?.max(1024),
+            ws_buffer: env.parse("CHAT_WS_BUFFER", 1024usize)?.max(256),
             stream: env.stream_settings()?,
         })
     }

@@ -246,7 +246,8 @@ where
     }
 
     async fn serve(&mut self, mut rx: mpsc::Receiver<Outbound>) {
-        if let Err(e) = self.start().await {
+        // Boxed: rarely-run futures stay off the connection's resident state (idle memory).
+        if let Err(e) = Box::pin(self.start()).await {
             self.send(&ServerFrame::error(None, e.code, e.message))
                 .await;
             close_with(&mut self.socket, 1013, "try again later").await;
@@ -516,7 +517,7 @@ where
                     && self.flush_soon().await
             }
             Outbound::Membership(change) => {
-                self.on_membership(change).await;
+                Box::pin(self.on_membership(change)).await;
                 true
             }
         }
