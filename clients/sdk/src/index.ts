@@ -1,0 +1,7 @@
+/** Chat SDK: a WebSocket client for chat-edge (CONTRACT §2) for browsers and Node. */
+export * from "./protocol.js";
+export * from "./client.js";
+export * from "./cursor.js";
+export { backoffDelay, type BackoffOptions } from "./backoff.js";
+export { decodeJwt, tokenExpiryMs, type JwtClaims } from "./jwt.js";
+export { Emitter, type Listener } from "./emitter.js";

@@ -1,0 +1,276 @@
+// End-to-end test of the browser app: two people (alice and bob) in two browser contexts of
+// Debian's headless Chromium, driven with playwright-core.
+//
+//   CHAT_E2E_URL=http://127.0.0.1:8080/ node run.mjs     # against a running stack (CHAT_DEV_LOGIN=true)
+//   node run.mjs --mock                                   # against the SDK's in-process fake edge
+//
+// Env: CHAT_E2E_URL (the app's URL), CHROMIUM_PATH (default /usr/bin/chromium), CHAT_E2E_TIMEOUT_MS
+// (per step wait, default 10000), CHAT_E2E_ARTIFACTS (screenshots of failures, default ./artifacts),
+// CHAT_E2E_TRACE=1 (print every WebSocket frame), CHAT_E2E_SHOTS=1 (screenshots at the end).
+// Exits non-zero on any failure; the last line is "N passed, N failed[, N skipped]".
+
+import { mkdirSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const mock = process.argv.includes("--mock");
+const timeout = Number(process.env.CHAT_E2E_TIMEOUT_MS ?? 10_000);
+const artifacts = resolve(process.env.CHAT_E2E_ARTIFACTS ?? join(here, "artifacts"));
+
+const results = { passed: 0, failed: 0, skipped: 0 };
+let stopped = false;
+
+function finish(code) {
+  console.log(`${results.passed} passed, ${results.failed} failed${results.skipped ? `, ${results.skipped} skipped` : ""}`);
+  process.exit(code);
+}
+
+let fake = null;
+let base = process.env.CHAT_E2E_URL;
+if (mock) {
+  const { FakeServer } = await import("../sdk/test/fake-server.mjs");
+  fake = await new FakeServer({ devLogin: true, staticDir: resolve(here, "../web") }).start();
+  base = `${fake.httpUrl}/`;
+}
+if (!base) {
+  console.error("CHAT_E2E_URL is not set (the URL of the web app on a stack with CHAT_DEV_LOGIN=true); or pass --mock");
+  results.failed = 1;
+  finish(2);
+}
+
+const browser = await chromium
+  .launch({
+    executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-sync",
+    ],
+  })
+  .catch((err) => {
+    console.error(`cannot launch Chromium: ${err.message}`);
+    results.failed = 1;
+    finish(2);
+  });
+
+const pageErrors = [];
+async function person(name) {
+  const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(timeout);
+  page.on("pageerror", (err) => pageErrors.push(`${name}: ${err.message}`));
+  page.on("console", (msg) => {
+    if (msg.type() === "error") pageErrors.push(`${name}: console: ${msg.text()}`);
+  });
+  if (process.env.CHAT_E2E_TRACE) {
+    page.on("websocket", (ws) => {
+      ws.on("framesent", (f) => console.log(`  ${name} > ${String(f.payload).slice(0, 300)}`));
+      ws.on("framereceived", (f) => console.log(`  ${name} < ${String(f.payload).slice(0, 300)}`));
+    });
+  }
+  return { name, context, page };
+}
+
+/**
+ * Runs one check. A failed critical step (sign-in, joining, the message exchange) skips the rest,
+ * which build on it; a failed independent step (presence, typing, …) is counted and the run goes on.
+ */
+async function step(title, fn, pages = [], { critical = true } = {}) {
+  if (stopped) {
+    results.skipped++;
+    console.log(`- skipped: ${title}`);
+    return;
+  }
+  const started = Date.now();
+  try {
+    await fn();
+    results.passed++;
+    console.log(`ok   ${title} (${Date.now() - started} ms)`);
+  } catch (err) {
+    results.failed++;
+    if (critical) stopped = true;
+    console.log(`FAIL ${title}: ${err.message.split("\n")[0]}`);
+    mkdirSync(artifacts, { recursive: true });
+    for (const p of pages) {
+      const file = join(artifacts, `${title.replace(/[^a-z0-9]+/gi, "-")}-${p.name}.png`);
+      await p.page.screenshot({ path: file, fullPage: true }).catch(() => {});
+      console.log(`     screenshot: ${file}`);
+    }
+  }
+}
+
+const suffix = Math.random().toString(36).slice(2, 10);
+const room = `e2e-${suffix}`;
+const other = `e2e-${suffix}-b`;
+const secret = `e2e-${suffix}-p`;
+const BULK = 60; // more than one history page (50)
+const aliceId = `alice-${suffix}`;
+const bobId = `bob-${suffix}`;
+
+const alice = await person("alice");
+const bob = await person("bob");
+const both = [alice, bob];
+
+const message = (p, text) => p.page.locator("#message-list .message:not(.pending) .body", { hasText: text });
+
+async function signIn(p, user) {
+  await p.page.goto(base);
+  await p.page.locator("#dev-user").fill(user);
+  await p.page.locator("#dev-signin").click();
+  await p.page.locator('#conn[data-state="open"]').waitFor();
+}
+
+async function joinRoom(p, id) {
+  await p.page.locator("#join-room").fill(id);
+  await p.page.locator("#join-btn").click();
+  await p.page.locator(`#rooms button[data-room="${id}"][aria-current="true"]`).waitFor();
+  await p.page.locator("#room-title", { hasText: id }).waitFor();
+}
+
+async function say(p, text) {
+  await p.page.locator("#composer-input").fill(text);
+  await p.page.locator("#composer-input").press("Enter");
+}
+
+try {
+  await step("alice and bob sign in with the development sign-in", async () => {
+    await Promise.all([signIn(alice, aliceId), signIn(bob, bobId)]);
+  }, both);
+
+  await step(`alice joins ${room}, then bob`, async () => {
+    await joinRoom(alice, room);
+    await joinRoom(bob, room);
+  }, both);
+
+  await step("bob sees alice online (presence dot)", async () => {
+    await bob.page.locator(`#member-list .member[data-user="${aliceId}"] .dot[data-status="online"]`).waitFor();
+  }, both, { critical: false });
+
+  await step("bob sees alice typing", async () => {
+    await alice.page.locator("#composer-input").pressSequentially("hello bo", { delay: 40 });
+    await bob.page.locator("#typing", { hasText: `${aliceId} is typing` }).waitFor();
+  }, both, { critical: false });
+
+  await step("alice's message reaches bob", async () => {
+    await alice.page.locator("#composer-input").fill("");
+    await say(alice, "hello bob, from alice");
+    await message(bob, "hello bob, from alice").waitFor();
+    await message(alice, "hello bob, from alice").waitFor();
+  }, both);
+
+  await step("bob's reply reaches alice", async () => {
+    await say(bob, "hi alice, bob here");
+    await message(alice, "hi alice, bob here").waitFor();
+  }, both);
+
+  await step("message text is rendered as text, never as HTML", async () => {
+    const hostile = `<img src=x onerror="window.__pwned=1"><b>bold?</b> ${suffix}`;
+    await say(alice, hostile);
+    await message(bob, suffix).waitFor();
+    const body = await message(bob, suffix).textContent();
+    if (body !== hostile) throw new Error(`body shown as ${JSON.stringify(body)}`);
+    const injected = await bob.page.evaluate(() => ({
+      pwned: window.__pwned ?? null,
+      elements: document.querySelectorAll("#message-list img, #message-list b").length,
+    }));
+    if (injected.pwned !== null || injected.elements !== 0) throw new Error(`markup was interpreted: ${JSON.stringify(injected)}`);
+  }, both, { critical: false });
+
+  await step("bob reloads and sees the history again", async () => {
+    await bob.page.reload();
+    await bob.page.locator('#conn[data-state="open"]').waitFor();
+    const selected = bob.page.locator(`#rooms button[data-room="${room}"]`);
+    await selected.waitFor();
+    if ((await selected.getAttribute("aria-current")) !== "true") await selected.click();
+    await message(bob, "hello bob, from alice").waitFor();
+    await message(bob, "hi alice, bob here").waitFor();
+    const order = await bob.page.locator("#message-list .message .body").allTextContents();
+    if (order.indexOf("hello bob, from alice") > order.indexOf("hi alice, bob here")) throw new Error(`out of order: ${JSON.stringify(order)}`);
+  }, both);
+
+  await step("an unread badge appears for a room bob is not looking at", async () => {
+    await joinRoom(bob, other);
+    await joinRoom(alice, other);
+    await bob.page.locator(`#rooms button[data-room="${room}"]`).click();
+    await bob.page.locator("#room-title", { hasText: room }).waitFor();
+    await say(alice, "news in the other room");
+    await bob.page.locator(`#rooms button[data-room="${other}"] .badge`, { hasText: "1" }).waitFor();
+    // What bob has read carries no badge.
+    await bob.page.locator(`#rooms button[data-room="${room}"] .badge`).waitFor({ state: "detached" });
+  }, both, { critical: false });
+
+  await step("bob's status change shows on alice's side", async () => {
+    await bob.page.locator("#status").selectOption("busy");
+    await alice.page.locator(`#member-list .member[data-user="${bobId}"][data-status="busy"]`).waitFor();
+  }, both, { critical: false });
+
+  await step("a direct message notifies bob, who opens it", async () => {
+    const details = alice.page.locator("#dm-details");
+    if ((await details.getAttribute("open")) === null) await details.locator("summary").click();
+    await alice.page.locator("#dm-user").fill(bobId);
+    await alice.page.locator("#dm-btn").click();
+    await alice.page.locator("#room-title", { hasText: `@${bobId}` }).waitFor();
+    await say(alice, "a private word");
+    const note = bob.page.locator("#notifications li[data-kind='dm'] button", { hasText: "a private word" });
+    await note.waitFor();
+    await note.click();
+    await bob.page.locator("#room-title", { hasText: `@${aliceId}` }).waitFor();
+    await message(bob, "a private word").waitFor();
+  }, both, { critical: false });
+
+  await step("alice creates a private room with bob as a member", async () => {
+    const details = alice.page.locator("#create-details");
+    if ((await details.getAttribute("open")) === null) await details.locator("summary").click();
+    await alice.page.locator("#create-room").fill(secret);
+    await alice.page.locator("#create-members").fill(bobId);
+    await alice.page.locator("#create-private").check();
+    await alice.page.locator("#create-btn").click();
+    await alice.page.locator(`#rooms button[data-room="${secret}"][data-kind="private"][aria-current="true"]`).waitFor();
+    await say(alice, "the secret plan");
+    await message(alice, "the secret plan").waitFor();
+  }, both, { critical: false });
+
+  await step(`alice sends ${BULK} more messages to ${room}`, async () => {
+    await alice.page.locator(`#rooms button[data-room="${room}"]`).click();
+    await alice.page.locator("#room-title", { hasText: room }).waitFor();
+    for (let i = 0; i < BULK; i++) await say(alice, `bulk ${i}`);
+    await message(alice, `bulk ${BULK - 1}`).waitFor({ timeout: timeout * 3 });
+    await alice.page.locator("#message-list .message.pending").first().waitFor({ state: "detached", timeout: timeout * 3 });
+  }, both);
+
+  await step("after a reload bob finds the private room, and scrolls back through history", async () => {
+    await bob.page.reload();
+    await bob.page.locator('#conn[data-state="open"]').waitFor();
+    await bob.page.locator(`#rooms button[data-room="${secret}"][data-kind="private"]`).click();
+    await message(bob, "the secret plan").waitFor();
+    await bob.page.locator(`#rooms button[data-room="${room}"]`).click();
+    await message(bob, `bulk ${BULK - 1}`).waitFor();
+    if ((await message(bob, "hello bob, from alice").count()) !== 0) throw new Error("expected only the newest page at first");
+    await bob.page.locator("#older").click();
+    await message(bob, "hello bob, from alice").waitFor();
+    const bodies = await bob.page.locator("#message-list .message .body").allTextContents();
+    const bulk = bodies.filter((b) => b.startsWith("bulk "));
+    if (bulk.length !== BULK) throw new Error(`expected ${BULK} bulk messages once each, saw ${bulk.length}`);
+    if (bulk.some((b, i) => b !== `bulk ${i}`)) throw new Error("bulk messages out of order");
+  }, both);
+
+  await step("no script errors in either page", async () => {
+    if (pageErrors.length) throw new Error(pageErrors.join("; "));
+  }, both);
+  if (process.env.CHAT_E2E_SHOTS) {
+    mkdirSync(artifacts, { recursive: true });
+    for (const p of both) await p.page.screenshot({ path: join(artifacts, `final-${p.name}.png`) }).catch(() => {});
+  }
+} finally {
+  await browser.close().catch(() => {});
+  if (fake) await fake.stop();
+}
+
+finish(results.failed === 0 && results.skipped === 0 ? 0 : 1);
