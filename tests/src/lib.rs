@@ -11,6 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use chat_testkit;
 
+pub mod otlp;
+pub mod procs;
+
 /// The signing secret of every test stack.
 pub const SECRET: &str = "test-secret";
 

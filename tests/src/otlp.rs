@@ -1,0 +1,133 @@
+//! An OTLP/HTTP trace receiver of the test's own: collects the spans the services export.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message;
+
+/// One received span.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    pub service: String,
+    pub name: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+impl SpanRecord {
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running receiver; `endpoint()` is what `OTEL_EXPORTER_OTLP_ENDPOINT` should say.
+pub struct OtlpReceiver {
+    pub addr: std::net::SocketAddr,
+    spans: Arc<Mutex<Vec<SpanRecord>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn any_to_string(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(AnyValue::StringValue(s)) => s.clone(),
+        Some(AnyValue::IntValue(i)) => i.to_string(),
+        Some(AnyValue::BoolValue(b)) => b.to_string(),
+        Some(AnyValue::DoubleValue(d)) => d.to_string(),
+        _ => String::new(),
+    }
+}
+
+async fn receive(State(spans): State<Arc<Mutex<Vec<SpanRecord>>>>, body: Bytes) -> &'static str {
+    let Ok(req) = ExportTraceServiceRequest::decode(body) else {
+        return "";
+    };
+    let mut out = Vec::new();
+    for rs in req.resource_spans {
+        let service = rs
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+            .map(|a| any_to_string(&a.value))
+            .unwrap_or_default();
+        for ss in rs.scope_spans {
+            for s in ss.spans {
+                out.push(SpanRecord {
+                    service: service.clone(),
+                    name: s.name,
+                    trace_id: hex(&s.trace_id),
+                    span_id: hex(&s.span_id),
+                    parent_span_id: hex(&s.parent_span_id),
+                    attributes: s
+                        .attributes
+                        .iter()
+                        .map(|a| (a.key.clone(), any_to_string(&a.value)))
+                        .collect(),
+                });
+            }
+        }
+    }
+    if let Ok(mut all) = spans.lock() {
+        all.extend(out);
+    }
+    ""
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl OtlpReceiver {
+    pub async fn start() -> OtlpReceiver {
+        let spans: Arc<Mutex<Vec<SpanRecord>>> = Arc::default();
+        let app = axum::Router::new()
+            .route("/v1/traces", post(receive))
+            .with_state(spans.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind OTLP receiver");
+        let addr = listener.local_addr().expect("address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        OtlpReceiver { addr, spans, task }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn spans(&self) -> Vec<SpanRecord> {
+        self.spans.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits (up to 30 s) until `pred` holds for the spans received so far.
+    pub async fn wait_for(&self, mut pred: impl FnMut(&[SpanRecord]) -> bool) -> Vec<SpanRecord> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let spans = self.spans();
+            if pred(&spans) {
+                return spans;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "spans never arrived; got {spans:#?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}

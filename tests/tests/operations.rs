@@ -1,0 +1,201 @@
+//! Issue 6: one trace per message across the services, metrics, health and readiness.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chat_testkit::{NatsServer, WsClient, fresh_database, token};
+use chat_tests::otlp::OtlpReceiver;
+use chat_tests::procs::{Proc, http_get};
+use chat_tests::{SECRET, Stack, join, send};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_is_one_trace_across_edge_history_and_delivery() {
+    let nats = NatsServer::start().await;
+    let db = fresh_database().await;
+    let otlp = OtlpReceiver::start().await;
+    let env: HashMap<String, String> = [
+        ("NATS_URL", nats.url.as_str()),
+        ("DATABASE_URL", db.as_str()),
+        ("CHAT_JWT_SECRET", SECRET),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint().as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let _history = Proc::start("chat-history", &env).await;
+    let _notify = Proc::start("chat-notify", &env).await;
+    let _presence = Proc::start("chat-presence", &env).await;
+    let edge1 = Proc::start("chat-edge", &env).await;
+    let edge2 = Proc::start("chat-edge", &env).await;
+
+    let (mut alice, _) =
+        WsClient::login(&edge1.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
+    let (mut bob, _) = WsClient::login(&edge2.ws_url(), &token::hs256(SECRET, "bob", 600)).await;
+    join(&mut alice, "traced").await;
+    join(&mut bob, "traced").await;
+    let ack = send(&mut alice, "traced", "hello @carol", "t1").await;
+    let seq = ack["seq"].as_u64().unwrap().to_string();
+    bob.recv_type("message").await.unwrap();
+
+    let spans = otlp
+        .wait_for(|spans| {
+            let Some(root) = spans
+                .iter()
+                .find(|s| s.name == "send" && s.attr("seq") == Some(seq.as_str()))
+            else {
+                return false;
+            };
+            let in_trace = |service: &str, name: &str| {
+                spans
+                    .iter()
+                    .filter(|s| {
+                        s.trace_id == root.trace_id && s.service == service && s.name == name
+                    })
+                    .count()
+            };
+            in_trace("chat-history", "history.archive") >= 1
+                && in_trace("chat-edge", "edge.deliver") >= 2
+        })
+        .await;
+    let root = spans
+        .iter()
+        .find(|s| s.name == "send" && s.attr("seq") == Some(seq.as_str()))
+        .unwrap();
+    assert_eq!(root.service, "chat-edge");
+    assert_eq!(root.parent_span_id, "", "the send span is the root");
+    assert_eq!(root.attr("room"), Some("traced"));
+    for s in spans
+        .iter()
+        .filter(|s| s.trace_id == root.trace_id && s.span_id != root.span_id)
+    {
+        assert_eq!(
+            s.parent_span_id, root.span_id,
+            "{} of {} is a child of send",
+            s.name, s.service
+        );
+        assert!(
+            s.attributes
+                .iter()
+                .all(|(_, v)| !v.contains("hello @carol")),
+            "no message body in spans"
+        );
+    }
+    // Every span in the trace is from this message: one trace per message.
+    let other_sends = spans
+        .iter()
+        .filter(|s| s.name == "send" && s.trace_id == root.trace_id)
+        .count();
+    assert_eq!(other_sends, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_traceparent_makes_the_send_part_of_its_trace() {
+    let nats = NatsServer::start().await;
+    let db = fresh_database().await;
+    let otlp = OtlpReceiver::start().await;
+    let env: HashMap<String, String> = [
+        ("NATS_URL", nats.url.as_str()),
+        ("DATABASE_URL", db.as_str()),
+        ("CHAT_JWT_SECRET", SECRET),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint().as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let _history = Proc::start("chat-history", &env).await;
+    let edge = Proc::start("chat-edge", &env).await;
+    let (mut alice, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
+    join(&mut alice, "r").await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let r = alice
+        .request(
+            json!({"type":"send","room":"r","body":"x","client_id":"c",
+                   "traceparent": format!("00-{trace_id}-{parent}-01")}),
+            "s",
+        )
+        .await;
+    assert_eq!(r["type"], "ack");
+    let spans = otlp
+        .wait_for(|s| s.iter().any(|s| s.name == "send" && s.trace_id == trace_id))
+        .await;
+    let send = spans
+        .iter()
+        .find(|s| s.name == "send" && s.trace_id == trace_id)
+        .unwrap();
+    assert_eq!(send.parent_span_id, parent);
+}
+
+/// Parses Prometheus text: every sample line is `name{labels} value`.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad metrics line {line:?}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        out.insert(name.to_owned(), v);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_and_readiness_follows_nats() {
+    let mut stack = Stack::start().await;
+    let admin = stack.edges[0].admin.port();
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "m").await;
+    let before = parse_metrics(&http_get(admin, "/metrics").await.unwrap().1);
+    send(&mut alice, "m", "one", "1").await;
+    send(&mut alice, "m", "two", "2").await;
+    let (status, text) = http_get(admin, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let after = parse_metrics(&text);
+    let key = "edge_frames_in_total{type=\"send\"}";
+    assert!(
+        after[key] >= before.get(key).copied().unwrap_or(0.0) + 2.0,
+        "{key} moved"
+    );
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("edge_send_ack_seconds_bucket"))
+    );
+    assert!(after.keys().any(|k| k.starts_with("edge_connections")));
+    assert_eq!(http_get(admin, "/healthz").await.unwrap().0, 200);
+    assert_eq!(http_get(admin, "/readyz").await.unwrap().0, 200);
+
+    stack.nats.kill().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while http_get(admin, "/readyz").await.unwrap().0 == 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz stayed ready without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let history_admin = stack.histories[0].admin.port();
+    assert_eq!(http_get(history_admin, "/readyz").await.unwrap().0, 503);
+    assert_eq!(
+        http_get(admin, "/healthz").await.unwrap().0,
+        200,
+        "alive while not ready"
+    );
+    stack.nats.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while http_get(admin, "/readyz").await.unwrap().0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
