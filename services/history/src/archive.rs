@@ -29,12 +29,12 @@ pub struct Archive {
 }
 
 /// The consumer every chat-history process shares.
-pub fn consumer_config() -> pull::Config {
+pub fn consumer_config(ack_wait: Duration) -> pull::Config {
     pull::Config {
         durable_name: Some(subjects::HISTORY_CONSUMER.to_owned()),
         description: Some("chat-history: archive every event in PostgreSQL".into()),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
+        ack_wait,
         max_ack_pending: 20_000,
         ..Default::default()
     }
@@ -57,7 +57,10 @@ impl Archive {
     async fn consume(&self, shutdown: &CancellationToken) -> Result<(), async_nats::Error> {
         let stream = self.js.get_stream(subjects::STREAM).await?;
         let consumer: jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(subjects::HISTORY_CONSUMER, consumer_config())
+            .get_or_create_consumer(
+                subjects::HISTORY_CONSUMER,
+                consumer_config(self.config.ack_wait),
+            )
             .await?;
         let mut messages = consumer
             .stream()
@@ -135,7 +138,7 @@ impl Archive {
                 Err(e) => {
                     metrics::counter!("history_write_errors_total").increment(1);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "archive write failed");
-                    if last_progress.elapsed() > Duration::from_secs(10) {
+                    if last_progress.elapsed() > self.config.ack_wait / 3 {
                         for m in &kept {
                             let _ = m.ack_with(AckKind::Progress).await;
                         }

@@ -24,6 +24,9 @@ pub struct HistoryConfig {
     pub batch_wait: Duration,
     /// `HISTORY_MAX_DELIVER`: deliveries of one event before it is dead-lettered.
     pub max_deliver: u64,
+    /// `HISTORY_ACK_WAIT` (10s): how long an event handed to a writer that died waits before it
+    /// is redelivered to another. A writer still retrying extends it with progress acks.
+    pub ack_wait: Duration,
     /// `HISTORY_ARCHIVE` (true): run the archive writer. Off, the process only answers requests
     /// (history pages, rooms), so readers and writers can be scaled separately.
     pub archive: bool,
@@ -40,6 +43,9 @@ impl HistoryConfig {
             batch_wait: env.duration("HISTORY_BATCH_WAIT", Duration::from_millis(5))?,
             max_deliver: env.parse("HISTORY_MAX_DELIVER", 10)?,
             archive: env.bool("HISTORY_ARCHIVE", true)?,
+            ack_wait: env
+                .duration("HISTORY_ACK_WAIT", Duration::from_secs(10))?
+                .max(Duration::from_secs(1)),
         })
     }
 }
