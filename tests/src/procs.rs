@@ -21,6 +21,9 @@ pub fn bin_dir() -> PathBuf {
     dir.to_path_buf()
 }
 
+/// Key of the environment map naming a file to capture the process's output in.
+pub const LOG_FILE: &str = "CHAT_TEST_LOG_FILE";
+
 /// A service process; killed when dropped.
 pub struct Proc {
     pub name: &'static str,
@@ -41,20 +44,33 @@ impl Proc {
             bin.display()
         );
         let mut cmd = Command::new(bin);
-        cmd.envs(env)
+        // LOG_FILE (test-only key): capture the service's whole output in that file.
+        let log_file = env
+            .get(LOG_FILE)
+            .map(|p| std::fs::File::create(p).expect("create log file"));
+        cmd.envs(env.iter().filter(|(k, _)| k.as_str() != LOG_FILE))
             .env("ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
-            .env(
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if !env.contains_key("RUST_LOG") {
+            cmd.env(
                 "RUST_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .kill_on_drop(true);
+            );
+        }
+        match log_file {
+            Some(f) => {
+                cmd.stdout(f.try_clone().expect("log file")).stderr(f);
+            }
+            None => {
+                let inherit = std::env::var_os("TEST_LOG").is_some();
+                cmd.stdout(Stdio::null()).stderr(if inherit {
+                    Stdio::inherit()
+                } else {
+                    Stdio::null()
+                });
+            }
+        }
         if let Some(p) = port {
             cmd.env("EDGE_LISTEN", format!("127.0.0.1:{p}"));
         }

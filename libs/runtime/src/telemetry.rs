@@ -95,12 +95,33 @@ pub fn tracer_provider(env: &Env, service: &str) -> Option<SdkTracerProvider> {
     )
 }
 
+/// Libraries that log frame payloads or connection credentials at their most verbose levels
+/// (tungstenite logs every received message, with tokens; async-nats logs its CONNECT, with the
+/// password). They are capped whatever `RUST_LOG` asks for, so no secret reaches a log line.
+const CAPPED: &[&str] = &[
+    "tungstenite=info",
+    "tokio_tungstenite=info",
+    "async_nats=debug",
+    "hyper=info",
+    "h2=info",
+];
+
+/// `RUST_LOG` with the [`CAPPED`] libraries held down.
+pub fn log_filter(spec: &str) -> EnvFilter {
+    let mut filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    for cap in CAPPED {
+        if let Ok(d) = cap.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
+}
+
 /// Installs logging (`RUST_LOG`, default `info`) and, when configured, OTLP trace export.
 /// Call once, from `main`.
 pub fn init(env: &Env, service: &str) -> TelemetryGuard {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_new(env.string("RUST_LOG", "info"))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(&env.string("RUST_LOG", "info"));
     let json = env.get("LOG_FORMAT") == Some("json");
     let fmt = if json {
         tracing_subscriber::fmt::layer()
@@ -132,8 +153,7 @@ pub fn init_for_tests() {
     ONCE.call_once(|| {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         if std::env::var_os("TEST_LOG").is_some() {
-            let filter =
-                EnvFilter::try_from_env("TEST_LOG").unwrap_or_else(|_| EnvFilter::new("debug"));
+            let filter = log_filter(&std::env::var("TEST_LOG").unwrap_or_else(|_| "debug".into()));
             let _ = tracing_subscriber::registry()
                 .with(
                     tracing_subscriber::fmt::layer()

@@ -1,0 +1,224 @@
+//! Issue 8: hostile bytes on the wire. RFC 6455 violations, oversized and numerous headers, and
+//! tokens that must never reach a log line. After each, the server keeps serving others.
+
+use std::time::Duration;
+
+use chat_tests::Stack;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Opens a raw WebSocket (handshake by hand) with a valid token in the header.
+async fn raw_ws(stack: &Stack, user: &str) -> TcpStream {
+    let addr = stack.edges[0].addr.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        stack.token(user)
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed during handshake");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s
+}
+
+/// A client frame: FIN/RSV/opcode byte, then the payload, masked unless `mask` is None.
+fn frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![first];
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n < 65536 => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(m) => {
+            out.extend_from_slice(&m);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+const M: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+/// Reads until the server closes the TCP connection; fails if it stays open.
+async fn expect_disconnect(mut s: TcpStream) {
+    let mut buf = vec![0u8; 65536];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "server kept a protocol-violating connection open"
+    );
+}
+
+async fn still_serving(stack: &Stack) {
+    let (mut c, _) = stack.login(0, "witness").await;
+    assert_eq!(
+        c.request(json!({"type": "ping"}), "alive").await["type"],
+        "pong"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc6455_violations_close_the_connection_and_harm_nothing_else() {
+    let stack = Stack::start().await;
+    let ping = br#"{"type":"ping"}"#;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("unmasked client frame", frame(0x81, ping, None)),
+        ("reserved bit set", frame(0x81 | 0x40, ping, M)),
+        ("reserved opcode", frame(0x83, ping, M)),
+        ("fragmented control frame", frame(0x09, b"x", M)),
+        ("oversized control frame", frame(0x89, &[b'x'; 126], M)),
+        ("invalid UTF-8 text", frame(0x81, &[0xff, 0xfe, 0xfd], M)),
+        ("bad close code", frame(0x88, &999u16.to_be_bytes(), M)),
+        ("continuation without start", frame(0x80, b"x", M)),
+        ("2^63 length header", {
+            let mut f = vec![0x81, 0x80 | 127];
+            f.extend_from_slice(&(1u64 << 63).to_be_bytes());
+            f.extend_from_slice(&[1, 2, 3, 4]);
+            f
+        }),
+    ];
+    for (what, bytes) in cases {
+        let mut s = raw_ws(&stack, "mallory").await;
+        s.write_all(&bytes)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        expect_disconnect(s).await;
+        still_serving(&stack).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_or_numerous_headers_are_refused() {
+    let stack = Stack::start().await;
+    let addr = stack.edges[0].addr.unwrap();
+    // One huge header.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let big = "a".repeat(1 << 20);
+    let _ = s
+        .write_all(format!("GET /ws HTTP/1.1\r\nHost: {addr}\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .await;
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut resp)).await;
+    assert!(
+        !resp.starts_with(b"HTTP/1.1 101"),
+        "a 1 MiB header was accepted"
+    );
+    // Thousands of headers.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let many: String = (0..5000).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let _ = s
+        .write_all(format!("GET /ws HTTP/1.1\r\nHost: {addr}\r\n{many}\r\n").as_bytes())
+        .await;
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut resp)).await;
+    assert!(
+        !resp.starts_with(b"HTTP/1.1 101"),
+        "5000 headers were accepted"
+    );
+    still_serving(&stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_ever_reaches_a_log_line() {
+    use chat_testkit::{NatsServer, WsClient, fresh_database, token};
+    use chat_tests::SECRET;
+    use chat_tests::procs::{LOG_FILE, Proc};
+    let nats = NatsServer::start().await;
+    let db = fresh_database().await;
+    let dir = tempfile_dir();
+    let log = dir.join("edge.log");
+    let env: std::collections::HashMap<String, String> = [
+        ("NATS_URL", nats.url.as_str()),
+        ("DATABASE_URL", db.as_str()),
+        ("CHAT_JWT_SECRET", SECRET),
+        ("RUST_LOG", "trace"),
+        (LOG_FILE, log.to_str().unwrap()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let mut history_env = env.clone();
+    history_env.remove(LOG_FILE);
+    history_env.insert("RUST_LOG".into(), "warn".into());
+    let _history = Proc::start("chat-history", &history_env).await;
+    let mut edge = Proc::start("chat-edge", &env).await;
+    let url = edge.ws_url();
+    let tokens = vec![
+        token::hs256(SECRET, "alice", 600),
+        token::hs256(SECRET, "alice", -30),
+        token::hs256("forged-secret", "alice", 600),
+        token::unsigned("alice", 600),
+        "garbage.token.value".to_owned(),
+    ];
+    for t in &tokens {
+        let mut c = WsClient::connect(&url, None).await.unwrap();
+        c.send(json!({"type": "auth", "token": t})).await;
+        let _ = c.recv().await;
+        let _ = WsClient::connect(&url, Some(t))
+            .await
+            .map(|mut c| async move { c.recv().await });
+    }
+    let (mut c, _) = WsClient::login(&url, &tokens[0]).await;
+    c.send(json!({"type": "auth", "token": tokens[2]})).await;
+    c.send(json!({"type": "auth", "token": token::hs256(SECRET, "alice", 900)}))
+        .await;
+    let _ = c.request(json!({"type": "ping"}), "p").await;
+    assert!(
+        edge.terminate(Duration::from_secs(30)).await,
+        "edge drained on SIGTERM"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().count() > 10, "trace logging produced output");
+    for t in &tokens {
+        for part in t.split('.').filter(|p| p.len() > 8) {
+            assert!(!text.contains(part), "a token part appears in the logs");
+        }
+    }
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "chat-logs-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
