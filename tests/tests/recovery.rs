@@ -117,3 +117,60 @@ async fn postgres_down_during_sends_loses_and_doubles_nothing() {
     assert_eq!(got, missed);
     wait_archived(&stack.db().await, room, GAP as i64 + 1).await;
 }
+
+/// Events the archive can never store (not decodable, or refused by PostgreSQL) go to the
+/// dead-letter stream after a bounded number of deliveries; they do not block their room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_are_dead_lettered_and_do_not_block_the_room() {
+    use futures::StreamExt;
+    let stack =
+        Stack::start_with(&[("HISTORY_MAX_DELIVER", "2"), ("HISTORY_ACK_WAIT", "1s")]).await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "poison").await;
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    // A bot publishing garbage, and one publishing a body PostgreSQL cannot store (NUL).
+    js.publish("chat.room.poison.msg", "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let nul = json!({"v":1,"kind":"message","room":"poison","from":"bot","body":"a\u{0}b","client_id":"nul","ts":1});
+    js.publish("chat.room.poison.msg", nul.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    send(&mut alice, "poison", "after the poison", "ok1").await;
+    wait_archived(&stack.db().await, "poison", 1).await;
+
+    let dlq = js.get_stream("CHAT_DLQ").await.unwrap();
+    let consumer = dlq
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut msgs = consumer.messages().await.unwrap();
+    let mut reasons = Vec::new();
+    while reasons.len() < 2 {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(20), msgs.next())
+            .await
+            .expect("dead letters arrive")
+            .unwrap()
+            .unwrap();
+        let h = m.headers.clone().unwrap();
+        reasons.push(h.get("Chat-Dlq-Reason").unwrap().as_str().to_owned());
+        assert_eq!(
+            h.get("Chat-Dlq-Subject").unwrap().as_str(),
+            "chat.room.poison.msg"
+        );
+    }
+    assert!(
+        reasons.iter().any(|r| r.contains("undecodable")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("refused by the database")),
+        "{reasons:?}"
+    );
+}
