@@ -68,3 +68,101 @@ async fn killing_chat_history_repeatedly_loses_and_doubles_nothing() {
     wait_archived(&pool, "faults", (ROUNDS * PER_ROUND) as i64).await;
     drop(history);
 }
+
+/// Sends `n` messages one by one, retrying each (same client_id, reconnecting when needed) until
+/// it is acknowledged; returns client_id → seq.
+async fn send_with_retries(url: &str, room: &str, prefix: &str, n: usize) -> HashMap<String, u64> {
+    let token = token::hs256(SECRET, "sender", 600);
+    let mut acked = HashMap::new();
+    let mut conn: Option<WsClient> = None;
+    let mut i = 0;
+    while i < n {
+        let client_id = format!("{prefix}-{i}");
+        if conn.is_none() {
+            match WsClient::connect(url, Some(&token)).await {
+                Ok(mut c) => match c.recv_type("hello").await {
+                    Ok(_) => {
+                        let j = c
+                            .request(serde_json::json!({"type":"join","room":room}), "j")
+                            .await;
+                        if j["type"] == "joined" {
+                            conn = Some(c);
+                        }
+                    }
+                    Err(_) => {}
+                },
+                Err(_) => {}
+            }
+            if conn.is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        }
+        let c = conn.as_mut().unwrap();
+        c.send(serde_json::json!({"type":"send","room":room,"body":format!("{prefix} {i}"),"client_id":client_id,"ref":client_id}))
+            .await;
+        match c.recv_until(|f| f["ref"] == client_id.as_str()).await {
+            Ok(f) if f["type"] == "ack" => {
+                acked.insert(client_id, f["seq"].as_u64().unwrap());
+                i += 1;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await, // unavailable: retry
+            Err(_) => conn = None,                                        // disconnected: reconnect
+        }
+    }
+    acked
+}
+
+/// Restarts nats-server (SIGKILL, fsync on every ack) three times while messages are sent: every
+/// acknowledged message is in the room's history exactly once, under the seq its ack named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_nats_under_load_loses_no_acknowledged_message() {
+    let mut nats = NatsServer::start_with(chat_testkit::NatsOptions {
+        sync_always: true,
+        ..Default::default()
+    })
+    .await;
+    let db = fresh_database().await;
+    let env = env(&nats, &db);
+    let _history = Proc::start("chat-history", &env).await;
+    let edge = Proc::start("chat-edge", &env).await;
+    let url = edge.ws_url();
+    let sender = tokio::spawn(async move { send_with_retries(&url, "storm", "m", 600).await });
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        nats.restart().await;
+    }
+    let acked = tokio::time::timeout(Duration::from_secs(120), sender)
+        .await
+        .expect("sender finished")
+        .unwrap();
+    assert_eq!(acked.len(), 600);
+
+    let (mut reader, _) =
+        WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "reader", 600)).await;
+    join(&mut reader, "storm").await;
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut after = 0u64;
+    loop {
+        let page = reader
+            .request(
+                serde_json::json!({"type":"history","room":"storm","after":after,"limit":200}),
+                "h",
+            )
+            .await;
+        assert_eq!(page["type"], "history", "{page}");
+        for m in page["messages"].as_array().unwrap() {
+            let id = m["client_id"].as_str().unwrap().to_owned();
+            let seq = m["seq"].as_u64().unwrap();
+            assert!(seen.insert(id, seq).is_none(), "a message is stored twice");
+            after = seq;
+        }
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    assert_eq!(
+        seen, acked,
+        "history holds exactly the acknowledged messages under their acked seqs"
+    );
+}
