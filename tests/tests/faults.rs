@@ -79,19 +79,15 @@ async fn send_with_retries(url: &str, room: &str, prefix: &str, n: usize) -> Has
     while i < n {
         let client_id = format!("{prefix}-{i}");
         if conn.is_none() {
-            match WsClient::connect(url, Some(&token)).await {
-                Ok(mut c) => match c.recv_type("hello").await {
-                    Ok(_) => {
-                        let j = c
-                            .request(serde_json::json!({"type":"join","room":room}), "j")
-                            .await;
-                        if j["type"] == "joined" {
-                            conn = Some(c);
-                        }
-                    }
-                    Err(_) => {}
-                },
-                Err(_) => {}
+            if let Ok(mut c) = WsClient::connect(url, Some(&token)).await
+                && c.recv_type("hello").await.is_ok()
+            {
+                let j = c
+                    .request(serde_json::json!({"type":"join","room":room}), "j")
+                    .await;
+                if j["type"] == "joined" {
+                    conn = Some(c);
+                }
             }
             if conn.is_none() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -165,4 +161,79 @@ async fn restarting_nats_under_load_loses_no_acknowledged_message() {
         seen, acked,
         "history holds exactly the acknowledged messages under their acked seqs"
     );
+}
+
+/// A reader that stops reading in a busy room is disconnected (4008) once its bounded queue fills;
+/// the others in the room get every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_cut_off_and_others_are_unaffected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const N: usize = 4000;
+    let stack = chat_tests::Stack::start_with(&[
+        ("CHAT_OUTBOUND_QUEUE", "64"),
+        ("CHAT_RATE_PER_S", "100000"),
+    ])
+    .await;
+    let addr = stack.edges[0].addr.unwrap();
+    // The slow reader: a small receive buffer, a handshake by hand, a join, then silence.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut slow = sock.connect(addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        stack.token("slowpoke")
+    );
+    slow.write_all(req.as_bytes()).await.unwrap();
+    let join = br#"{"type":"join","room":"busy"}"#;
+    let mut frame = vec![0x81, 0x80 | join.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(join);
+    slow.write_all(&frame).await.unwrap();
+    let (mut fast, _) = stack.login(0, "fast").await;
+    join_room(&mut fast, "busy").await;
+    let (mut sender, _) = stack.login(0, "sender").await;
+    join_room(&mut sender, "busy").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let body = "x".repeat(2000);
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < N {
+            let m = fast
+                .recv_type("message")
+                .await
+                .expect("fast reader gets everything");
+            assert_eq!(m["from"], "sender");
+            got += 1;
+        }
+        got
+    });
+    for i in 0..N {
+        sender.send(serde_json::json!({"type":"send","room":"busy","body":body,"client_id":format!("c{i}")})).await;
+        if i % 200 == 0 {
+            // Keep the sender's own socket drained of its acks and echoes.
+            while sender.recv_within(Duration::from_millis(1)).await.is_ok() {}
+        }
+    }
+    assert_eq!(reader.await.unwrap(), N);
+    // The slow reader's connection ends: after whatever its buffers held, the server closed it.
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the slow reader was never disconnected");
+}
+
+async fn join_room(c: &mut WsClient, room: &str) {
+    let r = c
+        .request(serde_json::json!({"type":"join","room":room}), "j")
+        .await;
+    assert_eq!(r["type"], "joined");
 }

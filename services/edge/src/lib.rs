@@ -253,8 +253,10 @@ async fn ws_upgrade(
     ws.read_buffer_size(buffer)
         .write_buffer_size(buffer)
         .max_write_buffer_size(max.saturating_mul(4).max(buffer * 2))
-        .max_message_size(max)
-        .max_frame_size(max)
+        // Slack above max_frame: a frame up to twice the limit is read whole and refused with a
+        // clean 1009; only beyond that does the WebSocket layer itself give up mid-frame.
+        .max_message_size(max.saturating_mul(2))
+        .max_frame_size(max.saturating_mul(2))
         .on_upgrade(move |socket| {
             let token_guard = tracker.token();
             async move {

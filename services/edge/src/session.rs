@@ -118,6 +118,23 @@ where
     let _ = socket.flush().await;
 }
 
+/// Closes and reads what the peer still sends (up to its close reply, for at most a second), so
+/// the TCP connection ends with FIN rather than a reset that could swallow the close frame.
+async fn close_and_drain<S>(socket: &mut S, code: u16, reason: &'static str)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    close_with(socket, code, reason).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(msg)) = socket.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 fn is_too_big(e: &axum::Error) -> bool {
     let text = e.to_string();
     text.contains("Space limit exceeded")
@@ -290,21 +307,22 @@ where
                 }
                 item = rx.recv() => {
                     let Some(item) = item else { return };
-                    if !self.deliver(item).await {
+                    // A peer that stops reading blocks the write; the overflow token still ends
+                    // the connection (its queue filled meanwhile), without waiting for the peer.
+                    let written = tokio::select! {
+                        ok = self.write_batch(item, &mut rx) => ok,
+                        _ = overflow.cancelled() => false,
+                    };
+                    if overflow.is_cancelled() {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            close_with(&mut self.socket, close::SLOW_CONSUMER, "slow consumer"),
+                        )
+                        .await;
                         return;
                     }
-                    // Batch what else is waiting into one flush.
-                    let mut n = 0;
-                    while n < 256 {
-                        match rx.try_recv() {
-                            Ok(item) => {
-                                if !self.deliver(item).await {
-                                    return;
-                                }
-                                n += 1;
-                            }
-                            Err(_) => break,
-                        }
+                    if !written {
+                        return;
                     }
                 }
                 msg = self.socket.next() => {
@@ -320,9 +338,15 @@ where
                             self.last_heard = Instant::now();
                             Flow::Continue
                         }
+                        Some(Ok(Message::Text(t))) if t.len() > self.edge.config.max_frame => {
+                            Flow::Close(close::TOO_BIG, "frame too large")
+                        }
                         Some(Ok(Message::Text(t))) => {
                             self.last_heard = Instant::now();
                             self.on_client_frame(Some(t.as_str())).await
+                        }
+                        Some(Ok(Message::Binary(b))) if b.len() > self.edge.config.max_frame => {
+                            Flow::Close(close::TOO_BIG, "frame too large")
                         }
                         Some(Ok(Message::Binary(_))) => {
                             self.last_heard = Instant::now();
@@ -330,7 +354,7 @@ where
                         }
                     };
                     if let Flow::Close(code, reason) = flow {
-                        close_with(&mut self.socket, code, reason).await;
+                        close_and_drain(&mut self.socket, code, reason).await;
                         return;
                     }
                 }
@@ -521,6 +545,24 @@ where
                 true
             }
         }
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch) with one flush.
+    async fn write_batch(&mut self, first: Outbound, rx: &mut mpsc::Receiver<Outbound>) -> bool {
+        if !self.deliver(first).await {
+            return false;
+        }
+        for _ in 0..256 {
+            match rx.try_recv() {
+                Ok(item) => {
+                    if !self.deliver(item).await {
+                        return false;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        true
     }
 
     async fn flush_soon(&mut self) -> bool {
