@@ -22,6 +22,9 @@ pub struct NotifyConfig {
     pub batch_max: usize,
     /// `NOTIFY_BATCH_WAIT`: longest a partial batch waits for more events.
     pub batch_wait: Duration,
+    /// `NOTIFY_ACK_WAIT`: how long an event handed to a process that died waits before it is
+    /// delivered again (set when the durable consumer is created).
+    pub ack_wait: Duration,
     /// `CHAT_REQUEST_TIMEOUT`: how long to wait for chat-history (room members).
     pub request_timeout: Duration,
     /// `NOTIFY_MEMBERS_TTL`: how long a room's member list is trusted without a membership event.
@@ -84,6 +87,7 @@ impl NotifyConfig {
             stream: env.stream_settings()?,
             batch_max: env.parse("NOTIFY_BATCH_MAX", 500)?,
             batch_wait: env.duration("NOTIFY_BATCH_WAIT", Duration::from_millis(5))?,
+            ack_wait: env.duration("NOTIFY_ACK_WAIT", Duration::from_secs(30))?,
             request_timeout: env.duration("CHAT_REQUEST_TIMEOUT", Duration::from_secs(5))?,
             members_ttl: env.duration("NOTIFY_MEMBERS_TTL", Duration::from_secs(60))?,
             state_catch_up: env.duration("NOTIFY_STATE_CATCH_UP", Duration::from_millis(1500))?,

@@ -21,12 +21,12 @@ use crate::mention;
 use crate::store::{self, NewNotification, RoomMessage};
 
 /// The consumer every chat-notify process shares.
-pub fn consumer_config() -> pull::Config {
+pub fn consumer_config(ack_wait: Duration) -> pull::Config {
     pull::Config {
         durable_name: Some(subjects::NOTIFY_CONSUMER.to_owned()),
         description: Some("chat-notify: unread counts and notifications".into()),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
+        ack_wait,
         max_ack_pending: 20_000,
         ..Default::default()
     }
@@ -54,7 +54,10 @@ pub async fn run(core: Core, shutdown: CancellationToken) {
 async fn consume(core: &Core, shutdown: &CancellationToken) -> Result<(), async_nats::Error> {
     let stream = core.stream.clone();
     let consumer: jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(subjects::NOTIFY_CONSUMER, consumer_config())
+        .get_or_create_consumer(
+            subjects::NOTIFY_CONSUMER,
+            consumer_config(core.config.ack_wait),
+        )
         .await?;
     let batch_max = core.config.batch_max.max(1);
     let mut messages = consumer

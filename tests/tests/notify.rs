@@ -1,0 +1,452 @@
+//! chat-notify end to end: unread counts, read markers, mentions, DMs, restarts and webhooks,
+//! with real edges, chat-history, chat-notify, nats-server and PostgreSQL.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use chat_bus::api::{self, NotifyState, NotifyStateRequest};
+use chat_bus::subjects;
+use chat_proto::{RoomId, UserId};
+use chat_tests::{Stack, join, send};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+/// The `rooms` entry of a hello for `room`.
+fn room_of<'a>(hello: &'a Value, room: &str) -> &'a Value {
+    hello["rooms"]
+        .as_array()
+        .expect("rooms")
+        .iter()
+        .find(|r| r["room"] == room)
+        .unwrap_or_else(|| panic!("{room} not in hello: {hello}"))
+}
+
+/// Waits for the `unread` frame of `room`.
+async fn unread_frame(c: &mut chat_testkit::WsClient, room: &str) -> Value {
+    c.recv_until(|f| f["type"] == "unread" && f["room"] == room)
+        .await
+        .expect("unread frame")
+}
+
+/// chat-notify's state for a user, asked over NATS as an edge does.
+async fn state(client: &async_nats::Client, user: &str, rooms: &[&str]) -> NotifyState {
+    api::request(
+        client,
+        subjects::NOTIFY_STATE,
+        &NotifyStateRequest {
+            user: UserId::new(user).unwrap(),
+            rooms: rooms.iter().map(|r| RoomId::new(*r).unwrap()).collect(),
+        },
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("notify state")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_mentions_and_dms_wait_in_hello_until_a_read_clears_them_everywhere() {
+    let stack = Stack::start().await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut bob, "proj").await;
+    bob.close().await;
+    let (mut carol, _) = stack.login(0, "carol").await;
+    join(&mut carol, "elsewhere").await;
+    carol.close().await;
+
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "proj").await;
+    let dm = alice
+        .request(json!({"type": "open_dm", "user": "bob"}), "dm")
+        .await;
+    let dm_room = dm["room"].as_str().expect("dm room").to_owned();
+
+    let proj_bodies = [
+        "@bob first",
+        "look here @bob",
+        "(@bob) third, not `@bob` again, @bob",
+        "mail alice@bob.example",
+        "ping @dave and @carol, who are not here",
+        "@alice talking to myself",
+        "code only `@bob`",
+    ];
+    let mut last_proj = 0;
+    for (i, body) in proj_bodies.iter().enumerate() {
+        last_proj = send(&mut alice, "proj", body, &format!("p{i}")).await["seq"]
+            .as_u64()
+            .unwrap();
+    }
+    let mut last_dm = 0;
+    for (i, body) in ["hi bob", "@bob are you there?"].iter().enumerate() {
+        last_dm = send(&mut alice, &dm_room, body, &format!("d{i}")).await["seq"]
+            .as_u64()
+            .unwrap();
+    }
+    // Her own messages never make an unread count for alice.
+    alice.expect_no("unread", Duration::from_millis(500)).await;
+
+    let (mut bob1, hello) = stack.login(0, "bob").await;
+    let notes = hello["notifications"].as_array().expect("notifications");
+    assert_eq!(notes.len(), 5, "{hello}");
+    let mentions: Vec<&Value> = notes.iter().filter(|n| n["kind"] == "mention").collect();
+    let dms: Vec<&Value> = notes.iter().filter(|n| n["kind"] == "dm").collect();
+    assert_eq!(mentions.len(), 3, "{hello}");
+    assert_eq!(dms.len(), 2, "{hello}");
+    let previews: Vec<&str> = mentions
+        .iter()
+        .map(|n| n["preview"].as_str().unwrap())
+        .collect();
+    assert_eq!(previews, &proj_bodies[..3]);
+    assert!(
+        mentions
+            .iter()
+            .all(|n| n["room"] == "proj" && n["from"] == "alice")
+    );
+    assert!(dms.iter().all(|n| n["room"] == dm_room.as_str()));
+    let ids: BTreeSet<&str> = notes.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 5, "ids are distinct");
+    assert_eq!(room_of(&hello, "proj")["unread"], proj_bodies.len());
+    assert_eq!(room_of(&hello, "proj")["last_read"], 0);
+    assert_eq!(room_of(&hello, &dm_room)["unread"], 2);
+
+    // Neither the email nor the mentions of non-members notified anyone.
+    let (_carol, hello_carol) = stack.login(0, "carol").await;
+    assert_eq!(hello_carol["notifications"], json!([]));
+    let (_alice2, hello_alice) = stack.login(0, "alice").await;
+    assert_eq!(hello_alice["notifications"], json!([]));
+    assert_eq!(room_of(&hello_alice, "proj")["unread"], 0);
+    assert_eq!(room_of(&hello_alice, &dm_room)["unread"], 0);
+
+    // Live: both of bob's sessions get the notification and the new count.
+    let (mut bob2, _) = stack.login(0, "bob").await;
+    let live = send(&mut alice, "proj", "@bob live one", "live").await;
+    for b in [&mut bob1, &mut bob2] {
+        let (mut n, mut u) = (None, None);
+        while n.is_none() || u.is_none() {
+            let f = b.recv().await.expect("frame");
+            match f["type"].as_str() {
+                Some("notification") => n = Some(f),
+                Some("unread") if f["room"] == "proj" => u = Some(f),
+                _ => {}
+            }
+        }
+        let (n, u) = (n.unwrap(), u.unwrap());
+        assert_eq!(
+            (n["kind"].as_str(), n["seq"].as_u64()),
+            (Some("mention"), live["seq"].as_u64())
+        );
+        assert_eq!(u["count"], proj_bodies.len() + 1, "{u}");
+    }
+    let last_proj_live = live["seq"].as_u64().unwrap();
+    assert!(last_proj_live > last_proj);
+
+    // A read on one session clears the count on both.
+    bob1.send(json!({"type": "read", "room": "proj", "seq": last_proj_live}))
+        .await;
+    for b in [&mut bob1, &mut bob2] {
+        let u = unread_frame(b, "proj").await;
+        assert_eq!(
+            (u["count"].as_u64(), u["last_read"].as_u64()),
+            (Some(0), Some(last_proj_live))
+        );
+    }
+    bob2.send(json!({"type": "read", "room": dm_room, "seq": last_dm}))
+        .await;
+    for b in [&mut bob1, &mut bob2] {
+        let u = unread_frame(b, &dm_room).await;
+        assert_eq!(
+            (u["count"].as_u64(), u["last_read"].as_u64()),
+            (Some(0), Some(last_dm))
+        );
+    }
+    // The marker never moves back, and never beyond the room's last message.
+    bob1.send(json!({"type": "read", "room": "proj", "seq": 1}))
+        .await;
+    let u = unread_frame(&mut bob1, "proj").await;
+    assert_eq!(u["last_read"].as_u64(), Some(last_proj_live));
+    bob1.send(json!({"type": "read", "room": "proj", "seq": 1u64 << 40}))
+        .await;
+    let u = unread_frame(&mut bob1, "proj").await;
+    assert_eq!(u["last_read"].as_u64(), Some(last_proj_live));
+
+    let (_bob3, hello) = stack.login(0, "bob").await;
+    assert_eq!(hello["notifications"], json!([]), "{hello}");
+    assert_eq!(room_of(&hello, "proj")["unread"], 0);
+    assert_eq!(room_of(&hello, "proj")["last_read"], last_proj_live);
+    assert_eq!(room_of(&hello, &dm_room)["unread"], 0);
+    // Alice never got an unread frame for her own messages.
+    alice.expect_no("unread", Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_into_a_private_room_notifies_until_read() {
+    let stack = Stack::start().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    let created = alice
+        .request(
+            json!({"type": "create", "room": "secret", "private": true, "members": []}),
+            "c",
+        )
+        .await;
+    assert_eq!(created["type"], "joined");
+    let s = send(&mut alice, "secret", "before bob", "b1").await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    let ok = alice
+        .request(
+            json!({"type": "invite", "room": "secret", "user": "bob"}),
+            "i",
+        )
+        .await;
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let n = bob.recv_type("notification").await.unwrap();
+    assert_eq!(
+        (n["kind"].as_str(), n["room"].as_str(), n["from"].as_str()),
+        (Some("invite"), Some("secret"), Some("alice"))
+    );
+    assert_eq!(n["seq"], s["seq"]);
+    let (_b2, hello) = stack.login(0, "bob").await;
+    assert_eq!(
+        hello["notifications"].as_array().unwrap().len(),
+        1,
+        "{hello}"
+    );
+    bob.send(json!({"type": "read", "room": "secret", "seq": s["seq"]}))
+        .await;
+    unread_frame(&mut bob, "secret").await;
+    let (_b3, hello) = stack.login(0, "bob").await;
+    assert_eq!(hello["notifications"], json!([]), "{hello}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_notify_during_a_burst_leaves_every_count_exact() {
+    const ALICE: usize = 1000;
+    const CAROL: usize = 100;
+    let mut stack =
+        Stack::start_with(&[("CHAT_RATE_PER_S", "100000"), ("NOTIFY_ACK_WAIT", "2s")]).await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut bob, "burst").await;
+    bob.close().await;
+    let mut senders = Vec::new();
+    for (name, n) in [("alice", ALICE), ("carol", CAROL)] {
+        let (mut c, _) = stack.login(0, name).await;
+        join(&mut c, "burst").await;
+        senders.push(tokio::spawn(async move {
+            for i in 0..n {
+                let body = if i % 100 == 0 {
+                    format!("@bob number {i}")
+                } else {
+                    format!("message {i}")
+                };
+                c.send(json!({"type": "send", "room": "burst", "body": body, "client_id": format!("{name}-{i}")}))
+                    .await;
+            }
+            let mut acks = 0;
+            while acks < n {
+                let f = c.recv().await.expect("frame");
+                if f["type"] == "ack" {
+                    acks += 1;
+                }
+                assert_ne!(f["type"], "error", "{f}");
+            }
+        }));
+    }
+    // Kill chat-notify once it is into the burst, and start another.
+    let db = stack.db().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM notify.room_messages WHERE room = 'burst'")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        if n >= 100 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "notify never started consuming"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stack.notifies.remove(0).kill();
+    stack.add_notify().await;
+    for s in senders {
+        s.await.unwrap();
+    }
+
+    let client = stack.nats.client().await;
+    let expect = |who: &str| match who {
+        "bob" => ALICE + CAROL,
+        "alice" => CAROL,
+        _ => ALICE,
+    } as u64;
+    let check = |client: async_nats::Client| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = state(&client, "bob", &["burst"]).await;
+            if s.rooms[0].unread == expect("bob") {
+                break;
+            }
+            assert!(s.rooms[0].unread < expect("bob"), "double counted: {s:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "counts never caught up: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for who in ["alice", "bob", "carol"] {
+            let s = state(&client, who, &["burst"]).await;
+            assert_eq!(s.rooms[0].unread, expect(who), "{who}: {s:?}");
+        }
+        let s = state(&client, "bob", &["burst"]).await;
+        let ids: BTreeSet<String> = s.notifications.iter().map(|n| n.id.clone()).collect();
+        assert_eq!(
+            s.notifications.len(),
+            (ALICE + CAROL) / 100,
+            "{:?}",
+            s.notifications
+        );
+        assert_eq!(ids.len(), s.notifications.len());
+    };
+    check(client.clone()).await;
+
+    // Every event delivered again from the start: nothing changes.
+    stack.notifies.remove(0).shutdown().await;
+    let js = async_nats::jetstream::new(client.clone());
+    js.delete_consumer_from_stream(subjects::NOTIFY_CONSUMER, subjects::STREAM)
+        .await
+        .expect("delete the consumer");
+    stack.add_notify().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut c) = js
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                subjects::NOTIFY_CONSUMER,
+                subjects::STREAM,
+            )
+            .await
+        {
+            let info = c.info().await.unwrap();
+            if info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.delivered.stream_sequence > 0
+            {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replay never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check(client).await;
+}
+
+/// A push gateway for the test: checks nothing itself, records every accepted POST, and fails
+/// the first two attempts of a notification whose preview says "flaky".
+#[derive(Clone, Default)]
+struct Gateway {
+    accepted: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+    flaky_attempts: Arc<AtomicU32>,
+}
+
+async fn gateway(State(g): State<Gateway>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if v["preview"].as_str().is_some_and(|p| p.contains("flaky"))
+        && g.flaky_attempts.fetch_add(1, Ordering::SeqCst) < 2
+    {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    g.accepted.lock().unwrap().push((headers, body));
+    StatusCode::NO_CONTENT
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_notifications_reach_the_webhook_once_signed_and_despite_failures() {
+    const SECRET: &str = "gateway-secret";
+    let g = Gateway::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/push", listener.local_addr().unwrap());
+    let app = Router::new()
+        .route("/push", post(gateway))
+        .with_state(g.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let stack = Stack::start_with(&[
+        ("NOTIFY_WEBHOOK_URL", url.as_str()),
+        ("NOTIFY_WEBHOOK_SECRET", SECRET),
+        ("NOTIFY_WEBHOOK_RETRY_MIN", "50ms"),
+    ])
+    .await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut bob, "w").await;
+    bob.close().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "w").await;
+    let mut seqs = BTreeSet::new();
+    for (i, body) in ["@bob one", "@bob two", "@bob flaky", "no mention"]
+        .iter()
+        .enumerate()
+    {
+        let a = send(&mut alice, "w", body, &format!("w{i}")).await;
+        seqs.insert(a["seq"].as_u64().unwrap());
+    }
+    let dm = alice
+        .request(json!({"type": "open_dm", "user": "bob"}), "dm")
+        .await;
+    let dm_room = dm["room"].as_str().unwrap().to_owned();
+    send(&mut alice, &dm_room, "psst", "d").await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while g.accepted.lock().unwrap().len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "webhooks missing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing more arrives: each notification exactly once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let accepted = g.accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), 4);
+    assert_eq!(
+        g.flaky_attempts.load(Ordering::SeqCst),
+        3,
+        "two failures, then success"
+    );
+    let mut by_id = HashMap::new();
+    for (headers, body) in &accepted {
+        let ts = headers["x-chat-timestamp"].to_str().unwrap();
+        let sig = headers["x-chat-signature"].to_str().unwrap();
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(format!("{ts}.").as_bytes());
+        mac.update(body);
+        mac.verify_slice(&hex::decode(sig).unwrap())
+            .expect("valid signature");
+        let age = chat_bus::now_ms() - ts.parse::<i64>().unwrap();
+        assert!((0..60_000).contains(&age), "timestamp is now: {age}");
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["user"], "bob");
+        assert_eq!(v["from"], "alice");
+        assert!(
+            by_id
+                .insert(v["id"].as_str().unwrap().to_owned(), v.clone())
+                .is_none(),
+            "repeated {v}"
+        );
+    }
+    let kinds: Vec<&str> = {
+        let mut k: Vec<&str> = by_id
+            .values()
+            .map(|v| v["kind"].as_str().unwrap())
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(kinds, ["dm", "mention", "mention", "mention"]);
+}
