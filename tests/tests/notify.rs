@@ -275,7 +275,16 @@ async fn restarting_notify_during_a_burst_leaves_every_count_exact() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let (at_kill,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM notify.room_messages WHERE room = 'burst'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
     stack.notifies.remove(0).kill();
+    println!(
+        "chat-notify killed after {at_kill} of {} events",
+        ALICE + CAROL
+    );
     stack.add_notify().await;
     for s in senders {
         s.await.unwrap();
