@@ -15,6 +15,8 @@ CREATE TABLE room_messages (
     sender TEXT,
     PRIMARY KEY (room, seq)
 );
+-- A member's own messages above a marker (subtracted from the room's count).
+CREATE INDEX room_messages_by_sender ON room_messages (room, sender, seq);
 
 -- A user's read marker in a room; it only moves forward.
 CREATE TABLE read_markers (

@@ -2,7 +2,9 @@
 //! one transaction (room rows and new notifications) and acknowledged only after it committed;
 //! then the affected members' unread counts and the new notifications are published. A
 //! redelivered event inserts nothing new (primary keys on `(room, seq)` and on the notification
-//! id, derived from seq and user), so nothing is counted or notified twice.
+//! id, derived from seq and user), so nothing is counted or stored twice. Live delivery is at
+//! least once: the notifications of a redelivered event are published again (same id), since
+//! the process that stored them may have died before publishing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -36,6 +38,8 @@ pub fn consumer_config(ack_wait: Duration) -> pull::Config {
 struct Decoded {
     seq: u64,
     event: RoomEvent,
+    /// Delivered before: an earlier attempt may have committed and then died before publishing.
+    redelivered: bool,
 }
 
 /// Consumes until `shutdown`; reconnects to the consumer after any failure.
@@ -149,7 +153,11 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
                     seq,
                     sender: Some(event.from.clone()),
                 });
-                decoded.push(Decoded { seq, event });
+                decoded.push(Decoded {
+                    seq,
+                    event,
+                    redelivered: info.delivered > 1,
+                });
             }
             Err(e) => {
                 tracing::warn!(seq, error = %e, "undecodable event: counted for nobody");
@@ -241,10 +249,23 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
         }
     }
 
-    let new_ids: BTreeSet<String> = new_ids.into_iter().collect();
+    // New notifications go out; so do those of redelivered events, in case the delivery that
+    // stored them died before publishing (at least once: the id lets receivers drop a repeat).
+    let mut publish: BTreeSet<String> = new_ids.into_iter().collect();
+    let again: BTreeSet<u64> = decoded
+        .iter()
+        .filter(|d| d.redelivered)
+        .map(|d| d.seq)
+        .collect();
+    publish.extend(
+        notes
+            .iter()
+            .filter(|n| again.contains(&n.notification.seq))
+            .map(|n| n.notification.id.clone()),
+    );
     let fresh: Vec<UserNotification> = notes
         .into_iter()
-        .filter(|n| new_ids.contains(&n.notification.id))
+        .filter(|n| publish.contains(&n.notification.id))
         .map(|n| UserNotification {
             user: n.user,
             notification: n.notification,

@@ -172,12 +172,22 @@ pub async fn unread_in_room(
     users: &[UserId],
 ) -> Result<Vec<(UserId, u64, u64)>, sqlx::Error> {
     let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    // Members who share a marker (typically everyone who never read) share one count of the
+    // room's messages above it; each then subtracts their own (index on room, sender, seq).
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT u.user_id, COALESCE(r.last_read, 0),
-                (SELECT count(*) FROM room_messages m
-                 WHERE m.room = $1 AND m.seq > COALESCE(r.last_read, 0) AND m.sender <> u.user_id)
-         FROM UNNEST($2::text[]) AS u(user_id)
-         LEFT JOIN read_markers r ON r.user_id = u.user_id AND r.room = $1",
+        "WITH u AS (
+             SELECT q.user_id, COALESCE(r.last_read, 0) AS lr
+             FROM UNNEST($2::text[]) AS q(user_id)
+             LEFT JOIN read_markers r ON r.user_id = q.user_id AND r.room = $1
+         ), t AS (
+             SELECT d.lr, (SELECT count(*) FROM room_messages m
+                           WHERE m.room = $1 AND m.seq > d.lr AND m.sender IS NOT NULL) AS n
+             FROM (SELECT DISTINCT lr FROM u) d
+         )
+         SELECT u.user_id, u.lr,
+                t.n - (SELECT count(*) FROM room_messages m
+                       WHERE m.room = $1 AND m.sender = u.user_id AND m.seq > u.lr)
+         FROM u JOIN t ON t.lr = u.lr",
     )
     .bind(room.as_str())
     .bind(&names)
