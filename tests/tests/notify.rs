@@ -458,4 +458,42 @@ async fn offline_notifications_reach_the_webhook_once_signed_and_despite_failure
         k
     };
     assert_eq!(kinds, ["dm", "mention", "mention", "mention"]);
+
+    let metrics = http_get(stack.notifies[0].admin, "/metrics").await;
+    assert!(
+        metric(&metrics, "notify_webhook_failures_total") >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "notify_webhook_deliveries_total") >= 4.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "notify_notifications_total{kind=\"mention\"}") >= 3.0,
+        "{metrics}"
+    );
+}
+
+/// A GET over a fresh connection; the body of the answer.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// The value of a sample line `name value` in Prometheus text (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|rest| rest.trim().parse::<f64>().ok())
+        .sum()
 }

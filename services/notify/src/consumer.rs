@@ -6,7 +6,7 @@
 //! least once: the notifications of a redelivered event are published again (same id), since
 //! the process that stored them may have died before publishing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -136,7 +136,7 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
     let started = Instant::now();
     let mut rows = Vec::with_capacity(batch.len());
     let mut decoded = Vec::with_capacity(batch.len());
-    let mut spans = Vec::with_capacity(batch.len());
+    let mut spans: HashMap<u64, tracing::Span> = HashMap::with_capacity(batch.len());
     for msg in &batch {
         let Ok(info) = msg.info() else { continue };
         let seq = info.stream_sequence;
@@ -147,7 +147,7 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
             Ok(event) => {
                 let span = tracing::info_span!("notify.event", room = %event.room, seq);
                 trace::continue_from(&span, msg.headers.as_ref());
-                spans.push(span);
+                spans.insert(seq, span);
                 rows.push(RoomMessage {
                     room: event.room.clone(),
                     seq,
@@ -263,12 +263,19 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
             .filter(|n| again.contains(&n.notification.seq))
             .map(|n| n.notification.id.clone()),
     );
-    let fresh: Vec<UserNotification> = notes
+    let fresh: Vec<(UserNotification, tracing::Span)> = notes
         .into_iter()
         .filter(|n| publish.contains(&n.notification.id))
-        .map(|n| UserNotification {
-            user: n.user,
-            notification: n.notification,
+        .map(|n| {
+            let span = spans
+                .get(&n.notification.seq)
+                .cloned()
+                .unwrap_or_else(tracing::Span::none);
+            let n = UserNotification {
+                user: n.user,
+                notification: n.notification,
+            };
+            (n, span)
         })
         .collect();
     core.deliver(fresh).await;

@@ -13,7 +13,7 @@ use chat_bus::api::{
     ApiError, MembershipChange, NotifyState, NotifyStateRequest, ReadRequest, UnreadUpdate,
     UserNotification,
 };
-use chat_bus::{now_ms, subjects};
+use chat_bus::{now_ms, subjects, trace};
 use chat_proto::{Notification, NotificationKind, RoomId, RoomKind, UserId};
 use futures::StreamExt;
 use serde::Serialize;
@@ -130,19 +130,34 @@ impl Core {
         Ok(())
     }
 
-    /// Sends new notifications live and hands them to the webhooks.
-    pub async fn deliver(&self, notes: Vec<UserNotification>) {
-        for n in &notes {
+    /// Sends new notifications live and hands them to the webhooks. Each is published inside a
+    /// `notify.notification` span under `parent` (the event's span, continuing the sender's
+    /// trace) with that span's `traceparent`, so whoever delivers it can continue the trace.
+    pub async fn deliver(&self, notes: Vec<(UserNotification, tracing::Span)>) {
+        let mut handed = Vec::with_capacity(notes.len());
+        for (n, parent) in notes {
             let kind = match n.notification.kind {
                 NotificationKind::Mention => "mention",
                 NotificationKind::Dm => "dm",
                 NotificationKind::Invite => "invite",
             };
             metrics::counter!("notify_notifications_total", "kind" => kind).increment(1);
-            self.publish_json(subjects::user_notify(&n.user), n).await;
+            let span =
+                tracing::info_span!(parent: &parent, "notify.notification", user = %n.user, kind);
+            let mut headers = async_nats::HeaderMap::new();
+            span.in_scope(|| trace::inject_current(&mut headers));
+            if let Ok(payload) = serde_json::to_vec(&n)
+                && let Err(e) = self
+                    .nats
+                    .publish_with_headers(subjects::user_notify(&n.user), headers, payload.into())
+                    .await
+            {
+                tracing::debug!(error = %e, "publish failed");
+            }
+            handed.push(n);
         }
         if let Some(w) = &self.webhooks {
-            w.offer(notes);
+            w.offer(handed);
         }
     }
 
@@ -259,11 +274,12 @@ impl Core {
         };
         match store::store_notification(&self.pool, &note).await {
             Ok(true) => {
-                self.deliver(vec![UserNotification {
+                let span = tracing::info_span!("notify.invite", room = %change.room);
+                let n = UserNotification {
                     user: note.user,
                     notification: note.notification,
-                }])
-                .await
+                };
+                self.deliver(vec![(n, span)]).await
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "invite notification not stored"),
