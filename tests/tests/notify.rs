@@ -63,6 +63,9 @@ async fn offline_mentions_and_dms_wait_in_hello_until_a_read_clears_them_everywh
 
     let (mut alice, _) = stack.login(0, "alice").await;
     join(&mut alice, "proj").await;
+    // Joining sets her marker at the room's end and says so.
+    let u = unread_frame(&mut alice, "proj").await;
+    assert_eq!(u["count"], 0);
     let dm = alice
         .request(json!({"type": "open_dm", "user": "bob"}), "dm")
         .await;
@@ -186,6 +189,32 @@ async fn offline_mentions_and_dms_wait_in_hello_until_a_read_clears_them_everywh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_to_a_public_room_has_no_unread_history() {
+    let stack = Stack::start().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "hist").await;
+    for i in 0..3 {
+        send(&mut alice, "hist", "old news", &format!("h{i}")).await;
+    }
+    let last = send(&mut alice, "hist", "latest", "h3").await["seq"]
+        .as_u64()
+        .unwrap();
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut bob, "hist").await;
+    let u = unread_frame(&mut bob, "hist").await;
+    assert_eq!(
+        (u["count"].as_u64(), u["last_read"].as_u64()),
+        (Some(0), Some(last))
+    );
+    let (_b2, hello) = stack.login(0, "bob").await;
+    assert_eq!(room_of(&hello, "hist")["unread"], 0, "{hello}");
+    assert_eq!(room_of(&hello, "hist")["last_read"], last);
+    send(&mut alice, "hist", "news", "h4").await;
+    let u = unread_frame(&mut bob, "hist").await;
+    assert_eq!(u["count"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invite_into_a_private_room_notifies_until_read() {
     let stack = Stack::start().await;
     let (mut alice, _) = stack.login(0, "alice").await;
@@ -233,10 +262,15 @@ async fn restarting_notify_during_a_burst_leaves_every_count_exact() {
     let (mut bob, _) = stack.login(0, "bob").await;
     join(&mut bob, "burst").await;
     bob.close().await;
-    let mut senders = Vec::new();
+    // Everyone joins before anyone sends (a join starts the joiner's marker at the room's end).
+    let mut clients = Vec::new();
     for (name, n) in [("alice", ALICE), ("carol", CAROL)] {
         let (mut c, _) = stack.login(0, name).await;
         join(&mut c, "burst").await;
+        clients.push((name, n, c));
+    }
+    let mut senders = Vec::new();
+    for (name, n, mut c) in clients {
         senders.push(tokio::spawn(async move {
             for i in 0..n {
                 let body = if i % 100 == 0 {

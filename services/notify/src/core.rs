@@ -251,10 +251,31 @@ impl Core {
         Ok(update)
     }
 
+    /// Joining a public room starts the marker at its newest event: its history is not
+    /// "unread" to a newcomer (nor to someone rejoining after a leave).
+    async fn joined_public(&self, user: &UserId, room: &RoomId) {
+        let Ok(seq) = self.last_seq(room).await else {
+            return;
+        };
+        let _guard = self.lock_room(room).await;
+        match store::start_marker(&self.pool, user, room, seq).await {
+            Ok(true) => {
+                if let Err(e) = self.publish_unread(room, std::slice::from_ref(user)).await {
+                    tracing::debug!(error = %e, "unread count not published");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "read marker of a new member not set"),
+        }
+    }
+
     /// A membership change: forget the room's members; an invite into a private room makes an
     /// `invite` notification at the room's current last seq.
     pub async fn membership(&self, change: MembershipChange) {
         self.members.invalidate(&change.room);
+        if change.member && change.by == change.user && change.kind == RoomKind::Public {
+            self.joined_public(&change.user, &change.room).await;
+        }
         if !(change.member && change.by != change.user && change.kind == RoomKind::Private) {
             return;
         }

@@ -301,6 +301,27 @@ pub async fn read(
     Ok((last as u64, count as u64))
 }
 
+/// Moves a marker forward to `seq` without touching notifications (a join); true if it moved.
+pub async fn start_marker(
+    pool: &PgPool,
+    user: &UserId,
+    room: &RoomId,
+    seq: u64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO read_markers (user_id, room, last_read) VALUES ($1, $2, $3)
+         ON CONFLICT (user_id, room)
+         DO UPDATE SET last_read = EXCLUDED.last_read
+         WHERE read_markers.last_read < EXCLUDED.last_read",
+    )
+    .bind(user.as_str())
+    .bind(room.as_str())
+    .bind(seq as i64)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// The highest seq stored per room (how far the consumer got in each).
 pub async fn processed(
     pool: &PgPool,
