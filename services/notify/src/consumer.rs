@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use chat_bus::api::{RoomInfo, UserNotification};
+use chat_bus::api::{ApiError, RoomInfo, UserNotification};
 use chat_bus::event::RoomEvent;
 use chat_bus::{subjects, trace};
-use chat_proto::{Notification, RoomId, UserId};
+use chat_proto::{ErrorCode, Notification, RoomId, RoomKind, UserId};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -132,6 +132,24 @@ where
     }
 }
 
+/// A room's members. While chat-history is unreachable this fails (and the batch waits); any
+/// other refusal is logged and the room is treated as having no members, so that one bad room
+/// cannot stall the consumer (counts stay exact: they do not depend on the member list; only
+/// the live `unread` and notifications of those events are lost).
+async fn members_or_none(core: &Core, room: &RoomId) -> Result<Arc<RoomInfo>, ApiError> {
+    match core.members.get(room).await {
+        Err(e) if e.code != ErrorCode::Unavailable => {
+            tracing::error!(%room, error = %e, "room members refused; no notifications for this batch");
+            Ok(Arc::new(RoomInfo {
+                room: room.clone(),
+                kind: RoomKind::Public,
+                members: Vec::new(),
+            }))
+        }
+        r => r,
+    }
+}
+
 async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
     let started = Instant::now();
     let mut rows = Vec::with_capacity(batch.len());
@@ -179,7 +197,7 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
         let room = &d.event.room;
         if !rooms.contains_key(room) {
             let Some(info) = with_retry("fetch room members", &batch, shutdown, || {
-                core.members.get(room)
+                members_or_none(core, room)
             })
             .await
             else {
