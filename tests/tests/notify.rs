@@ -2,7 +2,7 @@
 //! with real edges, chat-history, chat-notify, nats-server and PostgreSQL.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -399,9 +399,16 @@ async fn restarting_notify_during_a_burst_leaves_every_count_exact() {
 struct Gateway {
     accepted: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
     flaky_attempts: Arc<AtomicU32>,
+    /// While set, every POST fails (and is counted in `refused`).
+    down: Arc<AtomicBool>,
+    refused: Arc<AtomicU32>,
 }
 
 async fn gateway(State(g): State<Gateway>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    if g.down.load(Ordering::SeqCst) {
+        g.refused.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::BAD_GATEWAY;
+    }
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if v["preview"].as_str().is_some_and(|p| p.contains("flaky"))
         && g.flaky_attempts.fetch_add(1, Ordering::SeqCst) < 2
@@ -412,16 +419,69 @@ async fn gateway(State(g): State<Gateway>, headers: HeaderMap, body: Bytes) -> S
     StatusCode::NO_CONTENT
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_notifications_reach_the_webhook_once_signed_and_despite_failures() {
-    const SECRET: &str = "gateway-secret";
-    let g = Gateway::default();
+/// Starts a gateway on port 0; its URL.
+async fn start_gateway(g: &Gateway) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/push", listener.local_addr().unwrap());
     let app = Router::new()
         .route("/push", post(gateway))
         .with_state(g.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_webhook_survives_a_restart_of_notify() {
+    let g = Gateway::default();
+    g.down.store(true, Ordering::SeqCst);
+    let url = start_gateway(&g).await;
+    let mut stack = Stack::start_with(&[
+        ("NOTIFY_WEBHOOK_URL", url.as_str()),
+        ("NOTIFY_WEBHOOK_SECRET", "s"),
+        ("NOTIFY_WEBHOOK_RETRY_MIN", "50ms"),
+        ("NOTIFY_WEBHOOK_RETRY_MAX", "200ms"),
+        ("NOTIFY_WEBHOOK_TIMEOUT", "1s"),
+    ])
+    .await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut bob, "r").await;
+    bob.close().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "r").await;
+    send(&mut alice, "r", "@bob durable", "x").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while g.refused.load(Ordering::SeqCst) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.notifies.remove(0).kill();
+    let refused = g.refused.load(Ordering::SeqCst);
+    g.down.store(false, Ordering::SeqCst);
+    stack.add_notify().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while g.accepted.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never delivered after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let accepted = g.accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), 1, "delivered once");
+    let v: Value = serde_json::from_slice(&accepted[0].1).unwrap();
+    assert_eq!(
+        (v["user"].as_str(), v["preview"].as_str()),
+        (Some("bob"), Some("@bob durable"))
+    );
+    assert!(refused >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_notifications_reach_the_webhook_once_signed_and_despite_failures() {
+    const SECRET: &str = "gateway-secret";
+    let g = Gateway::default();
+    let url = start_gateway(&g).await;
 
     let stack = Stack::start_with(&[
         ("NOTIFY_WEBHOOK_URL", url.as_str()),

@@ -243,7 +243,7 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
         Vec::new()
     } else {
         match with_retry("store a batch", &batch, shutdown, || {
-            store::store_batch(&core.pool, &rows, &notes)
+            store::store_batch(&core.pool, &rows, &notes, core.webhooks.is_some())
         })
         .await
         {

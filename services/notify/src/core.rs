@@ -130,7 +130,8 @@ impl Core {
         Ok(())
     }
 
-    /// Sends new notifications live and hands them to the webhooks. Each is published inside a
+    /// Sends new notifications live and wakes the webhook dispatcher (their outbox rows were
+    /// written with them). Each is published inside a
     /// `notify.notification` span under `parent` (the event's span, continuing the sender's
     /// trace) with that span's `traceparent`, so whoever delivers it can continue the trace.
     pub async fn deliver(&self, notes: Vec<(UserNotification, tracing::Span)>) {
@@ -156,8 +157,10 @@ impl Core {
             }
             handed.push(n);
         }
-        if let Some(w) = &self.webhooks {
-            w.offer(handed);
+        if !handed.is_empty()
+            && let Some(w) = &self.webhooks
+        {
+            w.wake();
         }
     }
 
@@ -293,7 +296,7 @@ impl Core {
             user: change.user.clone(),
             notification,
         };
-        match store::store_notification(&self.pool, &note).await {
+        match store::store_notification(&self.pool, &note, self.webhooks.is_some()).await {
             Ok(true) => {
                 let span = tracing::info_span!("notify.invite", room = %change.room);
                 let n = UserNotification {

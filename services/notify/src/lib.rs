@@ -108,7 +108,12 @@ impl App {
 
         let (webhooks, webhook_task) = match self.config.webhook.clone() {
             Some(w) => {
-                let (w, task) = webhook::Webhooks::start(w, self.nats.clone(), shutdown.clone());
+                let (w, task) = webhook::Webhooks::start(
+                    w,
+                    self.nats.clone(),
+                    self.pool.clone(),
+                    shutdown.clone(),
+                );
                 (Some(w), Some(task))
             }
             None => (None, None),

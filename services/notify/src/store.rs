@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 
-use chat_bus::api::UnreadState;
+use chat_bus::api::{UnreadState, UserNotification};
+use chat_bus::now_ms;
 use chat_proto::{Notification, NotificationKind, RoomId, UserId};
 use sqlx::PgPool;
 
@@ -81,10 +82,12 @@ pub async fn ensure_epoch(pool: &PgPool, epoch: &str) -> Result<bool, sqlx::Erro
 
 /// Stores a batch of events and their notifications in one transaction; returns the ids of the
 /// notifications that are new (not made by an earlier delivery of the same events).
+/// With `outbox`, new notifications are also queued for the webhook in the same transaction.
 pub async fn store_batch(
     pool: &PgPool,
     messages: &[RoomMessage],
     notes: &[NewNotification],
+    outbox: bool,
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rooms: Vec<&str> = messages.iter().map(|m| m.room.as_str()).collect();
@@ -104,8 +107,110 @@ pub async fn store_batch(
     .execute(&mut *tx)
     .await?;
     let new_ids = insert_notifications(&mut tx, notes).await?;
+    if outbox {
+        queue_webhooks(&mut tx, notes, &new_ids).await?;
+    }
     tx.commit().await?;
     Ok(new_ids)
+}
+
+/// Queues the notifications of `notes` whose id is in `ids` for the webhook.
+async fn queue_webhooks(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    notes: &[NewNotification],
+    ids: &[String],
+) -> Result<(), sqlx::Error> {
+    let mut out_ids = Vec::new();
+    let mut users = Vec::new();
+    let mut bodies = Vec::new();
+    for n in notes.iter().filter(|n| ids.contains(&n.notification.id)) {
+        let body = serde_json::to_string(&UserNotification {
+            user: n.user.clone(),
+            notification: n.notification.clone(),
+        })
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        out_ids.push(n.notification.id.as_str());
+        users.push(n.user.as_str());
+        bodies.push(body);
+    }
+    if out_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO webhook_outbox (id, user_id, body, next_at, created_at)
+         SELECT id, u, b, $4, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS x(id, u, b)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&out_ids)
+    .bind(&users)
+    .bind(&bodies)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A webhook delivery claimed from the outbox.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: String,
+    pub user: UserId,
+    pub body: String,
+    /// Attempts so far, this one included.
+    pub attempts: i32,
+    pub created_at: i64,
+}
+
+/// Claims up to `limit` due deliveries, leasing them until `lease_until` (ms) so that no other
+/// instance takes them meanwhile; a lease that runs out (the instance died) makes them due again.
+pub async fn claim_webhooks(
+    pool: &PgPool,
+    now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let rows: Vec<(String, String, String, i32, i64)> = sqlx::query_as(
+        "UPDATE webhook_outbox SET next_at = $2, attempts = attempts + 1
+         WHERE id IN (SELECT id FROM webhook_outbox WHERE next_at <= $1
+                      ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING id, user_id, body, attempts, created_at",
+    )
+    .bind(now)
+    .bind(lease_until)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, user, body, attempts, created_at)| {
+            Some(Claimed {
+                id,
+                user: UserId::new(user).ok()?,
+                body,
+                attempts,
+                created_at,
+            })
+        })
+        .collect())
+}
+
+/// Removes a delivery (done, skipped or given up).
+pub async fn finish_webhook(pool: &PgPool, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM webhook_outbox WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Schedules the next attempt of a delivery.
+pub async fn retry_webhook(pool: &PgPool, id: &str, next_at: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE webhook_outbox SET next_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(next_at)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 async fn insert_notifications(
@@ -158,9 +263,13 @@ async fn insert_notifications(
 pub async fn store_notification(
     pool: &PgPool,
     note: &NewNotification,
+    outbox: bool,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let new = insert_notifications(&mut tx, std::slice::from_ref(note)).await?;
+    if outbox {
+        queue_webhooks(&mut tx, std::slice::from_ref(note), &new).await?;
+    }
     tx.commit().await?;
     Ok(!new.is_empty())
 }

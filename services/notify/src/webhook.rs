@@ -1,7 +1,9 @@
 //! Webhooks for push gateways: notifications of users with no live session are POSTed as JSON
-//! (a [`UserNotification`]) to `NOTIFY_WEBHOOK_URL`, signed, and retried with exponential backoff
-//! and jitter for a bounded time. All of it runs in tasks of its own: the consumer only hands
-//! over a batch through a bounded queue and never waits for a gateway.
+//! (a `UserNotification`) to `NOTIFY_WEBHOOK_URL`, signed, and retried with exponential backoff
+//! and jitter for a bounded time. Deliveries are rows of `webhook_outbox`, written in the
+//! transaction that made the notification, so a restart loses none; a dispatcher task claims due
+//! rows with a lease (safe with several instances) and POSTs them from tasks of its own. The
+//! consumer never waits for a gateway.
 //!
 //! Signature: `X-Chat-Timestamp` is the send time in milliseconds since the Unix epoch and
 //! `X-Chat-Signature` the lowercase hex HMAC-SHA256, keyed with `NOTIFY_WEBHOOK_SECRET`, of
@@ -17,21 +19,21 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_bus::api::{self, PresenceReply, PresenceRequest, UserNotification};
+use chat_bus::api::{self, PresenceReply, PresenceRequest};
 use chat_bus::{now_ms, subjects};
 use chat_proto::{Status, UserId};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::WebhookConfig;
+use crate::store::{self, Claimed};
 
-/// Notifications waiting for the presence check; beyond this the newest are dropped (counted).
-const QUEUE: usize = 1024;
 /// Deliveries in flight at once.
 const CONCURRENCY: usize = 64;
 
@@ -169,41 +171,37 @@ pub fn backoff(n: u32, min: Duration, max: Duration) -> Duration {
     half + Duration::from_millis(jitter_ms)
 }
 
-/// The handle the consumer uses: hands notifications over without waiting.
+/// The handle the consumer uses: after a commit that queued deliveries, it wakes the
+/// dispatcher (which also polls, for retries and for rows left by a dead instance).
 #[derive(Clone)]
 pub struct Webhooks {
-    tx: mpsc::Sender<Vec<UserNotification>>,
+    wake: Arc<Notify>,
 }
 
 impl Webhooks {
-    /// Starts the dispatcher; it stops at `shutdown`, abandoning retries in progress.
+    /// Starts the dispatcher; it stops at `shutdown`, leaving undelivered rows in the outbox.
     pub fn start(
         config: WebhookConfig,
         nats: async_nats::Client,
+        pool: PgPool,
         shutdown: CancellationToken,
     ) -> (Webhooks, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(dispatch(config, nats, rx, shutdown));
-        (Webhooks { tx }, task)
+        let wake = Arc::new(Notify::new());
+        let task = tokio::spawn(dispatch(config, nats, pool, wake.clone(), shutdown));
+        (Webhooks { wake }, task)
     }
 
-    /// Queues a batch of new notifications; if the queue is full they are dropped and counted.
-    pub fn offer(&self, batch: Vec<UserNotification>) {
-        if batch.is_empty() {
-            return;
-        }
-        let n = batch.len() as u64;
-        if self.tx.try_send(batch).is_err() {
-            metrics::counter!("notify_webhook_dropped_total").increment(n);
-            tracing::warn!(n, "webhook queue full, notifications not pushed");
-        }
+    /// New rows are in the outbox.
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 }
 
 async fn dispatch(
     config: WebhookConfig,
     nats: async_nats::Client,
-    mut rx: mpsc::Receiver<Vec<UserNotification>>,
+    pool: PgPool,
+    wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let Some(target) = Target::parse(&config.url) else {
@@ -213,49 +211,81 @@ async fn dispatch(
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     let tasks = TaskTracker::new();
-    loop {
-        let batch = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            b = rx.recv() => match b {
-                Some(b) => b,
-                None => break,
-            },
-        };
-        let online = online_users(&nats, &batch, config.presence_timeout).await;
-        for n in batch {
-            if online.contains(&n.user) {
-                continue;
+    let poll = config
+        .retry_min
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    // A claimed row is not taken by anyone else until its attempt must be over.
+    let lease = config.timeout * 2 + Duration::from_secs(1);
+    while !shutdown.is_cancelled() {
+        loop {
+            let free = permits.available_permits();
+            if free == 0 {
+                break;
             }
-            let body = match serde_json::to_vec(&n) {
-                Ok(b) => b,
-                Err(_) => continue,
+            let now = now_ms();
+            let claimed = match store::claim_webhooks(
+                &pool,
+                now,
+                now + lease.as_millis() as i64,
+                free as i64,
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook outbox unreadable");
+                    break;
+                }
             };
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let (target, config, shutdown) = (target.clone(), config.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                deliver(&target, &config, &n.notification.id, &body, &shutdown).await;
-                drop(permit);
-            });
+            if claimed.is_empty() {
+                break;
+            }
+            let online = online_users(&nats, &claimed, config.presence_timeout).await;
+            for c in claimed {
+                if online.contains(&c.user) {
+                    metrics::counter!("notify_webhook_skipped_total").increment(1);
+                    if let Err(e) = store::finish_webhook(&pool, &c.id).await {
+                        tracing::debug!(error = %e, "skipped delivery not removed");
+                    }
+                    continue;
+                }
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let (target, config, pool, shutdown) = (
+                    target.clone(),
+                    config.clone(),
+                    pool.clone(),
+                    shutdown.clone(),
+                );
+                tasks.spawn(async move {
+                    tokio::select! {
+                        // Abandoned mid-attempt: the lease runs out and the row is tried again.
+                        _ = shutdown.cancelled() => {}
+                        _ = attempt(&target, &config, &pool, c) => {}
+                    }
+                    drop(permit);
+                });
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
         }
     }
     tasks.close();
     tasks.wait().await;
 }
 
-/// Users of the batch with a live session, as chat-presence sees them. No answer (chat-presence
-/// down or not deployed) counts everyone as offline: a push too many beats one missed.
+/// Users with a live session, as chat-presence sees them. No answer (chat-presence down or not
+/// deployed) counts everyone as offline: a push too many beats one missed.
 async fn online_users(
     nats: &async_nats::Client,
-    batch: &[UserNotification],
+    claimed: &[Claimed],
     timeout: Duration,
 ) -> BTreeSet<UserId> {
-    let users: BTreeSet<UserId> = batch.iter().map(|n| n.user.clone()).collect();
+    let users: BTreeSet<UserId> = claimed.iter().map(|c| c.user.clone()).collect();
     let req = PresenceRequest::Users {
         users: users.into_iter().collect(),
     };
@@ -273,38 +303,38 @@ async fn online_users(
     }
 }
 
-/// Retries one notification until it is accepted, refused for good, or `give_up` has passed.
-async fn deliver(
-    target: &Target,
-    config: &WebhookConfig,
-    id: &str,
-    body: &[u8],
-    shutdown: &CancellationToken,
-) {
-    let started = tokio::time::Instant::now();
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        match post_once(target, config.secret.as_bytes(), body, config.timeout).await {
-            Ok(()) => {
-                metrics::counter!("notify_webhook_deliveries_total").increment(1);
-                return;
-            }
-            Err(e) => {
-                metrics::counter!("notify_webhook_failures_total").increment(1);
-                let wait = backoff(attempt, config.retry_min, config.retry_max);
-                if !e.retryable() || started.elapsed() + wait > config.give_up {
-                    metrics::counter!("notify_webhook_dropped_total").increment(1);
-                    tracing::warn!(id, attempt, error = %e, "webhook delivery abandoned");
-                    return;
-                }
-                tracing::debug!(id, attempt, error = %e, retry_in_ms = wait.as_millis() as u64, "webhook attempt failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
+/// One attempt of a claimed delivery; then the row is removed (delivered, refused for good, or
+/// out of time) or scheduled again with backoff.
+async fn attempt(target: &Target, config: &WebhookConfig, pool: &PgPool, c: Claimed) {
+    let outcome = post_once(
+        target,
+        config.secret.as_bytes(),
+        c.body.as_bytes(),
+        config.timeout,
+    )
+    .await;
+    let result = match outcome {
+        Ok(()) => {
+            metrics::counter!("notify_webhook_deliveries_total").increment(1);
+            store::finish_webhook(pool, &c.id).await
+        }
+        Err(e) => {
+            metrics::counter!("notify_webhook_failures_total").increment(1);
+            let wait = backoff(c.attempts.max(1) as u32, config.retry_min, config.retry_max);
+            let next = now_ms() + wait.as_millis() as i64;
+            if !e.retryable() || next > c.created_at + config.give_up.as_millis() as i64 {
+                metrics::counter!("notify_webhook_dropped_total").increment(1);
+                tracing::warn!(id = c.id, attempts = c.attempts, error = %e, "webhook delivery abandoned");
+                store::finish_webhook(pool, &c.id).await
+            } else {
+                tracing::debug!(id = c.id, attempts = c.attempts, error = %e, retry_in_ms = wait.as_millis() as u64, "webhook attempt failed");
+                store::retry_webhook(pool, &c.id, next).await
             }
         }
+    };
+    if let Err(e) = result {
+        // The lease runs out and the row is claimed again: at least once.
+        tracing::warn!(error = %e, "webhook outbox not updated");
     }
 }
 
