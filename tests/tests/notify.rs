@@ -591,3 +591,82 @@ fn metric(text: &str, name: &str) -> f64 {
         .filter_map(|rest| rest.trim().parse::<f64>().ok())
         .sum()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_is_idempotent_and_never_revives_a_read_notification() {
+    use chat_notify::store::{self, NewNotification, RoomMessage};
+    use chat_proto::{Notification, NotificationKind};
+
+    let stack = Stack::start().await;
+    let pool = chat_runtime::db::pool(&stack.db_url, chat_notify::SCHEMA, 2).unwrap();
+    let (room, alice, bob) = (
+        RoomId::new("direct").unwrap(),
+        UserId::new("alice").unwrap(),
+        UserId::new("bob").unwrap(),
+    );
+    let msg = |seq: u64| RoomMessage {
+        room: room.clone(),
+        seq,
+        sender: Some(alice.clone()),
+    };
+    let note = |seq: u64| NewNotification {
+        user: bob.clone(),
+        notification: Notification {
+            id: chat_notify::mention::message_notification_id(seq, &bob),
+            kind: NotificationKind::Mention,
+            room: room.clone(),
+            seq,
+            from: alice.clone(),
+            preview: "@bob".into(),
+            ts: 1,
+        },
+    };
+    let rows = [msg(10), msg(20), msg(30)];
+    let notes = [note(10), note(30)];
+    let new = store::store_batch(&pool, &rows, &notes, &[], true)
+        .await
+        .unwrap();
+    assert_eq!(new.len(), 2);
+    // The same batch again (a redelivery): nothing new, nothing counted twice.
+    let again: Vec<String> = notes.iter().map(|n| n.notification.id.clone()).collect();
+    let new = store::store_batch(&pool, &rows, &notes, &[], true)
+        .await
+        .unwrap();
+    assert!(new.is_empty());
+    let republish = store::store_batch(&pool, &rows, &notes, &again, true)
+        .await
+        .unwrap();
+    assert_eq!(republish.len(), 2, "still pending: published again");
+    let u = store::unread_in_room(&pool, &room, std::slice::from_ref(&bob))
+        .await
+        .unwrap();
+    assert_eq!((u[0].1, u[0].2), (0, 3));
+    // bob reads up to 20: one notification left, one message unread.
+    assert_eq!(store::read(&pool, &bob, &room, 20).await.unwrap(), (20, 1));
+    let pending = store::pending(&pool, &bob, std::slice::from_ref(&room))
+        .await
+        .unwrap();
+    assert_eq!(pending.iter().map(|n| n.seq).collect::<Vec<_>>(), [30]);
+    // A redelivery of 10 after the read does not bring its notification back.
+    let new = store::store_batch(&pool, &rows[..1], &notes[..1], &again[..1], true)
+        .await
+        .unwrap();
+    assert!(new.is_empty(), "{new:?}");
+    // A mention the reader is already past (the consumer lagged behind the read) is not pending.
+    assert_eq!(store::read(&pool, &bob, &room, 50).await.unwrap(), (50, 0));
+    let new = store::store_batch(&pool, &[msg(40)], &[note(40)], &[], true)
+        .await
+        .unwrap();
+    assert!(new.is_empty());
+    let pending = store::pending(&pool, &bob, std::slice::from_ref(&room))
+        .await
+        .unwrap();
+    assert!(pending.is_empty(), "{pending:?}");
+    // The marker never moves back.
+    assert_eq!(store::read(&pool, &bob, &room, 5).await.unwrap(), (50, 0));
+    // Alice's own messages never count for her.
+    let u = store::unread_in_room(&pool, &room, std::slice::from_ref(&alice))
+        .await
+        .unwrap();
+    assert_eq!(u[0].2, 0);
+}

@@ -239,11 +239,22 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
         }
     }
 
-    let new_ids = if rows.is_empty() {
+    // Notifications of redelivered events are published again if still pending, in case the
+    // delivery that stored them died before publishing (at least once: receivers dedupe on id).
+    let again: Vec<String> = notes
+        .iter()
+        .filter(|n| {
+            decoded
+                .iter()
+                .any(|d| d.redelivered && d.seq == n.notification.seq)
+        })
+        .map(|n| n.notification.id.clone())
+        .collect();
+    let publish = if rows.is_empty() {
         Vec::new()
     } else {
         match with_retry("store a batch", &batch, shutdown, || {
-            store::store_batch(&core.pool, &rows, &notes, core.webhooks.is_some())
+            store::store_batch(&core.pool, &rows, &notes, &again, core.webhooks.is_some())
         })
         .await
         {
@@ -267,20 +278,7 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
         }
     }
 
-    // New notifications go out; so do those of redelivered events, in case the delivery that
-    // stored them died before publishing (at least once: the id lets receivers drop a repeat).
-    let mut publish: BTreeSet<String> = new_ids.into_iter().collect();
-    let again: BTreeSet<u64> = decoded
-        .iter()
-        .filter(|d| d.redelivered)
-        .map(|d| d.seq)
-        .collect();
-    publish.extend(
-        notes
-            .iter()
-            .filter(|n| again.contains(&n.notification.seq))
-            .map(|n| n.notification.id.clone()),
-    );
+    let publish: BTreeSet<String> = publish.into_iter().collect();
     let fresh: Vec<(UserNotification, tracing::Span)> = notes
         .into_iter()
         .filter(|n| publish.contains(&n.notification.id))

@@ -80,13 +80,15 @@ pub async fn ensure_epoch(pool: &PgPool, epoch: &str) -> Result<bool, sqlx::Erro
     Ok(reset)
 }
 
-/// Stores a batch of events and their notifications in one transaction; returns the ids of the
-/// notifications that are new (not made by an earlier delivery of the same events).
+/// Stores a batch of events and their notifications in one transaction.
 /// With `outbox`, new notifications are also queued for the webhook in the same transaction.
+/// Returns the ids to publish live: the new ones, and those of `again` (notifications of
+/// redelivered events) that are still pending.
 pub async fn store_batch(
     pool: &PgPool,
     messages: &[RoomMessage],
     notes: &[NewNotification],
+    again: &[String],
     outbox: bool,
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -110,8 +112,22 @@ pub async fn store_batch(
     if outbox {
         queue_webhooks(&mut tx, notes, &new_ids).await?;
     }
+    let mut publish = new_ids;
+    if !again.is_empty() {
+        let again: Vec<&str> = again.iter().map(String::as_str).collect();
+        let pending: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM notifications WHERE id = ANY($1::text[])")
+                .bind(&again)
+                .fetch_all(&mut *tx)
+                .await?;
+        for (id,) in pending {
+            if !publish.contains(&id) {
+                publish.push(id);
+            }
+        }
+    }
     tx.commit().await?;
-    Ok(new_ids)
+    Ok(publish)
 }
 
 /// Queues the notifications of `notes` whose id is in `ids` for the webhook.
@@ -213,6 +229,9 @@ pub async fn retry_webhook(pool: &PgPool, id: &str, next_at: i64) -> Result<(), 
     Ok(())
 }
 
+/// Inserts notifications, except those already read (the user's marker covers their seq: the
+/// reader was ahead of this consumer, or the event is redelivered after a read cleared it) and
+/// those that exist; returns the ids inserted.
 async fn insert_notifications(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     notes: &[NewNotification],
@@ -243,6 +262,9 @@ async fn insert_notifications(
         "INSERT INTO notifications (id, user_id, kind, room, seq, sender, preview, ts)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
                               $6::text[], $7::text[], $8::bigint[])
+                       AS x(id, user_id, kind, room, seq, sender, preview, ts)
+         WHERE NOT EXISTS (SELECT 1 FROM read_markers r
+                           WHERE r.user_id = x.user_id AND r.room = x.room AND r.last_read >= x.seq)
          ON CONFLICT (id) DO NOTHING
          RETURNING id",
     )
