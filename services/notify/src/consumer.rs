@@ -34,6 +34,10 @@ pub fn consumer_config(ack_wait: Duration) -> pull::Config {
     }
 }
 
+/// A member list younger than this is not fetched again because of a mention of a non-member
+/// (`@here`, a typo, a stranger): such mentions are common and would hit chat-history each time.
+const MIN_REFRESH_AGE: Duration = Duration::from_millis(500);
+
 /// One decoded event of a batch.
 struct Decoded {
     seq: u64,
@@ -190,8 +194,8 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
         }
     }
 
-    // Members of every room of the batch (refreshed once if a mention names a non-member, in
-    // case the cache predates an invite).
+    // Members of every room of the batch (refreshed once if a mention names a non-member and the
+    // list is not fresh, in case the cache predates an invite).
     let mut rooms: BTreeMap<RoomId, Arc<RoomInfo>> = BTreeMap::new();
     for d in &decoded {
         let room = &d.event.room;
@@ -211,6 +215,10 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
         let room = &d.event.room;
         let info = &rooms[room];
         if !refreshed.contains(room)
+            && core
+                .members
+                .age(room)
+                .is_some_and(|age| age > MIN_REFRESH_AGE)
             && mention::unknown_mentions(&info.members, &d.event.from, &d.event.body)
         {
             refreshed.insert(room.clone());

@@ -97,6 +97,11 @@ impl Members {
         Ok(info)
     }
 
+    /// How long ago the cached member list of `room` was fetched (None: not cached).
+    pub fn age(&self, room: &RoomId) -> Option<Duration> {
+        self.inner.cache().get(room).map(|e| e.fetched.elapsed())
+    }
+
     /// Forgets a room's members (its membership changed).
     pub fn invalidate(&self, room: &RoomId) {
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
