@@ -210,9 +210,38 @@ async fn notify_throughput_and_ack_to_notification_delay() {
         .await
         .expect("all direct notifications");
     let total = started.elapsed();
+    let metrics = http_get(stack.notifies[0].admin, "/metrics").await;
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let batches = sample("notify_batch_size_count");
+    println!(
+        "chat-notify over the whole run: {batches} batches, {:.0} events per batch, {:.2} ms per batch",
+        sample("notify_batch_size_sum") / batches,
+        1000.0 * sample("notify_batch_seconds_sum") / batches,
+    );
     println!(
         "direct {DIRECT_MESSAGES} events into the stream ({:.0} events/s published), {USERS} members: all {DIRECT_MESSAGES} notifications on NATS in {total:?}: {:.0} notifications/s",
         DIRECT_MESSAGES as f64 / published.as_secs_f64(),
         DIRECT_MESSAGES as f64 / total.as_secs_f64(),
     );
+}
+
+/// A GET over a fresh connection; the body of the answer.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
