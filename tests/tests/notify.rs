@@ -670,3 +670,112 @@ async fn the_store_is_idempotent_and_never_revives_a_read_notification() {
         .unwrap();
     assert_eq!(u[0].2, 0);
 }
+
+/// A TCP proxy the test can cut: an outage of whatever is behind it, for one service only.
+struct Proxy {
+    url: String,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    /// Proxies the PostgreSQL of `db_url`; `url` is the same database through the proxy.
+    async fn postgres(db_url: &str) -> Proxy {
+        let (scheme_user, rest) = db_url
+            .split_once('@')
+            .expect("postgres://user@host:port/db");
+        let (target, db) = rest.split_once('/').expect("host:port/db");
+        let target = target.to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("{scheme_user}@{}/{db}", listener.local_addr().unwrap());
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { url, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_of_notify_loses_nothing() {
+    let mut stack = Stack::start().await;
+    // chat-notify alone reaches PostgreSQL through a proxy the test can cut.
+    let proxy = Proxy::postgres(&stack.db_url).await;
+    stack.notifies.remove(0).shutdown().await;
+    stack.env.push(("DATABASE_URL".into(), proxy.url.clone()));
+    stack.add_notify().await;
+
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut bob, "o").await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "o").await;
+    send(&mut alice, "o", "@bob before", "o0").await;
+    unread_frame(&mut bob, "o").await;
+
+    proxy.cut();
+    // Messages still flow while chat-notify cannot write.
+    for i in 1..=5 {
+        let body = if i % 2 == 0 { "@bob during" } else { "during" };
+        send(&mut alice, "o", body, &format!("o{i}")).await;
+    }
+    let m = bob
+        .recv_until(|f| f["type"] == "message" && f["client_id"] == "o5")
+        .await
+        .unwrap();
+    // A read cannot be recorded meanwhile: the client is told to retry.
+    let r = bob
+        .request(json!({"type": "read", "room": "o", "seq": m["seq"]}), "rd")
+        .await;
+    assert_eq!(r["code"], "unavailable", "{r}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+
+    let client = stack.nats.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = api::request::<_, NotifyState>(
+            &client,
+            subjects::NOTIFY_STATE,
+            &NotifyStateRequest {
+                user: UserId::new("bob").unwrap(),
+                rooms: vec![RoomId::new("o").unwrap()],
+            },
+            Duration::from_secs(5),
+        )
+        .await
+            && s.rooms[0].unread == 6
+        {
+            assert_eq!(s.notifications.len(), 3, "{s:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_b2, hello) = stack.login(0, "bob").await;
+    assert_eq!(room_of(&hello, "o")["unread"], 6, "{hello}");
+    assert_eq!(hello["notifications"].as_array().unwrap().len(), 3);
+}

@@ -29,21 +29,29 @@ use crate::webhook::Webhooks;
 /// Number of lock stripes (rooms hash onto them).
 const STRIPES: usize = 64;
 
-/// Maps a database failure to what a requester may see (details go to the log only).
+/// Maps a database failure to what a requester may see: `unavailable` when PostgreSQL cannot be
+/// reached or is going away (retry later), `internal` for a failure of the query itself. The
+/// detail goes to the log only.
 pub fn db_error(e: sqlx::Error) -> ApiError {
-    match e {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => {
-            tracing::warn!(error = %e, "postgres unavailable");
-            ApiError::unavailable()
-        }
-        e => {
-            tracing::error!(error = %e, "database error");
-            ApiError::internal()
-        }
+    let internal = match &e {
+        sqlx::Error::Database(db) => !db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")),
+        sqlx::Error::RowNotFound
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Encode(_)
+        | sqlx::Error::Decode(_) => true,
+        _ => false,
+    };
+    if internal {
+        tracing::error!(error = %e, "database error");
+        ApiError::internal()
+    } else {
+        tracing::warn!(error = %e, "postgres unavailable");
+        ApiError::unavailable()
     }
 }
 
