@@ -18,11 +18,15 @@ CREATE TABLE room_messages (
 -- A member's own messages above a marker (subtracted from the room's count).
 CREATE INDEX room_messages_by_sender ON room_messages (room, sender, seq);
 
--- A user's read marker in a room; it only moves forward.
+-- A user's read marker in a room; it only moves forward. last_read is what the user read
+-- (a `read` frame: it also clears notifications); joined_at is the room's last seq when the
+-- user joined a public room (what came before is not unread to them, but a notification that
+-- raced the join is not cleared by it). Unread counts from GREATEST(last_read, joined_at).
 CREATE TABLE read_markers (
     user_id   TEXT   NOT NULL,
     room      TEXT   NOT NULL,
-    last_read BIGINT NOT NULL,
+    last_read BIGINT NOT NULL DEFAULT 0,
+    joined_at BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, room)
 );
 

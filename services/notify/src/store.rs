@@ -307,7 +307,7 @@ pub async fn unread_in_room(
     // room's messages above it; each then subtracts their own (index on room, sender, seq).
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
         "WITH u AS (
-             SELECT q.user_id, COALESCE(r.last_read, 0) AS lr
+             SELECT q.user_id, COALESCE(GREATEST(r.last_read, r.joined_at), 0) AS lr
              FROM UNNEST($2::text[]) AS q(user_id)
              LEFT JOIN read_markers r ON r.user_id = q.user_id AND r.room = $1
          ), t AS (
@@ -338,9 +338,10 @@ pub async fn unread_of_user(
 ) -> Result<Vec<UnreadState>, sqlx::Error> {
     let names: Vec<&str> = rooms.iter().map(RoomId::as_str).collect();
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT q.room, COALESCE(r.last_read, 0),
+        "SELECT q.room, COALESCE(GREATEST(r.last_read, r.joined_at), 0),
                 (SELECT count(*) FROM room_messages m
-                 WHERE m.room = q.room AND m.seq > COALESCE(r.last_read, 0) AND m.sender <> $1)
+                 WHERE m.room = q.room AND m.seq > COALESCE(GREATEST(r.last_read, r.joined_at), 0)
+                   AND m.sender <> $1)
          FROM UNNEST($2::text[]) AS q(room)
          LEFT JOIN read_markers r ON r.user_id = $1 AND r.room = q.room",
     )
@@ -395,7 +396,8 @@ pub async fn pending(
 }
 
 /// Moves a marker forward to `seq` (never back), clears the notifications it covers, and
-/// returns the marker and the unread count after it.
+/// returns the effective marker (the read one or the join floor, whichever is higher) and the
+/// unread count after it.
 pub async fn read(
     pool: &PgPool,
     user: &UserId,
@@ -403,11 +405,11 @@ pub async fn read(
     seq: u64,
 ) -> Result<(u64, u64), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let (last,): (i64,) = sqlx::query_as(
+    let (read, joined): (i64, i64) = sqlx::query_as(
         "INSERT INTO read_markers (user_id, room, last_read) VALUES ($1, $2, $3)
          ON CONFLICT (user_id, room)
          DO UPDATE SET last_read = GREATEST(read_markers.last_read, EXCLUDED.last_read)
-         RETURNING last_read",
+         RETURNING last_read, joined_at",
     )
     .bind(user.as_str())
     .bind(room.as_str())
@@ -417,9 +419,10 @@ pub async fn read(
     sqlx::query("DELETE FROM notifications WHERE user_id = $1 AND room = $2 AND seq <= $3")
         .bind(user.as_str())
         .bind(room.as_str())
-        .bind(last)
+        .bind(read)
         .execute(&mut *tx)
         .await?;
+    let last = read.max(joined);
     let (count,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM room_messages WHERE room = $1 AND seq > $2 AND sender <> $3",
     )
@@ -432,7 +435,8 @@ pub async fn read(
     Ok((last as u64, count as u64))
 }
 
-/// Moves a marker forward to `seq` without touching notifications (a join); true if it moved.
+/// Sets the join floor of a marker to `seq` (only forward): a join is not a read, so it clears
+/// no notification. True if it moved.
 pub async fn start_marker(
     pool: &PgPool,
     user: &UserId,
@@ -440,10 +444,10 @@ pub async fn start_marker(
     seq: u64,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "INSERT INTO read_markers (user_id, room, last_read) VALUES ($1, $2, $3)
+        "INSERT INTO read_markers (user_id, room, joined_at) VALUES ($1, $2, $3)
          ON CONFLICT (user_id, room)
-         DO UPDATE SET last_read = EXCLUDED.last_read
-         WHERE read_markers.last_read < EXCLUDED.last_read",
+         DO UPDATE SET joined_at = EXCLUDED.joined_at
+         WHERE read_markers.joined_at < EXCLUDED.joined_at",
     )
     .bind(user.as_str())
     .bind(room.as_str())
