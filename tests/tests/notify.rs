@@ -36,12 +36,30 @@ async fn unread_frame(c: &mut chat_testkit::WsClient, room: &str) -> Value {
         .expect("unread frame")
 }
 
-/// Joins `room` and waits until chat-notify has set the join floor of the marker (its `unread`
-/// frame), so that what the test sends next is counted for the joiner whatever the timing.
-async fn settled_join(c: &mut chat_testkit::WsClient, room: &str) {
+/// Joins `room` and waits until chat-notify has set the join floor of `user`'s marker, so that
+/// what the test sends next is counted for the joiner whatever the timing.
+async fn settled_join(stack: &Stack, c: &mut chat_testkit::WsClient, user: &str, room: &str) {
     join(c, room).await;
-    let u = unread_frame(c, room).await;
-    assert_eq!(u["count"], 0, "{u}");
+    let db = stack.db().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row: Option<(i32,)> =
+            sqlx::query_as("SELECT 1 FROM notify.read_markers WHERE user_id = $1 AND room = $2")
+                .bind(user)
+                .bind(room)
+                .fetch_optional(&db)
+                .await
+                .unwrap();
+        if row.is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "join of {user} never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    db.close().await;
 }
 
 /// chat-notify's state for a user, asked over NATS as an edge does.
@@ -63,17 +81,14 @@ async fn state(client: &async_nats::Client, user: &str, rooms: &[&str]) -> Notif
 async fn offline_mentions_and_dms_wait_in_hello_until_a_read_clears_them_everywhere() {
     let stack = Stack::start().await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    settled_join(&mut bob, "proj").await;
+    settled_join(&stack, &mut bob, "bob", "proj").await;
     bob.close().await;
     let (mut carol, _) = stack.login(0, "carol").await;
-    settled_join(&mut carol, "elsewhere").await;
+    settled_join(&stack, &mut carol, "carol", "elsewhere").await;
     carol.close().await;
 
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "proj").await;
-    // Joining sets her marker at the room's end and says so.
-    let u = unread_frame(&mut alice, "proj").await;
-    assert_eq!(u["count"], 0);
+    settled_join(&stack, &mut alice, "alice", "proj").await;
     let dm = alice
         .request(json!({"type": "open_dm", "user": "bob"}), "dm")
         .await;
@@ -211,12 +226,7 @@ async fn a_newcomer_to_a_public_room_has_no_unread_history() {
         .as_u64()
         .unwrap();
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut bob, "hist").await;
-    let u = unread_frame(&mut bob, "hist").await;
-    assert_eq!(
-        (u["count"].as_u64(), u["last_read"].as_u64()),
-        (Some(0), Some(last))
-    );
+    settled_join(&stack, &mut bob, "bob", "hist").await;
     let (_b2, hello) = stack.login(0, "bob").await;
     assert_eq!(room_of(&hello, "hist")["unread"], 0, "{hello}");
     assert_eq!(room_of(&hello, "hist")["last_read"], last);
@@ -276,13 +286,13 @@ async fn restarting_notify_during_a_burst_leaves_every_count_exact() {
     let mut stack =
         Stack::start_with(&[("CHAT_RATE_PER_S", "100000"), ("NOTIFY_ACK_WAIT", "2s")]).await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    settled_join(&mut bob, "burst").await;
+    settled_join(&stack, &mut bob, "bob", "burst").await;
     bob.close().await;
     // Everyone joins before anyone sends (a join starts the joiner's marker at the room's end).
     let mut clients = Vec::new();
     for (name, n) in [("alice", ALICE), ("carol", CAROL)] {
         let (mut c, _) = stack.login(0, name).await;
-        settled_join(&mut c, "burst").await;
+        settled_join(&stack, &mut c, name, "burst").await;
         clients.push((name, n, c));
     }
     let mut senders = Vec::new();
@@ -460,10 +470,10 @@ async fn a_pending_webhook_survives_a_restart_of_notify() {
     ])
     .await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    settled_join(&mut bob, "r").await;
+    settled_join(&stack, &mut bob, "bob", "r").await;
     bob.close().await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    settled_join(&mut alice, "r").await;
+    settled_join(&stack, &mut alice, "alice", "r").await;
     send(&mut alice, "r", "@bob durable", "x").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while g.refused.load(Ordering::SeqCst) < 2 {
@@ -506,10 +516,10 @@ async fn offline_notifications_reach_the_webhook_once_signed_and_despite_failure
     ])
     .await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    settled_join(&mut bob, "w").await;
+    settled_join(&stack, &mut bob, "bob", "w").await;
     bob.close().await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    settled_join(&mut alice, "w").await;
+    settled_join(&stack, &mut alice, "alice", "w").await;
     let mut seqs = BTreeSet::new();
     for (i, body) in ["@bob one", "@bob two", "@bob flaky", "no mention"]
         .iter()
@@ -778,9 +788,9 @@ async fn a_postgres_outage_of_notify_loses_nothing() {
     stack.add_notify().await;
 
     let (mut bob, _) = stack.login(0, "bob").await;
-    settled_join(&mut bob, "o").await;
+    settled_join(&stack, &mut bob, "bob", "o").await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    settled_join(&mut alice, "o").await;
+    settled_join(&stack, &mut alice, "alice", "o").await;
     send(&mut alice, "o", "@bob before", "o0").await;
     unread_frame(&mut bob, "o").await;
 

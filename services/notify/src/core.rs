@@ -268,14 +268,9 @@ impl Core {
         let Ok(seq) = self.last_seq(room).await else {
             return;
         };
-        let _guard = self.lock_room(room).await;
         match store::start_marker(&self.pool, user, room, seq).await {
-            Ok(true) => {
-                if let Err(e) = self.publish_unread(room, std::slice::from_ref(user)).await {
-                    tracing::debug!(error = %e, "unread count not published");
-                }
-            }
-            Ok(false) => {}
+            // Nothing to announce: the count of a room just joined is 0 by definition.
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "read marker of a new member not set"),
         }
     }
