@@ -1,5 +1,5 @@
 //! What the consumer, the request handlers and the membership listener share: the pool, NATS,
-//! the member cache, the webhook queue, and per-room locks that keep `unread` publications of
+//! the member cache, the webhook dispatcher's wake-up, and per-room locks that keep `unread` publications of
 //! one room in the order their counts were computed.
 
 use std::collections::hash_map::DefaultHasher;

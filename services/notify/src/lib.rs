@@ -199,6 +199,7 @@ async fn membership(core: core::Core, shutdown: CancellationToken) {
     let Some((mut all, mut queued)) = subscribed else {
         return;
     };
+    let tasks = tokio_util::task::TaskTracker::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -210,10 +211,12 @@ async fn membership(core: core::Core, shutdown: CancellationToken) {
             Some(msg) = queued.next() => {
                 if let Ok(change) = serde_json::from_slice::<MembershipChange>(&msg.payload) {
                     let core = core.clone();
-                    tokio::spawn(async move { core.membership(change).await });
+                    tasks.spawn(async move { core.membership(change).await });
                 }
             }
             else => break,
         }
     }
+    tasks.close();
+    tasks.wait().await;
 }
