@@ -837,3 +837,53 @@ async fn a_postgres_outage_of_notify_loses_nothing() {
     assert_eq!(room_of(&hello, "o")["unread"], 6, "{hello}");
     assert_eq!(hello["notifications"].as_array().unwrap().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_notify_instances_share_the_work_without_double_counting() {
+    const N: usize = 300;
+    let mut stack = Stack::start_with(&[("CHAT_RATE_PER_S", "100000")]).await;
+    stack.add_notify().await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    settled_join(&stack, &mut bob, "bob", "pair").await;
+    bob.close().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    settled_join(&stack, &mut alice, "alice", "pair").await;
+    for i in 0..N {
+        let body = if i % 10 == 0 { "@bob look" } else { "hello" };
+        alice
+            .send(
+                json!({"type": "send", "room": "pair", "body": body, "client_id": format!("p{i}")}),
+            )
+            .await;
+    }
+    let mut acks = 0;
+    while acks < N {
+        if alice.recv().await.unwrap()["type"] == "ack" {
+            acks += 1;
+        }
+    }
+    let client = stack.nats.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = state(&client, "bob", &["pair"]).await;
+        assert!(s.rooms[0].unread <= N as u64, "double counted: {s:?}");
+        if s.rooms[0].unread == N as u64 {
+            let ids: BTreeSet<String> = s.notifications.iter().map(|n| n.id.clone()).collect();
+            assert_eq!((s.notifications.len(), ids.len()), (N / 10, N / 10));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never caught up: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every event stored once, whichever instance took it.
+    let db = stack.db().await;
+    let (rows,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM notify.room_messages WHERE room = 'pair'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(rows, N as i64);
+}
