@@ -185,6 +185,14 @@ pub async fn claim_webhooks(
     lease_until: i64,
     limit: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
+    // A notification read meanwhile (on another device) is not pushed any more.
+    sqlx::query(
+        "DELETE FROM webhook_outbox o WHERE o.next_at <= $1
+         AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.id = o.id)",
+    )
+    .bind(now)
+    .execute(pool)
+    .await?;
     let rows: Vec<(String, String, String, i32, i64)> = sqlx::query_as(
         "UPDATE webhook_outbox SET next_at = $2, attempts = attempts + 1
          WHERE id IN (SELECT id FROM webhook_outbox WHERE next_at <= $1
