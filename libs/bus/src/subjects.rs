@@ -79,6 +79,9 @@ pub fn user_membership(user: &UserId) -> String {
     format!("chat.user.{user}.membership")
 }
 
+/// Membership changes of every user (chat-notify keeps its member cache fresh with them).
+pub const USER_MEMBERSHIP_ALL: &str = "chat.user.*.membership";
+
 /// The last token of a `chat.user.<user>.<kind>` subject.
 pub fn user_subject_kind(subject: &str) -> Option<&str> {
     subject.rsplit('.').next()

@@ -1,39 +1,55 @@
-//! chat-notify. For now a skeleton: it connects to NATS, serves its admin endpoints and drains on
-//! SIGTERM; its issue fills in the service itself.
+//! chat-notify: unread counts, read markers and notifications (CONTRACT §2, §3).
+//!
+//! - [`consumer`]: a durable consumer of the `CHAT` stream records every event per room and the
+//!   notifications it makes (mentions, DMs), then publishes `chat.user.<user>.unread` and
+//!   `chat.user.<user>.notify`;
+//! - [`core`]: `chat.internal.notify.state` (what `hello` lists) and `chat.internal.notify.read`
+//!   (a `read` frame), plus invites seen on membership events;
+//! - [`webhook`]: signed POSTs to a push gateway for users with no live session;
+//! - [`mention`]: the mention rules; [`store`]: the tables (schema `notify`).
+
+pub mod config;
+pub mod consumer;
+pub mod core;
+pub mod members;
+pub mod mention;
+pub mod store;
+pub mod webhook;
 
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use chat_runtime::nats::NatsConfig;
-use chat_runtime::{ConfigError, Env, admin};
+use async_nats::jetstream;
+use chat_bus::api::{
+    MembershipChange, NotifyStateRequest, ReadRequest, decode_request, encode_reply,
+};
+use chat_bus::{stream, subjects};
+use chat_runtime::{admin, db, nats::serve_requests, retry};
+use futures::StreamExt;
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Default admin address of chat-notify.
-pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9104";
+pub use config::{DEFAULT_ADMIN_LISTEN, NotifyConfig, WebhookConfig};
 
-#[derive(Debug, Clone)]
-pub struct NotifyConfig {
-    pub nats: NatsConfig,
-    pub admin_listen: SocketAddr,
-}
+/// Schema of chat-notify's tables.
+pub const SCHEMA: &str = "notify";
 
-impl NotifyConfig {
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Ok(NotifyConfig {
-            nats: NatsConfig::from_env(env)?,
-            admin_listen: env.addr("ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN)?,
-        })
-    }
-}
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// A started chat-notify, ready to [`run`](App::run).
 pub struct App {
+    config: NotifyConfig,
     nats: async_nats::Client,
+    pool: PgPool,
+    stream: jetstream::stream::Stream,
     admin: TcpListener,
 }
 
 impl App {
-    pub async fn build(config: NotifyConfig, _shutdown: &CancellationToken) -> anyhow::Result<App> {
+    /// Connects, creates the stream if missing and applies migrations, waiting for NATS and
+    /// PostgreSQL as long as they are down (or until `shutdown`).
+    pub async fn build(config: NotifyConfig, shutdown: &CancellationToken) -> anyhow::Result<App> {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .context("bind ADMIN_LISTEN")?;
@@ -42,7 +58,37 @@ impl App {
             .connect("chat-notify")
             .await
             .map_err(|e| anyhow::anyhow!("connect to NATS: {e}"))?;
-        Ok(App { nats, admin })
+        let js = jetstream::new(nats.clone());
+        let (stream, epoch) = retry::until_ok("create the CHAT stream", shutdown, || {
+            stream::ensure_chat_stream(&js, &config.stream)
+        })
+        .await
+        .context("stopped during start")?;
+        let pool = db::pool(&config.database_url, SCHEMA, 8).context("DATABASE_URL")?;
+        retry::until_ok("apply migrations", shutdown, || {
+            db::prepare(&pool, SCHEMA, &MIGRATOR)
+        })
+        .await
+        .context("stopped during start")?;
+        let reset = retry::until_ok("check the stream epoch", shutdown, || {
+            store::ensure_epoch(&pool, &epoch)
+        })
+        .await
+        .context("stopped during start")?;
+        if reset {
+            tracing::warn!(
+                epoch,
+                "the CHAT stream was recreated: read markers and notifications reset"
+            );
+        }
+        tracing::info!(epoch, "chat-notify started");
+        Ok(App {
+            config,
+            nats,
+            pool,
+            stream,
+            admin,
+        })
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -51,8 +97,126 @@ impl App {
             .expect("bound listener has an address")
     }
 
+    /// Serves until `shutdown`, then drains: stops taking requests and events, finishes those in
+    /// hand, and acknowledges only what was committed.
     pub async fn run(self, shutdown: CancellationToken) {
-        admin::serve(self.admin, admin::nats_ready(self.nats.clone()), shutdown).await;
+        let ready = db::all(vec![
+            admin::nats_ready(self.nats.clone()),
+            db::ready(self.pool.clone()),
+        ]);
+        let admin = tokio::spawn(admin::serve(self.admin, ready, shutdown.clone()));
+
+        let (webhooks, webhook_task) = match self.config.webhook.clone() {
+            Some(w) => {
+                let (w, task) = webhook::Webhooks::start(
+                    w,
+                    self.nats.clone(),
+                    self.pool.clone(),
+                    shutdown.clone(),
+                );
+                (Some(w), Some(task))
+            }
+            None => (None, None),
+        };
+        let core = core::Core::new(
+            self.pool.clone(),
+            self.nats.clone(),
+            self.stream.clone(),
+            webhooks,
+            self.config.clone(),
+        );
+
+        let c = core.clone();
+        let state_server = serve_requests(
+            self.nats.clone(),
+            subjects::NOTIFY_STATE,
+            subjects::NOTIFY_QUEUE,
+            shutdown.clone(),
+            move |msg| {
+                let core = c.clone();
+                async move {
+                    let reply = match decode_request::<NotifyStateRequest>(&msg.payload) {
+                        Ok(req) => core.state(req).await,
+                        Err(e) => Err(e),
+                    };
+                    encode_reply(&reply)
+                }
+            },
+        );
+        let c = core.clone();
+        let read_server = serve_requests(
+            self.nats.clone(),
+            subjects::NOTIFY_READ,
+            subjects::NOTIFY_QUEUE,
+            shutdown.clone(),
+            move |msg| {
+                let core = c.clone();
+                async move {
+                    let reply = match decode_request::<ReadRequest>(&msg.payload) {
+                        Ok(req) => core.read(req).await,
+                        Err(e) => Err(e),
+                    };
+                    encode_reply(&reply)
+                }
+            },
+        );
+
+        let (s, r, (), ()) = tokio::join!(
+            state_server,
+            read_server,
+            membership(core.clone(), shutdown.clone()),
+            consumer::run(core, shutdown.clone()),
+        );
+        for res in [s, r] {
+            if let Err(e) = res {
+                tracing::error!(error = %e, "request server failed");
+            }
+        }
+        if let Some(task) = webhook_task {
+            let _ = task.await;
+        }
+        let _ = admin.await;
         let _ = self.nats.flush().await;
+        self.pool.close().await;
     }
+}
+
+/// Listens to membership changes: every instance drops stale member lists (plain subscription);
+/// one instance of the queue group makes the invite notification.
+async fn membership(core: core::Core, shutdown: CancellationToken) {
+    let subscribed = retry::until_ok("subscribe to membership changes", &shutdown, || async {
+        let all = core.nats.subscribe(subjects::USER_MEMBERSHIP_ALL).await?;
+        let queued = core
+            .nats
+            .queue_subscribe(
+                subjects::USER_MEMBERSHIP_ALL,
+                subjects::NOTIFY_QUEUE.to_owned(),
+            )
+            .await?;
+        Ok::<_, async_nats::Error>((all, queued))
+    })
+    .await;
+    let Some((mut all, mut queued)) = subscribed else {
+        return;
+    };
+    let tasks = tokio_util::task::TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(msg) = all.next() => {
+                if let Ok(change) = serde_json::from_slice::<MembershipChange>(&msg.payload) {
+                    core.members.invalidate(&change.room);
+                }
+            }
+            Some(msg) = queued.next() => {
+                if let Ok(change) = serde_json::from_slice::<MembershipChange>(&msg.payload) {
+                    let core = core.clone();
+                    tasks.spawn(async move { core.membership(change).await });
+                }
+            }
+            else => break,
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
 }

@@ -1,0 +1,118 @@
+//! chat-notify's configuration (CONTRACT §4 plus its own tuning variables).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_bus::stream::StreamSettings;
+use chat_runtime::nats::NatsConfig;
+use chat_runtime::{ConfigError, Env};
+
+/// Default admin address of chat-notify.
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9104";
+
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    pub nats: NatsConfig,
+    /// `DATABASE_URL`; tables live in the `notify` schema.
+    pub database_url: String,
+    /// `ADMIN_LISTEN`: /healthz, /readyz, /metrics.
+    pub admin_listen: SocketAddr,
+    pub stream: StreamSettings,
+    /// `NOTIFY_BATCH_MAX`: most events per transaction.
+    pub batch_max: usize,
+    /// `NOTIFY_BATCH_WAIT`: longest a partial batch waits for more events.
+    pub batch_wait: Duration,
+    /// `NOTIFY_ACK_WAIT`: how long an event handed to a process that died waits before it is
+    /// delivered again (set when the durable consumer is created).
+    pub ack_wait: Duration,
+    /// `CHAT_REQUEST_TIMEOUT`: how long to wait for chat-history (room members).
+    pub request_timeout: Duration,
+    /// `NOTIFY_MEMBERS_TTL`: how long a room's member list is trusted without a membership event.
+    pub members_ttl: Duration,
+    /// `NOTIFY_STATE_CATCH_UP`: how long a state request (an edge building `hello`) waits for the
+    /// consumer to reach the rooms' last events, so that counts are exact after an outage.
+    pub state_catch_up: Duration,
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Where notifications of users with no live session are POSTed.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `NOTIFY_WEBHOOK_URL`: an `http://` URL (put a TLS-terminating gateway in front for https).
+    pub url: String,
+    /// `NOTIFY_WEBHOOK_SECRET`: key of the HMAC-SHA256 signature.
+    pub secret: String,
+    /// `NOTIFY_WEBHOOK_TIMEOUT`: one attempt, connect to status line.
+    pub timeout: Duration,
+    /// `NOTIFY_WEBHOOK_RETRY_MIN`: the first backoff (doubling, with full jitter).
+    pub retry_min: Duration,
+    /// `NOTIFY_WEBHOOK_RETRY_MAX`: the longest backoff.
+    pub retry_max: Duration,
+    /// `NOTIFY_WEBHOOK_GIVE_UP`: how long one notification is retried before it is dropped.
+    pub give_up: Duration,
+    /// `NOTIFY_PRESENCE_TIMEOUT`: how long to wait for chat-presence; no answer means offline.
+    pub presence_timeout: Duration,
+}
+
+impl NotifyConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let webhook = match env.get("NOTIFY_WEBHOOK_URL") {
+            None => None,
+            Some(url) => {
+                if crate::webhook::Target::parse(url).is_none() {
+                    return Err(ConfigError {
+                        key: "NOTIFY_WEBHOOK_URL".into(),
+                        value: url.into(),
+                        problem: "expected http://host[:port][/path] (https needs a gateway)"
+                            .into(),
+                    });
+                }
+                Some(WebhookConfig {
+                    url: url.to_owned(),
+                    secret: env.string("NOTIFY_WEBHOOK_SECRET", ""),
+                    timeout: env.duration("NOTIFY_WEBHOOK_TIMEOUT", Duration::from_secs(5))?,
+                    retry_min: env
+                        .duration("NOTIFY_WEBHOOK_RETRY_MIN", Duration::from_millis(500))?,
+                    retry_max: env.duration("NOTIFY_WEBHOOK_RETRY_MAX", Duration::from_secs(60))?,
+                    give_up: env.duration("NOTIFY_WEBHOOK_GIVE_UP", Duration::from_secs(600))?,
+                    presence_timeout: env
+                        .duration("NOTIFY_PRESENCE_TIMEOUT", Duration::from_millis(500))?,
+                })
+            }
+        };
+        Ok(NotifyConfig {
+            nats: NatsConfig::from_env(env)?,
+            database_url: env.string("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chat"),
+            admin_listen: env.addr("ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN)?,
+            stream: env.stream_settings()?,
+            batch_max: env.parse("NOTIFY_BATCH_MAX", 500)?,
+            batch_wait: env.duration("NOTIFY_BATCH_WAIT", Duration::from_millis(5))?,
+            ack_wait: env.duration("NOTIFY_ACK_WAIT", Duration::from_secs(30))?,
+            request_timeout: env.duration("CHAT_REQUEST_TIMEOUT", Duration::from_secs(5))?,
+            members_ttl: env.duration("NOTIFY_MEMBERS_TTL", Duration::from_secs(60))?,
+            state_catch_up: env.duration("NOTIFY_STATE_CATCH_UP", Duration::from_millis(1500))?,
+            webhook,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_webhook() {
+        let c = NotifyConfig::from_env(&Env::default()).unwrap();
+        assert!(c.webhook.is_none());
+        assert_eq!(c.batch_max, 500);
+        let env = Env::from_pairs([
+            ("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
+            ("NOTIFY_WEBHOOK_SECRET", "s"),
+        ]);
+        let c = NotifyConfig::from_env(&env).unwrap();
+        assert_eq!(c.webhook.unwrap().secret, "s");
+        let env = Env::from_pairs([("NOTIFY_WEBHOOK_URL", "https://example.com/hook")]);
+        let err = NotifyConfig::from_env(&env).unwrap_err();
+        assert!(err.to_string().contains("NOTIFY_WEBHOOK_URL"));
+    }
+}

@@ -1,0 +1,316 @@
+//! The consumer: a durable pull consumer (`notify`) on the `CHAT` stream. Each batch is stored in
+//! one transaction (room rows and new notifications) and acknowledged only after it committed;
+//! then the affected members' unread counts and the new notifications are published. A
+//! redelivered event inserts nothing new (primary keys on `(room, seq)` and on the notification
+//! id, derived from seq and user), so nothing is counted or stored twice. Live delivery is at
+//! least once: the notifications of a redelivered event are published again (same id), since
+//! the process that stored them may have died before publishing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use chat_bus::api::{ApiError, RoomInfo, UserNotification};
+use chat_bus::event::RoomEvent;
+use chat_bus::{subjects, trace};
+use chat_proto::{ErrorCode, Notification, RoomId, RoomKind, UserId};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::Core;
+use crate::mention;
+use crate::store::{self, NewNotification, RoomMessage};
+
+/// The consumer every chat-notify process shares.
+pub fn consumer_config(ack_wait: Duration) -> pull::Config {
+    pull::Config {
+        durable_name: Some(subjects::NOTIFY_CONSUMER.to_owned()),
+        description: Some("chat-notify: unread counts and notifications".into()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_ack_pending: 20_000,
+        ..Default::default()
+    }
+}
+
+/// A member list younger than this is not fetched again because of a mention of a non-member
+/// (`@here`, a typo, a stranger): such mentions are common and would hit chat-history each time.
+const MIN_REFRESH_AGE: Duration = Duration::from_millis(500);
+
+/// One decoded event of a batch.
+struct Decoded {
+    seq: u64,
+    event: RoomEvent,
+    /// Delivered before: an earlier attempt may have committed and then died before publishing.
+    redelivered: bool,
+}
+
+/// Consumes until `shutdown`; reconnects to the consumer after any failure.
+pub async fn run(core: Core, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        if let Err(e) = consume(&core, &shutdown).await {
+            tracing::warn!(error = %e, "notify consumer interrupted, restarting");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+}
+
+async fn consume(core: &Core, shutdown: &CancellationToken) -> Result<(), async_nats::Error> {
+    let stream = core.stream.clone();
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            subjects::NOTIFY_CONSUMER,
+            consumer_config(core.config.ack_wait),
+        )
+        .await?;
+    let batch_max = core.config.batch_max.max(1);
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(batch_max)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?;
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err("consumer stream ended".into()),
+            },
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + core.config.batch_wait;
+        while batch.len() < batch_max {
+            match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(m))) => batch.push(m),
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "consumer hiccup");
+                    break;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        handle_batch(core, batch, shutdown).await;
+    }
+}
+
+/// Retries `op` while it fails with an outage, keeping the batch's messages from being
+/// redelivered meanwhile; None if `shutdown` came first.
+async fn with_retry<T, E: std::fmt::Display, F, Fut>(
+    what: &str,
+    batch: &[jetstream::Message],
+    shutdown: &CancellationToken,
+    mut op: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut last_progress = Instant::now();
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                metrics::counter!("notify_errors_total").increment(1);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed");
+                if last_progress.elapsed() > Duration::from_secs(10) {
+                    for m in batch {
+                        let _ = m.ack_with(AckKind::Progress).await;
+                    }
+                    last_progress = Instant::now();
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A room's members. While chat-history is unreachable this fails (and the batch waits); any
+/// other refusal is logged and the room is treated as having no members, so that one bad room
+/// cannot stall the consumer (counts stay exact: they do not depend on the member list; only
+/// the live `unread` and notifications of those events are lost).
+async fn members_or_none(core: &Core, room: &RoomId) -> Result<Arc<RoomInfo>, ApiError> {
+    match core.members.get(room).await {
+        Err(e) if e.code != ErrorCode::Unavailable => {
+            tracing::error!(%room, error = %e, "room members refused; no notifications for this batch");
+            Ok(Arc::new(RoomInfo {
+                room: room.clone(),
+                kind: RoomKind::Public,
+                members: Vec::new(),
+            }))
+        }
+        r => r,
+    }
+}
+
+async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
+    let started = Instant::now();
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut decoded = Vec::with_capacity(batch.len());
+    let mut spans: HashMap<u64, tracing::Span> = HashMap::with_capacity(batch.len());
+    for msg in &batch {
+        let Ok(info) = msg.info() else { continue };
+        let seq = info.stream_sequence;
+        if info.delivered > 1 {
+            metrics::counter!("notify_redeliveries_total").increment(1);
+        }
+        match RoomEvent::decode(&msg.payload) {
+            Ok(event) => {
+                let span = tracing::info_span!("notify.event", room = %event.room, seq);
+                trace::continue_from(&span, msg.headers.as_ref());
+                spans.insert(seq, span);
+                rows.push(RoomMessage {
+                    room: event.room.clone(),
+                    seq,
+                    sender: Some(event.from.clone()),
+                });
+                decoded.push(Decoded {
+                    seq,
+                    event,
+                    redelivered: info.delivered > 1,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "undecodable event: counted for nobody");
+                if let Some(room) = subjects::room_of(&msg.subject) {
+                    rows.push(RoomMessage {
+                        room,
+                        seq,
+                        sender: None,
+                    });
+                }
+            }
+        }
+    }
+
+    // Members of every room of the batch (refreshed once if a mention names a non-member and the
+    // list is not fresh, in case the cache predates an invite).
+    let mut rooms: BTreeMap<RoomId, Arc<RoomInfo>> = BTreeMap::new();
+    for d in &decoded {
+        let room = &d.event.room;
+        if !rooms.contains_key(room) {
+            let Some(info) = with_retry("fetch room members", &batch, shutdown, || {
+                members_or_none(core, room)
+            })
+            .await
+            else {
+                return;
+            };
+            rooms.insert(room.clone(), info);
+        }
+    }
+    let mut refreshed = BTreeSet::new();
+    for d in &decoded {
+        let room = &d.event.room;
+        let info = &rooms[room];
+        if !refreshed.contains(room)
+            && core
+                .members
+                .age(room)
+                .is_some_and(|age| age > MIN_REFRESH_AGE)
+            && mention::unknown_mentions(&info.members, &d.event.from, &d.event.body)
+        {
+            refreshed.insert(room.clone());
+            if let Ok(fresh) = core.members.refresh(room).await {
+                rooms.insert(room.clone(), fresh);
+            }
+        }
+    }
+
+    let mut notes = Vec::new();
+    for d in &decoded {
+        let info = &rooms[&d.event.room];
+        for p in mention::plan(info.kind, &info.members, &d.event.from, &d.event.body) {
+            notes.push(NewNotification {
+                notification: Notification {
+                    id: mention::message_notification_id(d.seq, &p.user),
+                    kind: p.kind,
+                    room: d.event.room.clone(),
+                    seq: d.seq,
+                    from: d.event.from.clone(),
+                    preview: mention::preview(&d.event.body),
+                    ts: d.event.ts,
+                },
+                user: p.user,
+            });
+        }
+    }
+
+    // Notifications of redelivered events are published again if still pending, in case the
+    // delivery that stored them died before publishing (at least once: receivers dedupe on id).
+    let again: Vec<String> = notes
+        .iter()
+        .filter(|n| {
+            decoded
+                .iter()
+                .any(|d| d.redelivered && d.seq == n.notification.seq)
+        })
+        .map(|n| n.notification.id.clone())
+        .collect();
+    let publish = if rows.is_empty() {
+        Vec::new()
+    } else {
+        match with_retry("store a batch", &batch, shutdown, || {
+            store::store_batch(&core.pool, &rows, &notes, &again, core.webhooks.is_some())
+        })
+        .await
+        {
+            Some(ids) => ids,
+            None => return,
+        }
+    };
+
+    // Unread counts of everyone who got a message from someone else.
+    let mut recipients: BTreeMap<&RoomId, BTreeSet<&UserId>> = BTreeMap::new();
+    for d in &decoded {
+        let info = &rooms[&d.event.room];
+        let set = recipients.entry(&d.event.room).or_default();
+        set.extend(info.members.iter().filter(|m| **m != d.event.from));
+    }
+    for (room, users) in recipients {
+        let users: Vec<UserId> = users.into_iter().cloned().collect();
+        let _guard = core.lock_room(room).await;
+        if let Err(e) = core.publish_unread(room, &users).await {
+            tracing::warn!(error = %e, "unread counts not published");
+        }
+    }
+
+    let publish: BTreeSet<String> = publish.into_iter().collect();
+    let fresh: Vec<(UserNotification, tracing::Span)> = notes
+        .into_iter()
+        .filter(|n| publish.contains(&n.notification.id))
+        .map(|n| {
+            let span = spans
+                .get(&n.notification.seq)
+                .cloned()
+                .unwrap_or_else(tracing::Span::none);
+            let n = UserNotification {
+                user: n.user,
+                notification: n.notification,
+            };
+            (n, span)
+        })
+        .collect();
+    core.deliver(fresh).await;
+
+    for m in &batch {
+        if let Err(e) = m.ack().await {
+            tracing::debug!(error = %e, "ack not sent; the event will be redelivered and skipped");
+        }
+    }
+    metrics::counter!("notify_events_total").increment(batch.len() as u64);
+    metrics::histogram!("notify_batch_size").record(batch.len() as f64);
+    metrics::histogram!("notify_batch_seconds").record(started.elapsed().as_secs_f64());
+    drop(spans);
+}
