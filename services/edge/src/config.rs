@@ -52,6 +52,11 @@ pub struct EdgeConfig {
     /// `CHAT_WS_BUFFER`: read/write buffer per socket in bytes (small keeps idle sockets cheap).
     pub ws_buffer: usize,
     pub stream: StreamSettings,
+    /// `CHAT_ADMISSION_PER_S`: new connections accepted per second (burst the same); a reconnect
+    /// storm beyond it gets 503 with Retry-After instead of overloading the edge and NATS.
+    pub admission_per_s: u32,
+    /// `CHAT_MAX_CONNECTIONS`: open connections at most; more get 503.
+    pub max_connections: usize,
 }
 
 impl EdgeConfig {
@@ -77,6 +82,8 @@ impl EdgeConfig {
             web_dir: PathBuf::from(env.string("CHAT_WEB_DIR", "clients/web")),
             ws_buffer: env.parse("CHAT_WS_BUFFER", 1024usize)?.max(256),
             stream: env.stream_settings()?,
+            admission_per_s: env.parse("CHAT_ADMISSION_PER_S", 1000)?,
+            max_connections: env.parse("CHAT_MAX_CONNECTIONS", 100_000)?,
         })
     }
 }

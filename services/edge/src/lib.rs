@@ -50,6 +50,10 @@ pub struct EdgeInner {
     /// Names this process in session ids and presence heartbeats.
     pub edge_id: String,
     next_session: AtomicU64,
+    /// Upgrades admitted per second (reconnect storms).
+    admission: std::sync::Mutex<ratelimit::TokenBucket>,
+    /// Open connections, for `CHAT_MAX_CONNECTIONS`.
+    open: std::sync::atomic::AtomicUsize,
     /// Cancelled to drain: every session closes with 1012.
     pub shutdown: CancellationToken,
     sessions: TaskTracker,
@@ -122,6 +126,8 @@ impl App {
         );
         let edge_id = format!("e{:08x}", rand::random::<u32>());
         tracing::info!(%edge_id, epoch, listen = %listener.local_addr()?, "chat-edge started");
+        let admission =
+            ratelimit::TokenBucket::new(config.admission_per_s, std::time::Instant::now());
         let edge = Edge(Arc::new(EdgeInner {
             hub: hub::Hub::new(nats.clone()),
             config,
@@ -132,6 +138,8 @@ impl App {
             auth,
             edge_id,
             next_session: AtomicU64::new(1),
+            admission: std::sync::Mutex::new(admission),
+            open: std::sync::atomic::AtomicUsize::new(0),
             shutdown,
             sessions: TaskTracker::new(),
         }));
@@ -239,6 +247,9 @@ async fn ws_upgrade(
     if edge.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
+    if let Some(refusal) = admit(&edge) {
+        return refusal;
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -259,11 +270,36 @@ async fn ws_upgrade(
         .max_frame_size(max.saturating_mul(2))
         .on_upgrade(move |socket| {
             let token_guard = tracker.token();
+            edge.open.fetch_add(1, Ordering::Relaxed);
             async move {
-                session::run(edge, socket, token).await;
+                session::run(edge.clone(), socket, token).await;
+                edge.open.fetch_sub(1, Ordering::Relaxed);
                 drop(token_guard);
             }
         })
+}
+
+/// Admission control: refuses an upgrade (503, Retry-After) past the connection cap or the
+/// admission rate, so a reconnect storm is spread out instead of overloading the edge and NATS.
+fn admit(edge: &Edge) -> Option<Response> {
+    let busy = |why: &'static str, retry_s: u64| {
+        metrics::counter!("edge_admission_refused_total", "why" => why).increment(1);
+        let mut r = (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_s));
+        r
+    };
+    if edge.open.load(Ordering::Relaxed) >= edge.config.max_connections {
+        return Some(busy("too many connections", 5));
+    }
+    let verdict = edge
+        .admission
+        .lock()
+        .map(|mut b| b.check(std::time::Instant::now()));
+    match verdict {
+        Ok(ratelimit::Verdict::Allow) => None,
+        _ => Some(busy("too many new connections, retry shortly", 1)),
+    }
 }
 
 #[derive(Deserialize)]
