@@ -79,6 +79,9 @@ pub fn user_membership(user: &UserId) -> String {
     format!("chat.user.{user}.membership")
 }
 
+/// Membership changes of every user (chat-presence announces joiners to their new rooms).
+pub const USER_MEMBERSHIP_ALL: &str = "chat.user.*.membership";
+
 /// The last token of a `chat.user.<user>.<kind>` subject.
 pub fn user_subject_kind(subject: &str) -> Option<&str> {
     subject.rsplit('.').next()
@@ -108,6 +111,11 @@ pub const PRESENCE_SESSION_DOWN: &str = "chat.internal.presence.down";
 pub const PRESENCE_HEARTBEAT: &str = "chat.internal.presence.heartbeat";
 /// Internal: a user set a status.
 pub const PRESENCE_STATUS: &str = "chat.internal.presence.status";
+
+/// JetStream KV bucket of chat-presence: one key per user (sessions, chosen status, last_seen).
+pub const PRESENCE_USERS_BUCKET: &str = "chat_presence";
+/// JetStream KV bucket of chat-presence: one key per edge (last heartbeat, sessions it reported).
+pub const PRESENCE_EDGES_BUCKET: &str = "chat_presence_edges";
 
 #[cfg(test)]
 mod tests {

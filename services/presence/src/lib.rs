@@ -1,41 +1,73 @@
-//! chat-presence. For now a skeleton: it connects to NATS, serves its admin endpoints and drains on
-//! SIGTERM; its issue fills in the service itself.
+//! chat-presence: who is online, away, busy or offline (CONTRACT §2 "Presence", §3).
+//!
+//! Stateless: every instance keeps its state in two JetStream KV buckets and any number of them
+//! share the work through queue groups.
+//!
+//! - [`state`]: the per-user and per-edge records and the rules that change them;
+//! - [`store`]: compare-and-set access to the buckets;
+//! - [`rooms`]: who hears about a change (a user's rooms, room sizes), asked of chat-history;
+//! - this module: the event handlers, the sweeper that takes silent edges' users offline, the
+//!   `chat.api.presence` server and the wiring.
+//!
+//! How a change travels: an edge publishes session up/down, a heartbeat listing its sessions and
+//! status choices on `chat.internal.presence.*`; one instance (queue group) applies the event to
+//! the user's record under compare-and-set; if the user's effective status changed, that instance
+//! publishes `presence.user.<user>` and `chat.room.<room>.presence` for each of the user's rooms
+//! (rooms above `PRESENCE_MAX_ROOM_FANOUT` members are skipped), which the edges turn into
+//! `presence` frames. See `README.md` next to this crate for the costs and the limits.
 
+pub mod config;
+pub mod rooms;
+pub mod state;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use chat_runtime::nats::NatsConfig;
-use chat_runtime::{ConfigError, Env, admin};
+use async_nats::jetstream;
+use chat_bus::api::{
+    ApiError, EdgeHeartbeat, MembershipChange, PresenceReply, PresenceRequest, RoomPresenceEvent,
+    SessionEvent, StatusChange, UserPresenceEvent, decode_request, encode_reply,
+};
+use chat_bus::{now_ms, subjects};
+use chat_proto::{PresenceEntry, RoomId, Status, UserId};
+use chat_runtime::{admin, nats::serve_requests, retry};
+use futures::StreamExt;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Default admin address of chat-presence.
-pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9103";
+pub use config::{DEFAULT_ADMIN_LISTEN, PresenceConfig};
+use state::{EdgeRecord, EdgeSession, UserRecord};
+use store::{Records, StoreError};
 
-#[derive(Debug, Clone)]
-pub struct PresenceConfig {
-    pub nats: NatsConfig,
-    pub admin_listen: SocketAddr,
-}
+/// An edge silent for this many of its heartbeats is dead. With the sweeper running every quarter
+/// heartbeat, its users are offline at most 2.5 heartbeats after its last one, inside the 3 the
+/// contract allows (leaving room for the work itself).
+pub const DEAD_AFTER_HEARTBEATS: f64 = 2.25;
 
-impl PresenceConfig {
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Ok(PresenceConfig {
-            nats: NatsConfig::from_env(env)?,
-            admin_listen: env.addr("ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN)?,
-        })
-    }
-}
+/// Most users one `chat.api.presence {users}` request may ask about.
+pub const MAX_USERS_PER_REQUEST: usize = 10_000;
 
+/// A started chat-presence, ready to [`run`](App::run).
 pub struct App {
-    nats: async_nats::Client,
+    presence: Presence,
     admin: TcpListener,
 }
 
 impl App {
+    /// Connects and creates the buckets if missing, waiting for NATS as long as it is down (or
+    /// until `shutdown`).
     pub async fn build(
         config: PresenceConfig,
-        _shutdown: &CancellationToken,
+        shutdown: &CancellationToken,
     ) -> anyhow::Result<App> {
         let admin = TcpListener::bind(config.admin_listen)
             .await
@@ -45,7 +77,26 @@ impl App {
             .connect("chat-presence")
             .await
             .map_err(|e| anyhow::anyhow!("connect to NATS: {e}"))?;
-        Ok(App { nats, admin })
+        let js = jetstream::new(nats.clone());
+        let users = retry::until_ok("create the presence bucket", shutdown, || {
+            store::ensure_bucket(&js, subjects::PRESENCE_USERS_BUCKET, config.kv_replicas)
+        })
+        .await
+        .context("stopped during start")?;
+        let edges = retry::until_ok("create the presence edges bucket", shutdown, || {
+            store::ensure_bucket(&js, subjects::PRESENCE_EDGES_BUCKET, config.kv_replicas)
+        })
+        .await
+        .context("stopped during start")?;
+        tracing::info!("chat-presence started");
+        let presence = Presence(Arc::new(Inner {
+            rooms: rooms::Directory::new(nats.clone(), config.request_timeout),
+            nats,
+            users: Records::new(users),
+            edges: Records::new(edges),
+            config,
+        }));
+        Ok(App { presence, admin })
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -54,8 +105,500 @@ impl App {
             .expect("bound listener has an address")
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
-        admin::serve(self.admin, admin::nats_ready(self.nats.clone()), shutdown).await;
-        let _ = self.nats.flush().await;
+    /// The service's core, for benchmarks and tests that drive it directly.
+    pub fn presence(&self) -> Presence {
+        self.presence.clone()
     }
+
+    /// Serves until `shutdown`, then drains: stops taking events and requests and finishes those
+    /// in hand. Everything runs inside this future, so aborting it stops the instance at once
+    /// (as a crash would).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let p = self.presence;
+        let admin = admin::serve(
+            self.admin,
+            admin::nats_ready(p.nats.clone()),
+            shutdown.clone(),
+        );
+        let (lanes, mut workers) = Lanes::start(p.config.workers);
+        let events = p.clone().consume_events(lanes, shutdown.clone());
+        let api = serve_requests(
+            p.nats.clone(),
+            subjects::API_PRESENCE,
+            subjects::PRESENCE_QUEUE,
+            shutdown.clone(),
+            {
+                let p = p.clone();
+                move |msg| {
+                    let p = p.clone();
+                    async move {
+                        let reply = match decode_request::<PresenceRequest>(&msg.payload) {
+                            Ok(req) => p.query(req).await,
+                            Err(e) => Err(e),
+                        };
+                        encode_reply(&reply)
+                    }
+                }
+            },
+        );
+        let sweeper = p.clone().sweep_forever(shutdown.clone());
+        let (_, events, api, ()) = tokio::join!(admin, events, api, sweeper);
+        for res in [events, api] {
+            if let Err(e) = res {
+                tracing::error!(error = %e, "subscription failed");
+            }
+        }
+        // The lanes' senders are gone with `consume_events`: the workers finish what is queued.
+        while workers.join_next().await.is_some() {}
+        let _ = p.nats.flush().await;
+    }
+}
+
+/// chat-presence's core: cheap to clone.
+#[derive(Clone)]
+pub struct Presence(Arc<Inner>);
+
+pub struct Inner {
+    nats: async_nats::Client,
+    users: Records<UserRecord>,
+    edges: Records<EdgeRecord>,
+    rooms: rooms::Directory,
+    config: PresenceConfig,
+}
+
+impl std::ops::Deref for Presence {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Worker lanes: the events of one key (a user, an edge) run in order on one lane, different
+/// keys in parallel.
+struct Lanes {
+    senders: Vec<mpsc::Sender<Job>>,
+}
+
+impl Lanes {
+    fn start(n: usize) -> (Lanes, JoinSet<()>) {
+        let mut workers = JoinSet::new();
+        let senders = (0..n)
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<Job>(256);
+                workers.spawn(async move {
+                    while let Some(job) = rx.recv().await {
+                        job.await;
+                    }
+                });
+                tx
+            })
+            .collect();
+        (Lanes { senders }, workers)
+    }
+
+    async fn submit(&self, key: &str, job: impl Future<Output = ()> + Send + 'static) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let lane = (h.finish() % self.senders.len() as u64) as usize;
+        let _ = self.senders[lane].send(Box::pin(job)).await;
+    }
+}
+
+impl Presence {
+    /// How long a closed session is remembered (against late `up`s and stale heartbeats).
+    fn closed_retention_ms(&self) -> i64 {
+        (self.config.heartbeat.as_millis() as i64 * 10).max(60_000)
+    }
+
+    /// Takes the internal events, each handled by one instance of the queue group.
+    async fn consume_events(
+        self,
+        lanes: Lanes,
+        shutdown: CancellationToken,
+    ) -> Result<(), async_nats::Error> {
+        let q = || subjects::PRESENCE_QUEUE.to_owned();
+        let up = self
+            .nats
+            .queue_subscribe(subjects::PRESENCE_SESSION_UP, q())
+            .await?;
+        let down = self
+            .nats
+            .queue_subscribe(subjects::PRESENCE_SESSION_DOWN, q())
+            .await?;
+        let status = self
+            .nats
+            .queue_subscribe(subjects::PRESENCE_STATUS, q())
+            .await?;
+        let heartbeat = self
+            .nats
+            .queue_subscribe(subjects::PRESENCE_HEARTBEAT, q())
+            .await?;
+        let joins = self
+            .nats
+            .queue_subscribe(subjects::USER_MEMBERSHIP_ALL, q())
+            .await?;
+        // Not a queue group: every instance forgets its cached rooms of the user.
+        let mut memberships = self.nats.subscribe(subjects::USER_MEMBERSHIP_ALL).await?;
+        let tag = |kind: Kind| move |m: async_nats::Message| (kind, m);
+        let mut all = futures::stream::select_all([
+            up.map(tag(Kind::Up)).boxed(),
+            down.map(tag(Kind::Down)).boxed(),
+            status.map(tag(Kind::Status)).boxed(),
+            heartbeat.map(tag(Kind::Heartbeat)).boxed(),
+            joins.map(tag(Kind::Join)).boxed(),
+        ]);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(msg) = memberships.next() => {
+                    if let Ok(ch) = serde_json::from_slice::<MembershipChange>(&msg.payload) {
+                        self.rooms.forget(&ch.user, &ch.room);
+                    }
+                }
+                next = all.next() => {
+                    let Some((kind, msg)) = next else { break };
+                    self.dispatch(&lanes, kind, msg).await;
+                }
+            }
+        }
+        // Dropping the subscriptions unsubscribes; the queue group's other members take over.
+        Ok(())
+    }
+
+    async fn dispatch(&self, lanes: &Lanes, kind: Kind, msg: async_nats::Message) {
+        let p = self.clone();
+        match kind {
+            Kind::Up | Kind::Down => {
+                let Ok(ev) = serde_json::from_slice::<SessionEvent>(&msg.payload) else {
+                    tracing::warn!("undecodable session event");
+                    return;
+                };
+                let key = ev.user.to_string();
+                lanes
+                    .submit(&key, async move {
+                        let res = if kind == Kind::Up {
+                            p.on_up(&ev).await
+                        } else {
+                            p.on_down(&ev).await
+                        };
+                        if let Err(e) = res {
+                            tracing::warn!(error = %e, user = %ev.user, "session event not applied");
+                        }
+                    })
+                    .await;
+            }
+            Kind::Status => {
+                let Ok(ev) = serde_json::from_slice::<StatusChange>(&msg.payload) else {
+                    tracing::warn!("undecodable status change");
+                    return;
+                };
+                let key = ev.user.to_string();
+                lanes
+                    .submit(&key, async move {
+                        if let Err(e) = p
+                            .change_user(&ev.user, |r| r.set_status(ev.status, ev.ts))
+                            .await
+                        {
+                            tracing::warn!(error = %e, user = %ev.user, "status not applied");
+                        }
+                    })
+                    .await;
+            }
+            Kind::Heartbeat => {
+                let Ok(hb) = serde_json::from_slice::<EdgeHeartbeat>(&msg.payload) else {
+                    tracing::warn!("undecodable heartbeat");
+                    return;
+                };
+                let key = format!("edge:{}", hb.edge);
+                lanes
+                    .submit(&key, async move {
+                        if let Err(e) = p.on_heartbeat(&hb).await {
+                            tracing::warn!(error = %e, edge = hb.edge, "heartbeat not applied");
+                        }
+                    })
+                    .await;
+            }
+            Kind::Join => {
+                let Ok(ch) = serde_json::from_slice::<MembershipChange>(&msg.payload) else {
+                    return;
+                };
+                if !ch.member {
+                    return;
+                }
+                let key = ch.user.to_string();
+                lanes
+                    .submit(&key, async move {
+                        if let Err(e) = p.on_join(&ch).await {
+                            tracing::warn!(error = %e, user = %ch.user, "join not announced");
+                        }
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// A session opened: the edge record learns it first (so that the sweeper can take it
+    /// offline should the edge die), then the user's record.
+    pub async fn on_up(&self, ev: &SessionEvent) -> Result<(), StoreError> {
+        let now = now_ms();
+        let heartbeat_ms = self.config.heartbeat.as_millis() as u64;
+        self.edges
+            .update(&ev.edge, |cur| {
+                if cur.is_some_and(|r| r.sessions.contains_key(&ev.session)) {
+                    return None;
+                }
+                let mut r = cur
+                    .cloned()
+                    .unwrap_or_else(|| EdgeRecord::new(heartbeat_ms, now));
+                r.sessions.insert(
+                    ev.session.clone(),
+                    EdgeSession {
+                        user: ev.user.clone(),
+                        ts: ev.ts,
+                    },
+                );
+                Some(r)
+            })
+            .await?;
+        self.change_user(&ev.user, |r| r.session_up(&ev.edge, &ev.session, ev.ts))
+            .await
+    }
+
+    /// A session closed (the edge record forgets it at the edge's next heartbeat).
+    pub async fn on_down(&self, ev: &SessionEvent) -> Result<(), StoreError> {
+        self.change_user(&ev.user, |r| r.session_down(&ev.session, ev.ts))
+            .await
+    }
+
+    /// An edge's heartbeat: it is alive, and the sessions it lists are the truth for it. Users
+    /// whose sessions there differ from what was known are reconciled, then the edge record is
+    /// written (under compare-and-set; on a race, everything is redone, which is idempotent).
+    pub async fn on_heartbeat(&self, hb: &EdgeHeartbeat) -> Result<(), StoreError> {
+        let listed: BTreeMap<String, UserId> = hb
+            .sessions
+            .iter()
+            .map(|s| (s.session.clone(), s.user.clone()))
+            .collect();
+        let mut by_user: BTreeMap<&UserId, BTreeSet<String>> = BTreeMap::new();
+        for s in &hb.sessions {
+            by_user
+                .entry(&s.user)
+                .or_default()
+                .insert(s.session.clone());
+        }
+        let grace = hb.heartbeat_ms as i64;
+        let empty = BTreeSet::new();
+        for _ in 0..16 {
+            let now = now_ms();
+            let (cur, revision) = self.edges.get(&hb.edge).await?;
+            let mut record = cur.unwrap_or_else(|| EdgeRecord::new(hb.heartbeat_ms, now));
+            let changed = record.apply_heartbeat(&listed, hb.ts, grace, hb.heartbeat_ms, now);
+            let results: Vec<Result<(), StoreError>> = futures::stream::iter(changed)
+                .map(|user| {
+                    let mine = by_user.get(&user).unwrap_or(&empty);
+                    async move {
+                        self.change_user(&user, |r| r.reconcile_edge(&hb.edge, mine, hb.ts, grace))
+                            .await
+                    }
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+            // Leave the record as it was if a user could not be reconciled: the next heartbeat
+            // tries again.
+            results.into_iter().collect::<Result<(), _>>()?;
+            if self.edges.put_if(&hb.edge, &record, revision).await? {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Contention(hb.edge.clone()))
+    }
+
+    /// A user joined a room: the room's members hear the user's presence.
+    pub async fn on_join(&self, ch: &MembershipChange) -> Result<(), StoreError> {
+        let (record, _) = self.users.get(ch.user.as_str()).await?;
+        let record = record.unwrap_or_default();
+        match self.rooms.room_size(&ch.room, ch.kind).await {
+            Ok(size) if size <= self.config.max_room_fanout => {}
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, room = %ch.room, "room size unknown, not announcing");
+                return Ok(());
+            }
+        }
+        let entry = record.entry(&ch.user, now_ms());
+        self.publish_room(&ch.room, &entry).await;
+        Ok(())
+    }
+
+    /// Applies `rule` to a user's record; announces the user's presence if the effective status
+    /// changed.
+    pub async fn change_user(
+        &self,
+        user: &UserId,
+        rule: impl Fn(&mut UserRecord),
+    ) -> Result<(), StoreError> {
+        let keep_after = now_ms() - self.closed_retention_ms();
+        let updated = self
+            .users
+            .update(user.as_str(), |cur| {
+                let mut r = cur.cloned().unwrap_or_default();
+                rule(&mut r);
+                r.prune(keep_after);
+                Some(r)
+            })
+            .await?;
+        let before = updated
+            .before
+            .as_ref()
+            .map_or(Status::Offline, UserRecord::effective);
+        let after = updated.after.unwrap_or_default();
+        if after.effective() != before {
+            self.announce(user, &after).await;
+        }
+        Ok(())
+    }
+
+    /// Publishes a user's new presence on `presence.user.<user>` and to each of their rooms that
+    /// is small enough.
+    async fn announce(&self, user: &UserId, record: &UserRecord) {
+        metrics::counter!("presence_changes_total").increment(1);
+        let entry = record.entry(user, now_ms());
+        let ev = UserPresenceEvent {
+            user: user.clone(),
+            status: entry.status,
+            last_seen: entry.last_seen,
+            sessions: record.sessions.len() as u32,
+        };
+        self.publish(subjects::presence_user(user), &ev).await;
+        if self.config.max_room_fanout == 0 {
+            return;
+        }
+        let rooms = match self.rooms.user_rooms(user).await {
+            Ok(rooms) => rooms,
+            Err(e) => {
+                tracing::warn!(error = %e, %user, "rooms unknown, presence not broadcast to rooms");
+                return;
+            }
+        };
+        for (room, kind) in rooms {
+            match self.rooms.room_size(&room, kind).await {
+                Ok(size) if size <= self.config.max_room_fanout => {
+                    self.publish_room(&room, &entry).await;
+                }
+                Ok(_) => metrics::counter!("presence_fanout_skipped_total").increment(1),
+                Err(e) => tracing::warn!(error = %e, %room, "room size unknown, skipped"),
+            }
+        }
+    }
+
+    async fn publish_room(&self, room: &RoomId, entry: &PresenceEntry) {
+        let ev = RoomPresenceEvent {
+            room: room.clone(),
+            user: entry.user.clone(),
+            status: entry.status,
+            last_seen: entry.last_seen,
+        };
+        self.publish(subjects::room_presence(room), &ev).await;
+    }
+
+    async fn publish<T: serde::Serialize>(&self, subject: String, value: &T) {
+        let Ok(payload) = serde_json::to_vec(value) else {
+            return;
+        };
+        if let Err(e) = self.nats.publish(subject, payload.into()).await {
+            tracing::debug!(error = %e, "presence not published");
+        }
+    }
+
+    /// Answers `chat.api.presence`: a room's members or a list of users. Unknown users are
+    /// offline, last seen at 0.
+    pub async fn query(&self, req: PresenceRequest) -> Result<PresenceReply, ApiError> {
+        let users = match req {
+            PresenceRequest::Room { room } => self.rooms.members(&room).await?.members,
+            PresenceRequest::Users { users } => {
+                if users.len() > MAX_USERS_PER_REQUEST {
+                    return Err(ApiError::bad_request(format!(
+                        "at most {MAX_USERS_PER_REQUEST} users per request"
+                    )));
+                }
+                users
+            }
+        };
+        let now = now_ms();
+        let entries: Vec<Result<PresenceEntry, StoreError>> = futures::stream::iter(users)
+            .map(|user| async move {
+                let (record, _) = self.users.get(user.as_str()).await?;
+                Ok(record.unwrap_or_default().entry(&user, now))
+            })
+            .buffered(32)
+            .collect()
+            .await;
+        let users = entries
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                tracing::warn!(error = %e, "presence bucket unavailable");
+                ApiError::unavailable()
+            })?;
+        Ok(PresenceReply { users })
+    }
+
+    /// Every quarter heartbeat (from a random phase, so instances spread out), takes the users of
+    /// silent edges offline. Any number of instances may sweep at once: each user change is a
+    /// compare-and-set, so exactly one of them announces it.
+    async fn sweep_forever(self, shutdown: CancellationToken) {
+        let period = self.config.heartbeat / 4;
+        let phase = Duration::from_millis(rand::random::<u64>() % period.as_millis().max(1) as u64);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "sweep failed");
+            }
+        }
+    }
+
+    /// One pass of the sweeper; returns how many edges it found dead.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        metrics::counter!("presence_sweeps_total").increment(1);
+        let mut dead = 0;
+        for edge in self.edges.keys().await? {
+            let (Some(record), revision) = self.edges.get(&edge).await? else {
+                continue;
+            };
+            if !record.is_silent(now_ms(), DEAD_AFTER_HEARTBEATS) {
+                continue;
+            }
+            tracing::info!(
+                edge,
+                users = record.sessions.len(),
+                "edge silent, taking its users offline"
+            );
+            for user in record.users() {
+                self.change_user(&user, |r| r.edge_dead(&edge, record.seen_at))
+                    .await?;
+            }
+            if self.edges.remove_if(&edge, revision).await? {
+                metrics::counter!("presence_dead_edges_total").increment(1);
+                dead += 1;
+            }
+        }
+        Ok(dead)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Up,
+    Down,
+    Status,
+    Heartbeat,
+    Join,
 }
