@@ -59,6 +59,8 @@ pub const MAX_USERS_PER_REQUEST: usize = 10_000;
 /// A started chat-presence, ready to [`run`](App::run).
 pub struct App {
     presence: Presence,
+    /// Taken in `build`, so that no event is missed between `build` and `run`.
+    subscriptions: Subscriptions,
     admin: TcpListener,
 }
 
@@ -88,6 +90,9 @@ impl App {
         })
         .await
         .context("stopped during start")?;
+        let subscriptions = Subscriptions::new(&nats)
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribe: {e}"))?;
         tracing::info!("chat-presence started");
         let presence = Presence(Arc::new(Inner {
             rooms: rooms::Directory::new(nats.clone(), config.request_timeout),
@@ -96,7 +101,11 @@ impl App {
             edges: Records::new(edges),
             config,
         }));
-        Ok(App { presence, admin })
+        Ok(App {
+            presence,
+            subscriptions,
+            admin,
+        })
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -121,7 +130,9 @@ impl App {
             shutdown.clone(),
         );
         let (lanes, mut workers) = Lanes::start(p.config.workers);
-        let events = p.clone().consume_events(lanes, shutdown.clone());
+        let events = p
+            .clone()
+            .consume_events(self.subscriptions, lanes, shutdown.clone());
         let api = serve_requests(
             p.nats.clone(),
             subjects::API_PRESENCE,
@@ -215,32 +226,18 @@ impl Presence {
     /// Takes the internal events, each handled by one instance of the queue group.
     async fn consume_events(
         self,
+        subs: Subscriptions,
         lanes: Lanes,
         shutdown: CancellationToken,
     ) -> Result<(), async_nats::Error> {
-        let q = || subjects::PRESENCE_QUEUE.to_owned();
-        let up = self
-            .nats
-            .queue_subscribe(subjects::PRESENCE_SESSION_UP, q())
-            .await?;
-        let down = self
-            .nats
-            .queue_subscribe(subjects::PRESENCE_SESSION_DOWN, q())
-            .await?;
-        let status = self
-            .nats
-            .queue_subscribe(subjects::PRESENCE_STATUS, q())
-            .await?;
-        let heartbeat = self
-            .nats
-            .queue_subscribe(subjects::PRESENCE_HEARTBEAT, q())
-            .await?;
-        let joins = self
-            .nats
-            .queue_subscribe(subjects::USER_MEMBERSHIP_ALL, q())
-            .await?;
-        // Not a queue group: every instance forgets its cached rooms of the user.
-        let mut memberships = self.nats.subscribe(subjects::USER_MEMBERSHIP_ALL).await?;
+        let Subscriptions {
+            up,
+            down,
+            status,
+            heartbeat,
+            joins,
+            mut memberships,
+        } = subs;
         let tag = |kind: Kind| move |m: async_nats::Message| (kind, m);
         let mut all = futures::stream::select_all([
             up.map(tag(Kind::Up)).boxed(),
@@ -591,6 +588,42 @@ impl Presence {
             }
         }
         Ok(dead)
+    }
+}
+
+/// The subscriptions of an instance: the internal events in the queue group, and every
+/// membership change (to keep the rooms cache fresh).
+struct Subscriptions {
+    up: async_nats::Subscriber,
+    down: async_nats::Subscriber,
+    status: async_nats::Subscriber,
+    heartbeat: async_nats::Subscriber,
+    joins: async_nats::Subscriber,
+    memberships: async_nats::Subscriber,
+}
+
+impl Subscriptions {
+    async fn new(nats: &async_nats::Client) -> Result<Self, async_nats::Error> {
+        let q = || subjects::PRESENCE_QUEUE.to_owned();
+        let subs = Subscriptions {
+            up: nats
+                .queue_subscribe(subjects::PRESENCE_SESSION_UP, q())
+                .await?,
+            down: nats
+                .queue_subscribe(subjects::PRESENCE_SESSION_DOWN, q())
+                .await?,
+            status: nats.queue_subscribe(subjects::PRESENCE_STATUS, q()).await?,
+            heartbeat: nats
+                .queue_subscribe(subjects::PRESENCE_HEARTBEAT, q())
+                .await?,
+            joins: nats
+                .queue_subscribe(subjects::USER_MEMBERSHIP_ALL, q())
+                .await?,
+            // Not a queue group: every instance forgets its cached rooms of the user.
+            memberships: nats.subscribe(subjects::USER_MEMBERSHIP_ALL).await?,
+        };
+        nats.flush().await?;
+        Ok(subs)
     }
 }
 
