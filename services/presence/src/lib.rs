@@ -49,9 +49,10 @@ use state::{EdgeRecord, EdgeSession, UserRecord};
 use store::{Records, StoreError};
 
 /// An edge silent for this many of its heartbeats is dead. With the sweeper running every quarter
-/// heartbeat, its users are offline at most 2.5 heartbeats after its last one, inside the 3 the
-/// contract allows (leaving room for the work itself).
-pub const DEAD_AFTER_HEARTBEATS: f64 = 2.25;
+/// heartbeat, its users are offline at most 2.25 heartbeats after its last heartbeat (so within
+/// 3 of its death, with room for the work itself); a live edge is only mistaken for dead if a
+/// whole heartbeat goes missing, and its next heartbeat brings its users back.
+pub const DEAD_AFTER_HEARTBEATS: f64 = 2.0;
 
 /// Most users one `chat.api.presence {users}` request may ask about.
 pub const MAX_USERS_PER_REQUEST: usize = 10_000;
@@ -309,9 +310,11 @@ impl Presence {
                     return;
                 };
                 let key = format!("edge:{}", hb.edge);
+                // Liveness is judged by when the heartbeat arrived, not when a lane got to it.
+                let received = now_ms();
                 lanes
                     .submit(&key, async move {
-                        if let Err(e) = p.on_heartbeat(&hb).await {
+                        if let Err(e) = p.on_heartbeat(&hb, received).await {
                             tracing::warn!(error = %e, edge = hb.edge, "heartbeat not applied");
                         }
                     })
@@ -372,7 +375,7 @@ impl Presence {
     /// An edge's heartbeat: it is alive, and the sessions it lists are the truth for it. Users
     /// whose sessions there differ from what was known are reconciled, then the edge record is
     /// written (under compare-and-set; on a race, everything is redone, which is idempotent).
-    pub async fn on_heartbeat(&self, hb: &EdgeHeartbeat) -> Result<(), StoreError> {
+    pub async fn on_heartbeat(&self, hb: &EdgeHeartbeat, received: i64) -> Result<(), StoreError> {
         let listed: BTreeMap<String, UserId> = hb
             .sessions
             .iter()
@@ -388,10 +391,9 @@ impl Presence {
         let grace = hb.heartbeat_ms as i64;
         let empty = BTreeSet::new();
         for _ in 0..16 {
-            let now = now_ms();
             let (cur, revision) = self.edges.get(&hb.edge).await?;
-            let mut record = cur.unwrap_or_else(|| EdgeRecord::new(hb.heartbeat_ms, now));
-            let changed = record.apply_heartbeat(&listed, hb.ts, grace, hb.heartbeat_ms, now);
+            let mut record = cur.unwrap_or_else(|| EdgeRecord::new(hb.heartbeat_ms, received));
+            let changed = record.apply_heartbeat(&listed, hb.ts, grace, hb.heartbeat_ms, received);
             let results: Vec<Result<(), StoreError>> = futures::stream::iter(changed)
                 .map(|user| {
                     let mine = by_user.get(&user).unwrap_or(&empty);
