@@ -210,10 +210,15 @@ impl Lanes {
         (Lanes { senders }, workers)
     }
 
-    async fn submit(&self, key: &str, job: impl Future<Output = ()> + Send + 'static) {
+    /// Queues `job` on the lane of `key`; `presence_events_total{kind}` counts it once done.
+    async fn submit(&self, key: &str, kind: Kind, job: impl Future<Output = ()> + Send + 'static) {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         let lane = (h.finish() % self.senders.len() as u64) as usize;
+        let job = async move {
+            job.await;
+            metrics::counter!("presence_events_total", "kind" => kind.name()).increment(1);
+        };
         let _ = self.senders[lane].send(Box::pin(job)).await;
     }
 }
@@ -275,7 +280,7 @@ impl Presence {
                 };
                 let key = ev.user.to_string();
                 lanes
-                    .submit(&key, async move {
+                    .submit(&key, kind, async move {
                         let res = if kind == Kind::Up {
                             p.on_up(&ev).await
                         } else {
@@ -294,7 +299,7 @@ impl Presence {
                 };
                 let key = ev.user.to_string();
                 lanes
-                    .submit(&key, async move {
+                    .submit(&key, kind, async move {
                         if let Err(e) = p
                             .change_user(&ev.user, |r| r.set_status(ev.status, ev.ts))
                             .await
@@ -313,7 +318,7 @@ impl Presence {
                 // Liveness is judged by when the heartbeat arrived, not when a lane got to it.
                 let received = now_ms();
                 lanes
-                    .submit(&key, async move {
+                    .submit(&key, kind, async move {
                         if let Err(e) = p.on_heartbeat(&hb, received).await {
                             tracing::warn!(error = %e, edge = hb.edge, "heartbeat not applied");
                         }
@@ -329,7 +334,7 @@ impl Presence {
                 }
                 let key = ch.user.to_string();
                 lanes
-                    .submit(&key, async move {
+                    .submit(&key, kind, async move {
                         if let Err(e) = p.on_join(&ch).await {
                             tracing::warn!(error = %e, user = %ch.user, "join not announced");
                         }
@@ -636,4 +641,16 @@ enum Kind {
     Status,
     Heartbeat,
     Join,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Up => "up",
+            Kind::Down => "down",
+            Kind::Status => "status",
+            Kind::Heartbeat => "heartbeat",
+            Kind::Join => "join",
+        }
+    }
 }

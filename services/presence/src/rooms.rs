@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chat_bus::api::{self, ApiError, RoomInfo, RoomsRequest, UserRooms};
@@ -27,6 +28,9 @@ pub struct Directory {
     timeout: Duration,
     user_rooms: Mutex<HashMap<UserId, CachedRooms>>,
     room_sizes: Mutex<HashMap<RoomId, (Instant, usize)>>,
+    /// Bumped by every membership change: an answer fetched across a change may predate it, so
+    /// it is used but not cached.
+    generation: AtomicU64,
 }
 
 impl Directory {
@@ -36,6 +40,7 @@ impl Directory {
             timeout,
             user_rooms: Mutex::new(HashMap::new()),
             room_sizes: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -46,6 +51,7 @@ impl Directory {
         {
             return Ok(rooms.clone());
         }
+        let generation = self.generation.load(Ordering::SeqCst);
         let reply: UserRooms = api::request(
             &self.nats,
             subjects::ROOMS,
@@ -59,7 +65,9 @@ impl Directory {
         if cache.len() >= MAX_CACHED {
             cache.clear();
         }
-        cache.insert(user.clone(), (Instant::now(), rooms.clone()));
+        if self.generation.load(Ordering::SeqCst) == generation {
+            cache.insert(user.clone(), (Instant::now(), rooms.clone()));
+        }
         Ok(rooms)
     }
 
@@ -99,7 +107,10 @@ impl Directory {
 
     /// A membership of `user` in `room` changed: forget what the caches say about both.
     pub fn forget(&self, user: &UserId, room: &RoomId) {
-        lock(&self.user_rooms).remove(user);
+        let mut cache = lock(&self.user_rooms);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        cache.remove(user);
+        drop(cache);
         lock(&self.room_sizes).remove(room);
     }
 }
