@@ -112,6 +112,11 @@ pub const PRESENCE_HEARTBEAT: &str = "chat.internal.presence.heartbeat";
 /// Internal: a user set a status.
 pub const PRESENCE_STATUS: &str = "chat.internal.presence.status";
 
+/// Work-queue stream that keeps the edges' session up/down and status events until a
+/// chat-presence instance has applied them (so a crashed instance loses none), and orders them.
+pub const PRESENCE_EVENTS_STREAM: &str = "CHAT_PRESENCE";
+/// Durable consumer every chat-presence instance shares.
+pub const PRESENCE_CONSUMER: &str = "presence";
 /// JetStream KV bucket of chat-presence: one key per user (sessions, chosen status, last_seen).
 pub const PRESENCE_USERS_BUCKET: &str = "chat_presence";
 /// JetStream KV bucket of chat-presence: one key per edge (last heartbeat, sessions it reported).

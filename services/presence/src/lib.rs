@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream;
+use async_nats::jetstream::{self, AckKind};
 use chat_bus::api::{
     ApiError, EdgeHeartbeat, MembershipChange, PresenceReply, PresenceRequest, RoomPresenceEvent,
     SessionEvent, StatusChange, UserPresenceEvent, decode_request, encode_reply,
@@ -91,9 +91,11 @@ impl App {
         })
         .await
         .context("stopped during start")?;
-        let subscriptions = Subscriptions::new(&nats)
-            .await
-            .map_err(|e| anyhow::anyhow!("subscribe: {e}"))?;
+        let subscriptions = retry::until_ok("subscribe to the events", shutdown, || {
+            Subscriptions::new(&nats, &js, config.kv_replicas)
+        })
+        .await
+        .context("stopped during start")?;
         tracing::info!("chat-presence started");
         let presence = Presence(Arc::new(Inner {
             rooms: rooms::Directory::new(nats.clone(), config.request_timeout),
@@ -229,7 +231,10 @@ impl Presence {
         (self.config.heartbeat.as_millis() as i64 * 10).max(60_000)
     }
 
-    /// Takes the internal events, each handled by one instance of the queue group.
+    /// Takes the events: the edges' session and status events from the durable consumer (each
+    /// acknowledged once applied, so that an instance that dies with events in hand loses none:
+    /// they are delivered again), heartbeats and joins from the queue group, and every
+    /// membership change (for the rooms cache).
     async fn consume_events(
         self,
         subs: Subscriptions,
@@ -237,22 +242,34 @@ impl Presence {
         shutdown: CancellationToken,
     ) -> Result<(), async_nats::Error> {
         let Subscriptions {
-            up,
-            down,
-            status,
+            consumer,
+            events,
             heartbeat,
             joins,
             mut memberships,
         } = subs;
+        let mut events = Some(events);
         let tag = |kind: Kind| move |m: async_nats::Message| (kind, m);
-        let mut all = futures::stream::select_all([
-            up.map(tag(Kind::Up)).boxed(),
-            down.map(tag(Kind::Down)).boxed(),
-            status.map(tag(Kind::Status)).boxed(),
+        let mut core = futures::stream::select_all([
             heartbeat.map(tag(Kind::Heartbeat)).boxed(),
             joins.map(tag(Kind::Join)).boxed(),
         ]);
         loop {
+            if events.is_none() {
+                match consumer.messages().await {
+                    Ok(stream) => events = Some(stream),
+                    Err(e) => tracing::warn!(error = %e, "events consumer unavailable, retrying"),
+                }
+            }
+            let next_event = async {
+                match events.as_mut() {
+                    Some(stream) => stream.next().await,
+                    None => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        None
+                    }
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(msg) = memberships.next() => {
@@ -260,55 +277,74 @@ impl Presence {
                         self.rooms.forget(&ch.user, &ch.room);
                     }
                 }
-                next = all.next() => {
+                next = core.next() => {
                     let Some((kind, msg)) = next else { break };
                     self.dispatch(&lanes, kind, msg).await;
                 }
+                next = next_event => match next {
+                    Some(Ok(msg)) => self.dispatch_event(&lanes, msg).await,
+                    Some(Err(e)) => tracing::debug!(error = %e, "events consumer hiccup"),
+                    None => events = None,
+                },
             }
         }
-        // Dropping the subscriptions unsubscribes; the queue group's other members take over.
+        // Dropping the subscriptions unsubscribes; the queue group's other members take over,
+        // and unacknowledged events go to the other instances.
         Ok(())
+    }
+
+    /// Queues an event of the edges on its user's lane; acknowledges it once applied, or asks
+    /// for it again a little later if the bucket could not be reached.
+    async fn dispatch_event(&self, lanes: &Lanes, msg: jetstream::Message) {
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let p = self.clone();
+        let subject = msg.subject.as_str();
+        if subject == subjects::PRESENCE_STATUS {
+            let Ok(ev) = serde_json::from_slice::<StatusChange>(&msg.payload) else {
+                tracing::warn!("undecodable status change");
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            };
+            let key = ev.user.to_string();
+            lanes
+                .submit(&key, Kind::Status, async move {
+                    let res = p
+                        .change_user(&ev.user, |r| r.set_status(ev.status, ev.ts, seq))
+                        .await;
+                    settle(&msg, res).await;
+                })
+                .await;
+            return;
+        }
+        let kind = if subject == subjects::PRESENCE_SESSION_UP {
+            Kind::Up
+        } else if subject == subjects::PRESENCE_SESSION_DOWN {
+            Kind::Down
+        } else {
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        };
+        let Ok(ev) = serde_json::from_slice::<SessionEvent>(&msg.payload) else {
+            tracing::warn!("undecodable session event");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        };
+        let key = ev.user.to_string();
+        lanes
+            .submit(&key, kind, async move {
+                let res = if kind == Kind::Up {
+                    p.on_up(&ev).await
+                } else {
+                    p.on_down(&ev).await
+                };
+                settle(&msg, res).await;
+            })
+            .await;
     }
 
     async fn dispatch(&self, lanes: &Lanes, kind: Kind, msg: async_nats::Message) {
         let p = self.clone();
         match kind {
-            Kind::Up | Kind::Down => {
-                let Ok(ev) = serde_json::from_slice::<SessionEvent>(&msg.payload) else {
-                    tracing::warn!("undecodable session event");
-                    return;
-                };
-                let key = ev.user.to_string();
-                lanes
-                    .submit(&key, kind, async move {
-                        let res = if kind == Kind::Up {
-                            p.on_up(&ev).await
-                        } else {
-                            p.on_down(&ev).await
-                        };
-                        if let Err(e) = res {
-                            tracing::warn!(error = %e, user = %ev.user, "session event not applied");
-                        }
-                    })
-                    .await;
-            }
-            Kind::Status => {
-                let Ok(ev) = serde_json::from_slice::<StatusChange>(&msg.payload) else {
-                    tracing::warn!("undecodable status change");
-                    return;
-                };
-                let key = ev.user.to_string();
-                lanes
-                    .submit(&key, kind, async move {
-                        if let Err(e) = p
-                            .change_user(&ev.user, |r| r.set_status(ev.status, ev.ts))
-                            .await
-                        {
-                            tracing::warn!(error = %e, user = %ev.user, "status not applied");
-                        }
-                    })
-                    .await;
-            }
             Kind::Heartbeat => {
                 let Ok(hb) = serde_json::from_slice::<EdgeHeartbeat>(&msg.payload) else {
                     tracing::warn!("undecodable heartbeat");
@@ -341,6 +377,7 @@ impl Presence {
                     })
                     .await;
             }
+            Kind::Up | Kind::Down | Kind::Status => {}
         }
     }
 
@@ -598,28 +635,73 @@ impl Presence {
     }
 }
 
-/// The subscriptions of an instance: the internal events in the queue group, and every
-/// membership change (to keep the rooms cache fresh).
+/// Acknowledges an applied event, or asks for it again shortly (the bucket was unreachable).
+async fn settle(msg: &jetstream::Message, res: Result<(), StoreError>) {
+    let ack = match res {
+        Ok(()) => msg.ack().await,
+        Err(e) => {
+            tracing::warn!(error = %e, "event not applied, will retry");
+            msg.ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                .await
+        }
+    };
+    if let Err(e) = ack {
+        tracing::debug!(error = %e, "ack not sent; the event will be applied again (harmless)");
+    }
+}
+
+/// How long an event may stay unacknowledged before it is delivered to an instance again.
+pub const EVENTS_ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// The subscriptions of an instance: the events consumer, the heartbeats and joins in the
+/// queue group, and every membership change (to keep the rooms cache fresh).
 struct Subscriptions {
-    up: async_nats::Subscriber,
-    down: async_nats::Subscriber,
-    status: async_nats::Subscriber,
+    consumer: jetstream::consumer::PullConsumer,
+    events: jetstream::consumer::pull::Stream,
     heartbeat: async_nats::Subscriber,
     joins: async_nats::Subscriber,
     memberships: async_nats::Subscriber,
 }
 
 impl Subscriptions {
-    async fn new(nats: &async_nats::Client) -> Result<Self, async_nats::Error> {
+    async fn new(
+        nats: &async_nats::Client,
+        js: &jetstream::Context,
+        replicas: usize,
+    ) -> Result<Self, async_nats::Error> {
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: subjects::PRESENCE_EVENTS_STREAM.to_owned(),
+                description: Some("Session and status events waiting for chat-presence".into()),
+                subjects: vec![
+                    subjects::PRESENCE_SESSION_UP.to_owned(),
+                    subjects::PRESENCE_SESSION_DOWN.to_owned(),
+                    subjects::PRESENCE_STATUS.to_owned(),
+                ],
+                retention: jetstream::stream::RetentionPolicy::WorkQueue,
+                storage: jetstream::stream::StorageType::Memory,
+                max_age: Duration::from_secs(600),
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await?;
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                subjects::PRESENCE_CONSUMER,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(subjects::PRESENCE_CONSUMER.to_owned()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: EVENTS_ACK_WAIT,
+                    max_ack_pending: 2_000,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let events = consumer.messages().await?;
         let q = || subjects::PRESENCE_QUEUE.to_owned();
         let subs = Subscriptions {
-            up: nats
-                .queue_subscribe(subjects::PRESENCE_SESSION_UP, q())
-                .await?,
-            down: nats
-                .queue_subscribe(subjects::PRESENCE_SESSION_DOWN, q())
-                .await?,
-            status: nats.queue_subscribe(subjects::PRESENCE_STATUS, q()).await?,
+            consumer,
+            events,
             heartbeat: nats
                 .queue_subscribe(subjects::PRESENCE_HEARTBEAT, q())
                 .await?,

@@ -20,6 +20,10 @@ pub struct UserRecord {
     /// When `chosen` was set (edge clock), so that an older status never overrides a newer one.
     #[serde(default)]
     pub chosen_ts: i64,
+    /// The events stream's sequence of the choice: breaks ties between choices made within the
+    /// same millisecond (the stream orders them as they arrived).
+    #[serde(default)]
+    pub chosen_seq: u64,
     /// When the user was last online (for an offline user: when their last session ended).
     #[serde(default)]
     pub last_seen: i64,
@@ -41,6 +45,7 @@ impl Default for UserRecord {
         UserRecord {
             chosen: Status::Online,
             chosen_ts: 0,
+            chosen_seq: 0,
             last_seen: 0,
             sessions: BTreeMap::new(),
             closed: BTreeMap::new(),
@@ -102,11 +107,14 @@ impl UserRecord {
         self.last_seen = self.last_seen.max(ts);
     }
 
-    /// The user chose a status; an older choice than the current one is ignored.
-    pub fn set_status(&mut self, status: Status, ts: i64) {
-        if status != Status::Offline && ts >= self.chosen_ts {
+    /// The user chose a status at `ts`, event `seq` of the events stream; a choice older than
+    /// the current one (by time, then by sequence) is ignored, so redeliveries and reorderings
+    /// between instances are harmless.
+    pub fn set_status(&mut self, status: Status, ts: i64, seq: u64) {
+        if status != Status::Offline && (ts, seq) >= (self.chosen_ts, self.chosen_seq) {
             self.chosen = status;
             self.chosen_ts = ts;
+            self.chosen_seq = seq;
         }
     }
 
@@ -281,13 +289,17 @@ mod tests {
     #[test]
     fn status_is_kept_across_sessions_and_older_choices_lose() {
         let mut r = UserRecord::default();
-        r.set_status(Status::Busy, 5);
-        r.set_status(Status::Away, 3);
+        r.set_status(Status::Busy, 5, 1);
+        r.set_status(Status::Away, 3, 2);
         assert_eq!(r.effective(), Status::Offline);
         r.session_up("e1", "s1", 10);
         assert_eq!(r.effective(), Status::Busy);
-        r.set_status(Status::Offline, 11);
+        r.set_status(Status::Offline, 11, 3);
         assert_eq!(r.effective(), Status::Busy);
+        // Same millisecond: the later event of the stream wins, whatever the order applied.
+        r.set_status(Status::Online, 12, 5);
+        r.set_status(Status::Away, 12, 4);
+        assert_eq!(r.effective(), Status::Online);
     }
 
     #[test]
