@@ -1,7 +1,8 @@
 //! chat-presence: who is online, away, busy or offline (CONTRACT §2 "Presence", §3).
 //!
-//! Stateless: every instance keeps its state in two JetStream KV buckets and any number of them
-//! share the work through queue groups.
+//! Stateless: every instance keeps its state in two JetStream KV buckets, and any number of
+//! them share the work (a durable work-queue consumer for the edges' session and status events,
+//! queue groups for heartbeats, joins and `chat.api.presence`).
 //!
 //! - [`state`]: the per-user and per-edge records and the rules that change them;
 //! - [`store`]: compare-and-set access to the buckets;
@@ -9,12 +10,13 @@
 //! - this module: the event handlers, the sweeper that takes silent edges' users offline, the
 //!   `chat.api.presence` server and the wiring.
 //!
-//! How a change travels: an edge publishes session up/down, a heartbeat listing its sessions and
-//! status choices on `chat.internal.presence.*`; one instance (queue group) applies the event to
-//! the user's record under compare-and-set; if the user's effective status changed, that instance
-//! publishes `presence.user.<user>` and `chat.room.<room>.presence` for each of the user's rooms
-//! (rooms above `PRESENCE_MAX_ROOM_FANOUT` members are skipped), which the edges turn into
-//! `presence` frames. See `README.md` next to this crate for the costs and the limits.
+//! How a change travels: an edge publishes session up/down and status choices on
+//! `chat.internal.presence.*` (kept by the `CHAT_PRESENCE` stream until applied) and a heartbeat
+//! listing its sessions; one instance applies each event to the user's record under
+//! compare-and-set; if the user's effective status changed, that instance publishes
+//! `presence.user.<user>` and `chat.room.<room>.presence` for each of the user's rooms (rooms
+//! above `PRESENCE_MAX_ROOM_FANOUT` members are skipped), which the edges turn into `presence`
+//! frames. `README.md` next to this crate gives the costs, the numbers and the limits.
 
 pub mod config;
 pub mod rooms;
