@@ -57,7 +57,8 @@ impl Pumped {
                         }
                     },
                     f = c.recv_within(Duration::from_secs(3600)) => {
-                        if f.is_err() {
+                        if let Err(e) = f {
+                            eprintln!("an idle test client lost its connection: {e:?}");
                             return;
                         }
                     }
@@ -96,29 +97,38 @@ async fn no_status_but(c: &mut WsClient, user: &str, status: &str, wait: Duratio
 
 /// Statuses from `chat.api.presence {users}`.
 async fn statuses(nats: &async_nats::Client, users: &[String]) -> BTreeMap<String, String> {
+    try_statuses(nats, users)
+        .await
+        .expect("chat.api.presence answers")
+}
+
+/// The same; an error when the request is lost (sent to an instance as it is killed).
+async fn try_statuses(
+    nats: &async_nats::Client,
+    users: &[String],
+) -> Result<BTreeMap<String, String>, api::ApiError> {
     let req = PresenceRequest::Users {
         users: users.iter().map(|u| UserId::new(u).unwrap()).collect(),
     };
     let reply: PresenceReply =
-        api::request(nats, subjects::API_PRESENCE, &req, Duration::from_secs(5))
-            .await
-            .expect("chat.api.presence answers");
-    reply
+        api::request(nats, subjects::API_PRESENCE, &req, Duration::from_secs(2)).await?;
+    Ok(reply
         .users
         .into_iter()
         .map(|e| {
             let status = serde_json::to_value(e.status).unwrap();
             (e.user.to_string(), status.as_str().unwrap().to_owned())
         })
-        .collect()
+        .collect())
 }
 
-/// Polls `chat.api.presence` until it says `want` (within 10 s); panics with the last answer.
+/// Polls `chat.api.presence` until it says `want` (within 15 s); panics with the last answer.
+/// A request lost with a killed instance is asked again, as an integrator would.
 async fn eventually_statuses(nats: &async_nats::Client, want: &BTreeMap<String, String>) {
     let users: Vec<String> = want.keys().cloned().collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let got = statuses(nats, &users).await;
+        let got = try_statuses(nats, &users).await.unwrap_or_default();
         if &got == want {
             return;
         }
@@ -415,7 +425,13 @@ async fn killing_and_restarting_one_of_two_presence_instances_loses_no_status() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_after_a_burst_of_200_connects_and_disconnects_matches_the_truth() {
     const USERS: usize = 200;
-    let mut stack = stack_with_heartbeat(2000).await;
+    // Every member gets a few frames for each of the 200 others; on a loaded machine the test's
+    // clients may lag behind, which is not what this test is about.
+    let mut stack = Stack::start_with(&[
+        ("CHAT_HEARTBEAT_MS", "2000"),
+        ("CHAT_OUTBOUND_QUEUE", "100000"),
+    ])
+    .await;
     stack.add_edge().await;
     stack.add_presence().await;
 

@@ -119,8 +119,10 @@ pub const PRESENCE_EVENTS_STREAM: &str = "CHAT_PRESENCE";
 pub const PRESENCE_CONSUMER: &str = "presence";
 /// JetStream KV bucket of chat-presence: one key per user (sessions, chosen status, last_seen).
 pub const PRESENCE_USERS_BUCKET: &str = "chat_presence";
-/// JetStream KV bucket of chat-presence: one key per edge (last heartbeat, sessions it reported).
+/// JetStream KV bucket of chat-presence: one key per edge (the sessions it holds).
 pub const PRESENCE_EDGES_BUCKET: &str = "chat_presence_edges";
+/// JetStream KV bucket of chat-presence: one key per edge (when it was last heard).
+pub const PRESENCE_ALIVE_BUCKET: &str = "chat_presence_alive";
 
 #[cfg(test)]
 mod tests {

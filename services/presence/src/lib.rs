@@ -47,7 +47,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{DEFAULT_ADMIN_LISTEN, PresenceConfig};
-use state::{EdgeRecord, EdgeSession, UserRecord};
+use state::{EdgeAlive, EdgeRecord, EdgeSession, UserRecord};
 use store::{Records, StoreError};
 
 /// An edge silent for this many of its heartbeats is dead. With the sweeper running every quarter
@@ -93,6 +93,11 @@ impl App {
         })
         .await
         .context("stopped during start")?;
+        let alive = retry::until_ok("create the presence liveness bucket", shutdown, || {
+            store::ensure_bucket(&js, subjects::PRESENCE_ALIVE_BUCKET, config.kv_replicas)
+        })
+        .await
+        .context("stopped during start")?;
         let subscriptions = retry::until_ok("subscribe to the events", shutdown, || {
             Subscriptions::new(&nats, &js, config.kv_replicas)
         })
@@ -104,6 +109,7 @@ impl App {
             nats,
             users: Records::new(users),
             edges: Records::new(edges),
+            alive: Records::new(alive),
             config,
         }));
         Ok(App {
@@ -178,6 +184,7 @@ pub struct Inner {
     nats: async_nats::Client,
     users: Records<UserRecord>,
     edges: Records<EdgeRecord>,
+    alive: Records<EdgeAlive>,
     rooms: rooms::Directory,
     config: PresenceConfig,
 }
@@ -384,18 +391,16 @@ impl Presence {
     }
 
     /// A session opened: the edge record learns it first (so that the sweeper can take it
-    /// offline should the edge die), then the user's record.
+    /// offline should the edge die), then the user's record. An edge's first session makes the
+    /// edge known to the sweeper even before its first heartbeat.
     pub async fn on_up(&self, ev: &SessionEvent) -> Result<(), StoreError> {
-        let now = now_ms();
-        let heartbeat_ms = self.config.heartbeat.as_millis() as u64;
-        self.edges
+        let updated = self
+            .edges
             .update(&ev.edge, |cur| {
                 if cur.is_some_and(|r| r.sessions.contains_key(&ev.session)) {
                     return None;
                 }
-                let mut r = cur
-                    .cloned()
-                    .unwrap_or_else(|| EdgeRecord::new(heartbeat_ms, now));
+                let mut r = cur.cloned().unwrap_or_default();
                 r.sessions.insert(
                     ev.session.clone(),
                     EdgeSession {
@@ -406,6 +411,13 @@ impl Presence {
                 Some(r)
             })
             .await?;
+        if updated.before.is_none() {
+            let alive = EdgeAlive {
+                heartbeat_ms: self.config.heartbeat.as_millis() as u64,
+                seen_at: now_ms(),
+            };
+            self.alive.create(&ev.edge, &alive).await?;
+        }
         self.change_user(&ev.user, |r| r.session_up(&ev.edge, &ev.session, ev.ts))
             .await
     }
@@ -416,10 +428,15 @@ impl Presence {
             .await
     }
 
-    /// An edge's heartbeat: it is alive, and the sessions it lists are the truth for it. Users
-    /// whose sessions there differ from what was known are reconciled, then the edge record is
-    /// written (under compare-and-set; on a race, everything is redone, which is idempotent).
+    /// An edge's heartbeat: it is alive (recorded first, unconditionally), and the sessions it
+    /// lists are the truth for it: the edge record takes them (compare-and-set), then the users
+    /// whose sessions there differ from what the record knew are reconciled.
     pub async fn on_heartbeat(&self, hb: &EdgeHeartbeat, received: i64) -> Result<(), StoreError> {
+        let alive = EdgeAlive {
+            heartbeat_ms: hb.heartbeat_ms,
+            seen_at: received,
+        };
+        self.alive.put(&hb.edge, &alive).await?;
         let listed: BTreeMap<String, UserId> = hb
             .sessions
             .iter()
@@ -433,30 +450,27 @@ impl Presence {
                 .insert(s.session.clone());
         }
         let grace = hb.heartbeat_ms as i64;
+        let mut changed = BTreeSet::new();
+        self.edges
+            .update(&hb.edge, |cur| {
+                let mut record = cur.cloned().unwrap_or_default();
+                changed = record.apply_heartbeat(&listed, hb.ts, grace);
+                Some(record)
+            })
+            .await?;
         let empty = BTreeSet::new();
-        for _ in 0..16 {
-            let (cur, revision) = self.edges.get(&hb.edge).await?;
-            let mut record = cur.unwrap_or_else(|| EdgeRecord::new(hb.heartbeat_ms, received));
-            let changed = record.apply_heartbeat(&listed, hb.ts, grace, hb.heartbeat_ms, received);
-            let results: Vec<Result<(), StoreError>> = futures::stream::iter(changed)
-                .map(|user| {
-                    let mine = by_user.get(&user).unwrap_or(&empty);
-                    async move {
-                        self.change_user(&user, |r| r.reconcile_edge(&hb.edge, mine, hb.ts, grace))
-                            .await
-                    }
-                })
-                .buffer_unordered(16)
-                .collect()
-                .await;
-            // Leave the record as it was if a user could not be reconciled: the next heartbeat
-            // tries again.
-            results.into_iter().collect::<Result<(), _>>()?;
-            if self.edges.put_if(&hb.edge, &record, revision).await? {
-                return Ok(());
-            }
-        }
-        Err(StoreError::Contention(hb.edge.clone()))
+        let results: Vec<Result<(), StoreError>> = futures::stream::iter(changed)
+            .map(|user| {
+                let mine = by_user.get(&user).unwrap_or(&empty);
+                async move {
+                    self.change_user(&user, |r| r.reconcile_edge(&hb.edge, mine, hb.ts, grace))
+                        .await
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        results.into_iter().collect()
     }
 
     /// A user joined a room: the room's members hear the user's presence.
@@ -608,30 +622,42 @@ impl Presence {
         }
     }
 
-    /// One pass of the sweeper; returns how many edges it found dead.
+    /// One pass of the sweeper; returns how many edges it found dead. The instance that
+    /// removes a silent edge's liveness record (compare-and-set) takes its users offline; a
+    /// heartbeat arriving meanwhile wins, and the edge lives on.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         metrics::counter!("presence_sweeps_total").increment(1);
         let mut dead = 0;
-        for edge in self.edges.keys().await? {
-            let (Some(record), revision) = self.edges.get(&edge).await? else {
+        for edge in self.alive.keys().await? {
+            let (Some(alive), revision) = self.alive.get(&edge).await? else {
                 continue;
             };
-            if !record.is_silent(now_ms(), DEAD_AFTER_HEARTBEATS) {
+            if !alive.is_silent(now_ms(), DEAD_AFTER_HEARTBEATS) {
                 continue;
             }
+            if !self.alive.remove_if(&edge, revision).await? {
+                continue;
+            }
+            let (record, edge_revision) = self.edges.get(&edge).await?;
+            let record = record.unwrap_or_default();
             tracing::info!(
                 edge,
-                users = record.sessions.len(),
+                sessions = record.sessions.len(),
                 "edge silent, taking its users offline"
             );
             for user in record.users() {
-                self.change_user(&user, |r| r.edge_dead(&edge, record.seen_at))
-                    .await?;
+                if let Err(e) = self
+                    .change_user(&user, |r| r.edge_dead(&edge, alive.seen_at))
+                    .await
+                {
+                    // Put the edge back as it was, so that a later sweep finishes the job.
+                    let _ = self.alive.put(&edge, &alive).await;
+                    return Err(e);
+                }
             }
-            if self.edges.remove_if(&edge, revision).await? {
-                metrics::counter!("presence_dead_edges_total").increment(1);
-                dead += 1;
-            }
+            self.edges.remove_if(&edge, edge_revision).await?;
+            metrics::counter!("presence_dead_edges_total").increment(1);
+            dead += 1;
         }
         Ok(dead)
     }

@@ -165,18 +165,32 @@ impl UserRecord {
     }
 }
 
-/// An edge as its heartbeats and session `up`s describe it (KV key: the edge id, bucket
-/// [`chat_bus::subjects::PRESENCE_EDGES_BUCKET`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The sessions an edge holds, as its heartbeats and session `up`s describe them (KV key: the
+/// edge id, bucket [`chat_bus::subjects::PRESENCE_EDGES_BUCKET`]). The sweeper takes their users
+/// offline when the edge goes silent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeRecord {
+    /// Session id → user and when it was last listed or opened (edge clock).
+    pub sessions: BTreeMap<String, EdgeSession>,
+}
+
+/// When chat-presence last heard an edge (KV key: the edge id, bucket
+/// [`chat_bus::subjects::PRESENCE_ALIVE_BUCKET`]). Kept apart from [`EdgeRecord`] and written
+/// without compare-and-set, so that a heartbeat always counts, however busy the edge record is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeAlive {
     /// The edge's heartbeat period.
     pub heartbeat_ms: u64,
-    /// When chat-presence last heard from the edge (its own clock, not the edge's: liveness is
-    /// judged by one clock).
+    /// When a heartbeat (or the edge's first session) arrived, by chat-presence's clock: liveness
+    /// is judged by one clock, not the edges'.
     pub seen_at: i64,
-    /// The sessions it holds: session id → user and when it was last listed or opened (edge
-    /// clock). The sweeper takes its users offline when the edge goes silent.
-    pub sessions: BTreeMap<String, EdgeSession>,
+}
+
+impl EdgeAlive {
+    /// Has the edge been silent for longer than `factor` heartbeats at `now`?
+    pub fn is_silent(&self, now: i64, factor: f64) -> bool {
+        (now - self.seen_at) as f64 > self.heartbeat_ms as f64 * factor
+    }
 }
 
 /// A session as the edge record knows it.
@@ -187,14 +201,6 @@ pub struct EdgeSession {
 }
 
 impl EdgeRecord {
-    pub fn new(heartbeat_ms: u64, seen_at: i64) -> Self {
-        EdgeRecord {
-            heartbeat_ms,
-            seen_at,
-            sessions: BTreeMap::new(),
-        }
-    }
-
     /// Applies a heartbeat listing `listed` (session → user) taken at `hb_ts`. Returns the users
     /// whose sessions on this edge differ from what the record knew: those need reconciling.
     /// A session the record knows but the heartbeat does not list survives for `grace` after it
@@ -204,8 +210,6 @@ impl EdgeRecord {
         listed: &BTreeMap<String, UserId>,
         hb_ts: i64,
         grace: i64,
-        heartbeat_ms: u64,
-        seen_at: i64,
     ) -> BTreeSet<UserId> {
         let mut changed = BTreeSet::new();
         let mut next = BTreeMap::new();
@@ -231,8 +235,6 @@ impl EdgeRecord {
             }
         }
         self.sessions = next;
-        self.heartbeat_ms = heartbeat_ms;
-        self.seen_at = self.seen_at.max(seen_at);
         changed
     }
 
@@ -248,11 +250,6 @@ impl EdgeRecord {
     /// The users with a session on this edge.
     pub fn users(&self) -> BTreeSet<UserId> {
         self.sessions.values().map(|s| s.user.clone()).collect()
-    }
-
-    /// Has the edge been silent for longer than `factor` heartbeats at `now`?
-    pub fn is_silent(&self, now: i64, factor: f64) -> bool {
-        (now - self.seen_at) as f64 > self.heartbeat_ms as f64 * factor
     }
 }
 
@@ -328,12 +325,12 @@ mod tests {
 
     #[test]
     fn edge_record_reports_differences_only() {
-        let mut e = EdgeRecord::new(100, 0);
+        let mut e = EdgeRecord::default();
         let listed: BTreeMap<String, UserId> =
             [("s1".to_owned(), user("a")), ("s2".to_owned(), user("b"))].into();
-        let changed = e.apply_heartbeat(&listed, 1000, 100, 100, 1);
+        let changed = e.apply_heartbeat(&listed, 1000, 100);
         assert_eq!(changed, [user("a"), user("b")].into());
-        assert!(e.apply_heartbeat(&listed, 1100, 100, 100, 2).is_empty());
+        assert!(e.apply_heartbeat(&listed, 1100, 100).is_empty());
         // A session opened after the snapshot survives one grace period.
         e.sessions.insert(
             "s3".into(),
@@ -342,13 +339,17 @@ mod tests {
                 ts: 1150,
             },
         );
-        let changed = e.apply_heartbeat(&listed, 1200, 100, 100, 3);
+        let changed = e.apply_heartbeat(&listed, 1200, 100);
         assert_eq!(changed, [user("c")].into());
         assert!(e.sessions.contains_key("s3"));
-        let changed = e.apply_heartbeat(&listed, 1300, 100, 100, 4);
+        let changed = e.apply_heartbeat(&listed, 1300, 100);
         assert_eq!(changed, [user("c")].into());
         assert!(!e.sessions.contains_key("s3"));
-        assert!(e.is_silent(4 + 301, 3.0));
-        assert!(!e.is_silent(4 + 300, 3.0));
+        let alive = EdgeAlive {
+            heartbeat_ms: 100,
+            seen_at: 4,
+        };
+        assert!(alive.is_silent(4 + 301, 3.0));
+        assert!(!alive.is_silent(4 + 300, 3.0));
     }
 }

@@ -132,6 +132,26 @@ where
         Err(StoreError::Contention(key.to_owned()))
     }
 
+    /// Writes `value`, whatever is there (last writer wins).
+    pub async fn put(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(kv_err)?;
+        self.store
+            .put(key, bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(kv_err)
+    }
+
+    /// Writes `value` unless the key holds a record already (false then).
+    pub async fn create(&self, key: &str, value: &T) -> Result<bool, StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(kv_err)?;
+        match self.store.create(key, bytes.into()).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(kv_err(e)),
+        }
+    }
+
     /// Writes `value` if the record is still at `revision` (false: someone wrote since).
     pub async fn put_if(&self, key: &str, value: &T, revision: u64) -> Result<bool, StoreError> {
         let bytes = serde_json::to_vec(value).map_err(kv_err)?;
