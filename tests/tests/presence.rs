@@ -522,3 +522,48 @@ async fn a_snapshot_after_a_burst_of_200_connects_and_disconnects_matches_the_tr
     eprintln!("snapshot matched after {n} tries");
     drop((second, kept));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_changing_one_user_at_once_lose_no_update() {
+    let stack = stack().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut cores = Vec::new();
+    for _ in 0..2 {
+        let config = chat_presence::PresenceConfig::from_env(&stack.service_env()).unwrap();
+        let app = chat_presence::App::build(config, &stop).await.unwrap();
+        cores.push(app.presence());
+    }
+    let user = UserId::new("hot").unwrap();
+    // 2 × 100 sessions of one user open at once through two instances, then all close.
+    for closing in [false, true] {
+        let writers = (0..200).map(|i| {
+            let p = cores[i % 2].clone();
+            let user = user.clone();
+            async move {
+                let session = format!("s{i}");
+                let ts = chat_bus::now_ms();
+                p.change_user(&user, |r| {
+                    if closing {
+                        r.session_down(&session, ts)
+                    } else {
+                        r.session_up("e1", &session, ts)
+                    }
+                })
+                .await
+                .expect("compare-and-set converges");
+            }
+        });
+        futures::stream::iter(writers)
+            .buffer_unordered(64)
+            .collect::<Vec<()>>()
+            .await;
+        let record = cores[0].user_record(&user).await.unwrap().unwrap();
+        if closing {
+            assert!(record.sessions.is_empty(), "{:?}", record.sessions.keys());
+            assert_eq!(record.closed.len(), 200);
+        } else {
+            assert_eq!(record.sessions.len(), 200, "every session is recorded");
+        }
+    }
+    stop.cancel();
+}

@@ -490,6 +490,11 @@ impl Presence {
         Ok(())
     }
 
+    /// A user's record as stored (None: never seen).
+    pub async fn user_record(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self.users.get(user.as_str()).await?.0)
+    }
+
     /// Applies `rule` to a user's record; announces the user's presence if the effective status
     /// changed.
     pub async fn change_user(
