@@ -79,7 +79,8 @@ pub fn user_membership(user: &UserId) -> String {
     format!("chat.user.{user}.membership")
 }
 
-/// Membership changes of every user (chat-notify keeps its member cache fresh with them).
+/// Membership changes of every user (chat-notify keeps its member cache fresh with them;
+/// chat-presence announces joiners to their new rooms).
 pub const USER_MEMBERSHIP_ALL: &str = "chat.user.*.membership";
 
 /// The last token of a `chat.user.<user>.<kind>` subject.
@@ -111,6 +112,18 @@ pub const PRESENCE_SESSION_DOWN: &str = "chat.internal.presence.down";
 pub const PRESENCE_HEARTBEAT: &str = "chat.internal.presence.heartbeat";
 /// Internal: a user set a status.
 pub const PRESENCE_STATUS: &str = "chat.internal.presence.status";
+
+/// Work-queue stream that keeps the edges' session up/down and status events until a
+/// chat-presence instance has applied them (so a crashed instance loses none), and orders them.
+pub const PRESENCE_EVENTS_STREAM: &str = "CHAT_PRESENCE";
+/// Durable consumer every chat-presence instance shares.
+pub const PRESENCE_CONSUMER: &str = "presence";
+/// JetStream KV bucket of chat-presence: one key per user (sessions, chosen status, last_seen).
+pub const PRESENCE_USERS_BUCKET: &str = "chat_presence";
+/// JetStream KV bucket of chat-presence: one key per edge (the sessions it holds).
+pub const PRESENCE_EDGES_BUCKET: &str = "chat_presence_edges";
+/// JetStream KV bucket of chat-presence: one key per edge (when it was last heard).
+pub const PRESENCE_ALIVE_BUCKET: &str = "chat_presence_alive";
 
 #[cfg(test)]
 mod tests {
