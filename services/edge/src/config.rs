@@ -21,6 +21,9 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     /// `ADMIN_LISTEN`.
     pub admin_listen: SocketAddr,
+    /// `EDGE_TLS_CERT` + `EDGE_TLS_KEY`: PEM certificate chain and key; when set, clients
+    /// connect with `wss://` to `EDGE_LISTEN` (plain `ws://` is no longer served there).
+    pub tls: Option<TlsFiles>,
     /// `CHAT_JWT_SECRET`: HS256 shared secret.
     pub jwt_secret: String,
     /// `CHAT_JWT_ISSUER`: required `iss` when set.
@@ -54,6 +57,35 @@ pub struct EdgeConfig {
     pub stream: StreamSettings,
 }
 
+/// The certificate and key chat-edge serves `wss://` with.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
+        match (env.get("EDGE_TLS_CERT"), env.get("EDGE_TLS_KEY")) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            })),
+            (Some(cert), None) => Err(ConfigError {
+                key: "EDGE_TLS_KEY".into(),
+                value: String::new(),
+                problem: format!("EDGE_TLS_CERT={cert} needs EDGE_TLS_KEY as well"),
+            }),
+            (None, Some(key)) => Err(ConfigError {
+                key: "EDGE_TLS_CERT".into(),
+                value: String::new(),
+                problem: format!("EDGE_TLS_KEY={key} needs EDGE_TLS_CERT as well"),
+            }),
+        }
+    }
+}
+
 impl EdgeConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let opt = |k: &str| env.get(k).map(str::to_owned);
@@ -61,6 +93,7 @@ impl EdgeConfig {
             nats: NatsConfig::from_env(env)?,
             listen: env.addr("EDGE_LISTEN", "0.0.0.0:8080")?,
             admin_listen: env.addr("ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN)?,
+            tls: TlsFiles::from_env(env)?,
             jwt_secret: env.string("CHAT_JWT_SECRET", INSECURE_DEV_SECRET),
             jwt_issuer: opt("CHAT_JWT_ISSUER"),
             jwt_audience: opt("CHAT_JWT_AUDIENCE"),
@@ -92,6 +125,11 @@ mod tests {
         assert_eq!((c.max_body, c.max_frame, c.rate_per_s), (4000, 65_536, 100));
         assert_eq!(c.heartbeat, Duration::from_millis(5000));
         assert!(!c.dev_login);
+        assert!(c.tls.is_none());
+        assert!(
+            EdgeConfig::from_env(&Env::from_pairs([("EDGE_TLS_CERT", "/c.pem")])).is_err(),
+            "a certificate without a key is refused"
+        );
         let c = EdgeConfig::from_env(&Env::from_pairs([(
             "CHAT_ALLOWED_ORIGINS",
             "https://a, https://b",

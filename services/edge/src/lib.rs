@@ -11,6 +11,7 @@ pub mod config;
 pub mod hub;
 pub mod ratelimit;
 pub mod session;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -87,6 +88,8 @@ pub struct App {
     edge: Edge,
     listener: TcpListener,
     admin: TcpListener,
+    /// Set when `EDGE_TLS_CERT`/`EDGE_TLS_KEY` are: the client listener speaks `wss://`.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl App {
@@ -98,6 +101,10 @@ impl App {
         if config.dev_login {
             tracing::warn!("CHAT_DEV_LOGIN is on: anyone can mint a token at POST /dev/token");
         }
+        let tls = match &config.tls {
+            Some(files) => Some(tls::acceptor(&files.cert, &files.key)?),
+            None => None,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .context("bind EDGE_LISTEN")?;
@@ -121,7 +128,7 @@ impl App {
             config.jwt_audience.as_deref(),
         );
         let edge_id = format!("e{:08x}", rand::random::<u32>());
-        tracing::info!(%edge_id, epoch, listen = %listener.local_addr()?, "chat-edge started");
+        tracing::info!(%edge_id, epoch, listen = %listener.local_addr()?, tls = tls.is_some(), "chat-edge started");
         let edge = Edge(Arc::new(EdgeInner {
             hub: hub::Hub::new(nats.clone()),
             config,
@@ -139,6 +146,7 @@ impl App {
             edge,
             listener,
             admin,
+            tls,
         })
     }
 
@@ -165,6 +173,7 @@ impl App {
             edge,
             listener,
             admin,
+            tls,
         } = self;
         let shutdown = edge.shutdown.clone();
         let admin_task = tokio::spawn(admin::serve(
@@ -174,14 +183,19 @@ impl App {
         ));
         let heartbeat = tokio::spawn(presence_heartbeat(edge.clone()));
         let app = router(edge.clone());
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "edge listener failed");
+        match tls {
+            Some(acceptor) => tls::serve(listener, acceptor, app, shutdown.clone()).await,
+            None => {
+                let served = axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "edge listener failed");
+                }
+            }
         }
         edge.sessions.close();
         if tokio::time::timeout(edge.config.drain_grace, edge.sessions.wait())
