@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod config;
 pub mod hub;
+pub mod jwks;
 pub mod ratelimit;
 pub mod session;
 pub mod tls;
@@ -95,7 +96,7 @@ pub struct App {
 impl App {
     /// Binds the listeners, connects to NATS and makes sure the stream exists.
     pub async fn build(config: EdgeConfig, shutdown: CancellationToken) -> anyhow::Result<App> {
-        if config.jwt_secret == config::INSECURE_DEV_SECRET {
+        if config.jwt_secret.as_deref() == Some(config::INSECURE_DEV_SECRET) {
             tracing::warn!("CHAT_JWT_SECRET is not set: using the insecure development secret");
         }
         if config.dev_login {
@@ -122,11 +123,7 @@ impl App {
         })
         .await
         .context("stopped during start")?;
-        let auth = auth::Authenticator::hs256(
-            &config.jwt_secret,
-            config.jwt_issuer.as_deref(),
-            config.jwt_audience.as_deref(),
-        );
+        let auth = authenticator(&config).await?;
         let edge_id = format!("e{:08x}", rand::random::<u32>());
         tracing::info!(%edge_id, epoch, listen = %listener.local_addr()?, tls = tls.is_some(), "chat-edge started");
         let edge = Edge(Arc::new(EdgeInner {
@@ -208,6 +205,35 @@ impl App {
         let _ = edge.nats.flush().await;
         let _ = admin_task.await;
     }
+}
+
+/// The token verifier of the configuration: the JWKS (loaded now, so that a broken file shows
+/// at start; an unreachable URL is retried on use) and/or the HS256 secret.
+async fn authenticator(config: &EdgeConfig) -> anyhow::Result<auth::Authenticator> {
+    let (iss, aud) = (config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
+    let jwks = match &config.jwt_jwks {
+        Some(value) => {
+            let source = jwks::JwksSource::parse(value, config.jwt_jwks_ca.clone())?;
+            let cache = Arc::new(jwks::JwksCache::new(source.clone(), jwks::MIN_REFETCH));
+            match (cache.load().await, &source) {
+                (Ok(n), _) => tracing::info!(keys = n, "JWKS loaded from CHAT_JWT_JWKS"),
+                (Err(e), jwks::JwksSource::File(_)) => {
+                    return Err(e.context("load CHAT_JWT_JWKS"));
+                }
+                (Err(e), jwks::JwksSource::Https { .. }) => {
+                    tracing::warn!(error = %format!("{e:#}"), "JWKS not reachable yet; retrying on use");
+                }
+            }
+            Some(cache)
+        }
+        None => None,
+    };
+    let mut auth = auth::Authenticator::new(jwks, iss, aud);
+    match &config.jwt_secret {
+        Some(secret) => auth = auth.with_secret(secret),
+        None => tracing::info!("CHAT_JWT_SECRET is not set: HS256 tokens are refused"),
+    }
+    Ok(auth)
 }
 
 /// The HTTP routes of the client listener.
