@@ -1,10 +1,20 @@
-//! Token verification: HS256 with the algorithm pinned, `exp` and `sub` required, `iss`/`aud`
-//! checked when configured. `alg: none` and any other algorithm are refused.
+//! Token verification (CONTRACT §2): HS256 with a shared secret, and RS256/ES256 (or any
+//! asymmetric algorithm a key declares) against the JWKS of an OAuth2/OIDC provider
+//! ([`crate::jwks`]). `exp` and `sub` are required, `iss`/`aud` checked when configured.
+//!
+//! The algorithm is never the token's choice: an HS256 token is checked against the secret only
+//! (never against a public key, which would let anyone who has the public key forge tokens),
+//! and an asymmetric token against the key its `kid` names, with that key's algorithm; a header
+//! naming another algorithm is refused. `alg: none` is refused.
+
+use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use chat_proto::UserId;
+
+use crate::jwks::JwksCache;
 
 /// Why a token was refused (never echoed with detail to the client beyond this).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,62 +39,115 @@ struct Claims {
     exp: i64,
 }
 
+#[derive(Clone)]
+struct Secret {
+    key: DecodingKey,
+    encoding: EncodingKey,
+}
+
 /// Verifies client tokens.
 #[derive(Clone)]
 pub struct Authenticator {
-    key: DecodingKey,
-    encoding: EncodingKey,
-    validation: Validation,
+    /// HS256 shared secret; `None` when only the JWKS is trusted.
+    secret: Option<Secret>,
+    jwks: Option<Arc<JwksCache>>,
+    issuer: Option<String>,
+    audience: Option<String>,
 }
 
 impl Authenticator {
+    /// HS256 with a shared secret only.
     pub fn hs256(secret: &str, issuer: Option<&str>, audience: Option<&str>) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
+        Self::new(None, issuer, audience).with_secret(secret)
+    }
+
+    /// Tokens signed by the keys of a JWKS (when given) only; add a secret with
+    /// [`with_secret`](Self::with_secret).
+    pub fn new(jwks: Option<Arc<JwksCache>>, issuer: Option<&str>, audience: Option<&str>) -> Self {
+        Authenticator {
+            secret: None,
+            jwks,
+            issuer: issuer.map(str::to_owned),
+            audience: audience.map(str::to_owned),
+        }
+    }
+
+    /// Also accepts HS256 tokens signed with `secret`.
+    pub fn with_secret(mut self, secret: &str) -> Self {
+        self.secret = Some(Secret {
+            key: DecodingKey::from_secret(secret.as_bytes()),
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+        });
+        self
+    }
+
+    /// The rules for a token verified with `alg`: that algorithm only, required claims, no leeway.
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
         // A configured iss/aud must also be present: jsonwebtoken only checks claims that exist
         // unless they are listed as required.
         let mut required = vec!["exp", "sub"];
-        required.extend(issuer.map(|_| "iss"));
-        required.extend(audience.map(|_| "aud"));
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        required.extend(self.audience.as_ref().map(|_| "aud"));
         validation.set_required_spec_claims(&required);
         validation.leeway = 0;
-        match issuer {
+        match &self.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
         }
-        match audience {
+        match &self.audience {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        Authenticator {
-            key: DecodingKey::from_secret(secret.as_bytes()),
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            validation,
-        }
+        validation
     }
 
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid,
-            },
-        )?;
-        let user = UserId::new(data.claims.sub).map_err(|_| AuthError::Invalid)?;
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        // An unknown `alg` (including "none") fails here.
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        let data = match header.alg {
+            Algorithm::HS256 => {
+                let secret = self.secret.as_ref().ok_or(AuthError::Invalid)?;
+                decode(token, &secret.key, &self.validation(Algorithm::HS256))?
+            }
+            // Other HMAC variants are not offered; a JWKS never holds symmetric keys.
+            Algorithm::HS384 | Algorithm::HS512 => return Err(AuthError::Invalid),
+            alg => {
+                let jwks = self.jwks.as_ref().ok_or(AuthError::Invalid)?;
+                let kid = header.kid.as_deref().ok_or(AuthError::Invalid)?;
+                let key = jwks.key(kid).await.ok_or(AuthError::Invalid)?;
+                if key.algorithm != alg {
+                    return Err(AuthError::Invalid);
+                }
+                decode(token, &key.key, &self.validation(key.algorithm))?
+            }
+        };
+        let user = UserId::new(data.sub).map_err(|_| AuthError::Invalid)?;
         Ok(Identity {
             user,
-            exp: data.claims.exp,
+            exp: data.exp,
         })
     }
 
-    /// Mints a token (development sign-in only).
+    /// Mints a token (development sign-in only; needs the shared secret).
     pub fn mint(&self, user: &UserId, ttl_s: i64) -> Option<String> {
+        let secret = self.secret.as_ref()?;
         let claims = Claims {
             sub: user.to_string(),
             exp: now_s() + ttl_s,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).ok()
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &secret.encoding).ok()
     }
+}
+
+fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Claims, AuthError> {
+    jsonwebtoken::decode::<Claims>(token, key, validation)
+        .map(|d| d.claims)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid,
+        })
 }
 
 /// Seconds since the Unix epoch.
@@ -106,42 +169,42 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn accepts_valid_and_refuses_forged_expired_or_incomplete_tokens() {
+    #[tokio::test]
+    async fn accepts_valid_and_refuses_forged_expired_or_incomplete_tokens() {
         let auth = Authenticator::hs256("s3cret", None, None);
         let ok = token("s3cret", json!({"sub": "alice", "exp": now_s() + 60}));
-        assert_eq!(auth.verify(&ok).unwrap().user.as_str(), "alice");
+        assert_eq!(auth.verify(&ok).await.unwrap().user.as_str(), "alice");
         let forged = token("other", json!({"sub": "alice", "exp": now_s() + 60}));
-        assert_eq!(auth.verify(&forged), Err(AuthError::Invalid));
+        assert_eq!(auth.verify(&forged).await, Err(AuthError::Invalid));
         let expired = token("s3cret", json!({"sub": "alice", "exp": now_s() - 5}));
-        assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
+        assert_eq!(auth.verify(&expired).await, Err(AuthError::Expired));
         let no_exp = token("s3cret", json!({"sub": "alice"}));
-        assert_eq!(auth.verify(&no_exp), Err(AuthError::Invalid));
+        assert_eq!(auth.verify(&no_exp).await, Err(AuthError::Invalid));
         let bad_sub = token("s3cret", json!({"sub": "a b", "exp": now_s() + 60}));
-        assert_eq!(auth.verify(&bad_sub), Err(AuthError::Invalid));
-        assert_eq!(auth.verify("not.a.token"), Err(AuthError::Invalid));
+        assert_eq!(auth.verify(&bad_sub).await, Err(AuthError::Invalid));
+        assert_eq!(auth.verify("not.a.token").await, Err(AuthError::Invalid));
         // alg: none
         let none = format!(
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
             "eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0"
         );
-        assert_eq!(auth.verify(&none), Err(AuthError::Invalid));
+        assert_eq!(auth.verify(&none).await, Err(AuthError::Invalid));
     }
 
-    #[test]
-    fn checks_issuer_and_audience_when_configured() {
+    #[tokio::test]
+    async fn checks_issuer_and_audience_when_configured() {
         let auth = Authenticator::hs256("k", Some("https://idp"), Some("chat"));
         let good = token(
             "k",
             json!({"sub": "a", "exp": now_s() + 60, "iss": "https://idp", "aud": "chat"}),
         );
-        assert!(auth.verify(&good).is_ok());
+        assert!(auth.verify(&good).await.is_ok());
         let wrong_aud = token(
             "k",
             json!({"sub": "a", "exp": now_s() + 60, "iss": "https://idp", "aud": "x"}),
         );
-        assert_eq!(auth.verify(&wrong_aud), Err(AuthError::Invalid));
+        assert_eq!(auth.verify(&wrong_aud).await, Err(AuthError::Invalid));
         let no_iss = token("k", json!({"sub": "a", "exp": now_s() + 60, "aud": "chat"}));
-        assert_eq!(auth.verify(&no_iss), Err(AuthError::Invalid));
+        assert_eq!(auth.verify(&no_iss).await, Err(AuthError::Invalid));
     }
 }

@@ -21,8 +21,16 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     /// `ADMIN_LISTEN`.
     pub admin_listen: SocketAddr,
-    /// `CHAT_JWT_SECRET`: HS256 shared secret.
-    pub jwt_secret: String,
+    /// `EDGE_TLS_CERT` + `EDGE_TLS_KEY`: PEM certificate chain and key; when set, clients
+    /// connect with `wss://` to `EDGE_LISTEN` (plain `ws://` is no longer served there).
+    pub tls: Option<TlsFiles>,
+    /// `CHAT_JWT_SECRET`: HS256 shared secret. `None` only when a JWKS is configured and no
+    /// secret is: then HS256 tokens are refused.
+    pub jwt_secret: Option<String>,
+    /// `CHAT_JWT_JWKS`: the provider's key set (a file path or an https:// URL).
+    pub jwt_jwks: Option<String>,
+    /// `CHAT_JWT_JWKS_CA`: extra CA (PEM) trusted for an https JWKS URL (a private provider).
+    pub jwt_jwks_ca: Option<PathBuf>,
     /// `CHAT_JWT_ISSUER`: required `iss` when set.
     pub jwt_issuer: Option<String>,
     /// `CHAT_JWT_AUDIENCE`: required `aud` when set.
@@ -59,6 +67,35 @@ pub struct EdgeConfig {
     pub max_connections: usize,
 }
 
+/// The certificate and key chat-edge serves `wss://` with.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
+        match (env.get("EDGE_TLS_CERT"), env.get("EDGE_TLS_KEY")) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            })),
+            (Some(cert), None) => Err(ConfigError {
+                key: "EDGE_TLS_KEY".into(),
+                value: String::new(),
+                problem: format!("EDGE_TLS_CERT={cert} needs EDGE_TLS_KEY as well"),
+            }),
+            (None, Some(key)) => Err(ConfigError {
+                key: "EDGE_TLS_CERT".into(),
+                value: String::new(),
+                problem: format!("EDGE_TLS_KEY={key} needs EDGE_TLS_CERT as well"),
+            }),
+        }
+    }
+}
+
 impl EdgeConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let opt = |k: &str| env.get(k).map(str::to_owned);
@@ -66,7 +103,15 @@ impl EdgeConfig {
             nats: NatsConfig::from_env(env)?,
             listen: env.addr("EDGE_LISTEN", "0.0.0.0:8080")?,
             admin_listen: env.addr("ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN)?,
-            jwt_secret: env.string("CHAT_JWT_SECRET", INSECURE_DEV_SECRET),
+            tls: TlsFiles::from_env(env)?,
+            jwt_secret: match (opt("CHAT_JWT_SECRET"), env.get("CHAT_JWT_JWKS")) {
+                (Some(secret), _) => Some(secret),
+                // With an identity provider, no silent development secret.
+                (None, Some(_)) => None,
+                (None, None) => Some(INSECURE_DEV_SECRET.to_owned()),
+            },
+            jwt_jwks: opt("CHAT_JWT_JWKS"),
+            jwt_jwks_ca: env.get("CHAT_JWT_JWKS_CA").map(PathBuf::from),
             jwt_issuer: opt("CHAT_JWT_ISSUER"),
             jwt_audience: opt("CHAT_JWT_AUDIENCE"),
             allowed_origins: env.list("CHAT_ALLOWED_ORIGINS"),
@@ -99,6 +144,14 @@ mod tests {
         assert_eq!((c.max_body, c.max_frame, c.rate_per_s), (4000, 65_536, 100));
         assert_eq!(c.heartbeat, Duration::from_millis(5000));
         assert!(!c.dev_login);
+        assert!(c.tls.is_none());
+        assert_eq!(c.jwt_secret.as_deref(), Some(INSECURE_DEV_SECRET));
+        let c = EdgeConfig::from_env(&Env::from_pairs([("CHAT_JWT_JWKS", "/keys.json")])).unwrap();
+        assert_eq!(c.jwt_secret, None, "a JWKS alone disables HS256");
+        assert!(
+            EdgeConfig::from_env(&Env::from_pairs([("EDGE_TLS_CERT", "/c.pem")])).is_err(),
+            "a certificate without a key is refused"
+        );
         let c = EdgeConfig::from_env(&Env::from_pairs([(
             "CHAT_ALLOWED_ORIGINS",
             "https://a, https://b",

@@ -9,8 +9,10 @@
 pub mod auth;
 pub mod config;
 pub mod hub;
+pub mod jwks;
 pub mod ratelimit;
 pub mod session;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,17 +93,23 @@ pub struct App {
     edge: Edge,
     listener: TcpListener,
     admin: TcpListener,
+    /// Set when `EDGE_TLS_CERT`/`EDGE_TLS_KEY` are: the client listener speaks `wss://`.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl App {
     /// Binds the listeners, connects to NATS and makes sure the stream exists.
     pub async fn build(config: EdgeConfig, shutdown: CancellationToken) -> anyhow::Result<App> {
-        if config.jwt_secret == config::INSECURE_DEV_SECRET {
+        if config.jwt_secret.as_deref() == Some(config::INSECURE_DEV_SECRET) {
             tracing::warn!("CHAT_JWT_SECRET is not set: using the insecure development secret");
         }
         if config.dev_login {
             tracing::warn!("CHAT_DEV_LOGIN is on: anyone can mint a token at POST /dev/token");
         }
+        let tls = match &config.tls {
+            Some(files) => Some(tls::acceptor(&files.cert, &files.key)?),
+            None => None,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .context("bind EDGE_LISTEN")?;
@@ -119,13 +127,9 @@ impl App {
         })
         .await
         .context("stopped during start")?;
-        let auth = auth::Authenticator::hs256(
-            &config.jwt_secret,
-            config.jwt_issuer.as_deref(),
-            config.jwt_audience.as_deref(),
-        );
+        let auth = authenticator(&config).await?;
         let edge_id = format!("e{:08x}", rand::random::<u32>());
-        tracing::info!(%edge_id, epoch, listen = %listener.local_addr()?, "chat-edge started");
+        tracing::info!(%edge_id, epoch, listen = %listener.local_addr()?, tls = tls.is_some(), "chat-edge started");
         let admission =
             ratelimit::TokenBucket::new(config.admission_per_s, std::time::Instant::now());
         let edge = Edge(Arc::new(EdgeInner {
@@ -147,6 +151,7 @@ impl App {
             edge,
             listener,
             admin,
+            tls,
         })
     }
 
@@ -173,6 +178,7 @@ impl App {
             edge,
             listener,
             admin,
+            tls,
         } = self;
         let shutdown = edge.shutdown.clone();
         let admin_task = tokio::spawn(admin::serve(
@@ -182,14 +188,19 @@ impl App {
         ));
         let heartbeat = tokio::spawn(presence_heartbeat(edge.clone()));
         let app = router(edge.clone());
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "edge listener failed");
+        match tls {
+            Some(acceptor) => tls::serve(listener, acceptor, app, shutdown.clone()).await,
+            None => {
+                let served = axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "edge listener failed");
+                }
+            }
         }
         edge.sessions.close();
         if tokio::time::timeout(edge.config.drain_grace, edge.sessions.wait())
@@ -202,6 +213,35 @@ impl App {
         let _ = edge.nats.flush().await;
         let _ = admin_task.await;
     }
+}
+
+/// The token verifier of the configuration: the JWKS (loaded now, so that a broken file shows
+/// at start; an unreachable URL is retried on use) and/or the HS256 secret.
+async fn authenticator(config: &EdgeConfig) -> anyhow::Result<auth::Authenticator> {
+    let (iss, aud) = (config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
+    let jwks = match &config.jwt_jwks {
+        Some(value) => {
+            let source = jwks::JwksSource::parse(value, config.jwt_jwks_ca.clone())?;
+            let cache = Arc::new(jwks::JwksCache::new(source.clone(), jwks::MIN_REFETCH));
+            match (cache.load().await, &source) {
+                (Ok(n), _) => tracing::info!(keys = n, "JWKS loaded from CHAT_JWT_JWKS"),
+                (Err(e), jwks::JwksSource::File(_)) => {
+                    return Err(e.context("load CHAT_JWT_JWKS"));
+                }
+                (Err(e), jwks::JwksSource::Https { .. }) => {
+                    tracing::warn!(error = %format!("{e:#}"), "JWKS not reachable yet; retrying on use");
+                }
+            }
+            Some(cache)
+        }
+        None => None,
+    };
+    let mut auth = auth::Authenticator::new(jwks, iss, aud);
+    match &config.jwt_secret {
+        Some(secret) => auth = auth.with_secret(secret),
+        None => tracing::info!("CHAT_JWT_SECRET is not set: HS256 tokens are refused"),
+    }
+    Ok(auth)
 }
 
 /// The HTTP routes of the client listener.

@@ -214,7 +214,7 @@ where
             }
         }
     };
-    match edge.auth.verify(&token) {
+    match edge.auth.verify(&token).await {
         Ok(id) => Some(id),
         Err(e) => {
             metrics::counter!("edge_auth_failures_total").increment(1);
@@ -671,7 +671,7 @@ where
             frame,
         } = env;
         match frame {
-            ClientFrame::Auth { token } => match self.edge.auth.verify(&token) {
+            ClientFrame::Auth { token } => match self.edge.auth.verify(&token).await {
                 Ok(id) if id.user == self.handle.user => {
                     self.exp = id.exp;
                     self.expiry_changed = true;

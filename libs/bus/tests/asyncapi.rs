@@ -1,0 +1,372 @@
+//! docs/asyncapi.json (the public NATS API, CONTRACT §3) against the code: every channel's
+//! address is what the subject functions of this crate produce, and every message schema has
+//! exactly the fields the Rust types serialize (required = always present), recursively. Adding
+//! or renaming a field or a subject without the document fails here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chat_bus::api::{
+    ApiError, HistoryPage, HistoryRequest, PresenceReply, PresenceRequest, RoomPresenceEvent,
+    TypingEvent, UnreadUpdate, UserNotification, UserPresenceEvent, encode_reply,
+};
+use chat_bus::event::RoomEvent;
+use chat_bus::subjects;
+use chat_proto::{
+    ChatMessage, ErrorCode, Notification, NotificationKind, PresenceEntry, RoomId, Status, UserId,
+};
+use serde_json::Value;
+
+fn doc() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/asyncapi.json");
+    let text = std::fs::read_to_string(path).expect("read docs/asyncapi.json");
+    serde_json::from_str(&text).expect("docs/asyncapi.json is JSON")
+}
+
+/// Follows a local `$ref` (`#/a/b/c`).
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let pointer = r.strip_prefix('#').expect("local $ref");
+            let target = doc
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("dangling $ref {r}"));
+            resolve(doc, target)
+        }
+        None => v,
+    }
+}
+
+/// Full: every Option is Some, so keys == properties. Minimal: every Option is None, so
+/// keys == required.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Sample {
+    Full,
+    Minimal,
+}
+
+/// Checks `value` against `schema`; `Err` says where they differ.
+fn check(doc: &Value, schema: &Value, value: &Value, mode: Sample, at: &str) -> Result<(), String> {
+    let schema = resolve(doc, schema);
+    if let Some(alternatives) = schema.get("oneOf").and_then(Value::as_array) {
+        let fits = alternatives
+            .iter()
+            .filter(|alt| check(doc, alt, value, mode, at).is_ok())
+            .count();
+        return if fits == 1 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{at}: {value} fits {fits} of the oneOf alternatives"
+            ))
+        };
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        return Err(format!("{at}: {value} is not in the enum {allowed:?}"));
+    }
+    if let Some(c) = schema.get("const")
+        && c != value
+    {
+        return Err(format!("{at}: {value} is not the const {c}"));
+    }
+    let ty = schema.get("type").and_then(Value::as_str);
+    match (ty, value) {
+        (Some("object"), Value::Object(fields)) => {
+            let props = schema["properties"].as_object().expect("properties");
+            let declared: BTreeSet<&str> = props.keys().map(String::as_str).collect();
+            let required: BTreeSet<&str> = schema["required"]
+                .as_array()
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let present: BTreeSet<&str> = fields.keys().map(String::as_str).collect();
+            let expected = match mode {
+                Sample::Full => &declared,
+                Sample::Minimal => &required,
+            };
+            if &present != expected {
+                return Err(format!(
+                    "{at}: serialized fields {present:?}, schema ({mode:?}) {expected:?}"
+                ));
+            }
+            if !required.is_subset(&declared) {
+                return Err(format!("{at}: required {required:?} not all declared"));
+            }
+            for (k, v) in fields {
+                check(doc, &props[k], v, mode, &format!("{at}.{k}"))?;
+            }
+            Ok(())
+        }
+        (Some("array"), Value::Array(items)) => {
+            if items.is_empty() {
+                return Err(format!("{at}: give the sample at least one item"));
+            }
+            items
+                .iter()
+                .try_for_each(|i| check(doc, &schema["items"], i, mode, &format!("{at}[]")))
+        }
+        (Some("string"), Value::String(_)) | (Some("boolean"), Value::Bool(_)) | (None, _) => {
+            Ok(())
+        }
+        (Some("integer"), Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(()),
+        (ty, v) => Err(format!("{at}: {v} is not of type {ty:?}")),
+    }
+}
+
+fn room() -> RoomId {
+    RoomId::new("general").unwrap()
+}
+fn user(u: &str) -> UserId {
+    UserId::new(u).unwrap()
+}
+fn json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap()
+}
+
+/// A sample of each message's payload: (full, minimal) values of the Rust type.
+fn samples() -> BTreeMap<&'static str, Vec<(Value, Sample)>> {
+    let event = RoomEvent::message(room(), user("alice"), "hi".into(), "c1".into(), 1);
+    let message = ChatMessage {
+        room: room(),
+        seq: 7,
+        prev_seq: 3,
+        from: user("alice"),
+        body: "hi".into(),
+        client_id: "c1".into(),
+        ts: 1,
+    };
+    let notification = UserNotification {
+        user: user("bob"),
+        notification: Notification {
+            id: "n1".into(),
+            kind: NotificationKind::Mention,
+            room: room(),
+            seq: 7,
+            from: user("alice"),
+            preview: "hi @bob".into(),
+            ts: 1,
+        },
+    };
+    let full_history = HistoryRequest {
+        room: room(),
+        before: Some(10),
+        after: Some(2),
+        limit: Some(50),
+    };
+    let minimal_history = HistoryRequest {
+        room: room(),
+        before: None,
+        after: None,
+        limit: None,
+    };
+    let both = |v: Value| vec![(v.clone(), Sample::Full), (v, Sample::Minimal)];
+    let error: Result<HistoryPage, ApiError> = Err(ApiError::new(ErrorCode::NotFound, "no"));
+    let error: Value = serde_json::from_slice(&encode_reply(&error)).unwrap();
+    BTreeMap::from([
+        ("roomEvent", both(json(&event))),
+        ("fanoutEvent", both(json(&event))),
+        (
+            "typing",
+            both(json(&TypingEvent {
+                room: room(),
+                user: user("alice"),
+                ts: 1,
+            })),
+        ),
+        (
+            "roomPresence",
+            both(json(&RoomPresenceEvent {
+                room: room(),
+                user: user("alice"),
+                status: Status::Away,
+                last_seen: 1,
+            })),
+        ),
+        ("userNotification", both(json(&notification))),
+        (
+            "unread",
+            both(json(&UnreadUpdate {
+                user: user("bob"),
+                room: room(),
+                count: 2,
+                last_read: 5,
+            })),
+        ),
+        (
+            "userPresence",
+            both(json(&UserPresenceEvent {
+                user: user("alice"),
+                status: Status::Online,
+                last_seen: 1,
+                sessions: 2,
+            })),
+        ),
+        (
+            "historyRequest",
+            vec![
+                (json(&full_history), Sample::Full),
+                (json(&minimal_history), Sample::Minimal),
+            ],
+        ),
+        (
+            "historyPage",
+            both(json(&HistoryPage {
+                room: room(),
+                messages: vec![message],
+                has_more: false,
+            })),
+        ),
+        (
+            "presenceRequest",
+            [
+                json(&PresenceRequest::Room { room: room() }),
+                json(&PresenceRequest::Users {
+                    users: vec![user("alice")],
+                }),
+            ]
+            .into_iter()
+            .flat_map(both)
+            .collect(),
+        ),
+        (
+            "presenceReply",
+            both(json(&PresenceReply {
+                users: vec![PresenceEntry {
+                    user: user("alice"),
+                    status: Status::Busy,
+                    last_seen: 1,
+                }],
+            })),
+        ),
+        ("errorReply", both(error)),
+    ])
+}
+
+/// The address of each channel, from the subject functions (ids become `{room}`/`{user}`).
+fn addresses() -> BTreeMap<&'static str, Option<String>> {
+    let r = RoomId::new("ROOMPARAM").unwrap();
+    let u = UserId::new("USERPARAM").unwrap();
+    let p = |s: String| {
+        Some(
+            s.replace("ROOMPARAM", "{room}")
+                .replace("USERPARAM", "{user}"),
+        )
+    };
+    BTreeMap::from([
+        ("roomMessages", p(subjects::room_msg(&r))),
+        ("roomFanout", p(subjects::fanout(&r))),
+        ("roomTyping", p(subjects::room_typing(&r))),
+        ("roomPresence", p(subjects::room_presence(&r))),
+        ("userNotify", p(subjects::user_notify(&u))),
+        ("userUnread", p(subjects::user_unread(&u))),
+        ("userPresence", p(subjects::presence_user(&u))),
+        ("apiHistory", Some(subjects::API_HISTORY.to_owned())),
+        ("apiHistoryReply", None),
+        ("apiPresence", Some(subjects::API_PRESENCE.to_owned())),
+        ("apiPresenceReply", None),
+    ])
+}
+
+#[test]
+fn the_document_is_asyncapi_3_with_resolvable_references() {
+    let doc = doc();
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    for (id, op) in doc["operations"].as_object().unwrap() {
+        let action = op["action"].as_str().unwrap();
+        assert!(action == "send" || action == "receive", "{id}: {action}");
+        resolve(&doc, &op["channel"]);
+        for m in op["messages"].as_array().unwrap() {
+            resolve(&doc, m);
+        }
+        if let Some(reply) = op.get("reply") {
+            resolve(&doc, &reply["channel"]);
+        }
+    }
+    // The headers integrators rely on are the ones the code sets and reads.
+    let headers = &doc["components"]["messages"]["fanoutEvent"]["headers"]["properties"];
+    for h in [
+        chat_bus::event::MSG_ID_HEADER,
+        chat_bus::event::SEQUENCE_HEADER,
+        chat_bus::event::LAST_SEQUENCE_HEADER,
+        chat_bus::event::TIMESTAMP_HEADER,
+        "traceparent",
+    ] {
+        assert!(headers.get(h).is_some(), "fanoutEvent header {h}");
+    }
+    let posted = &doc["components"]["messages"]["roomEvent"]["headers"]["properties"];
+    assert!(posted.get(chat_bus::event::MSG_ID_HEADER).is_some());
+    // The stream subject the CHAT stream stores is the room channel's address with a wildcard.
+    let addr = doc["channels"]["roomMessages"]["address"].as_str().unwrap();
+    assert_eq!(addr.replace("{room}", "*"), subjects::ROOM_MSG_ALL);
+}
+
+#[test]
+fn channel_addresses_are_the_subjects_of_the_code() {
+    let doc = doc();
+    let channels = doc["channels"].as_object().unwrap();
+    let documented: BTreeMap<&str, Option<String>> = channels
+        .iter()
+        .map(|(id, c)| (id.as_str(), c["address"].as_str().map(str::to_owned)))
+        .collect();
+    assert_eq!(documented, addresses());
+    for (id, c) in channels {
+        // Every {parameter} of an address is declared.
+        let Some(addr) = c["address"].as_str() else {
+            continue;
+        };
+        for param in ["room", "user"] {
+            assert_eq!(
+                addr.contains(&format!("{{{param}}}")),
+                c.get("parameters").and_then(|p| p.get(param)).is_some(),
+                "{id}: parameter {param}"
+            );
+        }
+    }
+}
+
+#[test]
+fn message_payloads_are_the_serde_fields_of_the_rust_types() {
+    let doc = doc();
+    let messages = doc["components"]["messages"].as_object().unwrap();
+    let samples = samples();
+    assert_eq!(
+        messages.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        samples.keys().copied().collect::<BTreeSet<_>>(),
+        "every documented message has a sample of its Rust type"
+    );
+    for (name, cases) in &samples {
+        let payload = &messages[*name]["payload"];
+        for (value, mode) in cases {
+            if let Err(e) = check(&doc, payload, value, *mode, name) {
+                panic!("docs/asyncapi.json differs from the Rust type: {e}");
+            }
+        }
+    }
+    // Every channel's messages are documented messages.
+    for (id, c) in doc["channels"].as_object().unwrap() {
+        for m in c["messages"].as_object().unwrap().values() {
+            let target = resolve(&doc, m);
+            assert!(
+                messages.values().any(|x| x == target),
+                "{id}: unknown message"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_checker_notices_a_missing_or_extra_field() {
+    let doc = doc();
+    let payload = &doc["components"]["messages"]["typing"]["payload"];
+    let mut v = json(&TypingEvent {
+        room: room(),
+        user: user("a"),
+        ts: 1,
+    });
+    assert!(check(&doc, payload, &v, Sample::Full, "t").is_ok());
+    v["extra"] = Value::from(1);
+    assert!(check(&doc, payload, &v, Sample::Full, "t").is_err());
+    v.as_object_mut().unwrap().remove("extra");
+    v.as_object_mut().unwrap().remove("ts");
+    assert!(check(&doc, payload, &v, Sample::Full, "t").is_err());
+}

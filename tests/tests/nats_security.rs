@@ -1,0 +1,385 @@
+//! Issue 6, NATS security: the users of deploy/nats/auth.conf, tested against a real
+//! nats-server running that very file. Each user may do what its service (or an integration)
+//! needs, a forbidden subject is refused, and the four services run end to end with only their
+//! own users' permissions.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event, ServerError};
+use chat_testkit::{NatsOptions, NatsServer, WsClient, fresh_database, token, workspace_root};
+use chat_tests::procs::Proc;
+use chat_tests::{SECRET, join, send, wait_archived};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+const USERS: [&str; 5] = ["edge", "history", "presence", "notify", "integrations"];
+
+fn password(user: &str) -> String {
+    format!("pw-{user}-secret")
+}
+
+/// deploy/nats/auth.conf with the `$NATS_<USER>_PASSWORD` variables replaced by test passwords,
+/// and a log file, so that a test can look for permission violations of the services.
+fn auth_config(log: &std::path::Path) -> String {
+    let path = workspace_root().join("deploy/nats/auth.conf");
+    let mut text = std::fs::read_to_string(&path).expect("read deploy/nats/auth.conf");
+    for user in USERS {
+        let var = format!("$NATS_{}_PASSWORD", user.to_ascii_uppercase());
+        assert!(text.contains(&var), "auth.conf has no {var}");
+        text = text.replace(&var, &format!("{:?}", password(user)));
+    }
+    format!("{text}\nlog_file: {:?}\n", log)
+}
+
+async fn server() -> (NatsServer, tempfile::TempDir) {
+    let logs = tempfile::tempdir().expect("temp dir");
+    let nats = NatsServer::start_with(NatsOptions {
+        extra_config: auth_config(&logs.path().join("nats.log")),
+        ..NatsOptions::default()
+    })
+    .await;
+    (nats, logs)
+}
+
+/// A connection as one user that records the server's permission errors.
+struct Probe {
+    client: async_nats::Client,
+    violations: mpsc::UnboundedReceiver<String>,
+}
+
+impl Probe {
+    async fn connect(nats: &NatsServer, user: &str) -> Probe {
+        Self::connect_with(nats, user, ConnectOptions::new()).await
+    }
+
+    async fn connect_with(nats: &NatsServer, user: &str, opts: ConnectOptions) -> Probe {
+        let (tx, violations) = mpsc::unbounded_channel();
+        let client = opts
+            .user_and_password(user.into(), password(user))
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if let Event::ServerError(ServerError::Other(e)) = event
+                        && e.contains("Permissions Violation")
+                    {
+                        let _ = tx.send(e);
+                    }
+                }
+            })
+            .connect(nats.url.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("connect as {user}: {e}"));
+        Probe { client, violations }
+    }
+
+    /// The violations reported after everything sent so far was processed by the server.
+    async fn settle(&mut self) -> Vec<String> {
+        self.client.flush().await.expect("flush");
+        // The server answers in order, so the -ERR precedes the flush's PONG; the callback runs
+        // on its own task, so give it a moment.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let mut out = Vec::new();
+        while let Ok(v) = self.violations.try_recv() {
+            out.push(v);
+        }
+        out
+    }
+
+    async fn publish(&self, subject: &str) {
+        self.client
+            .publish(subject.to_owned(), "{}".into())
+            .await
+            .expect("publish");
+    }
+
+    async fn subscribe(&self, subject: &str) -> async_nats::Subscriber {
+        self.client
+            .subscribe(subject.to_owned())
+            .await
+            .expect("subscribe")
+    }
+
+    async fn allowed_publish(&mut self, subject: &str) {
+        self.publish(subject).await;
+        let v = self.settle().await;
+        assert!(v.is_empty(), "publish to {subject} was refused: {v:?}");
+    }
+
+    async fn refused_publish(&mut self, subject: &str) {
+        self.publish(subject).await;
+        let v = self.settle().await;
+        assert!(
+            v.iter()
+                .any(|e| e.contains("Publish") && e.contains(subject)),
+            "publish to {subject} was not refused: {v:?}"
+        );
+    }
+
+    async fn allowed_subscribe(&mut self, subject: &str) -> async_nats::Subscriber {
+        let sub = self.subscribe(subject).await;
+        let v = self.settle().await;
+        assert!(v.is_empty(), "subscription to {subject} was refused: {v:?}");
+        sub
+    }
+
+    async fn refused_subscribe(&mut self, subject: &str) {
+        let _sub = self.subscribe(subject).await;
+        let v = self.settle().await;
+        assert!(
+            v.iter()
+                .any(|e| e.contains("Subscription") && e.contains(subject)),
+            "subscription to {subject} was not refused: {v:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_users_and_wrong_passwords_are_refused() {
+    let (nats, _logs) = server().await;
+    let anonymous = ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(nats.url.as_str())
+        .await;
+    assert!(anonymous.is_err(), "anonymous access is refused");
+    let wrong = ConnectOptions::new()
+        .user_and_password("edge".into(), "not-the-password".into())
+        .connection_timeout(Duration::from_secs(2))
+        .connect(nats.url.as_str())
+        .await;
+    assert!(wrong.is_err(), "a wrong password is refused");
+}
+
+#[tokio::test]
+async fn each_service_user_may_use_its_subjects_and_nothing_else() {
+    let (nats, _logs) = server().await;
+
+    let mut edge = Probe::connect(&nats, "edge").await;
+    edge.allowed_publish("chat.room.general.typing").await;
+    edge.allowed_publish("chat.internal.presence.heartbeat")
+        .await;
+    edge.allowed_subscribe("chat.fanout.general").await;
+    edge.allowed_subscribe("chat.user.alice.>").await;
+    // The edge faces the internet: no notifications, no membership changes, no consumers.
+    edge.refused_publish("chat.user.alice.notify").await;
+    edge.refused_publish("chat.user.alice.membership").await;
+    edge.refused_publish("$JS.API.CONSUMER.CREATE.CHAT").await;
+    edge.refused_publish("$JS.API.STREAM.DELETE.CHAT").await;
+    edge.refused_subscribe("chat.internal.rooms").await;
+    edge.refused_subscribe("chat.internal.presence.up").await;
+
+    let mut history = Probe::connect(&nats, "history").await;
+    history.allowed_subscribe("chat.api.history").await;
+    history.allowed_subscribe("chat.internal.rooms").await;
+    history.allowed_publish("chat.user.alice.membership").await;
+    history.refused_publish("chat.room.general.msg").await;
+    history.refused_publish("chat.user.alice.notify").await;
+    history.refused_subscribe("chat.fanout.general").await;
+    history.refused_subscribe("chat.internal.presence.up").await;
+
+    let mut presence = Probe::connect(&nats, "presence").await;
+    presence.allowed_publish("presence.user.alice").await;
+    presence.allowed_publish("chat.room.general.presence").await;
+    presence
+        .allowed_subscribe("chat.internal.presence.up")
+        .await;
+    presence.allowed_subscribe("chat.api.presence").await;
+    presence.refused_publish("chat.room.general.msg").await;
+    presence.refused_publish("chat.user.alice.notify").await;
+    presence.refused_subscribe("chat.user.alice.notify").await;
+    presence.refused_subscribe("chat.api.history").await;
+
+    let mut notify = Probe::connect(&nats, "notify").await;
+    notify.allowed_publish("chat.user.alice.notify").await;
+    notify.allowed_publish("chat.user.alice.unread").await;
+    notify.allowed_subscribe("chat.internal.notify.state").await;
+    notify.refused_publish("chat.room.general.msg").await;
+    notify.refused_publish("chat.room.general.typing").await;
+    notify.refused_subscribe("chat.internal.presence.up").await;
+    notify.refused_subscribe("chat.fanout.general").await;
+}
+
+#[tokio::test]
+async fn integrations_read_public_subjects_ask_the_api_and_post_through_jetstream() {
+    let (nats, _logs) = server().await;
+    // The edge creates the CHAT stream, as it does at start.
+    let edge = Probe::connect(&nats, "edge").await;
+    chat_bus::stream::ensure_chat_stream(
+        &async_nats::jetstream::new(edge.client.clone()),
+        &Default::default(),
+    )
+    .await
+    .expect("edge creates the CHAT stream");
+
+    // A chat-history stand-in answers chat.api.history (allow_responses lets it reply).
+    let history = Probe::connect(&nats, "history").await;
+    let mut requests = history
+        .client
+        .queue_subscribe("chat.api.history", "chat-history".into())
+        .await
+        .unwrap();
+    let responder = history.client.clone();
+    tokio::spawn(async move {
+        while let Some(m) = requests.next().await {
+            if let Some(reply) = m.reply {
+                let page = json!({"room": "general", "messages": [], "has_more": false});
+                let _ = responder.publish(reply, page.to_string().into()).await;
+            }
+        }
+    });
+    history.client.flush().await.unwrap();
+
+    let mut bot = Probe::connect_with(
+        &nats,
+        "integrations",
+        ConnectOptions::new().custom_inbox_prefix("_INBOX_integrations"),
+    )
+    .await;
+    let mut feed = bot.allowed_subscribe("chat.fanout.general").await;
+    bot.allowed_subscribe("chat.room.general.typing").await;
+    bot.allowed_subscribe("chat.room.general.presence").await;
+    bot.allowed_subscribe("chat.user.alice.notify").await;
+    bot.allowed_subscribe("chat.user.alice.unread").await;
+    bot.allowed_subscribe("presence.user.>").await;
+
+    // Request/reply through its own inbox prefix.
+    let reply = bot
+        .client
+        .request(
+            "chat.api.history",
+            json!({"room": "general"}).to_string().into(),
+        )
+        .await
+        .expect("chat.api.history answers an integration");
+    let page: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(page["has_more"], false);
+
+    // Posting through JetStream: the PubAck comes back on _INBOX_integrations.
+    let event = chat_bus::event::RoomEvent::message(
+        chat_proto::RoomId::new("general").unwrap(),
+        chat_proto::UserId::new("bot").unwrap(),
+        "hello from a bot".into(),
+        "b1".into(),
+        chat_bus::now_ms(),
+    );
+    let ack = async_nats::jetstream::new(bot.client.clone())
+        .publish(
+            "chat.room.general.msg",
+            serde_json::to_vec(&event).unwrap().into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck");
+    assert!(ack.sequence > 0);
+    let live = tokio::time::timeout(Duration::from_secs(5), feed.next())
+        .await
+        .expect("the republished event arrives")
+        .unwrap();
+    assert_eq!(
+        chat_bus::event::RoomEvent::decode(&live.payload).unwrap(),
+        event
+    );
+    assert!(bot.settle().await.is_empty());
+
+    // Nothing internal: not the services' inboxes, rooms, membership, presence reports or
+    // the JetStream API.
+    bot.refused_subscribe("_INBOX.>").await;
+    bot.refused_subscribe("chat.user.alice.membership").await;
+    bot.refused_subscribe("chat.internal.>").await;
+    bot.refused_subscribe("chat.api.history").await;
+    bot.refused_publish("chat.internal.rooms").await;
+    bot.refused_publish("chat.internal.presence.up").await;
+    bot.refused_publish("chat.user.alice.notify").await;
+    bot.refused_publish("chat.room.general.typing").await;
+    bot.refused_publish("$JS.API.STREAM.INFO.CHAT").await;
+    bot.refused_publish("$JS.API.STREAM.PURGE.CHAT").await;
+
+    // An integration that forgets the inbox prefix cannot receive replies.
+    let mut careless = Probe::connect(&nats, "integrations").await;
+    let answer = careless
+        .client
+        .request(
+            "chat.api.history",
+            json!({"room": "general"}).to_string().into(),
+        )
+        .await;
+    assert!(answer.is_err(), "no reply without the inbox prefix");
+    let v = careless.settle().await;
+    assert!(
+        v.iter()
+            .any(|e| e.contains("Subscription") && e.contains("_INBOX.")),
+        "{v:?}"
+    );
+}
+
+/// The four binaries, each with its own NATS user. chat-presence and chat-notify are still
+/// skeletons on this branch (connect, admin endpoints), so the path exercised is edge ↔ history;
+/// the nats-server log check below extends to them as they grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_run_end_to_end_with_their_own_nats_users() {
+    let (nats, logs) = server().await;
+    let db = fresh_database().await;
+    let base: HashMap<String, String> = [
+        ("NATS_URL", nats.url.as_str()),
+        ("DATABASE_URL", db.as_str()),
+        ("CHAT_JWT_SECRET", SECRET),
+        ("CHAT_HEARTBEAT_MS", "500"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let env = |user: &str| {
+        let mut env = base.clone();
+        env.insert("NATS_USER".into(), user.into());
+        env.insert("NATS_PASSWORD".into(), password(user));
+        env
+    };
+    let _history = Proc::start("chat-history", &env("history")).await;
+    let _presence = Proc::start("chat-presence", &env("presence")).await;
+    let _notify = Proc::start("chat-notify", &env("notify")).await;
+    let edge1 = Proc::start("chat-edge", &env("edge")).await;
+    let edge2 = Proc::start("chat-edge", &env("edge")).await;
+
+    let (mut alice, _) =
+        WsClient::login(&edge1.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
+    let (mut bob, _) = WsClient::login(&edge2.ws_url(), &token::hs256(SECRET, "bob", 600)).await;
+    join(&mut alice, "perm").await;
+    join(&mut bob, "perm").await;
+    let ack = send(&mut alice, "perm", "hi @bob", "p1").await;
+    let seq = ack["seq"].as_u64().unwrap();
+
+    // Delivered to the other edge (the fan-out).
+    let m = bob.recv_type("message").await.expect("message delivered");
+    assert_eq!(
+        (m["seq"].as_u64(), m["body"].as_str()),
+        (Some(seq), Some("hi @bob"))
+    );
+
+    // Archived by chat-history, and served back through it.
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    wait_archived(&pool, "perm", 1).await;
+    let h = bob
+        .request(json!({"type": "history", "room": "perm"}), "h")
+        .await;
+    assert_eq!(h["type"], "history", "{h}");
+    assert_eq!(h["messages"][0]["seq"].as_u64(), Some(seq));
+
+    // Typing crosses edges (core NATS between edge users).
+    alice.send(json!({"type": "typing", "room": "perm"})).await;
+    bob.recv_type("typing").await.expect("typing crosses edges");
+
+    // A new session's hello lists the user's rooms (chat-history answers the edge).
+    let (_bob2, hello) = WsClient::login(&edge1.ws_url(), &token::hs256(SECRET, "bob", 600)).await;
+    assert_eq!(hello["rooms"][0]["room"], "perm", "{hello}");
+
+    // And no service ran into a permission it lacks along the way.
+    let log = std::fs::read_to_string(logs.path().join("nats.log")).expect("nats-server log");
+    assert!(log.contains("Server is ready"), "the log is written");
+    let violations: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("Permissions Violation"))
+        .collect();
+    assert!(violations.is_empty(), "{violations:#?}");
+}
