@@ -6,8 +6,11 @@
 //
 // Env: CHAT_E2E_URL (the app's URL), CHROMIUM_PATH (default /usr/bin/chromium), CHAT_E2E_TIMEOUT_MS
 // (per step wait, default 10000), CHAT_E2E_ARTIFACTS (screenshots of failures, default ./artifacts),
-// CHAT_E2E_TRACE=1 (print every WebSocket frame), CHAT_E2E_SHOTS=1 (screenshots at the end).
-// Exits non-zero on any failure; the last line is "N passed, N failed[, N skipped]".
+// CHAT_E2E_TRACE=1 (print every WebSocket frame), CHAT_E2E_SHOTS=1 (screenshots at the end),
+// E2E_SKIP (a comma list of check names, e.g. "presence,status": those checks are not run and are
+// reported as skipped, never as passed; see CHECKS below).
+// Exits non-zero on any failure (or on a check not run because an earlier critical one failed);
+// the last line is "N passed, N failed[, N skipped]".
 
 import { mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
@@ -19,8 +22,26 @@ const mock = process.argv.includes("--mock");
 const timeout = Number(process.env.CHAT_E2E_TIMEOUT_MS ?? 10_000);
 const artifacts = resolve(process.env.CHAT_E2E_ARTIFACTS ?? join(here, "artifacts"));
 
-const results = { passed: 0, failed: 0, skipped: 0 };
+const results = { passed: 0, failed: 0, skipped: 0, blocked: 0 };
 let stopped = false;
+
+/** The name of every check, for E2E_SKIP. */
+const CHECKS = [
+  "sign-in", "join", "presence", "typing", "message", "reply", "text-not-html", "reload-history",
+  "unread", "status", "dm-notification", "private-room", "bulk", "scroll-back", "no-errors",
+];
+const skip = new Set(
+  (process.env.E2E_SKIP ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean),
+);
+for (const name of skip) {
+  if (!CHECKS.includes(name)) {
+    console.error(`E2E_SKIP: unknown check "${name}" (known: ${CHECKS.join(", ")})`);
+    process.exit(2);
+  }
+}
 
 function finish(code) {
   console.log(`${results.passed} passed, ${results.failed} failed${results.skipped ? `, ${results.skipped} skipped` : ""}`);
@@ -82,21 +103,28 @@ async function person(name) {
  * Runs one check. A failed critical step (sign-in, joining, the message exchange) skips the rest,
  * which build on it; a failed independent step (presence, typing, …) is counted and the run goes on.
  */
-async function step(title, fn, pages = [], { critical = true } = {}) {
+async function step(name, title, fn, pages = [], { critical = true } = {}) {
+  if (!CHECKS.includes(name)) throw new Error(`unlisted check name ${name}`);
+  if (skip.has(name)) {
+    results.skipped++;
+    console.log(`skip ${title} [${name}] (E2E_SKIP)`);
+    return;
+  }
   if (stopped) {
     results.skipped++;
-    console.log(`- skipped: ${title}`);
+    results.blocked++;
+    console.log(`skip ${title} [${name}] (an earlier critical check failed)`);
     return;
   }
   const started = Date.now();
   try {
     await fn();
     results.passed++;
-    console.log(`ok   ${title} (${Date.now() - started} ms)`);
+    console.log(`ok   ${title} [${name}] (${Date.now() - started} ms)`);
   } catch (err) {
     results.failed++;
     if (critical) stopped = true;
-    console.log(`FAIL ${title}: ${err.message.split("\n")[0]}`);
+    console.log(`FAIL ${title} [${name}]: ${err.message.split("\n")[0]}`);
     mkdirSync(artifacts, { recursive: true });
     for (const p of pages) {
       const file = join(artifacts, `${title.replace(/[^a-z0-9]+/gi, "-")}-${p.name}.png`);
@@ -140,37 +168,37 @@ async function say(p, text) {
 }
 
 try {
-  await step("alice and bob sign in with the development sign-in", async () => {
+  await step("sign-in", "alice and bob sign in with the development sign-in", async () => {
     await Promise.all([signIn(alice, aliceId), signIn(bob, bobId)]);
   }, both);
 
-  await step(`alice joins ${room}, then bob`, async () => {
+  await step("join", `alice joins ${room}, then bob`, async () => {
     await joinRoom(alice, room);
     await joinRoom(bob, room);
   }, both);
 
-  await step("bob sees alice online (presence dot)", async () => {
+  await step("presence", "bob sees alice online (presence dot)", async () => {
     await bob.page.locator(`#member-list .member[data-user="${aliceId}"] .dot[data-status="online"]`).waitFor();
   }, both, { critical: false });
 
-  await step("bob sees alice typing", async () => {
+  await step("typing", "bob sees alice typing", async () => {
     await alice.page.locator("#composer-input").pressSequentially("hello bo", { delay: 40 });
     await bob.page.locator("#typing", { hasText: `${aliceId} is typing` }).waitFor();
   }, both, { critical: false });
 
-  await step("alice's message reaches bob", async () => {
+  await step("message", "alice's message reaches bob", async () => {
     await alice.page.locator("#composer-input").fill("");
     await say(alice, "hello bob, from alice");
     await message(bob, "hello bob, from alice").waitFor();
     await message(alice, "hello bob, from alice").waitFor();
   }, both);
 
-  await step("bob's reply reaches alice", async () => {
+  await step("reply", "bob's reply reaches alice", async () => {
     await say(bob, "hi alice, bob here");
     await message(alice, "hi alice, bob here").waitFor();
   }, both);
 
-  await step("message text is rendered as text, never as HTML", async () => {
+  await step("text-not-html", "message text is rendered as text, never as HTML", async () => {
     const hostile = `<img src=x onerror="window.__pwned=1"><b>bold?</b> ${suffix}`;
     await say(alice, hostile);
     await message(bob, suffix).waitFor();
@@ -183,7 +211,7 @@ try {
     if (injected.pwned !== null || injected.elements !== 0) throw new Error(`markup was interpreted: ${JSON.stringify(injected)}`);
   }, both, { critical: false });
 
-  await step("bob reloads and sees the history again", async () => {
+  await step("reload-history", "bob reloads and sees the history again", async () => {
     await bob.page.reload();
     await bob.page.locator('#conn[data-state="open"]').waitFor();
     const selected = bob.page.locator(`#rooms button[data-room="${room}"]`);
@@ -195,7 +223,7 @@ try {
     if (order.indexOf("hello bob, from alice") > order.indexOf("hi alice, bob here")) throw new Error(`out of order: ${JSON.stringify(order)}`);
   }, both);
 
-  await step("an unread badge appears for a room bob is not looking at", async () => {
+  await step("unread", "an unread badge appears for a room bob is not looking at", async () => {
     await joinRoom(bob, other);
     await joinRoom(alice, other);
     await bob.page.locator(`#rooms button[data-room="${room}"]`).click();
@@ -206,12 +234,12 @@ try {
     await bob.page.locator(`#rooms button[data-room="${room}"] .badge`).waitFor({ state: "detached" });
   }, both, { critical: false });
 
-  await step("bob's status change shows on alice's side", async () => {
+  await step("status", "bob's status change shows on alice's side", async () => {
     await bob.page.locator("#status").selectOption("busy");
     await alice.page.locator(`#member-list .member[data-user="${bobId}"][data-status="busy"]`).waitFor();
   }, both, { critical: false });
 
-  await step("a direct message notifies bob, who opens it", async () => {
+  await step("dm-notification", "a direct message notifies bob, who opens it", async () => {
     const details = alice.page.locator("#dm-details");
     if ((await details.getAttribute("open")) === null) await details.locator("summary").click();
     await alice.page.locator("#dm-user").fill(bobId);
@@ -225,7 +253,7 @@ try {
     await message(bob, "a private word").waitFor();
   }, both, { critical: false });
 
-  await step("alice creates a private room with bob as a member", async () => {
+  await step("private-room", "alice creates a private room with bob as a member", async () => {
     const details = alice.page.locator("#create-details");
     if ((await details.getAttribute("open")) === null) await details.locator("summary").click();
     await alice.page.locator("#create-room").fill(secret);
@@ -237,7 +265,7 @@ try {
     await message(alice, "the secret plan").waitFor();
   }, both, { critical: false });
 
-  await step(`alice sends ${BULK} more messages to ${room}`, async () => {
+  await step("bulk", `alice sends ${BULK} more messages to ${room}`, async () => {
     await alice.page.locator(`#rooms button[data-room="${room}"]`).click();
     await alice.page.locator("#room-title", { hasText: room }).waitFor();
     for (let i = 0; i < BULK; i++) await say(alice, `bulk ${i}`);
@@ -245,7 +273,7 @@ try {
     await alice.page.locator("#message-list .message.pending").first().waitFor({ state: "detached", timeout: timeout * 3 });
   }, both);
 
-  await step("after a reload bob finds the private room, and scrolls back through history", async () => {
+  await step("scroll-back", "after a reload bob finds the private room, and scrolls back through history", async () => {
     await bob.page.reload();
     await bob.page.locator('#conn[data-state="open"]').waitFor();
     await bob.page.locator(`#rooms button[data-room="${secret}"][data-kind="private"]`).click();
@@ -261,7 +289,7 @@ try {
     if (bulk.some((b, i) => b !== `bulk ${i}`)) throw new Error("bulk messages out of order");
   }, both);
 
-  await step("no script errors in either page", async () => {
+  await step("no-errors", "no script errors in either page", async () => {
     if (pageErrors.length) throw new Error(pageErrors.join("; "));
   }, both);
   if (process.env.CHAT_E2E_SHOTS) {
@@ -273,4 +301,4 @@ try {
   if (fake) await fake.stop();
 }
 
-finish(results.failed === 0 && results.skipped === 0 ? 0 : 1);
+finish(results.failed === 0 && results.blocked === 0 ? 0 : 1);

@@ -195,8 +195,13 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
                 let deadline = start_at + Duration::from_secs(seconds + 15);
                 while got < expected_msgs {
                     let next = tokio::time::timeout_at(deadline.into(), stream.next()).await;
-                    let Ok(Some(Ok(Message::Text(t)))) = next else {
-                        break;
+                    let t = match next {
+                        Ok(Some(Ok(Message::Text(t)))) => t,
+                        // Heartbeat pings (answered by tungstenite) and other control frames.
+                        Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_)))) => {
+                            continue;
+                        }
+                        _ => break,
                     };
                     let now = now_ns();
                     let Ok(v) = serde_json::from_str::<Value>(&t) else {
