@@ -242,8 +242,8 @@ async fn join_room(c: &mut WsClient, room: &str) {
 /// Retry-After); every client gets in, and the edge keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_storm_is_admitted_at_a_bounded_rate_and_everyone_gets_back() {
-    const CLIENTS: usize = 600;
-    let stack = chat_tests::Stack::start_with(&[("CHAT_ADMISSION_PER_S", "200")]).await;
+    const CLIENTS: usize = 300;
+    let stack = chat_tests::Stack::start_with(&[("CHAT_ADMISSION_PER_S", "50")]).await;
     let url = stack.ws_url(0);
     let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
