@@ -329,8 +329,6 @@ async fn an_edge_killed_with_sigkill_takes_only_its_users_offline_within_3_heart
     let nats = stack.nats.client().await;
     let mut doomed = spawn_edge_process(&stack).await;
 
-    let (mut watcher, _) = stack.login(0, "watcher").await;
-    join(&mut watcher, "ops").await;
     // carol is only on the doomed edge; dave is on both.
     let (mut carol, _) = WsClient::login(&doomed.url, &stack.token("carol")).await;
     join(&mut carol, "ops").await;
@@ -350,6 +348,9 @@ async fn an_edge_killed_with_sigkill_takes_only_its_users_offline_within_3_heart
     .await;
     // Let a heartbeat of the doomed edge pass, as in a steady state.
     tokio::time::sleep(Duration::from_millis(2 * HEARTBEAT_MS)).await;
+    // The watcher comes last: a client that is not read from is dropped after 3 heartbeats.
+    let (mut watcher, _) = stack.login(0, "watcher").await;
+    join(&mut watcher, "ops").await;
 
     doomed.child.start_kill().expect("SIGKILL chat-edge");
     let killed = tokio::time::Instant::now();
