@@ -329,8 +329,6 @@ async fn an_edge_killed_with_sigkill_takes_only_its_users_offline_within_3_heart
     let nats = stack.nats.client().await;
     let mut doomed = spawn_edge_process(&stack).await;
 
-    let (mut watcher, _) = stack.login(0, "watcher").await;
-    join(&mut watcher, "ops").await;
     // carol is only on the doomed edge; dave is on both.
     let (mut carol, _) = WsClient::login(&doomed.url, &stack.token("carol")).await;
     join(&mut carol, "ops").await;
@@ -350,6 +348,9 @@ async fn an_edge_killed_with_sigkill_takes_only_its_users_offline_within_3_heart
     .await;
     // Let a heartbeat of the doomed edge pass, as in a steady state.
     tokio::time::sleep(Duration::from_millis(2 * HEARTBEAT_MS)).await;
+    // The watcher comes last: a client that is not read from is dropped after 3 heartbeats.
+    let (mut watcher, _) = stack.login(0, "watcher").await;
+    join(&mut watcher, "ops").await;
 
     doomed.child.start_kill().expect("SIGKILL chat-edge");
     let killed = tokio::time::Instant::now();
@@ -566,4 +567,57 @@ async fn two_instances_changing_one_user_at_once_lose_no_update() {
         }
     }
     stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_above_the_fanout_limit_get_no_broadcast_but_answer_snapshots() {
+    let stack = Stack::start_with(&[
+        ("CHAT_HEARTBEAT_MS", "2000"),
+        ("PRESENCE_MAX_ROOM_FANOUT", "2"),
+    ])
+    .await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut bob, "big").await;
+    join(&mut bob, "small").await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "small").await;
+    join(&mut alice, "big").await;
+    let (mut carol, _) = stack.login(0, "carol").await;
+    join(&mut carol, "big").await;
+    let _carol = Pumped::new(carol);
+
+    alice
+        .send(json!({"type": "status", "status": "busy"}))
+        .await;
+    // "small" (2 members) hears it; "big" (3 members, over the limit of 2) does not.
+    let f = bob
+        .recv_until(|f| f["type"] == "presence" && f["user"] == "alice" && f["status"] == "busy")
+        .await
+        .unwrap();
+    assert_eq!(f["room"], "small", "{f}");
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match bob.recv_within(left).await {
+            Err(chat_testkit::WsError::Timeout) => break,
+            Ok(f) => assert!(
+                !(f["type"] == "presence" && f["room"] == "big" && f["status"] == "busy"),
+                "a room over the limit got a broadcast: {f}"
+            ),
+            Err(e) => panic!("connection failed: {e:?}"),
+        }
+    }
+    // Its members ask instead.
+    let snap = bob
+        .request(json!({"type": "presence", "room": "big"}), "big")
+        .await;
+    let alice_entry = snap["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user"] == "alice")
+        .cloned()
+        .unwrap_or_else(|| panic!("alice in {snap}"));
+    assert_eq!(alice_entry["status"], "busy");
+    drop(alice);
 }

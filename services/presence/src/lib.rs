@@ -359,12 +359,22 @@ impl Presence {
                     tracing::warn!("undecodable heartbeat");
                     return;
                 };
+                // Liveness is recorded at once, apart from the lanes: however busy they are, a
+                // live edge must not look silent.
+                let alive = EdgeAlive {
+                    heartbeat_ms: hb.heartbeat_ms,
+                    seen_at: now_ms(),
+                };
+                let (edge, q) = (hb.edge.clone(), self.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = q.alive.put(&edge, &alive).await {
+                        tracing::warn!(error = %e, edge, "heartbeat not recorded");
+                    }
+                });
                 let key = format!("edge:{}", hb.edge);
-                // Liveness is judged by when the heartbeat arrived, not when a lane got to it.
-                let received = now_ms();
                 lanes
                     .submit(&key, kind, async move {
-                        if let Err(e) = p.on_heartbeat(&hb, received).await {
+                        if let Err(e) = p.on_heartbeat(&hb).await {
                             tracing::warn!(error = %e, edge = hb.edge, "heartbeat not applied");
                         }
                     })
@@ -428,15 +438,10 @@ impl Presence {
             .await
     }
 
-    /// An edge's heartbeat: it is alive (recorded first, unconditionally), and the sessions it
-    /// lists are the truth for it: the edge record takes them (compare-and-set), then the users
-    /// whose sessions there differ from what the record knew are reconciled.
-    pub async fn on_heartbeat(&self, hb: &EdgeHeartbeat, received: i64) -> Result<(), StoreError> {
-        let alive = EdgeAlive {
-            heartbeat_ms: hb.heartbeat_ms,
-            seen_at: received,
-        };
-        self.alive.put(&hb.edge, &alive).await?;
+    /// An edge's heartbeat (its liveness is recorded by the dispatcher): the sessions it lists
+    /// are the truth for it. The edge record takes them (compare-and-set), then the users whose
+    /// sessions there differ from what the record knew are reconciled.
+    pub async fn on_heartbeat(&self, hb: &EdgeHeartbeat) -> Result<(), StoreError> {
         let listed: BTreeMap<String, UserId> = hb
             .sessions
             .iter()
