@@ -297,7 +297,12 @@ async fn integrations_read_public_subjects_ask_the_api_and_post_through_jetstrea
     bot.refused_publish("$JS.API.STREAM.PURGE.CHAT").await;
 
     // An integration that forgets the inbox prefix cannot receive replies.
-    let mut careless = Probe::connect(&nats, "integrations").await;
+    let mut careless = Probe::connect_with(
+        &nats,
+        "integrations",
+        ConnectOptions::new().request_timeout(Some(Duration::from_secs(1))),
+    )
+    .await;
     let answer = careless
         .client
         .request(
