@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::{ConnectOptions, Event, ServerError};
 use chat_testkit::{NatsOptions, NatsServer, WsClient, fresh_database, token, workspace_root};
 use chat_tests::procs::Proc;
-use chat_tests::{SECRET, join, send, wait_archived};
+use chat_tests::{SECRET, join, join_since, send, wait_archived};
 use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -297,7 +297,12 @@ async fn integrations_read_public_subjects_ask_the_api_and_post_through_jetstrea
     bot.refused_publish("$JS.API.STREAM.PURGE.CHAT").await;
 
     // An integration that forgets the inbox prefix cannot receive replies.
-    let mut careless = Probe::connect(&nats, "integrations").await;
+    let mut careless = Probe::connect_with(
+        &nats,
+        "integrations",
+        ConnectOptions::new().request_timeout(Some(Duration::from_secs(1))),
+    )
+    .await;
     let answer = careless
         .client
         .request(
@@ -373,6 +378,22 @@ async fn the_services_run_end_to_end_with_their_own_nats_users() {
     // A new session's hello lists the user's rooms (chat-history answers the edge).
     let (_bob2, hello) = WsClient::login(&edge1.ws_url(), &token::hs256(SECRET, "bob", 600)).await;
     assert_eq!(hello["rooms"][0]["room"], "perm", "{hello}");
+
+    // A retried send is deduplicated (the edge reads the original back from the stream).
+    let again = send(&mut alice, "perm", "hi @bob", "p1").await;
+    assert_eq!(
+        (again["seq"].as_u64(), &again["duplicate"]),
+        (Some(seq), &json!(true))
+    );
+    assert_eq!(again["ts"], ack["ts"]);
+
+    // Recovery with a cursor replays what was missed (edge → chat-history, JetStream reads).
+    let (mut carol, hello) =
+        WsClient::login(&edge2.ws_url(), &token::hs256(SECRET, "carol", 600)).await;
+    let epoch = hello["epoch"].as_str().unwrap().to_owned();
+    let (replayed, joined) = join_since(&mut carol, "perm", 0, &epoch).await;
+    assert_eq!(replayed, vec![seq]);
+    assert_eq!(joined["recovered"], true);
 
     // And no service ran into a permission it lacks along the way.
     let log = std::fs::read_to_string(logs.path().join("nats.log")).expect("nats-server log");

@@ -1,7 +1,7 @@
 //! Issue 6: tokens from an OAuth2/OIDC provider. chat-edge is given the provider's JWKS
-//! (`CHAT_JWT_JWKS`, here a file, and an https URL served by the test with its own CA); a client
-//! signs in with an ES256 token signed by a key the test generates, while HS256 tokens with the
-//! shared secret keep working.
+//! (`CHAT_JWT_JWKS`, here a file, and an https URL served by the test with its own CA); clients
+//! sign in with ES256 and RS256 tokens signed by keys the test generates, while HS256 tokens with
+//! the shared secret keep working.
 
 use std::sync::Arc;
 
@@ -25,8 +25,23 @@ fn provider_key(kid: &str) -> (Value, EncodingKey) {
     (jwk, key)
 }
 
+/// An RSA key pair made by the test (1024 bits keeps a debug build quick): JWK and signing key.
+fn rsa_provider_key(kid: &str) -> (Value, EncodingKey) {
+    use rsa::pkcs1::EncodeRsaPrivateKey as _;
+    use rsa::traits::PublicKeyParts as _;
+    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).unwrap();
+    let jwk = json!({"kty": "RSA", "kid": kid, "use": "sig",
+                     "n": B64.encode(key.n().to_bytes_be()), "e": B64.encode(key.e().to_bytes_be())});
+    let der = key.to_pkcs1_der().unwrap();
+    (jwk, EncodingKey::from_rsa_der(der.as_bytes()))
+}
+
 fn es256(kid: &str, key: &EncodingKey, sub: &str) -> String {
-    let mut header = Header::new(Algorithm::ES256);
+    signed(Algorithm::ES256, kid, key, sub)
+}
+
+fn signed(alg: Algorithm, kid: &str, key: &EncodingKey, sub: &str) -> String {
+    let mut header = Header::new(alg);
     header.kid = Some(kid.to_owned());
     let claims = json!({"sub": sub, "exp": token::now() + 600});
     jsonwebtoken::encode(&header, &claims, key).unwrap()
@@ -45,12 +60,16 @@ async fn a_provider_token_signs_in_through_a_jwks_file() {
     let dir = tempfile::tempdir().unwrap();
     let jwks = dir.path().join("jwks.json");
     let (jwk, key) = provider_key("k1");
-    std::fs::write(&jwks, json!({"keys": [jwk]}).to_string()).unwrap();
+    let (rsa_jwk, rsa_key) = rsa_provider_key("r1");
+    std::fs::write(&jwks, json!({"keys": [jwk, rsa_jwk]}).to_string()).unwrap();
     let stack = Stack::start_with(&[("CHAT_JWT_JWKS", jwks.to_str().unwrap())]).await;
     let url = stack.ws_url(0);
 
     let (_alice, hello) = WsClient::login(&url, &es256("k1", &key, "alice")).await;
     assert_eq!(hello["user"], "alice");
+    let rs256 = signed(Algorithm::RS256, "r1", &rsa_key, "carol");
+    let (_carol, hello) = WsClient::login(&url, &rs256).await;
+    assert_eq!(hello["user"], "carol");
     // The shared secret still signs tokens (CHAT_JWT_SECRET is set in test stacks).
     let (_bob, hello) = WsClient::login(&url, &stack.token("bob")).await;
     assert_eq!(hello["user"], "bob");

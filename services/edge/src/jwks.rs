@@ -104,8 +104,14 @@ impl JwksCache {
         if !stale && let Some(k) = current.keys.get(kid) {
             return Some(k.clone());
         }
+        let known = current.keys.get(kid).cloned();
         {
-            let mut last = self.last_attempt.lock().await;
+            let mut last = match (self.last_attempt.try_lock(), &known) {
+                (Ok(guard), _) => guard,
+                // An old copy that names the key: use it rather than wait for a fetch under way.
+                (Err(_), Some(_)) => return known,
+                (Err(_), None) => self.last_attempt.lock().await,
+            };
             // Another lookup may have fetched while this one waited for the lock.
             let fresh = self.current();
             if !Arc::ptr_eq(&fresh, &current)
@@ -122,7 +128,7 @@ impl JwksCache {
                 }
             }
         }
-        self.current().keys.get(kid).cloned()
+        self.current().keys.get(kid).cloned().or(known)
     }
 
     fn current(&self) -> Arc<Loaded> {

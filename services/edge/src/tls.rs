@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -21,6 +21,8 @@ use tokio_util::task::TaskTracker;
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Nor one that has not sent a request's headers by then.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Loads a certificate chain and its private key (PKCS#8, PKCS#1 or SEC1) from PEM files.
 pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
@@ -35,14 +37,13 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     );
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("read EDGE_TLS_KEY {}", key.display()))?;
-    let config =
+    let mut config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .context("EDGE_TLS_CERT and EDGE_TLS_KEY do not make a usable pair")?;
-    let mut config = config;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -87,6 +88,8 @@ pub async fn serve(
             };
             let service = TowerToHyperService::new(app);
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service)
                 .with_upgrades();
             let mut conn = std::pin::pin!(conn);
