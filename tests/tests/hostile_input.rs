@@ -222,3 +222,32 @@ fn rand_suffix() -> u64 {
         .unwrap()
         .as_nanos() as u64
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_dribbled_headers_are_cut_off_at_the_header_timeout() {
+    let stack = Stack::start_with(&[("CHAT_HEADER_TIMEOUT", "1s")]).await;
+    let addr = stack.edges[0].addr.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET /ws HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let cut = tokio::time::timeout(Duration::from_secs(10), async {
+        // One header byte every 200 ms, never finishing.
+        loop {
+            if s.write_all(b"X").await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 512];
+            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => return, // an error response, then close
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "a slow-dribbled request was never cut off");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    still_serving(&stack).await;
+}

@@ -63,6 +63,8 @@ pub struct EdgeConfig {
     /// `CHAT_ADMISSION_PER_S`: new connections accepted per second (burst the same); a reconnect
     /// storm beyond it gets 503 with Retry-After instead of overloading the edge and NATS.
     pub admission_per_s: u32,
+    /// `CHAT_HEADER_TIMEOUT`: time for a client to send its upgrade request's headers.
+    pub header_timeout: Duration,
     /// `CHAT_MAX_CONNECTIONS`: open connections at most; more get 503.
     pub max_connections: usize,
 }
@@ -129,6 +131,7 @@ impl EdgeConfig {
             stream: env.stream_settings()?,
             admission_per_s: env.parse("CHAT_ADMISSION_PER_S", 1000)?,
             max_connections: env.parse("CHAT_MAX_CONNECTIONS", 100_000)?,
+            header_timeout: env.duration("CHAT_HEADER_TIMEOUT", Duration::from_secs(10))?,
         })
     }
 }

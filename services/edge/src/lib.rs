@@ -188,20 +188,14 @@ impl App {
         ));
         let heartbeat = tokio::spawn(presence_heartbeat(edge.clone()));
         let app = router(edge.clone());
-        match tls {
-            Some(acceptor) => tls::serve(listener, acceptor, app, shutdown.clone()).await,
-            None => {
-                let served = axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "edge listener failed");
-                }
-            }
-        }
+        tls::serve(
+            listener,
+            tls,
+            app,
+            edge.config.header_timeout,
+            shutdown.clone(),
+        )
+        .await;
         edge.sessions.close();
         if tokio::time::timeout(edge.config.drain_grace, edge.sessions.wait())
             .await

@@ -22,7 +22,6 @@ use tokio_util::task::TaskTracker;
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Nor one that has not sent a request's headers by then.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Loads a certificate chain and its private key (PKCS#8, PKCS#1 or SEC1) from PEM files.
 pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
@@ -48,11 +47,14 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown`, then drains the HTTP connections.
+/// Serves `app` on `listener` (over TLS when `acceptor` is given) until `shutdown`, then drains
+/// the HTTP connections. Request headers must arrive within `header_timeout` (slow-dribbled
+/// headers are cut off), which `axum::serve` does not enforce.
 pub async fn serve(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Option<TlsAcceptor>,
     app: Router,
+    header_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
@@ -74,6 +76,10 @@ pub async fn serve(
         let app = app.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
+            let Some(acceptor) = acceptor else {
+                serve_connection(tcp, peer, app, header_timeout, shutdown).await;
+                return;
+            };
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -86,27 +92,40 @@ pub async fn serve(
                     return;
                 }
             };
-            let service = TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service)
-                .with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            serve_connection(tls, peer, app, header_timeout, shutdown).await;
         });
     }
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// One HTTP/1.1 connection with upgrades, ended gracefully on `shutdown`.
+async fn serve_connection<I>(
+    io: I,
+    peer: std::net::SocketAddr,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
