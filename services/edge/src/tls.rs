@@ -21,7 +21,6 @@ use tokio_util::task::TaskTracker;
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Nor one that has not sent a request's headers by then.
 
 /// Loads a certificate chain and its private key (PKCS#8, PKCS#1 or SEC1) from PEM files.
 pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
