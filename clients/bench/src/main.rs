@@ -172,7 +172,10 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
     );
     let mut readers = Vec::new();
     let mut sender_tasks = Vec::new();
-    let start_at = Instant::now() + Duration::from_secs(2) + Duration::from_millis(rooms * members);
+    let mut sender_sinks = Vec::new();
+    // Sending starts only once every member has joined (a late joiner would miss messages that
+    // the expected count includes); readers learn the end of the run through this cell.
+    let deadline_cell: std::sync::Arc<std::sync::OnceLock<Instant>> = Default::default();
     for r in 0..rooms {
         let room = format!("{tag}-r{r}");
         for m in 0..members {
@@ -183,8 +186,9 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
             ))
             .await?;
             wait_for(&mut ws, "joined").await?;
-            let (mut sink, mut stream) = ws.split();
+            let (sink, mut stream) = ws.split();
             let expected_msgs = (per_sender_rate * seconds as f64) as u64 * senders;
+            let deadline_cell = deadline_cell.clone();
             readers.push(tokio::spawn(async move {
                 let mut lat =
                     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
@@ -192,8 +196,11 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
                     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
                 let mut got = 0u64;
                 let mut sent_at: HashMap<String, u64> = HashMap::new();
-                let deadline = start_at + Duration::from_secs(seconds + 15);
                 while got < expected_msgs {
+                    let deadline = deadline_cell
+                        .get()
+                        .copied()
+                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(600));
                     let next = tokio::time::timeout_at(deadline.into(), stream.next()).await;
                     let t = match next {
                         Ok(Some(Ok(Message::Text(t)))) => t,
@@ -238,27 +245,31 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
                 (got, lat, acks)
             }));
             if m < senders {
-                let room = room.clone();
-                let n = (per_sender_rate * seconds as f64) as u64;
-                let interval = Duration::from_secs_f64(1.0 / per_sender_rate);
-                sender_tasks.push(tokio::spawn(async move {
-                    let base_ns = now_ns() + start_at.saturating_duration_since(Instant::now()).as_nanos() as u64;
-                    tokio::time::sleep_until(start_at.into()).await;
-                    for i in 0..n {
-                        let due = start_at + interval * i as u32;
-                        tokio::time::sleep_until(due.into()).await;
-                        let scheduled = base_ns + (interval * i as u32).as_nanos() as u64;
-                        let frame = json!({"type":"send","room": room,"body": format!("t{scheduled}"),"client_id": format!("{i}-{scheduled}")});
-                        if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
-                            break;
-                        }
-                    }
-                    n
-                }));
+                sender_sinks.push((room.clone(), sink));
             } else {
                 drop(sink);
             }
         }
+    }
+    let start_at = Instant::now() + Duration::from_secs(1);
+    let _ = deadline_cell.set(start_at + Duration::from_secs(seconds + 15));
+    for (room, mut sink) in sender_sinks {
+        let n = (per_sender_rate * seconds as f64) as u64;
+        let interval = Duration::from_secs_f64(1.0 / per_sender_rate);
+        sender_tasks.push(tokio::spawn(async move {
+            let base_ns = now_ns() + start_at.saturating_duration_since(Instant::now()).as_nanos() as u64;
+            tokio::time::sleep_until(start_at.into()).await;
+            for i in 0..n {
+                let due = start_at + interval * i as u32;
+                tokio::time::sleep_until(due.into()).await;
+                let scheduled = base_ns + (interval * i as u32).as_nanos() as u64;
+                let frame = json!({"type":"send","room": room,"body": format!("t{scheduled}"),"client_id": format!("{i}-{scheduled}")});
+                if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                    break;
+                }
+            }
+            n
+        }));
     }
     let mut sent = 0;
     for t in sender_tasks {

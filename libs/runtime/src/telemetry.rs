@@ -97,24 +97,27 @@ pub fn tracer_provider(env: &Env, service: &str) -> Option<SdkTracerProvider> {
 
 /// Libraries that log frame payloads or connection credentials at their most verbose levels
 /// (tungstenite logs every received message, with tokens; async-nats logs its CONNECT, with the
-/// password). They are capped whatever `RUST_LOG` asks for, so no secret reaches a log line.
-const CAPPED: &[&str] = &[
-    "tungstenite=info",
-    "tokio_tungstenite=info",
-    "async_nats=debug",
-    "hyper=info",
-    "h2=info",
+/// password), and the most verbose level each may log at, whatever `RUST_LOG` asks for.
+const CAPPED: &[(&str, tracing::Level)] = &[
+    ("tungstenite", tracing::Level::INFO),
+    ("tokio_tungstenite", tracing::Level::INFO),
+    ("async_nats", tracing::Level::DEBUG),
+    ("hyper", tracing::Level::INFO),
+    ("h2", tracing::Level::INFO),
 ];
 
-/// `RUST_LOG` with the [`CAPPED`] libraries held down.
-pub fn log_filter(spec: &str) -> EnvFilter {
-    let mut filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
-    for cap in CAPPED {
-        if let Ok(d) = cap.parse() {
-            filter = filter.add_directive(d);
-        }
+/// Whether an event may be logged at all: the [`CAPPED`] libraries are held down (never raised:
+/// `RUST_LOG` still decides below the cap).
+pub fn secret_safe(meta: &tracing::Metadata<'_>) -> bool {
+    match CAPPED.iter().find(|(target, _)| meta.target().starts_with(target)) {
+        Some((_, max)) => meta.level() <= max,
+        None => true,
     }
-    filter
+}
+
+/// `RUST_LOG` as a filter (`info` when it cannot be parsed).
+pub fn log_filter(spec: &str) -> EnvFilter {
+    EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Installs logging (`RUST_LOG`, default `info`) and, when configured, OTLP trace export.
@@ -127,9 +130,13 @@ pub fn init(env: &Env, service: &str) -> TelemetryGuard {
         tracing_subscriber::fmt::layer()
             .json()
             .with_filter(filter)
+            .with_filter(tracing_subscriber::filter::filter_fn(secret_safe))
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_filter(filter).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_filter(filter)
+            .with_filter(tracing_subscriber::filter::filter_fn(secret_safe))
+            .boxed()
     };
     let provider = tracer_provider(env, service);
     let otel = provider.as_ref().map(|p| {
@@ -158,7 +165,8 @@ pub fn init_for_tests() {
                 .with(
                     tracing_subscriber::fmt::layer()
                         .with_test_writer()
-                        .with_filter(filter),
+                        .with_filter(filter)
+                        .with_filter(tracing_subscriber::filter::filter_fn(secret_safe)),
                 )
                 .try_init();
         }
