@@ -286,7 +286,12 @@ async fn a_reconnect_storm_is_admitted_at_a_bounded_rate_and_everyone_gets_back(
 
 /// A client of the edge-death scenario: connects to `urls[i]` in turn, joins, recovers from its
 /// cursor after every reconnect, and records every seq it is given.
-async fn resilient_reader(urls: Vec<String>, user: String, room: &'static str, want: usize) -> Vec<u64> {
+async fn resilient_reader(
+    urls: Vec<String>,
+    user: String,
+    room: &'static str,
+    want: usize,
+) -> (Vec<u64>, WsClient) {
     let tok = token::hs256(SECRET, &user, 600);
     let mut seqs: Vec<u64> = Vec::new();
     let mut epoch = String::new();
@@ -298,17 +303,20 @@ async fn resilient_reader(urls: Vec<String>, user: String, room: &'static str, w
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Ok(hello) = c.recv_type("hello").await else { continue };
+        let Ok(hello) = c.recv_type("hello").await else {
+            continue;
+        };
         epoch = hello["epoch"].as_str().unwrap_or(&epoch).to_owned();
         let since = seqs.last().copied().unwrap_or(0);
-        c.send(serde_json::json!({"type":"join","room":room,"since":since,"epoch":epoch})).await;
+        c.send(serde_json::json!({"type":"join","room":room,"since":since,"epoch":epoch}))
+            .await;
         loop {
             match c.recv().await {
                 Ok(f) if f["type"] == "message" => {
                     let seq = f["seq"].as_u64().unwrap();
                     seqs.push(seq);
                     if seqs.len() >= want {
-                        return seqs;
+                        return (seqs, c);
                     }
                 }
                 Ok(_) => {}
@@ -337,9 +345,15 @@ async fn killing_an_edge_moves_its_clients_to_the_other_without_loss_or_repeat()
     let mut readers = Vec::new();
     for i in 0..CLIENTS {
         // First connection on the doomed edge, later ones on the survivor.
-        readers.push(tokio::spawn(resilient_reader(urls.clone(), format!("reader{i}"), "moving", MESSAGES)));
+        readers.push(tokio::spawn(resilient_reader(
+            urls.clone(),
+            format!("reader{i}"),
+            "moving",
+            MESSAGES,
+        )));
     }
-    let (mut sender, _) = WsClient::login(&survivor.ws_url(), &token::hs256(SECRET, "sender", 600)).await;
+    let (mut sender, _) =
+        WsClient::login(&survivor.ws_url(), &token::hs256(SECRET, "sender", 600)).await;
     join(&mut sender, "moving").await;
     // Wait until every reader has joined (the room then has CLIENTS + 1 members online).
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -350,19 +364,45 @@ async fn killing_an_edge_moves_its_clients_to_the_other_without_loss_or_repeat()
             doomed.kill().await;
         }
     }
+    let mut connected = Vec::new();
     for r in readers {
-        let got = tokio::time::timeout(Duration::from_secs(60), r).await.expect("reader finished").unwrap();
+        let (got, still_connected) = tokio::time::timeout(Duration::from_secs(60), r)
+            .await
+            .expect("reader finished")
+            .unwrap();
+        connected.push(still_connected);
         // Live events of a reconnected session can arrive before its recovery replay fills the
         // gap (CONTRACT §2), so compare as sets, and check nothing came twice.
         let mut sorted = got.clone();
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), got.len(), "a message was delivered twice");
-        assert_eq!(sorted, sent, "a reader saw every message across the edge's death");
+        assert_eq!(
+            sorted, sent,
+            "a reader saw every message across the edge's death"
+        );
     }
-    // Presence: the readers are online (on the survivor) after the dead edge was swept.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let snapshot = sender.request(serde_json::json!({"type":"presence","room":"moving"}), "p").await;
-    let online = snapshot["users"].as_array().unwrap().iter().filter(|u| u["status"] == "online").count();
-    assert_eq!(online, CLIENTS + 1, "{snapshot}");
+    // Presence: the readers are online (on the survivor) once the dead edge was swept and the
+    // survivor's heartbeats have listed their new sessions (a few heartbeats at most).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let snapshot = sender
+            .request(serde_json::json!({"type":"presence","room":"moving"}), "p")
+            .await;
+        let online = snapshot["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["status"] == "online")
+            .count();
+        if online == CLIENTS + 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence never converged: {snapshot}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(connected);
 }

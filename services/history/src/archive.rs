@@ -42,7 +42,23 @@ pub fn consumer_config(ack_wait: Duration) -> pull::Config {
 
 impl Archive {
     /// Consumes until `shutdown`; reconnects to the consumer after any failure.
+    /// Runs `HISTORY_WRITERS` writer loops on the shared consumer: each pulls, writes and acks
+    /// its own batches, so one batch's database round trip overlaps the next one's delivery.
     pub async fn run(self, shutdown: CancellationToken) {
+        let this = std::sync::Arc::new(self);
+        let writers: Vec<_> = (0..this.config.writers.max(1))
+            .map(|_| {
+                let this = this.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { this.run_one(shutdown).await })
+            })
+            .collect();
+        for w in writers {
+            let _ = w.await;
+        }
+    }
+
+    async fn run_one(&self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             if let Err(e) = self.consume(&shutdown).await {
                 tracing::warn!(error = %e, "archive consumer interrupted, restarting");

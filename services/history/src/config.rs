@@ -27,6 +27,8 @@ pub struct HistoryConfig {
     /// `HISTORY_ACK_WAIT` (10s): how long an event handed to a writer that died waits before it
     /// is redelivered to another. A writer still retrying extends it with progress acks.
     pub ack_wait: Duration,
+    /// `HISTORY_WRITERS` (4): concurrent writer loops in this process.
+    pub writers: usize,
     /// `HISTORY_ARCHIVE` (true): run the archive writer. Off, the process only answers requests
     /// (history pages, rooms), so readers and writers can be scaled separately.
     pub archive: bool,
@@ -43,6 +45,7 @@ impl HistoryConfig {
             batch_wait: env.duration("HISTORY_BATCH_WAIT", Duration::from_millis(5))?,
             max_deliver: env.parse("HISTORY_MAX_DELIVER", 10)?,
             archive: env.bool("HISTORY_ARCHIVE", true)?,
+            writers: env.parse("HISTORY_WRITERS", 4)?,
             ack_wait: env
                 .duration("HISTORY_ACK_WAIT", Duration::from_secs(10))?
                 .max(Duration::from_secs(1)),
