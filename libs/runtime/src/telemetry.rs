@@ -109,7 +109,10 @@ const CAPPED: &[(&str, tracing::Level)] = &[
 /// Whether an event may be logged at all: the [`CAPPED`] libraries are held down (never raised:
 /// `RUST_LOG` still decides below the cap).
 pub fn secret_safe(meta: &tracing::Metadata<'_>) -> bool {
-    match CAPPED.iter().find(|(target, _)| meta.target().starts_with(target)) {
+    match CAPPED
+        .iter()
+        .find(|(target, _)| meta.target().starts_with(target))
+    {
         Some((_, max)) => meta.level() <= max,
         None => true,
     }
