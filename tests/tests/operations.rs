@@ -9,12 +9,13 @@ use chat_tests::procs::{Proc, http_get};
 use chat_tests::{SECRET, Stack, join, send};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_message_is_one_trace_across_edge_history_and_delivery() {
+/// A nats-server, a database and an OTLP receiver, and the environment that points services at
+/// them (exporting every 100 ms).
+async fn traced_env() -> (NatsServer, OtlpReceiver, HashMap<String, String>) {
     let nats = NatsServer::start().await;
     let db = fresh_database().await;
     let otlp = OtlpReceiver::start().await;
-    let env: HashMap<String, String> = [
+    let env = [
         ("NATS_URL", nats.url.as_str()),
         ("DATABASE_URL", db.as_str()),
         ("CHAT_JWT_SECRET", SECRET),
@@ -24,6 +25,12 @@ async fn one_message_is_one_trace_across_edge_history_and_delivery() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
+    (nats, otlp, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_is_one_trace_across_edge_history_and_delivery() {
+    let (_nats, otlp, env) = traced_env().await;
     let _history = Proc::start("chat-history", &env).await;
     let _notify = Proc::start("chat-notify", &env).await;
     let _presence = Proc::start("chat-presence", &env).await;
@@ -109,19 +116,7 @@ async fn one_message_is_one_trace_across_edge_history_and_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_traceparent_makes_the_send_part_of_its_trace() {
-    let nats = NatsServer::start().await;
-    let db = fresh_database().await;
-    let otlp = OtlpReceiver::start().await;
-    let env: HashMap<String, String> = [
-        ("NATS_URL", nats.url.as_str()),
-        ("DATABASE_URL", db.as_str()),
-        ("CHAT_JWT_SECRET", SECRET),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint().as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let (_nats, otlp, env) = traced_env().await;
     let _history = Proc::start("chat-history", &env).await;
     let edge = Proc::start("chat-edge", &env).await;
     let (mut alice, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
