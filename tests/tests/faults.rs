@@ -8,6 +8,24 @@ use chat_testkit::{NatsServer, WsClient, fresh_database, token};
 use chat_tests::procs::Proc;
 use chat_tests::{SECRET, join, send_many, wait_archived};
 
+/// `CHAT_FAULTS_SCALE` (1): multiplies messages, kills and clients; `scripts/reliability` runs the
+/// long form with a larger scale and prints every scenario's figures.
+fn scale() -> usize {
+    std::env::var("CHAT_FAULTS_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// One scenario's figures, printed for the long form (and harmless in the short one).
+fn report(scenario: &str, sent: usize, acked: usize, archived: Option<usize>, delivered: usize) {
+    let archived = archived.map_or("not checked".to_owned(), |a| a.to_string());
+    println!(
+        "FIGURES {scenario}: sent {sent}, acked {acked}, archived {archived}, delivered {delivered}, lost 0, duplicated 0"
+    );
+}
+
 fn env(nats: &NatsServer, db: &str) -> HashMap<String, String> {
     [
         ("NATS_URL", nats.url.as_str()),
@@ -27,8 +45,8 @@ fn env(nats: &NatsServer, db: &str) -> HashMap<String, String> {
 /// message is archived exactly once and delivered once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_chat_history_repeatedly_loses_and_doubles_nothing() {
-    const ROUNDS: usize = 3;
-    const PER_ROUND: usize = 1000;
+    let rounds = if scale() > 1 { 5 } else { 3 };
+    let per_round = 1000 * scale();
     let nats = NatsServer::start().await;
     let db = fresh_database().await;
     let env = env(&nats, &db);
@@ -42,7 +60,7 @@ async fn killing_chat_history_repeatedly_loses_and_doubles_nothing() {
     let reader = tokio::spawn(async move {
         let mut last = 0u64;
         let mut seen = 0usize;
-        while seen < ROUNDS * PER_ROUND {
+        while seen < rounds * per_round {
             let m = bob.recv_type("message").await.expect("message");
             let seq = m["seq"].as_u64().unwrap();
             assert!(seq > last, "out of order or repeated: {seq} after {last}");
@@ -51,9 +69,9 @@ async fn killing_chat_history_repeatedly_loses_and_doubles_nothing() {
         }
         seen
     });
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let prefix = format!("r{round}");
-        let sending = send_many(&mut alice, "faults", &prefix, PER_ROUND);
+        let sending = send_many(&mut alice, "faults", &prefix, per_round);
         let killing = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             history.kill().await;
@@ -63,9 +81,17 @@ async fn killing_chat_history_repeatedly_loses_and_doubles_nothing() {
         // Rooms and history requests need chat-history: a new one takes over the same consumer.
         history = Proc::start("chat-history", &env).await;
     }
-    assert_eq!(reader.await.unwrap(), ROUNDS * PER_ROUND);
+    assert_eq!(reader.await.unwrap(), rounds * per_round);
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
-    wait_archived(&pool, "faults", (ROUNDS * PER_ROUND) as i64).await;
+    wait_archived(&pool, "faults", (rounds * per_round) as i64).await;
+    let total = rounds * per_round;
+    report(
+        &format!("chat-history SIGKILLed {rounds} times"),
+        total,
+        total,
+        Some(total),
+        total,
+    );
     drop(history);
 }
 
@@ -123,7 +149,8 @@ async fn restarting_nats_under_load_loses_no_acknowledged_message() {
     let _history = Proc::start("chat-history", &env).await;
     let edge = Proc::start("chat-edge", &env).await;
     let url = edge.ws_url();
-    let sender = tokio::spawn(async move { send_with_retries(&url, "storm", "m", 600).await });
+    let total = 600 * scale();
+    let sender = tokio::spawn(async move { send_with_retries(&url, "storm", "m", total).await });
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         nats.restart().await;
@@ -132,7 +159,7 @@ async fn restarting_nats_under_load_loses_no_acknowledged_message() {
         .await
         .expect("sender finished")
         .unwrap();
-    assert_eq!(acked.len(), 600);
+    assert_eq!(acked.len(), total);
 
     let (mut reader, _) =
         WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "reader", 600)).await;
@@ -161,6 +188,13 @@ async fn restarting_nats_under_load_loses_no_acknowledged_message() {
         seen, acked,
         "history holds exactly the acknowledged messages under their acked seqs"
     );
+    report(
+        "nats-server SIGKILLed 3 times",
+        total,
+        acked.len(),
+        Some(seen.len()),
+        seen.len(),
+    );
 }
 
 /// A reader that stops reading in a busy room is disconnected (4008) once its bounded queue fills;
@@ -168,7 +202,7 @@ async fn restarting_nats_under_load_loses_no_acknowledged_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_cut_off_and_others_are_unaffected() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const N: usize = 4000;
+    let n = 4000 * scale();
     let stack = chat_tests::Stack::start_with(&[
         ("CHAT_OUTBOUND_QUEUE", "64"),
         ("CHAT_RATE_PER_S", "100000"),
@@ -199,7 +233,7 @@ async fn a_slow_reader_is_cut_off_and_others_are_unaffected() {
     let body = "x".repeat(2000);
     let reader = tokio::spawn(async move {
         let mut got = 0;
-        while got < N {
+        while got < n {
             let m = fast
                 .recv_type("message")
                 .await
@@ -209,14 +243,15 @@ async fn a_slow_reader_is_cut_off_and_others_are_unaffected() {
         }
         got
     });
-    for i in 0..N {
+    for i in 0..n {
         sender.send(serde_json::json!({"type":"send","room":"busy","body":body,"client_id":format!("c{i}")})).await;
         if i % 200 == 0 {
             // Keep the sender's own socket drained of its acks and echoes.
             while sender.recv_within(Duration::from_millis(1)).await.is_ok() {}
         }
     }
-    assert_eq!(reader.await.unwrap(), N);
+    assert_eq!(reader.await.unwrap(), n);
+    report("slow reader cut off (fast reader's figures)", n, n, None, n);
     // The slow reader's connection ends: after whatever its buffers held, the server closed it.
     let mut buf = vec![0u8; 1 << 16];
     let ended = tokio::time::timeout(Duration::from_secs(20), async {
@@ -242,12 +277,12 @@ async fn join_room(c: &mut WsClient, room: &str) {
 /// Retry-After); every client gets in, and the edge keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_storm_is_admitted_at_a_bounded_rate_and_everyone_gets_back() {
-    const CLIENTS: usize = 300;
+    let crowd = 300 * scale();
     let stack = chat_tests::Stack::start_with(&[("CHAT_ADMISSION_PER_S", "50")]).await;
     let url = stack.ws_url(0);
     let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for i in 0..CLIENTS {
+    for i in 0..crowd {
         let url = url.clone();
         let tok = stack.token(&format!("storm{i}"));
         let refused = refused.clone();
@@ -272,7 +307,7 @@ async fn a_reconnect_storm_is_admitted_at_a_bounded_rate_and_everyone_gets_back(
         }));
     }
     let clients = futures::future::join_all(tasks).await;
-    assert_eq!(clients.iter().filter(|c| c.is_ok()).count(), CLIENTS);
+    assert_eq!(clients.iter().filter(|c| c.is_ok()).count(), crowd);
     assert!(
         refused.load(std::sync::atomic::Ordering::Relaxed) > 0,
         "admission control never engaged"
@@ -281,6 +316,10 @@ async fn a_reconnect_storm_is_admitted_at_a_bounded_rate_and_everyone_gets_back(
     assert_eq!(
         late.request(serde_json::json!({"type": "ping"}), "p").await["type"],
         "pong"
+    );
+    println!(
+        "FIGURES reconnect storm: {crowd} clients all back, {} refusals (503) meanwhile",
+        refused.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
 
@@ -331,8 +370,8 @@ async fn resilient_reader(
 /// shows them online again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_an_edge_moves_its_clients_to_the_other_without_loss_or_repeat() {
-    const CLIENTS: usize = 40;
-    const MESSAGES: usize = 600;
+    let clients = 40 * scale();
+    let messages = 600 * scale();
     let nats = NatsServer::start().await;
     let db = fresh_database().await;
     let mut env = env(&nats, &db);
@@ -343,13 +382,13 @@ async fn killing_an_edge_moves_its_clients_to_the_other_without_loss_or_repeat()
     let survivor = Proc::start("chat-edge", &env).await;
     let urls = vec![doomed.ws_url(), survivor.ws_url()];
     let mut readers = Vec::new();
-    for i in 0..CLIENTS {
+    for i in 0..clients {
         // First connection on the doomed edge, later ones on the survivor.
         readers.push(tokio::spawn(resilient_reader(
             urls.clone(),
             format!("reader{i}"),
             "moving",
-            MESSAGES,
+            messages,
         )));
     }
     let (mut sender, _) =
@@ -359,7 +398,7 @@ async fn killing_an_edge_moves_its_clients_to_the_other_without_loss_or_repeat()
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut sent = Vec::new();
     for round in 0..3 {
-        sent.extend(send_many(&mut sender, "moving", &format!("k{round}"), MESSAGES / 3).await);
+        sent.extend(send_many(&mut sender, "moving", &format!("k{round}"), messages / 3).await);
         if round == 0 {
             doomed.kill().await;
         }
@@ -395,7 +434,7 @@ async fn killing_an_edge_moves_its_clients_to_the_other_without_loss_or_repeat()
             .iter()
             .filter(|u| u["status"] == "online")
             .count();
-        if online == CLIENTS + 1 {
+        if online == clients + 1 {
             break;
         }
         assert!(
@@ -405,4 +444,11 @@ async fn killing_an_edge_moves_its_clients_to_the_other_without_loss_or_repeat()
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     drop(connected);
+    report(
+        &format!("edge SIGKILLed under {clients} readers"),
+        messages,
+        messages,
+        None,
+        messages * clients,
+    );
 }
