@@ -231,7 +231,12 @@ async fn a_newcomer_to_a_public_room_has_no_unread_history() {
     assert_eq!(room_of(&hello, "hist")["unread"], 0, "{hello}");
     assert_eq!(room_of(&hello, "hist")["last_read"], last);
     send(&mut alice, "hist", "news", "h4").await;
-    let u = unread_frame(&mut bob, "hist").await;
+    // chat-notify may still be finishing the batch of the old messages when bob joins: it can tell
+    // him his count is 0 before the new message makes it 1.
+    let u = bob
+        .recv_until(|f| f["type"] == "unread" && f["room"] == "hist" && f["count"] != 0)
+        .await
+        .expect("unread frame");
     assert_eq!(u["count"], 1);
 }
 
