@@ -77,6 +77,25 @@ pub async fn ensure_chat_stream(
     Ok((stream, epoch_of(&info)))
 }
 
+/// The seq of the room's newest event in the stream (0 for a room with none). An unreachable
+/// stream is `unavailable`.
+pub async fn last_seq(
+    stream: &stream::Stream,
+    room: &chat_proto::RoomId,
+) -> Result<u64, crate::api::ApiError> {
+    match stream
+        .direct_get_last_for_subject(subjects::room_msg(room))
+        .await
+    {
+        Ok(m) => Ok(m.sequence),
+        Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(0),
+        Err(e) => {
+            tracing::warn!(error = %e, "stream unreachable");
+            Err(crate::api::ApiError::unavailable())
+        }
+    }
+}
+
 /// Creates the dead-letter stream if it is missing.
 pub async fn ensure_dead_letter_stream(
     js: &jetstream::Context,

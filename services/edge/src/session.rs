@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use axum::extract::ws::{CloseFrame, Message};
 use chat_bus::api::{
     self, ApiError, HistoryPage, HistoryRequest, MembershipChange, NotifyState, NotifyStateRequest,
@@ -1054,18 +1053,7 @@ where
 
 /// The room's newest seq, 0 for a room with no event.
 async fn last_seq(edge: &Edge, room: &RoomId) -> Result<u64, ApiError> {
-    match edge
-        .stream
-        .direct_get_last_for_subject(subjects::room_msg(room))
-        .await
-    {
-        Ok(m) => Ok(m.sequence),
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
-        Err(e) => {
-            tracing::warn!(error = %e, "stream unreachable");
-            Err(ApiError::unavailable())
-        }
-    }
+    chat_bus::stream::last_seq(&edge.stream, room).await
 }
 
 /// The `ts` of the stored event `seq` (the original of a duplicate send).

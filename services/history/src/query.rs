@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream::DirectGetErrorKind};
+use async_nats::jetstream::{self, consumer};
 use chat_bus::api::{ApiError, HistoryPage, HistoryRequest, clamp_limit};
 use chat_bus::event::RoomEvent;
 use chat_bus::subjects;
@@ -216,18 +216,7 @@ impl HistoryQuery {
 
     /// The room's newest seq in the stream (0: none).
     async fn last_seq(&self, room: &RoomId) -> Result<u64, ApiError> {
-        match self
-            .stream
-            .direct_get_last_for_subject(subjects::room_msg(room))
-            .await
-        {
-            Ok(m) => Ok(m.sequence),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
-            Err(e) => {
-                tracing::warn!(error = %e, "stream unreachable for history");
-                Err(ApiError::unavailable())
-            }
-        }
+        chat_bus::stream::last_seq(&self.stream, room).await
     }
 
     /// The room's events with `start <= seq <= last`, read from the stream in order; `prev` is the

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use chat_bus::api::{
     ApiError, MembershipChange, NotifyState, NotifyStateRequest, ReadRequest, UnreadUpdate,
     UserNotification,
@@ -97,18 +96,7 @@ impl Core {
 
     /// The seq of the room's newest event in the stream (0 if none).
     pub async fn last_seq(&self, room: &RoomId) -> Result<u64, ApiError> {
-        match self
-            .stream
-            .direct_get_last_for_subject(subjects::room_msg(room))
-            .await
-        {
-            Ok(m) => Ok(m.sequence),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
-            Err(e) => {
-                tracing::warn!(error = %e, "stream unreachable");
-                Err(ApiError::unavailable())
-            }
-        }
+        chat_bus::stream::last_seq(&self.stream, room).await
     }
 
     pub async fn publish_json<T: Serialize>(&self, subject: String, value: &T) {
