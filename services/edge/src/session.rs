@@ -229,6 +229,33 @@ where
     }
 }
 
+/// What the connection's two queues had first: a frame from the client or one for it.
+enum Io {
+    Inbound(Option<Result<Message, axum::Error>>),
+    Outbound(Option<Outbound>),
+}
+
+/// The next frame from the client or for it, whichever is ready, trying `read_first`'s side
+/// first. Both halves are cancel-safe, so losing a race against a timer loses nothing.
+async fn next_io<S>(socket: &mut S, rx: &mut mpsc::Receiver<Outbound>, read_first: bool) -> Io
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    if read_first {
+        tokio::select! {
+            biased;
+            msg = socket.next() => Io::Inbound(msg),
+            item = rx.recv() => Io::Outbound(item),
+        }
+    } else {
+        tokio::select! {
+            biased;
+            item = rx.recv() => Io::Outbound(item),
+            msg = socket.next() => Io::Inbound(msg),
+        }
+    }
+}
+
 struct Session<S> {
     edge: Edge,
     socket: S,
@@ -271,10 +298,13 @@ where
         }
         let heartbeat = self.edge.config.heartbeat;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        // After a stall, one ping rather than a burst of them.
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let expiry = tokio::time::sleep_until(expiry_instant(self.exp));
         tokio::pin!(expiry);
         let shutdown = self.edge.shutdown.clone();
         let overflow = self.handle.overflow.clone();
+        let mut read_first = true;
         loop {
             if self.expiry_changed {
                 expiry.as_mut().reset(expiry_instant(self.exp));
@@ -297,68 +327,97 @@ where
                 }
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > heartbeat * 3 {
-                        tracing::debug!(session = %self.handle.name, "peer silent for 3 heartbeats, dropping");
-                        return;
+                        // A busy edge may not have read the peer's pong yet: read what is
+                        // waiting before calling the peer dead.
+                        let Some(msg) = futures::FutureExt::now_or_never(self.socket.next()) else {
+                            tracing::debug!(session = %self.handle.name, "peer silent for 3 heartbeats, dropping");
+                            return;
+                        };
+                        if !self.on_inbound(msg).await {
+                            return;
+                        }
                     }
                     if self.socket.send(Message::Ping(Default::default())).await.is_err() {
                         return;
                     }
                 }
-                item = rx.recv() => {
-                    let Some(item) = item else { return };
-                    // A peer that stops reading blocks the write; the overflow token still ends
-                    // the connection (its queue filled meanwhile), without waiting for the peer.
-                    let written = tokio::select! {
-                        ok = self.write_batch(item, &mut rx) => ok,
-                        _ = overflow.cancelled() => false,
+                io = next_io(&mut self.socket, &mut rx, read_first) => {
+                    // Alternate which side goes first when both are ready: a busy room must not
+                    // starve the client's frames and pongs (it would be dropped as a dead peer),
+                    // nor a client pipelining sends starve its own acks.
+                    read_first = matches!(io, Io::Outbound(_));
+                    let more = match io {
+                        Io::Inbound(msg) => self.on_inbound(msg).await,
+                        Io::Outbound(item) => self.on_outbound(item, &mut rx, &overflow).await,
                     };
-                    if overflow.is_cancelled() {
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(1),
-                            close_with(&mut self.socket, close::SLOW_CONSUMER, "slow consumer"),
-                        )
-                        .await;
-                        return;
-                    }
-                    if !written {
-                        return;
-                    }
-                }
-                msg = self.socket.next() => {
-                    let flow = match msg {
-                        None | Some(Ok(Message::Close(_))) => return,
-                        Some(Err(e)) => {
-                            if is_too_big(&e) {
-                                close_with(&mut self.socket, close::TOO_BIG, "frame too large").await;
-                            }
-                            return;
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                            self.last_heard = Instant::now();
-                            Flow::Continue
-                        }
-                        Some(Ok(Message::Text(t))) if t.len() > self.edge.config.max_frame => {
-                            Flow::Close(close::TOO_BIG, "frame too large")
-                        }
-                        Some(Ok(Message::Text(t))) => {
-                            self.last_heard = Instant::now();
-                            self.on_client_frame(Some(t.as_str())).await
-                        }
-                        Some(Ok(Message::Binary(b))) if b.len() > self.edge.config.max_frame => {
-                            Flow::Close(close::TOO_BIG, "frame too large")
-                        }
-                        Some(Ok(Message::Binary(_))) => {
-                            self.last_heard = Instant::now();
-                            self.on_client_frame(None).await
-                        }
-                    };
-                    if let Flow::Close(code, reason) = flow {
-                        close_and_drain(&mut self.socket, code, reason).await;
+                    if !more {
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// Handles what the client sent; false when the connection is over.
+    async fn on_inbound(&mut self, msg: Option<Result<Message, axum::Error>>) -> bool {
+        let max_frame = self.edge.config.max_frame;
+        let flow = match msg {
+            None | Some(Ok(Message::Close(_))) => return false,
+            Some(Err(e)) => {
+                if is_too_big(&e) {
+                    close_with(&mut self.socket, close::TOO_BIG, "frame too large").await;
+                }
+                return false;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                self.last_heard = Instant::now();
+                Flow::Continue
+            }
+            Some(Ok(Message::Text(t))) if t.len() > max_frame => {
+                Flow::Close(close::TOO_BIG, "frame too large")
+            }
+            Some(Ok(Message::Text(t))) => {
+                self.last_heard = Instant::now();
+                self.on_client_frame(Some(t.as_str())).await
+            }
+            Some(Ok(Message::Binary(b))) if b.len() > max_frame => {
+                Flow::Close(close::TOO_BIG, "frame too large")
+            }
+            Some(Ok(Message::Binary(_))) => {
+                self.last_heard = Instant::now();
+                self.on_client_frame(None).await
+            }
+        };
+        if let Flow::Close(code, reason) = flow {
+            close_and_drain(&mut self.socket, code, reason).await;
+            return false;
+        }
+        true
+    }
+
+    /// Writes what is queued for the client; false when the connection is over.
+    async fn on_outbound(
+        &mut self,
+        item: Option<Outbound>,
+        rx: &mut mpsc::Receiver<Outbound>,
+        overflow: &CancellationToken,
+    ) -> bool {
+        let Some(item) = item else { return false };
+        // A peer that stops reading blocks the write; the overflow token still ends the
+        // connection (its queue filled meanwhile), without waiting for the peer.
+        let written = tokio::select! {
+            ok = self.write_batch(item, rx) => ok,
+            _ = overflow.cancelled() => false,
+        };
+        if overflow.is_cancelled() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                close_with(&mut self.socket, close::SLOW_CONSUMER, "slow consumer"),
+            )
+            .await;
+            return false;
+        }
+        written
     }
 
     /// Registers the session, subscribes it to the user's rooms and sends `hello`.
