@@ -111,6 +111,7 @@ impl App {
             edges: Records::new(edges),
             alive: Records::new(alive),
             config,
+            listening_since: now_ms(),
         }));
         Ok(App {
             presence,
@@ -187,6 +188,9 @@ pub struct Inner {
     alive: Records<EdgeAlive>,
     rooms: rooms::Directory,
     config: PresenceConfig,
+    /// When this instance began hearing heartbeats (ms). While no instance runs, heartbeats go
+    /// unrecorded: an edge is judged silent only over time this instance has been listening.
+    listening_since: i64,
 }
 
 impl std::ops::Deref for Presence {
@@ -642,13 +646,13 @@ impl Presence {
             let (Some(alive), revision) = self.alive.get(&edge).await? else {
                 continue;
             };
-            if !alive.is_silent(now_ms(), DEAD_AFTER_HEARTBEATS) {
+            if !alive.is_silent(now_ms(), self.listening_since, DEAD_AFTER_HEARTBEATS) {
                 continue;
             }
             if !self.alive.remove_if(&edge, revision).await? {
                 continue;
             }
-            let (record, edge_revision) = self.edges.get(&edge).await?;
+            let (record, _) = self.edges.get(&edge).await?;
             let record = record.unwrap_or_default();
             tracing::info!(
                 edge,
@@ -665,7 +669,10 @@ impl Presence {
                     return Err(e);
                 }
             }
-            self.edges.remove_if(&edge, edge_revision).await?;
+            // Unconditionally: a heartbeat applied meanwhile must not leave a record that
+            // matches the edge's sessions while their users are offline (the edge's next
+            // heartbeat, finding no record, brings back the sessions of an edge that lives).
+            self.edges.remove(&edge).await?;
             metrics::counter!("presence_dead_edges_total").increment(1);
             dead += 1;
         }

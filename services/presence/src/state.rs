@@ -187,9 +187,10 @@ pub struct EdgeAlive {
 }
 
 impl EdgeAlive {
-    /// Has the edge been silent for longer than `factor` heartbeats at `now`?
-    pub fn is_silent(&self, now: i64, factor: f64) -> bool {
-        (now - self.seen_at) as f64 > self.heartbeat_ms as f64 * factor
+    /// Has the edge been silent for longer than `factor` heartbeats at `now`, counting only
+    /// from `listening_since` (before it, nobody may have been there to hear it)?
+    pub fn is_silent(&self, now: i64, listening_since: i64, factor: f64) -> bool {
+        (now - self.seen_at.max(listening_since)) as f64 > self.heartbeat_ms as f64 * factor
     }
 }
 
@@ -349,7 +350,10 @@ mod tests {
             heartbeat_ms: 100,
             seen_at: 4,
         };
-        assert!(alive.is_silent(4 + 301, 3.0));
-        assert!(!alive.is_silent(4 + 300, 3.0));
+        assert!(alive.is_silent(4 + 301, 0, 3.0));
+        assert!(!alive.is_silent(4 + 300, 0, 3.0));
+        // An instance that started listening late judges only the time it listened.
+        assert!(!alive.is_silent(4 + 301, 100, 3.0));
+        assert!(alive.is_silent(100 + 301, 100, 3.0));
     }
 }

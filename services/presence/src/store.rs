@@ -174,6 +174,14 @@ where
         }
     }
 
+    /// Removes the record, whatever its revision.
+    pub async fn remove(&self, key: &str) -> Result<(), StoreError> {
+        self.store
+            .purge_expect_revision(key, None)
+            .await
+            .map_err(kv_err)
+    }
+
     /// Every key of the bucket.
     pub async fn keys(&self) -> Result<Vec<String>, StoreError> {
         use futures::TryStreamExt;
