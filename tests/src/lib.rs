@@ -237,19 +237,22 @@ pub async fn send(c: &mut WsClient, room: &str, body: &str, client_id: &str) -> 
     r
 }
 
-/// Sends `n` messages without waiting for each ack, then collects the acks; returns the seqs in
-/// send order. Bodies are `<prefix> <i>` and client ids `<prefix>-<i>`.
+/// Sends `n` messages `"<prefix> <i>"` with client ids `<prefix>-<i>`, keeping up to 256 in
+/// flight and reading while it sends (as a real client must: a peer that stops reading is cut
+/// off); returns each message's acked seq, by index.
 pub async fn send_many(c: &mut WsClient, room: &str, prefix: &str, n: usize) -> Vec<u64> {
-    for i in 0..n {
-        c.send(
-            serde_json::json!({"type": "send", "room": room, "body": format!("{prefix} {i}"),
-                                  "client_id": format!("{prefix}-{i}")}),
-        )
-        .await;
-    }
+    const IN_FLIGHT: usize = 256;
     let mut seqs = vec![0u64; n];
-    let mut got = 0;
+    let (mut sent, mut got) = (0, 0);
     while got < n {
+        while sent < n && sent - got < IN_FLIGHT {
+            c.send(
+                serde_json::json!({"type": "send", "room": room, "body": format!("{prefix} {sent}"),
+                                      "client_id": format!("{prefix}-{sent}")}),
+            )
+            .await;
+            sent += 1;
+        }
         let f = c.recv().await.expect("ack");
         match f["type"].as_str() {
             Some("ack") => {
@@ -312,5 +315,52 @@ pub async fn wait_archived(db: &sqlx::PgPool, room: &str, n: i64) {
             "archive did not reach {n} rows of {room}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `done` every 20 ms until it holds; panics naming `what` after `within`.
+pub async fn wait_for(what: &str, within: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// chat-notify's state of `user` in `rooms`, asked over NATS as an edge does.
+pub async fn notify_state(
+    client: &async_nats::Client,
+    user: &str,
+    rooms: &[&str],
+) -> chat_bus::api::NotifyState {
+    chat_bus::api::request(
+        client,
+        chat_bus::subjects::NOTIFY_STATE,
+        &chat_bus::api::NotifyStateRequest {
+            user: chat_proto::UserId::new(user).expect("user id"),
+            rooms: rooms
+                .iter()
+                .map(|r| chat_proto::RoomId::new(*r).expect("room id"))
+                .collect(),
+        },
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .expect("notify state")
+}
+
+/// Lets `d` pass while reading (and dropping) whatever `c` receives: a test client that is not
+/// read answers no WebSocket ping, and a short heartbeat would drop it as a dead peer.
+pub async fn idle(c: &mut WsClient, d: std::time::Duration) {
+    let until = tokio::time::Instant::now() + d;
+    while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
+        if let Err(chat_testkit::WsError::Closed(_) | chat_testkit::WsError::Transport(_)) =
+            c.recv_within(left).await
+        {
+            return;
+        }
     }
 }

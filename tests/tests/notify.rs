@@ -14,7 +14,7 @@ use axum::routing::post;
 use chat_bus::api::{self, NotifyState, NotifyStateRequest};
 use chat_bus::subjects;
 use chat_proto::{RoomId, UserId};
-use chat_tests::{Stack, join, send};
+use chat_tests::{Stack, join, notify_state as state, send};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -60,21 +60,6 @@ async fn settled_join(stack: &Stack, c: &mut chat_testkit::WsClient, user: &str,
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     db.close().await;
-}
-
-/// chat-notify's state for a user, asked over NATS as an edge does.
-async fn state(client: &async_nats::Client, user: &str, rooms: &[&str]) -> NotifyState {
-    api::request(
-        client,
-        subjects::NOTIFY_STATE,
-        &NotifyStateRequest {
-            user: UserId::new(user).unwrap(),
-            rooms: rooms.iter().map(|r| RoomId::new(*r).unwrap()).collect(),
-        },
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("notify state")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
