@@ -331,7 +331,13 @@ pub struct Acked {
 /// Sends numbered messages (body `<prefix> <i>`, client_id `<prefix>-<i>`) one at a time, each
 /// retried with the same client_id (reconnecting when needed) until acknowledged, until `stop`
 /// is cancelled; the message in hand is always finished.
-pub async fn send_until_acked(url: &str, user: &str, room: &str, prefix: &str, stop: CancellationToken) -> Acked {
+pub async fn send_until_acked(
+    url: &str,
+    user: &str,
+    room: &str,
+    prefix: &str,
+    stop: CancellationToken,
+) -> Acked {
     use std::time::Duration;
     let tok = token::hs256(SECRET, user, 3600);
     let mut acked = Acked::default();
@@ -355,13 +361,17 @@ pub async fn send_until_acked(url: &str, user: &str, room: &str, prefix: &str, s
             continue;
         };
         in_hand = true;
-        c.send(serde_json::json!({"type": "send", "room": room, "body": format!("{prefix} {i}"),
-                                  "client_id": client_id, "ref": client_id}))
-            .await;
+        c.send(
+            serde_json::json!({"type": "send", "room": room, "body": format!("{prefix} {i}"),
+                                  "client_id": client_id, "ref": client_id}),
+        )
+        .await;
         match c.recv_until(|f| f["ref"] == client_id.as_str()).await {
             Ok(f) if f["type"] == "ack" => {
                 acked.duplicates += usize::from(f["duplicate"] == true);
-                acked.seqs.insert(client_id, f["seq"].as_u64().expect("seq"));
+                acked
+                    .seqs
+                    .insert(client_id, f["seq"].as_u64().expect("seq"));
                 acked.at.push(std::time::Instant::now());
                 in_hand = false;
                 i += 1;
@@ -417,7 +427,9 @@ pub async fn live_reader(
         epoch = hello["epoch"].as_str().unwrap_or(&epoch).to_owned();
         let since = into.lock().unwrap().messages.iter().map(|m| m.0).max();
         let join = match since {
-            Some(since) => serde_json::json!({"type": "join", "room": room, "since": since, "epoch": epoch}),
+            Some(since) => {
+                serde_json::json!({"type": "join", "room": room, "since": since, "epoch": epoch})
+            }
             None => serde_json::json!({"type": "join", "room": room}),
         };
         c.send(join).await;

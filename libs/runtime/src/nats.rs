@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::{ConfigError, Env};
 
 /// How to reach NATS: `NATS_URL` (nats://127.0.0.1:4222; a comma-separated list names several
-/// servers of a cluster, the client moving to another when its server dies), and optionally `NATS_USER` +
-/// `NATS_PASSWORD`, `NATS_TOKEN`, `NATS_CREDS` (a .creds file), `NATS_TLS_CA`,
+/// servers of a cluster, the client moving to another when its server dies), and optionally
+/// `NATS_USER` + `NATS_PASSWORD`, `NATS_TOKEN`, `NATS_CREDS` (a .creds file), `NATS_TLS_CA`,
 /// `NATS_TLS_CERT` + `NATS_TLS_KEY` (client certificate).
 #[derive(Debug, Clone)]
 pub struct NatsConfig {

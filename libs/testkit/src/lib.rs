@@ -1,6 +1,7 @@
 //! Real servers for tests, never mocks: a nats-server with JetStream on a free port and a
-//! temporary store ([`NatsServer`], or a cluster of them: [`NatsCluster`]), a fresh PostgreSQL database per test ([`fresh_database`]),
-//! a WebSocket client that speaks JSON frames ([`WsClient`]) and JWTs ([`token`]).
+//! temporary store ([`NatsServer`], or a cluster of them: [`NatsCluster`]), a fresh PostgreSQL
+//! database per test ([`fresh_database`]), a WebSocket client that speaks JSON frames
+//! ([`WsClient`]) and JWTs ([`token`]).
 
 mod nats;
 mod pg;

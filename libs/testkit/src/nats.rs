@@ -162,7 +162,9 @@ impl NatsCluster {
     }
 
     pub async fn start_with(n: usize, opts: NatsOptions) -> NatsCluster {
-        Self::try_start(n, opts).await.expect("start a nats cluster")
+        Self::try_start(n, opts)
+            .await
+            .expect("start a nats cluster")
     }
 
     pub async fn try_start(n: usize, opts: NatsOptions) -> anyhow::Result<NatsCluster> {
@@ -242,7 +244,11 @@ impl NatsCluster {
     }
 
     /// The index of the node leading `stream` now, if it has a leader.
-    pub async fn stream_leader(&self, js: &async_nats::jetstream::Context, stream: &str) -> Option<usize> {
+    pub async fn stream_leader(
+        &self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+    ) -> Option<usize> {
         let mut s = js.get_stream(stream).await.ok()?;
         let info = s.info().await.ok()?;
         let leader = info.cluster.as_ref()?.leader.as_deref()?;
