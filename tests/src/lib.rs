@@ -364,3 +364,139 @@ pub async fn idle(c: &mut WsClient, d: std::time::Duration) {
         }
     }
 }
+
+/// What [`send_until_acked`] got: every message acknowledged, and when.
+#[derive(Debug, Default)]
+pub struct Acked {
+    /// client_id → the seq its ack named.
+    pub seqs: std::collections::HashMap<String, u64>,
+    /// When each ack arrived, in send order.
+    pub at: Vec<std::time::Instant>,
+    /// Acks that said `duplicate:true` (a retry of a send the stream had already stored).
+    pub duplicates: usize,
+    /// Sends refused (`unavailable`, …) or lost with their connection, then retried.
+    pub retries: usize,
+}
+
+/// Sends numbered messages (body `<prefix> <i>`, client_id `<prefix>-<i>`) one at a time, each
+/// retried with the same client_id (reconnecting when needed) until acknowledged, until `stop`
+/// is cancelled; the message in hand is always finished.
+pub async fn send_until_acked(
+    url: &str,
+    user: &str,
+    room: &str,
+    prefix: &str,
+    stop: CancellationToken,
+) -> Acked {
+    use std::time::Duration;
+    let tok = token::hs256(SECRET, user, 3600);
+    let mut acked = Acked::default();
+    let mut conn: Option<WsClient> = None;
+    let mut i = 0usize;
+    // Set once message i has gone out: it must be acknowledged even after `stop`.
+    let mut in_hand = false;
+    while !stop.is_cancelled() || in_hand {
+        let client_id = format!("{prefix}-{i}");
+        let Some(c) = conn.as_mut() else {
+            if let Ok(mut c) = WsClient::connect(url, Some(&tok)).await
+                && c.recv_type("hello").await.is_ok()
+                && c.request(serde_json::json!({"type": "join", "room": room}), "j")
+                    .await["type"]
+                    == "joined"
+            {
+                conn = Some(c);
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            continue;
+        };
+        in_hand = true;
+        c.send(
+            serde_json::json!({"type": "send", "room": room, "body": format!("{prefix} {i}"),
+                                  "client_id": client_id, "ref": client_id}),
+        )
+        .await;
+        match c.recv_until(|f| f["ref"] == client_id.as_str()).await {
+            Ok(f) if f["type"] == "ack" => {
+                acked.duplicates += usize::from(f["duplicate"] == true);
+                acked
+                    .seqs
+                    .insert(client_id, f["seq"].as_u64().expect("seq"));
+                acked.at.push(std::time::Instant::now());
+                in_hand = false;
+                i += 1;
+            }
+            Ok(_) => {
+                acked.retries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => {
+                acked.retries += 1;
+                conn = None;
+            }
+        }
+    }
+    acked
+}
+
+/// What a [`live_reader`] has been given so far.
+#[derive(Debug, Default, Clone)]
+pub struct Received {
+    /// (seq, prev_seq, client_id) of each `message` frame, in arrival order.
+    pub messages: Vec<(u64, u64, String)>,
+    /// How many times the reader had to connect again.
+    pub reconnects: usize,
+    /// Set at the first `joined`: from then on nothing sent to the room is missed.
+    pub joined: bool,
+}
+
+/// A reader of `room` that stays for good: it records every message into `into`, and when its
+/// connection ends it reconnects and recovers with `join{since, epoch}` from the last seq seen.
+pub async fn live_reader(
+    url: String,
+    user: String,
+    room: String,
+    into: std::sync::Arc<std::sync::Mutex<Received>>,
+) {
+    use std::time::Duration;
+    let tok = token::hs256(SECRET, &user, 3600);
+    let mut epoch = String::new();
+    let mut first = true;
+    loop {
+        if !first {
+            into.lock().unwrap().reconnects += 1;
+        }
+        first = false;
+        let Ok(mut c) = WsClient::connect(&url, Some(&tok)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(hello) = c.recv_type("hello").await else {
+            continue;
+        };
+        epoch = hello["epoch"].as_str().unwrap_or(&epoch).to_owned();
+        let since = into.lock().unwrap().messages.iter().map(|m| m.0).max();
+        let join = match since {
+            Some(since) => {
+                serde_json::json!({"type": "join", "room": room, "since": since, "epoch": epoch})
+            }
+            None => serde_json::json!({"type": "join", "room": room}),
+        };
+        c.send(join).await;
+        loop {
+            match c.recv_within(Duration::from_secs(3600)).await {
+                Ok(f) if f["type"] == "message" && f["room"] == room.as_str() => {
+                    let m = (
+                        f["seq"].as_u64().expect("seq"),
+                        f["prev_seq"].as_u64().expect("prev_seq"),
+                        f["client_id"].as_str().unwrap_or("").to_owned(),
+                    );
+                    into.lock().unwrap().messages.push(m);
+                }
+                Ok(f) if f["type"] == "joined" => into.lock().unwrap().joined = true,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+}

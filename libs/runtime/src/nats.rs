@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use crate::{ConfigError, Env};
 
-/// How to reach NATS: `NATS_URL` (nats://127.0.0.1:4222), and optionally `NATS_USER` +
-/// `NATS_PASSWORD`, `NATS_TOKEN`, `NATS_CREDS` (a .creds file), `NATS_TLS_CA`,
+/// How to reach NATS: `NATS_URL` (nats://127.0.0.1:4222; a comma-separated list names several
+/// servers of a cluster, the client moving to another when its server dies), and optionally
+/// `NATS_USER` + `NATS_PASSWORD`, `NATS_TOKEN`, `NATS_CREDS` (a .creds file), `NATS_TLS_CA`,
 /// `NATS_TLS_CERT` + `NATS_TLS_KEY` (client certificate).
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
@@ -49,6 +50,24 @@ impl NatsConfig {
         }
     }
 
+    /// The servers of `url`: one, or several separated by commas.
+    pub fn servers(&self) -> std::io::Result<Vec<async_nats::ServerAddr>> {
+        let servers = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect::<std::io::Result<Vec<async_nats::ServerAddr>>>()?;
+        if servers.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "NATS_URL names no server",
+            ));
+        }
+        Ok(servers)
+    }
+
     /// Connects, retrying until the server answers: services may start before NATS does.
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, async_nats::Error> {
         let mut opts = async_nats::ConnectOptions::new()
@@ -73,7 +92,7 @@ impl NatsConfig {
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             opts = opts.add_client_certificate(cert.clone(), key.clone());
         }
-        let client = opts.connect(self.url.as_str()).await?;
+        let client = opts.connect(self.servers()?).await?;
         Ok(client)
     }
 }
@@ -133,4 +152,23 @@ where
     tasks.wait().await;
     let _ = client.flush().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_url_takes_one_server_or_a_list() {
+        let one = NatsConfig::url("nats://127.0.0.1:4222").servers().unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].port(), 4222);
+        let three = NatsConfig::url("nats://127.0.0.1:4001, nats://127.0.0.1:4002,127.0.0.1:4003,")
+            .servers()
+            .unwrap();
+        let ports: Vec<u16> = three.iter().map(|s| s.port()).collect();
+        assert_eq!(ports, vec![4001, 4002, 4003]);
+        assert!(NatsConfig::url(" , ").servers().is_err());
+        assert!(NatsConfig::url("nats://a b").servers().is_err());
+    }
 }

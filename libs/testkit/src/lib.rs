@@ -1,12 +1,13 @@
 //! Real servers for tests, never mocks: a nats-server with JetStream on a free port and a
-//! temporary store ([`NatsServer`]), a fresh PostgreSQL database per test ([`fresh_database`]),
-//! a WebSocket client that speaks JSON frames ([`WsClient`]) and JWTs ([`token`]).
+//! temporary store ([`NatsServer`], or a cluster of them: [`NatsCluster`]), a fresh PostgreSQL
+//! database per test ([`fresh_database`]), a WebSocket client that speaks JSON frames
+//! ([`WsClient`]) and JWTs ([`token`]).
 
 mod nats;
 mod pg;
 mod ws;
 
-pub use nats::{NatsOptions, NatsServer};
+pub use nats::{NatsCluster, NatsOptions, NatsServer};
 pub use pg::{PgCluster, fresh_database};
 pub use ws::{WsClient, WsError};
 

@@ -1,4 +1,5 @@
-//! A nats-server (2.11 or newer) with JetStream, on a free port with a temporary store.
+//! A nats-server (2.11 or newer) with JetStream, on a free port with a temporary store; and a
+//! cluster of three of them on loopback ([`NatsCluster`]), whose nodes can be killed and restarted.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -51,8 +52,15 @@ impl NatsServer {
     }
 
     pub async fn try_start(opts: NatsOptions) -> anyhow::Result<NatsServer> {
+        let mut server = Self::prepare(crate::free_port(), &opts, "")?;
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// Writes the configuration of a server on `port` (not started yet); `node` is more
+    /// configuration text (a cluster node's name and routes).
+    fn prepare(port: u16, opts: &NatsOptions, node: &str) -> anyhow::Result<NatsServer> {
         let store = tempfile::tempdir()?;
-        let port = crate::free_port();
         let config = store.path().join("nats.conf");
         let sync = if opts.sync_always {
             "sync_interval: always"
@@ -60,20 +68,18 @@ impl NatsServer {
             ""
         };
         let text = format!(
-            "listen: 127.0.0.1:{port}\nmax_payload: 1MB\njetstream {{\n  store_dir: {:?}\n  {sync}\n}}\n{}\n",
+            "listen: 127.0.0.1:{port}\nmax_payload: 1MB\n{node}\njetstream {{\n  store_dir: {:?}\n  {sync}\n}}\n{}\n",
             store.path().join("js"),
             opts.extra_config
         );
         std::fs::write(&config, text)?;
-        let mut server = NatsServer {
+        Ok(NatsServer {
             child: None,
             port,
             url: format!("nats://127.0.0.1:{port}"),
             store,
             config,
-        };
-        server.spawn().await?;
-        Ok(server)
+        })
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
@@ -107,6 +113,11 @@ impl NatsServer {
         )
     }
 
+    /// Is the process running (not killed)?
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server (SIGKILL), keeping its store.
     pub async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -130,5 +141,144 @@ impl NatsServer {
         async_nats::connect(&self.url)
             .await
             .expect("connect to test nats-server")
+    }
+}
+
+/// A JetStream cluster of nats-servers on loopback, each with its own client port, cluster port
+/// and temporary store; every node is killed when dropped.
+#[derive(Debug)]
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+/// The cluster's name in the configuration.
+const CLUSTER_NAME: &str = "chat-test";
+
+impl NatsCluster {
+    /// Starts `n` nodes (3 for a quorum that survives one death) and waits until JetStream has a
+    /// meta leader; panics with the reason if it cannot.
+    pub async fn start(n: usize) -> NatsCluster {
+        Self::start_with(n, NatsOptions::default()).await
+    }
+
+    pub async fn start_with(n: usize, opts: NatsOptions) -> NatsCluster {
+        Self::try_start(n, opts)
+            .await
+            .expect("start a nats cluster")
+    }
+
+    pub async fn try_start(n: usize, opts: NatsOptions) -> anyhow::Result<NatsCluster> {
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| (crate::free_port(), crate::free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, c)| format!("nats-route://127.0.0.1:{c}"))
+            .collect();
+        let mut nodes = Vec::with_capacity(n);
+        for (i, (port, cluster_port)) in ports.iter().enumerate() {
+            let node = format!(
+                "server_name: {}\ncluster {{\n  name: {CLUSTER_NAME}\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{}]\n}}",
+                Self::server_name(i),
+                routes.join(", ")
+            );
+            nodes.push(NatsServer::prepare(*port, &opts, &node)?);
+        }
+        for node in &mut nodes {
+            node.spawn().await?;
+        }
+        let cluster = NatsCluster { nodes };
+        cluster.wait_for_jetstream().await?;
+        Ok(cluster)
+    }
+
+    /// The `server_name` of node `i`.
+    pub fn server_name(i: usize) -> String {
+        format!("n{i}")
+    }
+
+    /// Every node's client URL, comma-separated (what `NATS_URL` takes).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A client that may connect to any node (and moves on when its node dies).
+    pub async fn client(&self) -> async_nats::Client {
+        let urls: Vec<&str> = self.nodes.iter().map(|n| n.url.as_str()).collect();
+        async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .request_timeout(Some(Duration::from_secs(2)))
+            .connect(urls.as_slice())
+            .await
+            .expect("connect to the test nats cluster")
+    }
+
+    /// Waits until the JetStream API answers (a meta leader is elected), up to 30 s.
+    pub async fn wait_for_jetstream(&self) -> anyhow::Result<()> {
+        let js = async_nats::jetstream::new(self.client().await);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match js.query_account().await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    bail!("JetStream of the cluster never answered: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// SIGKILLs node `i`, keeping its store.
+    pub async fn kill(&mut self, i: usize) {
+        self.nodes[i].kill().await;
+    }
+
+    /// Starts node `i` again on the same ports and store.
+    pub async fn restart(&mut self, i: usize) {
+        self.nodes[i].restart().await;
+    }
+
+    /// The index of the node leading `stream` now, if it has a leader.
+    pub async fn stream_leader(
+        &self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+    ) -> Option<usize> {
+        let mut s = js.get_stream(stream).await.ok()?;
+        let info = s.info().await.ok()?;
+        let leader = info.cluster.as_ref()?.leader.as_deref()?;
+        (0..self.nodes.len()).find(|&i| Self::server_name(i) == leader)
+    }
+
+    /// Waits until `stream` has a leader with every replica current (none offline or lagging),
+    /// up to `within`; returns the leader's index.
+    pub async fn wait_stream_healthy(
+        &self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+        within: Duration,
+    ) -> anyhow::Result<usize> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok(mut s) = js.get_stream(stream).await
+                && let Ok(info) = s.info().await
+                && let Some(c) = &info.cluster
+                && let Some(leader) = c.leader.as_deref()
+                && c.replicas.len() + 1 == info.config.num_replicas
+                && c.replicas.iter().all(|r| r.current && !r.offline)
+                && let Some(i) = (0..self.nodes.len()).find(|&i| Self::server_name(i) == leader)
+            {
+                return Ok(i);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("stream {stream} not healthy within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
