@@ -804,6 +804,7 @@ where
                             before,
                             after,
                             limit,
+                            user: Some(self.user().clone()),
                         },
                     )
                     .await?;
@@ -1027,6 +1028,7 @@ where
                         before: None,
                         after: Some(cursor),
                         limit: Some(200),
+                        user: Some(self.user().clone()),
                     },
                 )
                 .await?;
