@@ -532,7 +532,10 @@ where
                     .is_ok()
                     && self.flush_soon().await
             }
-            Outbound::Frame(json) => {
+            Outbound::RoomFrame { room, json } => {
+                if !self.rooms.contains_key(&room) {
+                    return true;
+                }
                 self.socket
                     .feed(Message::Text((&*json).into()))
                     .await
