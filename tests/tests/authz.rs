@@ -673,8 +673,12 @@ async fn a_revoked_membership_stops_delivery_to_every_session_within_a_second() 
                 .await;
                 sent.fetch_add(1, Ordering::Relaxed);
                 carol.send(json!({"type": "typing", "room": "vault"})).await;
-                if i % 20 == 0 {
-                    let status = if i % 40 == 0 { "away" } else { "online" };
+                if i.is_multiple_of(20) {
+                    let status = if i.is_multiple_of(40) {
+                        "away"
+                    } else {
+                        "online"
+                    };
                     alice
                         .send(json!({"type": "status", "status": status}))
                         .await;
