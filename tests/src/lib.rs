@@ -500,3 +500,29 @@ pub async fn live_reader(
         }
     }
 }
+
+/// Every frame `c` receives until `deadline`, each with when it arrived (the connection must
+/// stay open meanwhile).
+pub async fn frames_until(
+    c: &mut WsClient,
+    deadline: tokio::time::Instant,
+) -> Vec<(tokio::time::Instant, Value)> {
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.recv_within(left).await {
+            Ok(f) => out.push((tokio::time::Instant::now(), f)),
+            Err(chat_testkit::WsError::Timeout) => return out,
+            Err(e) => panic!("connection failed while collecting frames: {e:?}"),
+        }
+    }
+}
+
+/// A request to an internal or public NATS subject, decoded as the services' replies are.
+pub async fn nats_request<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: &'static str,
+    req: &Req,
+) -> Result<Resp, chat_bus::api::ApiError> {
+    chat_bus::api::request(client, subject, req, std::time::Duration::from_secs(10)).await
+}

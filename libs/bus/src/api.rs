@@ -123,6 +123,11 @@ pub struct HistoryRequest {
     pub after: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
+    /// On whose behalf the page is asked. chat-edge always names its user, so that chat-history
+    /// itself refuses (`forbidden`) a user who is not a member of the room, whatever the edge
+    /// checked; an integration that omits it reads as the trusted party it is (CONTRACT §3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
 }
 
 /// `chat.api.history` reply.

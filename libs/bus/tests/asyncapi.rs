@@ -152,12 +152,14 @@ fn samples() -> BTreeMap<&'static str, Vec<(Value, Sample)>> {
         before: Some(10),
         after: Some(2),
         limit: Some(50),
+        user: Some(user("alice")),
     };
     let minimal_history = HistoryRequest {
         room: room(),
         before: None,
         after: None,
         limit: None,
+        user: None,
     };
     let both = |v: Value| vec![(v.clone(), Sample::Full), (v, Sample::Minimal)];
     let error: Result<HistoryPage, ApiError> = Err(ApiError::new(ErrorCode::NotFound, "no"));

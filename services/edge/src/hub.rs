@@ -29,8 +29,9 @@ pub enum Outbound {
         seq: u64,
         json: Arc<str>,
     },
-    /// Any other ready-made frame.
-    Frame(Arc<str>),
+    /// Any other ready-made frame about one room (typing, presence, unread, notification):
+    /// delivered only while the session is a member, so nothing of a room follows its `left`.
+    RoomFrame { room: RoomId, json: Arc<str> },
     /// The user's membership changed (possibly from another session or edge).
     Membership(MembershipChange),
 }
@@ -253,14 +254,17 @@ async fn room_typing(mut sub: Subscriber, sessions: Sessions) {
             continue;
         };
         let json: Arc<str> = ServerFrame::Typing {
-            room: ev.room,
+            room: ev.room.clone(),
             user: ev.user.clone(),
         }
         .to_json()
         .into();
         for s in snapshot(&sessions) {
             if s.user != ev.user {
-                s.push(Outbound::Frame(json.clone()));
+                s.push(Outbound::RoomFrame {
+                    room: ev.room.clone(),
+                    json: json.clone(),
+                });
             }
         }
     }
@@ -271,6 +275,7 @@ async fn room_presence(mut sub: Subscriber, sessions: Sessions) {
         let Ok(ev) = serde_json::from_slice::<RoomPresenceEvent>(&msg.payload) else {
             continue;
         };
+        let room = ev.room.clone();
         let json: Arc<str> = ServerFrame::Presence {
             room: ev.room,
             user: ev.user,
@@ -280,7 +285,10 @@ async fn room_presence(mut sub: Subscriber, sessions: Sessions) {
         .to_json()
         .into();
         for s in snapshot(&sessions) {
-            s.push(Outbound::Frame(json.clone()));
+            s.push(Outbound::RoomFrame {
+                room: room.clone(),
+                json: json.clone(),
+            });
         }
     }
 }
@@ -290,21 +298,21 @@ async fn user_feed(mut sub: Subscriber, sessions: Sessions) {
         let item = match subjects::user_subject_kind(&msg.subject) {
             Some("notify") => serde_json::from_slice::<UserNotification>(&msg.payload)
                 .ok()
-                .map(|n| {
-                    Outbound::Frame(ServerFrame::Notification(n.notification).to_json().into())
+                .map(|n| Outbound::RoomFrame {
+                    room: n.notification.room.clone(),
+                    json: ServerFrame::Notification(n.notification).to_json().into(),
                 }),
             Some("unread") => serde_json::from_slice::<UnreadUpdate>(&msg.payload)
                 .ok()
-                .map(|u| {
-                    Outbound::Frame(
-                        ServerFrame::Unread {
-                            room: u.room,
-                            count: u.count,
-                            last_read: u.last_read,
-                        }
-                        .to_json()
-                        .into(),
-                    )
+                .map(|u| Outbound::RoomFrame {
+                    room: u.room.clone(),
+                    json: ServerFrame::Unread {
+                        room: u.room,
+                        count: u.count,
+                        last_read: u.last_read,
+                    }
+                    .to_json()
+                    .into(),
                 }),
             Some("membership") => serde_json::from_slice::<MembershipChange>(&msg.payload)
                 .ok()

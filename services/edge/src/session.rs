@@ -591,7 +591,10 @@ where
                     .is_ok()
                     && self.flush_soon().await
             }
-            Outbound::Frame(json) => {
+            Outbound::RoomFrame { room, json } => {
+                if !self.rooms.contains_key(&room) {
+                    return true;
+                }
                 self.socket
                     .feed(Message::Text((&*json).into()))
                     .await
@@ -863,6 +866,7 @@ where
                             before,
                             after,
                             limit,
+                            user: Some(self.user().clone()),
                         },
                     )
                     .await?;
@@ -1086,6 +1090,7 @@ where
                         before: None,
                         after: Some(cursor),
                         limit: Some(200),
+                        user: Some(self.user().clone()),
                     },
                 )
                 .await?;

@@ -54,12 +54,33 @@ impl HistoryQuery {
         if req.before.is_some() && req.after.is_some() {
             return Err(ApiError::bad_request("give before or after, not both"));
         }
-        match self.page_archived(&req).await {
+        // Both ask PostgreSQL: concurrently, so that an outage costs one timeout, not two.
+        let (member, page) = tokio::join!(self.require_member(&req), self.page_archived(&req));
+        member?;
+        match page {
             Err(e) if e.code == chat_proto::ErrorCode::Unavailable => {
                 metrics::counter!("history_stream_fallback_total").increment(1);
                 self.page_from_stream(&req).await
             }
             other => other,
+        }
+    }
+
+    /// Refuses a page asked on behalf of a non-member. This is the second line (chat-edge checks
+    /// its session's rooms first), so while PostgreSQL is unreachable it lets the page through
+    /// rather than break history for connected members (CONTRACT §2, outages), and counts it.
+    async fn require_member(&self, req: &HistoryRequest) -> Result<(), ApiError> {
+        let Some(user) = &req.user else {
+            return Ok(());
+        };
+        match crate::rooms::is_member_of(&self.pool, &req.room, user).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ApiError::forbidden("not a member of this room")),
+            Err(e) if e.code == chat_proto::ErrorCode::Unavailable => {
+                metrics::counter!("history_membership_unchecked_total").increment(1);
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 

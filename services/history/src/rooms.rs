@@ -336,6 +336,18 @@ async fn add_member(
     Ok(done.rows_affected() == 1)
 }
 
+/// Whether `user` is a member of `room` (any kind of room).
+pub async fn is_member_of(pool: &PgPool, room: &RoomId, user: &UserId) -> Result<bool, ApiError> {
+    let row: Option<(i32,)> =
+        sqlx::query_as("SELECT 1 FROM memberships WHERE room = $1 AND user_id = $2")
+            .bind(room.as_str())
+            .bind(user.as_str())
+            .fetch_optional(pool)
+            .await
+            .map_err(db_error)?;
+    Ok(row.is_some())
+}
+
 async fn is_member(
     tx: &mut Transaction<'_, Postgres>,
     room: &RoomId,

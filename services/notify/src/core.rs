@@ -2,6 +2,7 @@
 //! the member cache, the webhook dispatcher's wake-up, and per-room locks that keep `unread` publications of
 //! one room in the order their counts were computed.
 
+use std::collections::HashSet;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -9,8 +10,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use chat_bus::api::{
-    ApiError, MembershipChange, NotifyState, NotifyStateRequest, ReadRequest, UnreadUpdate,
-    UserNotification,
+    self, ApiError, MembershipChange, NotifyState, NotifyStateRequest, ReadRequest, RoomsRequest,
+    UnreadUpdate, UserNotification, UserRooms,
 };
 use chat_bus::{now_ms, subjects, trace};
 use chat_proto::{Notification, NotificationKind, RoomId, RoomKind, UserId};
@@ -161,7 +162,22 @@ impl Core {
     }
 
     /// `NOTIFY_STATE`: a user's markers, unread counts and pending notifications in `rooms`.
-    pub async fn state(&self, req: NotifyStateRequest) -> Result<NotifyState, ApiError> {
+    /// Only rooms the user is a member of are answered: whoever asks (an edge, or anything else
+    /// with access to the subject), a non-member learns nothing of a room's activity.
+    pub async fn state(&self, mut req: NotifyStateRequest) -> Result<NotifyState, ApiError> {
+        if !req.rooms.is_empty() {
+            let mine: UserRooms = api::request(
+                &self.nats,
+                subjects::ROOMS,
+                &RoomsRequest::UserRooms {
+                    user: req.user.clone(),
+                },
+                self.config.request_timeout,
+            )
+            .await?;
+            let mine: HashSet<RoomId> = mine.rooms.into_iter().map(|m| m.room).collect();
+            req.rooms.retain(|r| mine.contains(r));
+        }
         self.catch_up(&req.rooms).await;
         let rooms = store::unread_of_user(&self.pool, &req.user, &req.rooms)
             .await
@@ -224,7 +240,9 @@ impl Core {
 
     /// `NOTIFY_READ`: moves the marker forward (clamped to the room's last seq), clears the
     /// notifications it covers, and tells every session of the user the new count.
+    /// A non-member is refused (`forbidden`): no marker, no count of the room's messages.
     pub async fn read(&self, req: ReadRequest) -> Result<UnreadUpdate, ApiError> {
+        self.require_member(&req.user, &req.room).await?;
         let last = match self.last_seq(&req.room).await {
             Ok(s) => s,
             Err(_) => store::processed(&self.pool, std::slice::from_ref(&req.room))
@@ -248,6 +266,18 @@ impl Core {
         self.publish_json(subjects::user_unread(&req.user), &update)
             .await;
         Ok(update)
+    }
+
+    /// Refuses a user who is not a member of `room`. A cached member list may predate a join
+    /// (the membership event and the request race), so a miss is checked again with chat-history.
+    async fn require_member(&self, user: &UserId, room: &RoomId) -> Result<(), ApiError> {
+        if self.members.get(room).await?.members.contains(user)
+            || self.members.refresh(room).await?.members.contains(user)
+        {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("not a member of this room"))
+        }
     }
 
     /// Joining a public room starts the marker at its newest event: its history is not
