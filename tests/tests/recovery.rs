@@ -174,3 +174,66 @@ async fn poison_events_are_dead_lettered_and_do_not_block_the_room() {
         "{reasons:?}"
     );
 }
+
+/// Core NATS delivers the live feed at most once: events the edge never heard (here, the stream's
+/// republish switched off for two sends, as a reconnect to another server would lose them) show
+/// up as a `prev_seq` above the last seq seen, and the edge fills the gap from chat-history, so a
+/// connected session still gets every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_live_feed_is_filled_before_the_next_event() {
+    let stack = Stack::start().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut alice, "gappy").await;
+    join(&mut bob, "gappy").await;
+    let first = send(&mut alice, "gappy", "one", "one").await["seq"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(bob.recv_type("message").await.unwrap()["seq"], first);
+
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let mut stream = js.get_stream("CHAT").await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    let republish = config.republish.clone();
+    assert!(republish.is_some());
+    js.update_stream(async_nats::jetstream::stream::Config {
+        republish: None,
+        ..config.clone()
+    })
+    .await
+    .unwrap();
+    let unheard = [
+        send(&mut alice, "gappy", "two", "two").await["seq"]
+            .as_u64()
+            .unwrap(),
+        send(&mut alice, "gappy", "three", "three").await["seq"]
+            .as_u64()
+            .unwrap(),
+    ];
+    js.update_stream(config).await.unwrap();
+    let next = send(&mut alice, "gappy", "four", "four").await["seq"]
+        .as_u64()
+        .unwrap();
+
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let m = bob.recv_type("message").await.unwrap();
+        got.push((
+            m["seq"].as_u64().unwrap(),
+            m["body"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (unheard[0], "two".to_owned()),
+            (unheard[1], "three".to_owned()),
+            (next, "four".to_owned())
+        ],
+        "the missed events, in order, before the next one"
+    );
+    // And nothing twice.
+    while let Ok(f) = bob.recv_within(std::time::Duration::from_millis(300)).await {
+        assert_ne!(f["type"], "message", "delivered twice: {f}");
+    }
+}

@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 
 use async_nats::Subscriber;
 use chat_bus::api::{
-    MembershipChange, RoomPresenceEvent, TypingEvent, UnreadUpdate, UserNotification,
+    self, HistoryPage, HistoryRequest, MembershipChange, RoomPresenceEvent, TypingEvent,
+    UnreadUpdate, UserNotification,
 };
 use chat_bus::{event, subjects};
-use chat_proto::{RoomId, ServerFrame, UserId};
+use chat_proto::{ChatMessage, RoomId, ServerFrame, UserId};
 use futures::StreamExt;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// What the hub hands to a session.
 #[derive(Debug, Clone)]
@@ -81,6 +81,8 @@ impl Drop for Entry {
 /// The edge's subscriptions and the sessions behind them.
 pub struct Hub {
     nats: async_nats::Client,
+    /// How long a gap in a room's live feed waits for chat-history to fill it.
+    request_timeout: Duration,
     rooms: Mutex<HashMap<RoomId, Entry>>,
     users: Mutex<HashMap<UserId, Entry>>,
     typing: std::sync::Mutex<HashMap<(UserId, RoomId), Instant>>,
@@ -97,9 +99,10 @@ fn snapshot(sessions: &Sessions) -> Vec<SessionHandle> {
 }
 
 impl Hub {
-    pub fn new(nats: async_nats::Client) -> Self {
+    pub fn new(nats: async_nats::Client, request_timeout: Duration) -> Self {
         Hub {
             nats,
+            request_timeout,
             rooms: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             typing: std::sync::Mutex::new(HashMap::new()),
@@ -126,7 +129,13 @@ impl Hub {
         let presence = self.nats.subscribe(subjects::room_presence(room)).await?;
         self.nats.flush().await?;
         let tasks = vec![
-            tokio::spawn(room_feed(room.clone(), feed, sessions.clone())),
+            tokio::spawn(room_feed(
+                self.nats.clone(),
+                self.request_timeout,
+                room.clone(),
+                feed,
+                sessions.clone(),
+            )),
             tokio::spawn(room_typing(typing, sessions.clone())),
             tokio::spawn(room_presence(presence, sessions.clone())),
         ];
@@ -218,34 +227,107 @@ impl Hub {
     }
 }
 
-async fn room_feed(room: RoomId, mut sub: Subscriber, sessions: Sessions) {
+/// A room's live feed on this edge. Core NATS delivery is at most once (a reconnect to another
+/// server, a slow-consumer drop): an event whose `prev_seq` is above the last one seen reveals a
+/// gap, which is filled from chat-history before the event, so sessions get every event in order.
+async fn room_feed(
+    nats: async_nats::Client,
+    timeout: Duration,
+    room: RoomId,
+    mut sub: Subscriber,
+    sessions: Sessions,
+) {
+    let mut last: Option<u64> = None;
     while let Some(msg) = sub.next().await {
         let Some(message) = event::decode_fanout(msg.headers.as_ref(), &msg.payload) else {
             tracing::warn!(%room, "undecodable event on the live feed skipped");
             continue;
         };
-        let seq = message.seq;
-        let span = tracing::info_span!("edge.deliver", room = %room, seq, sessions = tracing::field::Empty);
-        chat_bus::trace::continue_from(&span, msg.headers.as_ref());
-        async {
-            let json: Arc<str> = ServerFrame::Message(message).to_json().into();
-            let targets = snapshot(&sessions);
-            tracing::Span::current().record("sessions", targets.len());
-            let mut delivered = 0u64;
-            for s in targets {
-                if s.push(Outbound::Event {
-                    room: room.clone(),
-                    seq,
-                    json: json.clone(),
-                }) {
-                    delivered += 1;
+        if let Some(seen) = last {
+            if message.seq <= seen {
+                continue;
+            }
+            if message.prev_seq > seen {
+                for missed in fill_gap(&nats, timeout, &room, seen, message.seq).await {
+                    fan_out(&room, missed, &sessions, None);
                 }
             }
-            metrics::counter!("edge_fanout_deliveries_total").increment(delivered);
         }
-        .instrument(span)
-        .await;
+        last = Some(message.seq);
+        fan_out(&room, message, &sessions, msg.headers.as_ref());
     }
+}
+
+/// The events of `room` strictly between `after` and `before`, from chat-history (which answers
+/// from the stream what the archive does not hold yet). Empty, with a warning, if it cannot say:
+/// the sessions then see the gap in `prev_seq` and can fill it themselves (CONTRACT §2).
+async fn fill_gap(
+    nats: &async_nats::Client,
+    timeout: Duration,
+    room: &RoomId,
+    after: u64,
+    before: u64,
+) -> Vec<ChatMessage> {
+    metrics::counter!("edge_feed_gaps_total").increment(1);
+    let mut missed = Vec::new();
+    let mut cursor = after;
+    loop {
+        let req = HistoryRequest {
+            room: room.clone(),
+            before: None,
+            after: Some(cursor),
+            limit: Some(200),
+            user: None,
+        };
+        let page: HistoryPage = match api::request(nats, subjects::API_HISTORY, &req, timeout).await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                metrics::counter!("edge_feed_gaps_unfilled_total").increment(1);
+                tracing::warn!(%room, after, before, error = %e, "gap in the live feed left for clients to fill");
+                return missed;
+            }
+        };
+        let more = page.has_more;
+        for m in page.messages {
+            if m.seq >= before {
+                return missed;
+            }
+            cursor = m.seq;
+            missed.push(m);
+        }
+        if !more {
+            return missed;
+        }
+    }
+}
+
+/// Hands one event to every session of the room on this edge, serialized once.
+fn fan_out(
+    room: &RoomId,
+    message: ChatMessage,
+    sessions: &Sessions,
+    headers: Option<&async_nats::HeaderMap>,
+) {
+    let seq = message.seq;
+    let span =
+        tracing::info_span!("edge.deliver", room = %room, seq, sessions = tracing::field::Empty);
+    chat_bus::trace::continue_from(&span, headers);
+    let _entered = span.enter();
+    let json: Arc<str> = ServerFrame::Message(message).to_json().into();
+    let targets = snapshot(sessions);
+    span.record("sessions", targets.len());
+    let mut delivered = 0u64;
+    for s in targets {
+        if s.push(Outbound::Event {
+            room: room.clone(),
+            seq,
+            json: json.clone(),
+        }) {
+            delivered += 1;
+        }
+    }
+    metrics::counter!("edge_fanout_deliveries_total").increment(delivered);
 }
 
 async fn room_typing(mut sub: Subscriber, sessions: Sessions) {

@@ -133,7 +133,7 @@ impl App {
         let admission =
             ratelimit::TokenBucket::new(config.admission_per_s, std::time::Instant::now());
         let edge = Edge(Arc::new(EdgeInner {
-            hub: hub::Hub::new(nats.clone()),
+            hub: hub::Hub::new(nats.clone(), config.request_timeout),
             config,
             nats,
             js,
