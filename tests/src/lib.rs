@@ -526,3 +526,23 @@ pub async fn nats_request<Req: serde::Serialize, Resp: serde::de::DeserializeOwn
 ) -> Result<Resp, chat_bus::api::ApiError> {
     chat_bus::api::request(client, subject, req, std::time::Duration::from_secs(10)).await
 }
+
+/// `CHAT_FAULTS_SCALE` (1): multiplies the loads, kills and clients of the fault scenarios;
+/// `scripts/reliability long` runs them larger and prints every scenario's figures.
+pub fn faults_scale() -> usize {
+    std::env::var("CHAT_FAULTS_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The seqs of a `history` page's messages, in page order.
+pub fn page_seqs(page: &Value) -> Vec<u64> {
+    page["messages"]
+        .as_array()
+        .expect("a history page")
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect()
+}

@@ -10,18 +10,10 @@ use std::time::{Duration, Instant};
 use chat_bus::subjects;
 use chat_testkit::{NatsCluster, fresh_database};
 use chat_tests::procs::Proc;
-use chat_tests::{Received, SECRET, live_reader, send_until_acked, wait_archived};
+use chat_tests::{
+    Received, SECRET, faults_scale as scale, live_reader, send_until_acked, wait_archived,
+};
 use tokio_util::sync::CancellationToken;
-
-/// `CHAT_FAULTS_SCALE` (1): more senders and more kills in the long form
-/// (`scripts/reliability long`).
-fn scale() -> usize {
-    std::env::var("CHAT_FAULTS_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
-        .max(1)
-}
 
 const ROOM: &str = "replicated";
 

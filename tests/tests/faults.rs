@@ -7,17 +7,7 @@ use std::time::Duration;
 
 use chat_testkit::{NatsServer, WsClient, fresh_database, token};
 use chat_tests::procs::Proc;
-use chat_tests::{SECRET, join, send, send_many, wait_archived, wait_for};
-
-/// `CHAT_FAULTS_SCALE` (1): multiplies messages, kills and clients; `scripts/reliability` runs the
-/// long form with a larger scale and prints every scenario's figures.
-fn scale() -> usize {
-    std::env::var("CHAT_FAULTS_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
-        .max(1)
-}
+use chat_tests::{SECRET, faults_scale as scale, join, send, send_many, wait_archived, wait_for};
 
 /// One scenario's figures, printed for the long form (and harmless in the short one).
 fn report(scenario: &str, sent: usize, acked: usize, archived: Option<usize>, delivered: usize) {
@@ -795,12 +785,7 @@ async fn a_postgres_outage_under_load_loses_and_doubles_nothing() {
         )
         .await;
     assert_eq!(page["type"], "history", "{page}");
-    let got: Vec<u64> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let got: Vec<u64> = chat_tests::page_seqs(&page);
     assert_eq!(got, sent[down_at..down_at + 100]);
     pg.start_server().await;
     let back = std::time::Instant::now();

@@ -248,12 +248,7 @@ async fn history_pages_walk_the_room_without_gap_or_overlap() {
     let page = alice
         .request(json!({"type": "history", "room": "h", "limit": 10}), "p")
         .await;
-    let got: Vec<u64> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let got: Vec<u64> = chat_tests::page_seqs(&page);
     assert_eq!(got, seqs[15..]);
     assert_eq!(page["has_more"], true);
     // walk backwards

@@ -100,12 +100,7 @@ async fn postgres_down_during_sends_loses_and_doubles_nothing() {
         )
         .await;
     assert_eq!(page["type"], "history", "{page}");
-    let got: Vec<u64> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let got: Vec<u64> = chat_tests::page_seqs(&page);
     assert_eq!(got, missed[..200]);
     assert_eq!(page["has_more"], true);
     assert_eq!(page["messages"][0]["prev_seq"].as_u64().unwrap(), seen);
