@@ -152,13 +152,26 @@ pub struct DecodeError {
 /// Longest `ref` a client may attach.
 pub const MAX_REF_CHARS: usize = 64;
 
+/// Longest error message a refusal carries. serde's messages quote the offending value (`unknown
+/// variant `…``, `invalid type: string "…"`), which a client controls up to `max_frame`.
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 200;
+
+fn bounded(mut message: String) -> String {
+    if crate::char_len(&message) > MAX_ERROR_MESSAGE_CHARS {
+        let keep = crate::prefix_chars(&message, MAX_ERROR_MESSAGE_CHARS - 1).len();
+        message.truncate(keep);
+        message.push('…');
+    }
+    message
+}
+
 impl Envelope {
     /// Decodes one text frame. Never panics; every refusal names the client's mistake.
     pub fn decode(text: &str) -> Result<Envelope, DecodeError> {
         let fail = |reference: Option<String>, code, message: String| DecodeError {
             reference,
             code,
-            message,
+            message: bounded(message),
         };
         let value: Value = serde_json::from_str(text).map_err(|e| {
             fail(
@@ -456,6 +469,7 @@ impl ServerFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::char_len;
 
     fn code_of(text: &str) -> ErrorCode {
         Envelope::decode(text).unwrap_err().code
@@ -498,6 +512,29 @@ mod tests {
         assert_eq!(code_of(r#"{"type":"ping","ref":5}"#), ErrorCode::BadRequest);
         let long_ref = format!(r#"{{"type":"ping","ref":"{}"}}"#, "x".repeat(65));
         assert_eq!(code_of(&long_ref), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn error_messages_are_bounded_whatever_the_client_sent() {
+        // Found by the frame_decode fuzz target: serde quotes the offending value in full.
+        let long = "x".repeat(5000);
+        for text in [
+            format!(r#"{{"type":"status","status":"{long}"}}"#),
+            format!(r#"{{"type":"join","room":"r","since":"{long}"}}"#),
+            format!(r#"{{"type":"read","room":"r","seq":"é{long}"}}"#),
+        ] {
+            let err = Envelope::decode(&text).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest);
+            assert_eq!(
+                char_len(&err.message),
+                MAX_ERROR_MESSAGE_CHARS,
+                "{}",
+                err.message
+            );
+            assert!(err.message.ends_with('…'));
+        }
+        let short = Envelope::decode(r#"{"type":"status","status":"idle"}"#).unwrap_err();
+        assert!(short.message.contains("idle"), "{}", short.message);
     }
 
     #[test]

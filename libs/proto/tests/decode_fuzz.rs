@@ -107,3 +107,17 @@ fn deeply_nested_json_is_refused_not_overflowing() {
     );
     check(&deep_obj);
 }
+
+/// Inputs that once broke a property, as the `frame_decode` fuzz target wrote them
+/// (`fuzz/regressions/frame_decode/`; the target reads bytes as lossy UTF-8, so do we).
+#[test]
+fn fuzz_regressions_stay_fixed() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/regressions/frame_decode"
+    );
+    for entry in std::fs::read_dir(dir).expect("fuzz/regressions/frame_decode exists") {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        check(&String::from_utf8_lossy(&bytes));
+    }
+}

@@ -99,6 +99,15 @@ impl TlsFiles {
 }
 
 impl EdgeConfig {
+    /// The client limits, as announced in `hello` and enforced per frame.
+    pub fn limits(&self) -> chat_proto::Limits {
+        chat_proto::Limits {
+            max_body: self.max_body,
+            max_frame: self.max_frame,
+            rate_per_s: self.rate_per_s,
+        }
+    }
+
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let opt = |k: &str| env.get(k).map(str::to_owned);
         Ok(EdgeConfig {

@@ -1,6 +1,7 @@
 //! chat-edge: terminates client WebSockets (CONTRACT §2) and talks NATS to the services.
 //!
-//! - [`session`]: one connection, authentication to close;
+//! - [`session`]: one connection, authentication to close; [`dispatch`]: the pure part of a
+//!   client frame's way (size, rate, decoding, membership and field checks);
 //! - [`hub`]: one NATS subscription per room and per user, shared by the local sessions;
 //! - [`auth`]: JWT verification; [`ratelimit`]: the per-connection token bucket;
 //! - this module: the HTTP side (upgrade, Origin check, static web client, dev sign-in), the
@@ -8,6 +9,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod dispatch;
 pub mod hub;
 pub mod jwks;
 pub mod ratelimit;

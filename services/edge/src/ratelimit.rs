@@ -18,7 +18,7 @@ pub enum Verdict {
     Abuse,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TokenBucket {
     rate: f64,
     tokens: f64,

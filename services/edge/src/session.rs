@@ -15,8 +15,7 @@ use chat_bus::api::{
 use chat_bus::event::{MSG_ID_HEADER, RoomEvent};
 use chat_bus::{now_ms, subjects, trace};
 use chat_proto::{
-    ClientFrame, Envelope, ErrorCode, Limits, RoomId, RoomKind, RoomSummary, ServerFrame, Status,
-    UserId, char_len, close,
+    ClientFrame, Envelope, ErrorCode, RoomId, RoomKind, RoomSummary, ServerFrame, UserId, close,
 };
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -26,11 +25,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::Edge;
 use crate::auth::{AuthError, Identity, now_s};
+use crate::dispatch::{self, Action, Inbound};
 use crate::hub::{Outbound, SessionHandle};
-use crate::ratelimit::{TokenBucket, Verdict};
-
-/// Longest `client_id`.
-pub const MAX_CLIENT_ID_CHARS: usize = 64;
+use crate::ratelimit::TokenBucket;
 
 /// What a room means to this session.
 #[derive(Debug, Clone)]
@@ -360,7 +357,6 @@ where
 
     /// Handles what the client sent; false when the connection is over.
     async fn on_inbound(&mut self, msg: Option<Result<Message, axum::Error>>) -> bool {
-        let max_frame = self.edge.config.max_frame;
         let flow = match msg {
             None | Some(Ok(Message::Close(_))) => return false,
             Some(Err(e)) => {
@@ -373,19 +369,9 @@ where
                 self.last_heard = Instant::now();
                 Flow::Continue
             }
-            Some(Ok(Message::Text(t))) if t.len() > max_frame => {
-                Flow::Close(close::TOO_BIG, "frame too large")
-            }
-            Some(Ok(Message::Text(t))) => {
-                self.last_heard = Instant::now();
-                self.on_client_frame(Some(t.as_str())).await
-            }
-            Some(Ok(Message::Binary(b))) if b.len() > max_frame => {
-                Flow::Close(close::TOO_BIG, "frame too large")
-            }
-            Some(Ok(Message::Binary(_))) => {
-                self.last_heard = Instant::now();
-                self.on_client_frame(None).await
+            Some(Ok(Message::Text(t))) => self.on_client_frame(Inbound::Text(t.as_str())).await,
+            Some(Ok(Message::Binary(b))) => {
+                self.on_client_frame(Inbound::Binary { len: b.len() }).await
             }
         };
         if let Flow::Close(code, reason) = flow {
@@ -485,11 +471,7 @@ where
             session: self.handle.name.to_string(),
             epoch: edge.epoch.clone(),
             heartbeat_ms: edge.config.heartbeat.as_millis() as u64,
-            limits: Limits {
-                max_body: edge.config.max_body,
-                max_frame: edge.config.max_frame,
-                rate_per_s: edge.config.rate_per_s,
-            },
+            limits: edge.config.limits(),
             rooms: summaries,
             notifications: state.notifications,
         };
@@ -670,61 +652,45 @@ where
         }
     }
 
-    async fn on_client_frame(&mut self, text: Option<&str>) -> Flow {
-        match self.bucket.check(Instant::now()) {
-            Verdict::Allow => {}
-            Verdict::Limited { retry_after } => {
-                metrics::counter!("edge_rate_limited_total").increment(1);
-                let reference = text
-                    .and_then(|t| Envelope::decode(t).ok())
-                    .and_then(|e| e.reference);
-                let f = ServerFrame::Error {
-                    reference,
-                    code: ErrorCode::RateLimited,
-                    message: "too many frames".into(),
-                    retry_after_ms: Some(retry_after.as_millis().max(1) as u64),
-                };
-                self.send(&f).await;
-                return Flow::Continue;
-            }
-            Verdict::Abuse => return Flow::Close(close::RATE_ABUSE, "rate limit exceeded"),
-        }
-        let Some(text) = text else {
-            self.send(&ServerFrame::error(
-                None,
-                ErrorCode::BadRequest,
-                "binary frames are not supported",
-            ))
-            .await;
-            return Flow::Continue;
-        };
-        let env = match Envelope::decode(text) {
-            Ok(env) => env,
-            Err(e) => {
-                self.send(&ServerFrame::error(e.reference, e.code, e.message))
-                    .await;
-                return Flow::Continue;
-            }
-        };
-        let ty = env.frame.type_name();
-        metrics::counter!("edge_frames_in_total", "type" => ty).increment(1);
-        let reference = env.reference.clone();
-        match self.handle_frame(env).await {
-            Ok(flow) => flow,
-            Err(e) => {
-                self.send(&ServerFrame::error(reference, e.code, e.message))
-                    .await;
+    /// Runs a data frame through [`dispatch::classify`], then carries out its verdict.
+    async fn on_client_frame(&mut self, inbound: Inbound<'_>) -> Flow {
+        let now = Instant::now();
+        self.last_heard = now;
+        let limits = self.edge.config.limits();
+        let rooms = &self.rooms;
+        let action = dispatch::classify(inbound, now, &limits, &mut self.bucket, |room| {
+            rooms.contains_key(room)
+        });
+        match action {
+            Action::Close(code, reason) => Flow::Close(code, reason),
+            Action::Refuse(refusal) => {
+                if refusal.code == ErrorCode::RateLimited {
+                    metrics::counter!("edge_rate_limited_total").increment(1);
+                }
+                if let Some(ty) = refusal.frame_type {
+                    metrics::counter!("edge_frames_in_total", "type" => ty).increment(1);
+                }
+                self.send(&refusal.into_frame()).await;
                 Flow::Continue
             }
+            Action::Handle(env) => {
+                let ty = env.frame.type_name();
+                metrics::counter!("edge_frames_in_total", "type" => ty).increment(1);
+                let reference = env.reference.clone();
+                match self.handle_frame(env).await {
+                    Ok(flow) => flow,
+                    Err(e) => {
+                        self.send(&ServerFrame::error(reference, e.code, e.message))
+                            .await;
+                        Flow::Continue
+                    }
+                }
+            }
         }
     }
 
-    fn require_member(&self, room: &RoomId) -> Result<&RoomState, ApiError> {
-        self.rooms
-            .get(room)
-            .ok_or_else(|| ApiError::forbidden("not a member of this room"))
-    }
-
+    /// Carries out a frame that [`dispatch::classify`] accepted (membership and field limits
+    /// are checked there).
     async fn handle_frame(&mut self, env: Envelope) -> Result<Flow, ApiError> {
         let Envelope {
             reference,
@@ -811,7 +777,6 @@ where
                 Ok(Flow::Continue)
             }
             ClientFrame::Invite { room, user } => {
-                self.require_member(&room)?;
                 let _: api::Done = self
                     .request(
                         subjects::ROOMS,
@@ -854,10 +819,6 @@ where
                 after,
                 limit,
             } => {
-                self.require_member(&room)?;
-                if before.is_some() && after.is_some() {
-                    return Err(ApiError::bad_request("give before or after, not both"));
-                }
                 let page: HistoryPage = self
                     .request(
                         subjects::API_HISTORY,
@@ -880,7 +841,6 @@ where
                 Ok(Flow::Continue)
             }
             ClientFrame::Typing { room } => {
-                self.require_member(&room)?;
                 if self.edge.hub.typing_allowed(&self.handle.user, &room) {
                     let ev = TypingEvent {
                         room: room.clone(),
@@ -894,7 +854,6 @@ where
                 Ok(Flow::Continue)
             }
             ClientFrame::Read { room, seq } => {
-                self.require_member(&room)?;
                 let _: UnreadUpdate = self
                     .request(
                         subjects::NOTIFY_READ,
@@ -908,9 +867,6 @@ where
                 Ok(Flow::Continue)
             }
             ClientFrame::Status { status } => {
-                if status == Status::Offline {
-                    return Err(ApiError::bad_request("status must be online, away or busy"));
-                }
                 let ev = StatusChange {
                     user: self.user().clone(),
                     status,
@@ -920,7 +876,6 @@ where
                 Ok(Flow::Continue)
             }
             ClientFrame::Presence { room } => {
-                self.require_member(&room)?;
                 let reply: PresenceReply = self
                     .request(
                         subjects::API_PRESENCE,
@@ -946,28 +901,6 @@ where
         body: String,
         client_id: String,
     ) -> Result<(), ApiError> {
-        self.require_member(&room)?;
-        let max = self.edge.config.max_body;
-        let len = char_len(&body);
-        if len == 0 {
-            return Err(ApiError::bad_request("body must not be empty"));
-        }
-        if len > max {
-            return Err(ApiError::new(
-                ErrorCode::TooLarge,
-                format!("body is longer than {max} characters"),
-            ));
-        }
-        if body.contains('\0') {
-            return Err(ApiError::bad_request(
-                "body must not contain NUL characters",
-            ));
-        }
-        if client_id.is_empty() || char_len(&client_id) > MAX_CLIENT_ID_CHARS {
-            return Err(ApiError::bad_request(
-                "client_id must be 1 to 64 characters",
-            ));
-        }
         let span = tracing::info_span!(parent: None, "send", room = %room, user = %self.handle.user, seq = tracing::field::Empty);
         if let Some(tp) = traceparent.as_deref() {
             let _ = span.set_parent(trace::from_traceparent(tp));
