@@ -464,12 +464,22 @@ async fn resilient_reader(
 /// shows them online again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_an_edge_moves_its_clients_to_the_other_without_loss_or_repeat() {
-    let clients = 40 * scale();
-    let messages = 600 * scale();
+    // Long form: the 500 clients, each reading 1,200 messages (600,000 deliveries).
+    let (clients, messages) = if scale() > 1 {
+        (100 * scale(), 240 * scale())
+    } else {
+        (40, 600)
+    };
     let nats = NatsServer::start().await;
     let db = fresh_database().await;
     let mut env = env(&nats, &db);
-    env.insert("CHAT_HEARTBEAT_MS".into(), "500".into());
+    // A short heartbeat makes presence converge fast; the long form's 500 test clients share one
+    // process (and its 2 threads) and need more slack to answer pings in time.
+    let heartbeat = Duration::from_millis(500 * scale() as u64);
+    env.insert(
+        "CHAT_HEARTBEAT_MS".into(),
+        heartbeat.as_millis().to_string(),
+    );
     let _history = Proc::start("chat-history", &env).await;
     let _presence = Proc::start("chat-presence", &env).await;
     let mut doomed = Proc::start("chat-edge", &env).await;
@@ -548,7 +558,7 @@ async fn killing_an_edge_moves_its_clients_to_the_other_without_loss_or_repeat()
     let delivered_in = started.elapsed();
     // Presence: the readers are online (on the survivor) once the dead edge was swept and the
     // survivor's heartbeats have listed their new sessions (a few heartbeats at most).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10) + heartbeat * 4;
     loop {
         let snapshot = sender
             .request(serde_json::json!({"type":"presence","room":"moving"}), "p")
