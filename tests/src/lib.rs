@@ -380,13 +380,14 @@ pub struct Acked {
 
 /// Sends numbered messages (body `<prefix> <i>`, client_id `<prefix>-<i>`) one at a time, each
 /// retried with the same client_id (reconnecting when needed) until acknowledged, until `stop`
-/// is cancelled; the message in hand is always finished.
+/// is cancelled or `max` are acknowledged; the message in hand is always finished.
 pub async fn send_until_acked(
     url: &str,
     user: &str,
     room: &str,
     prefix: &str,
     stop: CancellationToken,
+    max: usize,
 ) -> Acked {
     use std::time::Duration;
     let tok = token::hs256(SECRET, user, 3600);
@@ -395,7 +396,7 @@ pub async fn send_until_acked(
     let mut i = 0usize;
     // Set once message i has gone out: it must be acknowledged even after `stop`.
     let mut in_hand = false;
-    while !stop.is_cancelled() || in_hand {
+    while (!stop.is_cancelled() && i < max) || in_hand {
         let client_id = format!("{prefix}-{i}");
         let Some(c) = conn.as_mut() else {
             if let Ok(mut c) = WsClient::connect(url, Some(&tok)).await

@@ -61,7 +61,15 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_loses_and_doubles_not
         .map(|s| {
             let (url, stop) = (edge.ws_url(), stop.clone());
             tokio::spawn(async move {
-                send_until_acked(&url, &format!("sender{s}"), ROOM, &format!("s{s}"), stop).await
+                send_until_acked(
+                    &url,
+                    &format!("sender{s}"),
+                    ROOM,
+                    &format!("s{s}"),
+                    stop,
+                    usize::MAX,
+                )
+                .await
             })
         })
         .collect();

@@ -87,46 +87,6 @@ async fn killing_chat_history_repeatedly_loses_and_doubles_nothing() {
     drop(history);
 }
 
-/// Sends `n` messages one by one, retrying each (same client_id, reconnecting when needed) until
-/// it is acknowledged; returns client_id → seq.
-async fn send_with_retries(url: &str, room: &str, prefix: &str, n: usize) -> HashMap<String, u64> {
-    let token = token::hs256(SECRET, "sender", 600);
-    let mut acked = HashMap::new();
-    let mut conn: Option<WsClient> = None;
-    let mut i = 0;
-    while i < n {
-        let client_id = format!("{prefix}-{i}");
-        if conn.is_none() {
-            if let Ok(mut c) = WsClient::connect(url, Some(&token)).await
-                && c.recv_type("hello").await.is_ok()
-            {
-                let j = c
-                    .request(serde_json::json!({"type":"join","room":room}), "j")
-                    .await;
-                if j["type"] == "joined" {
-                    conn = Some(c);
-                }
-            }
-            if conn.is_none() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        }
-        let c = conn.as_mut().unwrap();
-        c.send(serde_json::json!({"type":"send","room":room,"body":format!("{prefix} {i}"),"client_id":client_id,"ref":client_id}))
-            .await;
-        match c.recv_until(|f| f["ref"] == client_id.as_str()).await {
-            Ok(f) if f["type"] == "ack" => {
-                acked.insert(client_id, f["seq"].as_u64().unwrap());
-                i += 1;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await, // unavailable: retry
-            Err(_) => conn = None,                                        // disconnected: reconnect
-        }
-    }
-    acked
-}
-
 /// Restarts nats-server (SIGKILL, fsync on every ack) three times while messages are sent: every
 /// acknowledged message is in the room's history exactly once, under the seq its ack named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +102,11 @@ async fn restarting_nats_under_load_loses_no_acknowledged_message() {
     let edge = Proc::start("chat-edge", &env).await;
     let url = edge.ws_url();
     let total = 600 * scale();
-    let sender = tokio::spawn(async move { send_with_retries(&url, "storm", "m", total).await });
+    let sender = tokio::spawn(async move {
+        chat_tests::send_until_acked(&url, "sender", "storm", "m", Default::default(), total)
+            .await
+            .seqs
+    });
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         nats.restart().await;

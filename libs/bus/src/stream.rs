@@ -113,6 +113,53 @@ pub async fn ensure_dead_letter_stream(
         .await?)
 }
 
+/// The messages of a durable pull consumer, pulled up to `batch_max` at a time.
+pub async fn pull_messages(
+    consumer: &jetstream::consumer::PullConsumer,
+    batch_max: usize,
+) -> Result<jetstream::consumer::pull::Stream, async_nats::Error> {
+    Ok(consumer
+        .stream()
+        .max_messages_per_batch(batch_max.max(1))
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?)
+}
+
+/// The next batch of `messages`: waits for one (`Ok(None)` if `shutdown` comes first), then
+/// takes what else arrives within `wait`, up to `max`. A hiccup after the first message ends the
+/// batch early; the stream failing or ending before it is an error (the caller starts over).
+pub async fn next_batch(
+    messages: &mut jetstream::consumer::pull::Stream,
+    max: usize,
+    wait: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Option<Vec<jetstream::Message>>, async_nats::Error> {
+    use futures::StreamExt;
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(None),
+        next = messages.next() => match next {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err("consumer stream ended".into()),
+        },
+    };
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + wait;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(Ok(m))) => batch.push(m),
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "consumer hiccup");
+                break;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(Some(batch))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

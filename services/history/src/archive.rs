@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use chat_bus::event::RoomEvent;
 use chat_bus::{subjects, trace};
-use futures::StreamExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -78,36 +77,15 @@ impl Archive {
                 consumer_config(self.config.ack_wait),
             )
             .await?;
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(self.config.batch_max.max(1))
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await?;
-        loop {
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                next = messages.next() => match next {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => return Err(e.into()),
-                    None => return Err("consumer stream ended".into()),
-                },
-            };
-            let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + self.config.batch_wait;
-            while batch.len() < self.config.batch_max {
-                match tokio::time::timeout_at(deadline, messages.next()).await {
-                    Ok(Some(Ok(m))) => batch.push(m),
-                    Ok(Some(Err(e))) => {
-                        tracing::debug!(error = %e, "consumer hiccup");
-                        break;
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
+        let batch_max = self.config.batch_max.max(1);
+        let mut messages = chat_bus::stream::pull_messages(&consumer, batch_max).await?;
+        while let Some(batch) =
+            chat_bus::stream::next_batch(&mut messages, batch_max, self.config.batch_wait, shutdown)
+                .await?
+        {
             self.handle_batch(batch, shutdown).await;
         }
+        Ok(())
     }
 
     async fn handle_batch(&self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {

@@ -15,7 +15,6 @@ use chat_bus::api::{ApiError, RoomInfo, UserNotification};
 use chat_bus::event::RoomEvent;
 use chat_bus::{subjects, trace};
 use chat_proto::{ErrorCode, Notification, RoomId, RoomKind, UserId};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Core;
@@ -68,36 +67,14 @@ async fn consume(core: &Core, shutdown: &CancellationToken) -> Result<(), async_
         )
         .await?;
     let batch_max = core.config.batch_max.max(1);
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(batch_max)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await?;
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err("consumer stream ended".into()),
-            },
-        };
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + core.config.batch_wait;
-        while batch.len() < batch_max {
-            match tokio::time::timeout_at(deadline, messages.next()).await {
-                Ok(Some(Ok(m))) => batch.push(m),
-                Ok(Some(Err(e))) => {
-                    tracing::debug!(error = %e, "consumer hiccup");
-                    break;
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
+    let mut messages = chat_bus::stream::pull_messages(&consumer, batch_max).await?;
+    while let Some(batch) =
+        chat_bus::stream::next_batch(&mut messages, batch_max, core.config.batch_wait, shutdown)
+            .await?
+    {
         handle_batch(core, batch, shutdown).await;
     }
+    Ok(())
 }
 
 /// Retries `op` while it fails with an outage, keeping the batch's messages from being
