@@ -2,7 +2,6 @@
 //! the member cache, the webhook dispatcher's wake-up, and per-room locks that keep `unread` publications of
 //! one room in the order their counts were computed.
 
-use std::collections::HashSet;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -10,8 +9,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use chat_bus::api::{
-    self, ApiError, MembershipChange, NotifyState, NotifyStateRequest, ReadRequest, RoomsRequest,
-    UnreadUpdate, UserNotification, UserRooms,
+    ApiError, MembershipChange, NotifyState, NotifyStateRequest, ReadRequest, UnreadUpdate,
+    UserNotification,
 };
 use chat_bus::{now_ms, subjects, trace};
 use chat_proto::{Notification, NotificationKind, RoomId, RoomKind, UserId};
@@ -165,19 +164,13 @@ impl Core {
     /// Only rooms the user is a member of are answered: whoever asks (an edge, or anything else
     /// with access to the subject), a non-member learns nothing of a room's activity.
     pub async fn state(&self, mut req: NotifyStateRequest) -> Result<NotifyState, ApiError> {
-        if !req.rooms.is_empty() {
-            let mine: UserRooms = api::request(
-                &self.nats,
-                subjects::ROOMS,
-                &RoomsRequest::UserRooms {
-                    user: req.user.clone(),
-                },
-                self.config.request_timeout,
-            )
-            .await?;
-            let mine: HashSet<RoomId> = mine.rooms.into_iter().map(|m| m.room).collect();
-            req.rooms.retain(|r| mine.contains(r));
+        let mut mine = Vec::with_capacity(req.rooms.len());
+        for room in std::mem::take(&mut req.rooms) {
+            if self.is_member(&req.user, &room).await? {
+                mine.push(room);
+            }
         }
+        req.rooms = mine;
         self.catch_up(&req.rooms).await;
         let rooms = store::unread_of_user(&self.pool, &req.user, &req.rooms)
             .await
@@ -268,16 +261,21 @@ impl Core {
         Ok(update)
     }
 
-    /// Refuses a user who is not a member of `room`. A cached member list may predate a join
-    /// (the membership event and the request race), so a miss is checked again with chat-history.
+    /// Refuses a user who is not a member of `room`.
     async fn require_member(&self, user: &UserId, room: &RoomId) -> Result<(), ApiError> {
-        if self.members.get(room).await?.members.contains(user)
-            || self.members.refresh(room).await?.members.contains(user)
-        {
+        if self.is_member(user, room).await? {
             Ok(())
         } else {
             Err(ApiError::forbidden("not a member of this room"))
         }
+    }
+
+    /// Whether `user` is a member of `room`, from the member cache. A cached list may predate a
+    /// join (the membership event and the request race), so a miss is checked again with
+    /// chat-history.
+    async fn is_member(&self, user: &UserId, room: &RoomId) -> Result<bool, ApiError> {
+        Ok(self.members.get(room).await?.members.contains(user)
+            || self.members.refresh(room).await?.members.contains(user))
     }
 
     /// Joining a public room starts the marker at its newest event: its history is not
