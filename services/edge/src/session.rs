@@ -390,10 +390,18 @@ where
     ) -> bool {
         let Some(item) = item else { return false };
         // A peer that stops reading blocks the write; the overflow token still ends the
-        // connection (its queue filled meanwhile), without waiting for the peer.
+        // connection (its queue filled meanwhile), without waiting for the peer. A write blocked
+        // for 3 heartbeats ends it too: a peer that stops reading while it keeps writing would
+        // otherwise hold the session forever (each side waiting for the other to read).
+        let stalled = tokio::time::sleep(self.edge.config.heartbeat * 3);
         let written = tokio::select! {
             ok = self.write_batch(item, rx) => ok,
             _ = overflow.cancelled() => false,
+            _ = stalled => {
+                metrics::counter!("edge_slow_consumers_total").increment(1);
+                overflow.cancel();
+                false
+            }
         };
         if overflow.is_cancelled() {
             let _ = tokio::time::timeout(
