@@ -547,3 +547,26 @@ pub fn page_seqs(page: &Value) -> Vec<u64> {
         .map(|m| m["seq"].as_u64().expect("seq"))
         .collect()
 }
+
+/// Waits until chat-notify has set `user`'s read marker in `room` (the floor a join sets), so
+/// that what is sent next counts as unread for the joiner whatever the timing.
+pub async fn wait_read_marker(db: &sqlx::PgPool, user: &str, room: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let row: Option<(i32,)> =
+            sqlx::query_as("SELECT 1 FROM notify.read_markers WHERE user_id = $1 AND room = $2")
+                .bind(user)
+                .bind(room)
+                .fetch_optional(db)
+                .await
+                .expect("read markers");
+        if row.is_some() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "join of {user} never seen by chat-notify"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -199,12 +199,17 @@ async fn a_slow_reader_is_cut_off_and_others_are_unaffected() {
         }
         got
     });
-    for i in 0..n {
-        sender.send(serde_json::json!({"type":"send","room":"busy","body":body,"client_id":format!("c{i}")})).await;
-        if i % 200 == 0 {
-            // Keep the sender's own socket drained of its acks and echoes.
-            while sender.recv_within(Duration::from_millis(1)).await.is_ok() {}
+    // The sender keeps 16 sends in flight and reads its acks and echoes meanwhile (a client that
+    // stops reading is a slow consumer itself).
+    let (mut sent, mut acked) = (0, 0);
+    while acked < n {
+        while sent < n && sent - acked < 16 {
+            sender.send(serde_json::json!({"type":"send","room":"busy","body":body,"client_id":format!("c{sent}")})).await;
+            sent += 1;
         }
+        let f = sender.recv().await.expect("the sender's acks");
+        assert_ne!(f["type"], "error", "{f}");
+        acked += usize::from(f["type"] == "ack");
     }
     assert_eq!(reader.await.unwrap(), n);
     report("slow reader cut off (fast reader's figures)", n, n, None, n);
@@ -608,6 +613,12 @@ async fn killing_notify_and_presence_under_load_loses_no_count_mention_or_status
     let (mut bob, _) = login("bob").await;
     join(&mut alice, "busy").await;
     join(&mut bob, "busy").await;
+    // A join sets the joiner's read marker at the room's end when chat-notify handles it: wait
+    // for that before sending, so that every message counts as unread.
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    for user in ["alice", "bob", "carol"] {
+        chat_tests::wait_read_marker(&pool, user, "busy").await;
+    }
 
     let reader = tokio::spawn(async move {
         let mut last = 0u64;
@@ -660,7 +671,6 @@ async fn killing_notify_and_presence_under_load_loses_no_count_mention_or_status
         .await;
     presence = Proc::start("chat-presence", &env).await;
 
-    let pool = sqlx::PgPool::connect(&db).await.unwrap();
     wait_archived(&pool, "busy", total as i64).await;
     let client = nats.client().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -745,6 +755,7 @@ async fn a_postgres_outage_under_load_loses_and_doubles_nothing() {
     for c in [&mut alice, &mut carol, &mut bob] {
         join(c, room).await;
     }
+    chat_tests::wait_read_marker(&stack.db().await, "bob", room).await;
     bob.close().await;
 
     // carol reads live the whole time.

@@ -40,26 +40,7 @@ async fn unread_frame(c: &mut chat_testkit::WsClient, room: &str) -> Value {
 /// what the test sends next is counted for the joiner whatever the timing.
 async fn settled_join(stack: &Stack, c: &mut chat_testkit::WsClient, user: &str, room: &str) {
     join(c, room).await;
-    let db = stack.db().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let row: Option<(i32,)> =
-            sqlx::query_as("SELECT 1 FROM notify.read_markers WHERE user_id = $1 AND room = $2")
-                .bind(user)
-                .bind(room)
-                .fetch_optional(&db)
-                .await
-                .unwrap();
-        if row.is_some() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "join of {user} never seen"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    db.close().await;
+    chat_tests::wait_read_marker(&stack.db().await, user, room).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
