@@ -15,7 +15,7 @@ pub mod otlp;
 pub mod procs;
 
 /// The signing secret of every test stack.
-pub const SECRET: &str = "test-secret";
+pub const SECRET: &str = "test-secret-at-least-32-bytes-long";
 
 /// A service running in this process; stopped (drained) when dropped.
 pub struct Running {

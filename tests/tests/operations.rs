@@ -211,3 +211,55 @@ async fn metrics_parse_and_move_and_readiness_follows_nats() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Issue 15 item 5, CONTRACT v1.1 §4: without `CHAT_JWT_SECRET` and `CHAT_JWT_JWKS` (and without
+/// `CHAT_DEV_LOGIN=true`), or with a secret under 32 bytes, chat-edge refuses to start — it once
+/// accepted tokens signed with a built-in development secret for any user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_edge_refuses_to_start_without_a_real_secret() {
+    let bin = chat_tests::procs::bin_dir().join("chat-edge");
+    assert!(bin.exists(), "build with `cargo build --workspace --bins`");
+    // (extra environment, names the refusal must mention)
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        &'static [&'static str],
+    );
+    let cases: [Case; 2] = [
+        (&[], &["CHAT_JWT_SECRET", "CHAT_JWT_JWKS"]),
+        (
+            &[("CHAT_JWT_SECRET", "too-short-a-secret")],
+            &["CHAT_JWT_SECRET", "32"],
+        ),
+    ];
+    for (extra, named) in cases {
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::process::Command::new(&bin)
+                .env_remove("CHAT_JWT_SECRET")
+                .env_remove("CHAT_JWT_JWKS")
+                .env_remove("CHAT_DEV_LOGIN")
+                // Nothing listens there: a refusal must come before any connection attempt.
+                .env("NATS_URL", "nats://127.0.0.1:1")
+                .env("EDGE_LISTEN", "127.0.0.1:0")
+                .env("ADMIN_LISTEN", "127.0.0.1:0")
+                .envs(extra.iter().copied())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("chat-edge exits at once")
+        .expect("run chat-edge");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?}: started anyway");
+        for name in named {
+            assert!(
+                stderr.contains(name),
+                "{extra:?}: {name} not named in {stderr}"
+            );
+        }
+        assert!(
+            !stderr.contains("too-short-a-secret"),
+            "the secret was echoed: {stderr}"
+        );
+    }
+}

@@ -113,7 +113,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 
 async fn idle(a: &Args) -> anyhow::Result<()> {
     let url = a.get("url", "ws://127.0.0.1:8080/ws");
-    let secret = a.get("secret", "local-dev-secret");
+    let secret = a.get("secret", "local-dev-secret-at-least-32-bytes");
     let n = a.num("connections", 1000) as usize;
     let pid = a.num("pid", 0) as u32;
     if pid == 0 {
@@ -157,7 +157,7 @@ fn pct(h: &Histogram<u64>, q: f64) -> f64 {
 
 async fn throughput(a: &Args) -> anyhow::Result<()> {
     let url = a.get("url", "ws://127.0.0.1:8080/ws");
-    let secret = a.get("secret", "local-dev-secret");
+    let secret = a.get("secret", "local-dev-secret-at-least-32-bytes");
     let rooms = a.num("rooms", 10);
     let members = a.num("members", 10);
     let senders = a.num("senders", 1).min(members);

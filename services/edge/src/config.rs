@@ -10,9 +10,9 @@ use chat_runtime::{ConfigError, Env};
 
 /// Default admin address of chat-edge.
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9101";
-/// The secret used when `CHAT_JWT_SECRET` is unset: fine on a laptop, refused nowhere, so the
-/// edge logs a warning at start.
-pub const INSECURE_DEV_SECRET: &str = "insecure-development-secret";
+/// Shortest `CHAT_JWT_SECRET` accepted outside development (CONTRACT v1.1 §4): HS256 with a
+/// shorter key is open to offline guessing.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -24,9 +24,10 @@ pub struct EdgeConfig {
     /// `EDGE_TLS_CERT` + `EDGE_TLS_KEY`: PEM certificate chain and key; when set, clients
     /// connect with `wss://` to `EDGE_LISTEN` (plain `ws://` is no longer served there).
     pub tls: Option<TlsFiles>,
-    /// `CHAT_JWT_SECRET`: HS256 shared secret. `None` only when a JWKS is configured and no
-    /// secret is: then HS256 tokens are refused.
-    pub jwt_secret: Option<String>,
+    /// `CHAT_JWT_SECRET`: HS256 shared secret, at least [`MIN_SECRET_BYTES`] long. `None` when
+    /// only a JWKS is configured: then HS256 tokens are refused. With neither and
+    /// `CHAT_DEV_LOGIN=true`, a random secret of this process ([`JwtSecret::Ephemeral`]).
+    pub jwt_secret: Option<JwtSecret>,
     /// `CHAT_JWT_JWKS`: the provider's key set (a file path or an https:// URL).
     pub jwt_jwks: Option<String>,
     /// `CHAT_JWT_JWKS_CA`: extra CA (PEM) trusted for an https JWKS URL (a private provider).
@@ -67,6 +68,70 @@ pub struct EdgeConfig {
     pub header_timeout: Duration,
     /// `CHAT_MAX_CONNECTIONS`: open connections at most; more get 503.
     pub max_connections: usize,
+}
+
+/// The HS256 secret and where it came from.
+#[derive(Clone)]
+pub enum JwtSecret {
+    /// `CHAT_JWT_SECRET`.
+    Configured(String),
+    /// Neither `CHAT_JWT_SECRET` nor `CHAT_JWT_JWKS` with `CHAT_DEV_LOGIN=true`: random, of this
+    /// process only (development tokens stop working when the edge restarts). Never a built-in
+    /// value: one known to everyone let anyone sign tokens for any user (issue 15 item 5).
+    Ephemeral(String),
+}
+
+impl JwtSecret {
+    pub fn as_str(&self) -> &str {
+        match self {
+            JwtSecret::Configured(s) | JwtSecret::Ephemeral(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the value: configs are logged.
+        match self {
+            JwtSecret::Configured(_) => f.write_str("Configured(..)"),
+            JwtSecret::Ephemeral(_) => f.write_str("Ephemeral(..)"),
+        }
+    }
+}
+
+/// The HS256 secret of the configuration, or why chat-edge must not start (CONTRACT v1.1 §4).
+fn jwt_secret(
+    secret: Option<&str>,
+    has_jwks: bool,
+    dev_login: bool,
+) -> Result<Option<JwtSecret>, ConfigError> {
+    match secret {
+        Some(s) if s.len() < MIN_SECRET_BYTES && !dev_login => Err(ConfigError {
+            key: "CHAT_JWT_SECRET".into(),
+            // Not echoed: it is a secret.
+            value: "…".into(),
+            problem: format!(
+                "is {} bytes long; at least {MIN_SECRET_BYTES} are required \
+                 (a shorter one only with CHAT_DEV_LOGIN=true)",
+                s.len()
+            ),
+        }),
+        Some(s) => Ok(Some(JwtSecret::Configured(s.to_owned()))),
+        None if has_jwks => Ok(None),
+        None if dev_login => {
+            let bytes: [u8; 32] = rand::random();
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            Ok(Some(JwtSecret::Ephemeral(hex)))
+        }
+        None => Err(ConfigError {
+            key: "CHAT_JWT_SECRET".into(),
+            value: String::new(),
+            problem: "neither CHAT_JWT_SECRET nor CHAT_JWT_JWKS is set, so no token could be \
+                      verified: set CHAT_JWT_SECRET (at least 32 bytes) or CHAT_JWT_JWKS \
+                      (CHAT_DEV_LOGIN=true runs with a random development secret instead)"
+                .into(),
+        }),
+    }
 }
 
 /// The certificate and key chat-edge serves `wss://` with.
@@ -110,17 +175,18 @@ impl EdgeConfig {
 
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let opt = |k: &str| env.get(k).map(str::to_owned);
+        let dev_login = env.bool("CHAT_DEV_LOGIN", false)?;
+        let jwt_secret = jwt_secret(
+            env.get("CHAT_JWT_SECRET"),
+            env.get("CHAT_JWT_JWKS").is_some(),
+            dev_login,
+        )?;
         Ok(EdgeConfig {
             nats: NatsConfig::from_env(env)?,
             listen: env.addr("EDGE_LISTEN", "0.0.0.0:8080")?,
             admin_listen: env.addr("ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN)?,
             tls: TlsFiles::from_env(env)?,
-            jwt_secret: match (opt("CHAT_JWT_SECRET"), env.get("CHAT_JWT_JWKS")) {
-                (Some(secret), _) => Some(secret),
-                // With an identity provider, no silent development secret.
-                (None, Some(_)) => None,
-                (None, None) => Some(INSECURE_DEV_SECRET.to_owned()),
-            },
+            jwt_secret,
             jwt_jwks: opt("CHAT_JWT_JWKS"),
             jwt_jwks_ca: env.get("CHAT_JWT_JWKS_CA").map(PathBuf::from),
             jwt_issuer: opt("CHAT_JWT_ISSUER"),
@@ -134,7 +200,7 @@ impl EdgeConfig {
             auth_timeout: env.duration("CHAT_AUTH_TIMEOUT", Duration::from_secs(10))?,
             drain_grace: env.duration("CHAT_DRAIN_GRACE", Duration::from_secs(20))?,
             request_timeout: env.duration("CHAT_REQUEST_TIMEOUT", Duration::from_secs(5))?,
-            dev_login: env.bool("CHAT_DEV_LOGIN", false)?,
+            dev_login,
             web_dir: PathBuf::from(env.string("CHAT_WEB_DIR", "clients/web")),
             ws_buffer: env.parse("CHAT_WS_BUFFER", 1024usize)?.max(256),
             stream: env.stream_settings()?,
@@ -149,25 +215,61 @@ impl EdgeConfig {
 mod tests {
     use super::*;
 
+    const GOOD: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn refuses_to_start_without_a_secret_or_jwks_or_with_a_short_secret() {
+        // CONTRACT v1.1 §4; issue 15 item 5 (a built-in secret let anyone forge tokens).
+        let err = EdgeConfig::from_env(&Env::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CHAT_JWT_SECRET") && err.contains("CHAT_JWT_JWKS"),
+            "{err}"
+        );
+        let short = "x".repeat(MIN_SECRET_BYTES - 1);
+        let err = EdgeConfig::from_env(&Env::from_pairs([("CHAT_JWT_SECRET", short.as_str())]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("31 bytes") && !err.contains(&short), "{err}");
+        // With CHAT_DEV_LOGIN=true: a random secret of this process, or a short one as given.
+        let dev = Env::from_pairs([("CHAT_DEV_LOGIN", "true")]);
+        let (a, b) = (
+            EdgeConfig::from_env(&dev).unwrap().jwt_secret.unwrap(),
+            EdgeConfig::from_env(&dev).unwrap().jwt_secret.unwrap(),
+        );
+        assert!(matches!(a, JwtSecret::Ephemeral(_)));
+        assert_ne!(a.as_str(), b.as_str(), "never a fixed value");
+        assert!(a.as_str().len() >= MIN_SECRET_BYTES);
+        let dev_short = dev.clone().with("CHAT_JWT_SECRET", "short");
+        let c = EdgeConfig::from_env(&dev_short).unwrap();
+        assert_eq!(c.jwt_secret.unwrap().as_str(), "short");
+        assert!(!format!("{:?}", EdgeConfig::from_env(&dev_short).unwrap()).contains("short"));
+    }
+
     #[test]
     fn defaults_follow_the_contract() {
-        let c = EdgeConfig::from_env(&Env::default()).unwrap();
+        let c = EdgeConfig::from_env(&Env::from_pairs([("CHAT_JWT_SECRET", GOOD)])).unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
         assert_eq!((c.max_body, c.max_frame, c.rate_per_s), (4000, 65_536, 100));
         assert_eq!(c.heartbeat, Duration::from_millis(5000));
         assert!(!c.dev_login);
         assert!(c.tls.is_none());
-        assert_eq!(c.jwt_secret.as_deref(), Some(INSECURE_DEV_SECRET));
+        assert!(matches!(c.jwt_secret, Some(JwtSecret::Configured(ref s)) if s == GOOD));
         let c = EdgeConfig::from_env(&Env::from_pairs([("CHAT_JWT_JWKS", "/keys.json")])).unwrap();
-        assert_eq!(c.jwt_secret, None, "a JWKS alone disables HS256");
+        assert!(c.jwt_secret.is_none(), "a JWKS alone disables HS256");
         assert!(
-            EdgeConfig::from_env(&Env::from_pairs([("EDGE_TLS_CERT", "/c.pem")])).is_err(),
+            EdgeConfig::from_env(&Env::from_pairs([
+                ("CHAT_JWT_SECRET", GOOD),
+                ("EDGE_TLS_CERT", "/c.pem")
+            ]))
+            .is_err(),
             "a certificate without a key is refused"
         );
-        let c = EdgeConfig::from_env(&Env::from_pairs([(
-            "CHAT_ALLOWED_ORIGINS",
-            "https://a, https://b",
-        )]))
+        let c = EdgeConfig::from_env(&Env::from_pairs([
+            ("CHAT_JWT_SECRET", GOOD),
+            ("CHAT_ALLOWED_ORIGINS", "https://a, https://b"),
+        ]))
         .unwrap();
         assert_eq!(c.allowed_origins, vec!["https://a", "https://b"]);
     }

@@ -103,8 +103,11 @@ pub struct App {
 impl App {
     /// Binds the listeners, connects to NATS and makes sure the stream exists.
     pub async fn build(config: EdgeConfig, shutdown: CancellationToken) -> anyhow::Result<App> {
-        if config.jwt_secret.as_deref() == Some(config::INSECURE_DEV_SECRET) {
-            tracing::warn!("CHAT_JWT_SECRET is not set: using the insecure development secret");
+        if let Some(config::JwtSecret::Ephemeral(_)) = config.jwt_secret {
+            tracing::warn!(
+                "CHAT_JWT_SECRET and CHAT_JWT_JWKS are not set: development tokens are signed \
+                 with a random secret of this process (they stop working at restart)"
+            );
         }
         if config.dev_login {
             tracing::warn!("CHAT_DEV_LOGIN is on: anyone can mint a token at POST /dev/token");
@@ -235,7 +238,7 @@ async fn authenticator(config: &EdgeConfig) -> anyhow::Result<auth::Authenticato
     };
     let mut auth = auth::Authenticator::new(jwks, iss, aud);
     match &config.jwt_secret {
-        Some(secret) => auth = auth.with_secret(secret),
+        Some(secret) => auth = auth.with_secret(secret.as_str()),
         None => tracing::info!("CHAT_JWT_SECRET is not set: HS256 tokens are refused"),
     }
     Ok(auth)
