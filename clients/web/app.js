@@ -144,6 +144,12 @@ function loadSession() {
   return null;
 }
 
+/** The WebSocket endpoint of the origin that served this page. */
+function ownWebSocketUrl() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/ws`;
+}
+
 async function devToken(user) {
   let res;
   try {
@@ -187,8 +193,9 @@ function start(s) {
   $("me-name").textContent = me;
   clearNotice();
 
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const url = new URLSearchParams(location.search).get("ws") ?? `${scheme}//${location.host}/ws`;
+  // Always this page's own origin: a URL taken from the page's address (the old `?ws=`) would
+  // let any link send the stored token to another server (issue 15 item 6).
+  const url = ownWebSocketUrl();
   client = new ChatClient({
     url,
     cursorStore: new LocalStorageCursorStore(`chat.cursors.${me}`),

@@ -464,3 +464,73 @@ async fn a_panicking_session_is_cleaned_up() {
     }
     stop.cancel();
 }
+
+/// A GET of `path` on edge 0; the status line and headers (lowercase names) and the body.
+async fn get_with_headers(stack: &Stack, path: &str) -> (String, Vec<(String, String)>, String) {
+    let addr = stack.edges[0].addr.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("response within 5 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default().to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// Issue 15 item 6: the web client is served with a CSP that lets it connect only to its own
+/// origin and forbids framing, `nosniff` and `no-referrer` — as response headers, on the page
+/// and on its static files (a `<meta>` CSP cannot say `frame-ancestors`, and it allowed any
+/// `ws:`/`wss:`). The app no longer takes its WebSocket URL from `?ws=`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_client_is_served_with_security_headers() {
+    let web = chat_tests::chat_testkit::workspace_root().join("clients/web");
+    let stack = Stack::start_with(&[("CHAT_WEB_DIR", web.to_str().unwrap())]).await;
+    for path in ["/", "/app.js", "/style.css", "/?ws=ws://evil.example/ws"] {
+        let (status, headers, body) = get_with_headers(&stack, path).await;
+        assert!(status.contains(" 200 "), "{path}: {status}");
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_else(|| panic!("{path}: no {name} header in {headers:?}"))
+        };
+        let csp = get("content-security-policy");
+        let directive = |name: &str| {
+            csp.split(';')
+                .map(str::trim)
+                .find(|d| d.starts_with(name))
+                .unwrap_or_else(|| panic!("{path}: no {name} in {csp}"))
+                .to_owned()
+        };
+        assert_eq!(directive("connect-src"), "connect-src 'self'", "{csp}");
+        assert_eq!(
+            directive("frame-ancestors"),
+            "frame-ancestors 'none'",
+            "{csp}"
+        );
+        assert_eq!(directive("script-src"), "script-src 'self'", "{csp}");
+        assert_eq!(get("x-content-type-options"), "nosniff");
+        assert_eq!(get("referrer-policy"), "no-referrer");
+        if path.ends_with("app.js") {
+            assert!(!body.contains("get(\"ws\")"), "app.js still reads ?ws=");
+            assert!(
+                body.contains("location.host}/ws"),
+                "app.js connects to its own origin"
+            );
+        }
+    }
+}
