@@ -101,6 +101,9 @@ impl Stack {
             ("ADMIN_LISTEN", "127.0.0.1:0"),
             ("CHAT_HEARTBEAT_MS", "5000"),
             ("CHAT_REQUEST_TIMEOUT", "5s"),
+            // Every test client comes from 127.0.0.1: one address may use the edge's whole
+            // default admission rate (hostile_input tests the per-address rate itself).
+            ("CHAT_ADMISSION_PER_IP_PER_S", "1000"),
         ]);
         for (k, v) in &self.env {
             env = env.with(k.clone(), v.clone());

@@ -534,3 +534,190 @@ async fn the_web_client_is_served_with_security_headers() {
         }
     }
 }
+
+/// The HTTP status an upgrade to edge 0 was refused with (panics if it was accepted).
+async fn refused_status(stack: &Stack, bearer: Option<&str>) -> u16 {
+    match chat_testkit::WsClient::connect(&stack.ws_url(0), bearer).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("upgrade failed otherwise: {e}"),
+        Ok(_) => panic!("upgrade accepted"),
+    }
+}
+
+/// Issue 15 item 9, CONTRACT v1.1 §2 Quotas: at most CHAT_MAX_SESSIONS_PER_USER sessions of one
+/// user per edge (200 of one user once opened in 0.6 s): beyond, HTTP 429 when the token came in
+/// the header, `limit_exceeded` and close 4029 after an `auth` frame, before any `hello`; other
+/// users are not affected, and a closed session frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_user_are_capped() {
+    let stack = Stack::start_with(&[("CHAT_MAX_SESSIONS_PER_USER", "3")]).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(stack.login(0, "hog").await.0);
+    }
+    // By auth frame: an error, then 4029, and never a hello.
+    let mut c = chat_testkit::WsClient::connect(&stack.ws_url(0), None)
+        .await
+        .unwrap();
+    c.send(json!({"type": "auth", "token": stack.token("hog")}))
+        .await;
+    let f = c.recv().await.expect("an answer to auth");
+    assert_eq!(
+        (f["type"].as_str(), f["code"].as_str()),
+        (Some("error"), Some("limit_exceeded")),
+        "{f}"
+    );
+    assert_eq!(c.expect_close().await, Some(4029));
+    // By header: 429.
+    assert_eq!(refused_status(&stack, Some(&stack.token("hog"))).await, 429);
+    // Others are not affected; a closed session frees a place.
+    let (mut other, _) = stack.login(0, "someone-else").await;
+    assert_eq!(
+        other.request(json!({"type": "ping"}), "p").await["type"],
+        "pong"
+    );
+    open.pop().unwrap().close().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match chat_testkit::WsClient::connect(&stack.ws_url(0), Some(&stack.token("hog"))).await {
+            Ok(mut c) => {
+                assert_eq!(c.recv_type("hello").await.unwrap()["user"], "hog");
+                break;
+            }
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the freed place never came back: {e}"),
+        }
+    }
+}
+
+/// Issue 15 item 9: `create` with more than 1,000 members is `limit_exceeded` (7,000 once took
+/// 0.6 s), refused by the edge before any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_with_too_many_members_is_refused() {
+    let stack = Stack::start_with(&[("CHAT_MAX_FRAME", "1048576")]).await;
+    let (mut c, _) = stack.login(0, "maker").await;
+    let members: Vec<String> = (0..1001).map(|i| format!("m{i}")).collect();
+    let reply = c
+        .request(
+            json!({"type": "create", "room": "huge", "private": true, "members": members}),
+            "c1",
+        )
+        .await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("limit_exceeded")),
+        "{reply}"
+    );
+    let reply = c
+        .request(
+            json!({"type": "create", "room": "fine", "private": true, "members": &members[..1000]}),
+            "c2",
+        )
+        .await;
+    assert_eq!(reply["type"], "joined", "{reply}");
+}
+
+/// A WebSocket handshake to edge 0 from the local address `from` (any 127.x.y.z), with a token
+/// in the header; the HTTP status when refused.
+async fn connect_from(stack: &Stack, from: &str) -> Result<(), u16> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(stack.edges[0].addr.unwrap()).await.unwrap();
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        stack.ws_url(0),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", stack.token("addr")).parse().unwrap(),
+    );
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Ok(_) => Ok(()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("handshake from {from}: {e}"),
+    }
+}
+
+/// Issue 15 item 9: admission per client address — one address past its own rate gets 503 while
+/// another address still gets in (one address cannot take the edge's whole admission rate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_the_whole_admission_rate() {
+    let stack = Stack::start_with(&[
+        ("CHAT_ADMISSION_PER_IP_PER_S", "5"),
+        ("CHAT_ADMISSION_PER_S", "1000"),
+    ])
+    .await;
+    let mut refused = 0;
+    for _ in 0..20 {
+        if connect_from(&stack, "127.0.0.2").await == Err(503) {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 10,
+        "only {refused} of 20 refused from one address"
+    );
+    assert_eq!(
+        connect_from(&stack, "127.0.0.3").await,
+        Ok(()),
+        "another address got in"
+    );
+}
+
+/// Connects `user` to edge 0 with the token in the upgrade's header; the client and its hello.
+async fn login_header(stack: &Stack, user: &str) -> (chat_testkit::WsClient, serde_json::Value) {
+    let mut c = chat_testkit::WsClient::connect(&stack.ws_url(0), Some(&stack.token(user)))
+        .await
+        .expect("upgrade");
+    let hello = c.recv_type("hello").await.expect("hello");
+    (c, hello)
+}
+
+/// Issue 15 item 9: unauthenticated connections count apart from CHAT_MAX_CONNECTIONS
+/// (they once held a connection slot for 10 s each): with 3 of them open — the cap of
+/// unauthenticated ones, so a 4th is refused — both places of CHAT_MAX_CONNECTIONS=2 are still
+/// free for clients that authenticate, and a third authenticated one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_do_not_take_connection_slots() {
+    let stack = Stack::start_with(&[
+        ("CHAT_MAX_CONNECTIONS", "2"),
+        ("CHAT_MAX_UNAUTHENTICATED", "3"),
+    ])
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(
+            chat_testkit::WsClient::connect(&stack.ws_url(0), None)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        refused_status(&stack, None).await,
+        503,
+        "a 4th unauthenticated one"
+    );
+    let (mut a, _) = login_header(&stack, "real1").await;
+    let (mut b, _) = login_header(&stack, "real2").await;
+    assert_eq!(
+        a.request(json!({"type": "ping"}), "a").await["type"],
+        "pong"
+    );
+    assert_eq!(
+        b.request(json!({"type": "ping"}), "b").await["type"],
+        "pong"
+    );
+    assert_eq!(
+        refused_status(&stack, Some(&stack.token("real3"))).await,
+        503
+    );
+    // An unauthenticated one that authenticates past the cap: unavailable, close 1013.
+    let mut late = idle.pop().unwrap();
+    late.send(json!({"type": "auth", "token": stack.token("real4")}))
+        .await;
+    let f = late.recv().await.expect("an answer to auth");
+    assert_eq!(f["code"], "unavailable", "{f}");
+    assert_eq!(late.expect_close().await, Some(1013));
+}

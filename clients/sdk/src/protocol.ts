@@ -20,6 +20,7 @@ export type ErrorCode =
   | "not_found"
   | "conflict"
   | "too_large"
+  | "limit_exceeded"
   | "rate_limited"
   | "unavailable"
   | "internal";

@@ -311,6 +311,8 @@ pub enum ErrorCode {
     NotFound,
     Conflict,
     TooLarge,
+    /// A quota (CONTRACT v1.1 §2 Quotas).
+    LimitExceeded,
     RateLimited,
     Unavailable,
     Internal,
@@ -327,6 +329,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",

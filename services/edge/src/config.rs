@@ -66,8 +66,19 @@ pub struct EdgeConfig {
     pub admission_per_s: u32,
     /// `CHAT_HEADER_TIMEOUT`: time for a client to send its upgrade request's headers.
     pub header_timeout: Duration,
-    /// `CHAT_MAX_CONNECTIONS`: open connections at most; more get 503.
+    /// `CHAT_MAX_CONNECTIONS`: authenticated connections at most; more get 503 (or, when they
+    /// authenticate with a frame, `unavailable` and close 1013).
     pub max_connections: usize,
+    /// `CHAT_MAX_UNAUTHENTICATED`: connections not yet authenticated at most (they count apart
+    /// from `CHAT_MAX_CONNECTIONS`); more get 503.
+    pub max_unauthenticated: usize,
+    /// `CHAT_ADMISSION_PER_IP_PER_S`: new connections per second from one client address (an
+    /// IPv6 /64 is one address), burst the same; beyond: 503 with Retry-After. 0: off (behind
+    /// a proxy every client has the proxy's address).
+    pub admission_per_ip_per_s: u32,
+    /// `CHAT_MAX_SESSIONS_PER_USER` (CONTRACT v1.1 §2 Quotas): open sessions of one user on this
+    /// edge; beyond: HTTP 429, or `limit_exceeded` and close 4029 after the `auth` frame.
+    pub max_sessions_per_user: usize,
 }
 
 /// The HS256 secret and where it came from.
@@ -206,6 +217,9 @@ impl EdgeConfig {
             stream: env.stream_settings()?,
             admission_per_s: env.parse("CHAT_ADMISSION_PER_S", 1000)?,
             max_connections: env.parse("CHAT_MAX_CONNECTIONS", 100_000)?,
+            max_unauthenticated: env.parse("CHAT_MAX_UNAUTHENTICATED", 1000)?,
+            admission_per_ip_per_s: env.parse("CHAT_ADMISSION_PER_IP_PER_S", 100)?,
+            max_sessions_per_user: env.parse("CHAT_MAX_SESSIONS_PER_USER", 20)?,
             header_timeout: env.duration("CHAT_HEADER_TIMEOUT", Duration::from_secs(10))?,
         })
     }
@@ -253,6 +267,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
         assert_eq!((c.max_body, c.max_frame, c.rate_per_s), (4000, 65_536, 100));
         assert_eq!(c.heartbeat, Duration::from_millis(5000));
+        assert_eq!(c.max_sessions_per_user, 20);
         assert!(!c.dev_login);
         assert!(c.tls.is_none());
         assert!(matches!(c.jwt_secret, Some(JwtSecret::Configured(ref s)) if s == GOOD));

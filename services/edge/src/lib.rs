@@ -7,6 +7,7 @@
 //! - this module: the HTTP side (upgrade, Origin check, static web client, dev sign-in), the
 //!   presence heartbeat and the drain.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod dispatch;
@@ -57,8 +58,14 @@ pub struct EdgeInner {
     next_session: AtomicU64,
     /// Upgrades admitted per second (reconnect storms).
     admission: std::sync::Mutex<ratelimit::TokenBucket>,
-    /// Open connections, for `CHAT_MAX_CONNECTIONS`; each is a [`ConnectionSlot`].
-    open: Arc<AtomicUsize>,
+    /// Upgrades admitted per second per client address.
+    per_address: admission::PerAddress,
+    /// Authenticated connections, for `CHAT_MAX_CONNECTIONS`; each is an [`admission::Slot`].
+    pub(crate) open: Arc<AtomicUsize>,
+    /// Connections not authenticated yet, for `CHAT_MAX_UNAUTHENTICATED`.
+    pending: Arc<AtomicUsize>,
+    /// Open sessions per user, for `CHAT_MAX_SESSIONS_PER_USER`.
+    pub user_sessions: Arc<admission::UserSessions>,
     /// Cancelled to drain: every session closes with 1012.
     pub shutdown: CancellationToken,
     sessions: TaskTracker,
@@ -90,6 +97,9 @@ impl Edge {
         }
     }
 }
+
+/// Client addresses whose admission buckets are remembered (twice this at most).
+const PER_ADDRESS_CAP: usize = 65_536;
 
 /// A started edge, ready to [`run`](App::run).
 pub struct App {
@@ -138,6 +148,9 @@ impl App {
         tracing::info!(%edge_id, epoch, listen = %listener.local_addr()?, tls = tls.is_some(), "chat-edge started");
         let admission =
             ratelimit::TokenBucket::new(config.admission_per_s, std::time::Instant::now());
+        let per_address =
+            admission::PerAddress::new(config.admission_per_ip_per_s, PER_ADDRESS_CAP);
+        let user_sessions = admission::UserSessions::new(config.max_sessions_per_user);
         let edge = Edge(Arc::new(EdgeInner {
             hub: hub::Hub::new(nats.clone(), config.request_timeout),
             config,
@@ -149,7 +162,10 @@ impl App {
             edge_id,
             next_session: AtomicU64::new(1),
             admission: std::sync::Mutex::new(admission),
+            per_address,
             open: Arc::new(AtomicUsize::new(0)),
+            pending: Arc::new(AtomicUsize::new(0)),
+            user_sessions,
             shutdown,
             sessions: TaskTracker::new(),
         }));
@@ -305,6 +321,7 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 async fn ws_upgrade(
     State(edge): State<Edge>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -315,7 +332,8 @@ async fn ws_upgrade(
     if edge.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
-    if let Some(refusal) = admit(&edge) {
+    let peer = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip());
+    if let Some(refusal) = admit(&edge, peer) {
         return refusal;
     }
     let token = headers
@@ -326,6 +344,38 @@ async fn ws_upgrade(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(|t| t.trim().to_owned());
+    // A token in the header is checked now, so that the quotas can answer in HTTP (CONTRACT
+    // v1.1 §2: 429 past the sessions of the user); a bad one is refused by the session (4001).
+    let verified = match &token {
+        Some(t) => edge.auth.verify(t).await.ok(),
+        None => None,
+    };
+    let admitted = match verified {
+        Some(identity) => match session::admit_session(&edge, &identity) {
+            Ok(slots) => session::Admitted::Verified { identity, slots },
+            Err(session::Refused::UserSessions) => {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many sessions of this user",
+                )
+                    .into_response();
+            }
+            Err(session::Refused::Connections) => {
+                return busy("too many connections", 5);
+            }
+        },
+        None => match admission::Slot::try_take(
+            &edge.pending,
+            edge.config.max_unauthenticated,
+            "edge_unauthenticated_connections",
+        ) {
+            Some(slot) => session::Admitted::Pending {
+                header_token: token,
+                slot: Some(slot),
+            },
+            None => return busy("too many unauthenticated connections", 2),
+        },
+    };
     let buffer = edge.config.ws_buffer;
     let max = edge.config.max_frame;
     let tracker = edge.sessions.clone();
@@ -338,54 +388,37 @@ async fn ws_upgrade(
         .max_frame_size(max.saturating_mul(2))
         .on_upgrade(move |socket| {
             let token_guard = tracker.token();
-            let slot = ConnectionSlot::take(edge.open.clone());
             async move {
-                // Both guards are given back by dropping, however the session ends.
-                let (_slot, _token_guard) = (slot, token_guard);
-                session::run(edge, socket, token).await;
+                // The slots in `admitted` and the tracker's token are given back by dropping,
+                // however the session ends.
+                let _token_guard = token_guard;
+                session::run_admitted(edge, socket, admitted).await;
             }
         })
 }
 
-/// One open connection, counted in `open` and the `edge_connections` gauge until dropped —
-/// whatever way the task holding it ends, a panic included (issue 15 item 1: a leaked count
-/// once locked every later client out with 503).
-pub struct ConnectionSlot {
-    open: Arc<AtomicUsize>,
+/// 503 with Retry-After, counted by reason.
+fn busy(why: &'static str, retry_s: u64) -> Response {
+    metrics::counter!("edge_admission_refused_total", "why" => why).increment(1);
+    let mut r = (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_s));
+    r
 }
 
-impl ConnectionSlot {
-    pub fn take(open: Arc<AtomicUsize>) -> ConnectionSlot {
-        open.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("edge_connections").increment(1.0);
-        ConnectionSlot { open }
+/// Admission control: refuses an upgrade (503, Retry-After) past the admission rate of its
+/// client address, then past the edge's, so a reconnect storm is spread out instead of
+/// overloading the edge and NATS, and one address cannot take the whole rate (issue 15 item 9).
+/// The caps on connections are checked by the caller, by taking a slot.
+fn admit(edge: &Edge, peer: Option<std::net::IpAddr>) -> Option<Response> {
+    let now = std::time::Instant::now();
+    if let Some(ip) = peer
+        && edge.config.admission_per_ip_per_s > 0
+        && !edge.per_address.admit(ip, now)
+    {
+        return Some(busy("too many new connections from this address", 1));
     }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!("edge_connections").decrement(1.0);
-    }
-}
-
-/// Admission control: refuses an upgrade (503, Retry-After) past the connection cap or the
-/// admission rate, so a reconnect storm is spread out instead of overloading the edge and NATS.
-fn admit(edge: &Edge) -> Option<Response> {
-    let busy = |why: &'static str, retry_s: u64| {
-        metrics::counter!("edge_admission_refused_total", "why" => why).increment(1);
-        let mut r = (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_s));
-        r
-    };
-    if edge.open.load(Ordering::Relaxed) >= edge.config.max_connections {
-        return Some(busy("too many connections", 5));
-    }
-    let verdict = edge
-        .admission
-        .lock()
-        .map(|mut b| b.check(std::time::Instant::now()));
+    let verdict = edge.admission.lock().map(|mut b| b.check(now));
     match verdict {
         Ok(ratelimit::Verdict::Allow) => None,
         _ => Some(busy("too many new connections, retry shortly", 1)),
@@ -451,30 +484,6 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
-    }
-
-    #[tokio::test]
-    async fn a_connection_slot_is_given_back_when_its_task_panics() {
-        let open = Arc::new(AtomicUsize::new(0));
-        let slot = ConnectionSlot::take(open.clone());
-        assert_eq!(open.load(Ordering::Relaxed), 1);
-        let task = tokio::spawn(async move {
-            let _slot = slot;
-            tokio::task::yield_now().await;
-            panic!("a bug in a session");
-        });
-        assert!(task.await.unwrap_err().is_panic());
-        assert_eq!(open.load(Ordering::Relaxed), 0);
-        let aborted = tokio::spawn({
-            let slot = ConnectionSlot::take(open.clone());
-            async move {
-                let _slot = slot;
-                std::future::pending::<()>().await;
-            }
-        });
-        aborted.abort();
-        assert!(aborted.await.unwrap_err().is_cancelled());
-        assert_eq!(open.load(Ordering::Relaxed), 0);
     }
 
     #[test]

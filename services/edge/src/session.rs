@@ -23,6 +23,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::Edge;
+use crate::admission::{Slot, UserSlot};
 use crate::auth::{AuthError, Identity, now_s};
 use crate::dispatch::{self, Action, Inbound};
 use crate::hub::{Outbound, SessionHandle};
@@ -44,22 +45,125 @@ enum Flow {
     Close(u16, &'static str),
 }
 
-/// Runs a connection to its end. `header_token` is the bearer token of the upgrade request.
-///
-/// Whatever way the session ends, what it holds is given back (issue 15: a panic once leaked
-/// the hub's entries, the user's presence and the connection slot): a panic inside the session
-/// is caught here and the session cleaned up as after any close, and should the future be
-/// dropped before its cleanup (an abort, a panic in the cleanup itself), [`Session`]'s `Drop`
-/// hands the same cleanup to a task of its own.
-pub async fn run<S>(edge: Edge, mut socket: S, header_token: Option<String>)
+/// How the upgrade admitted a connection (see [`crate::admission`]).
+pub enum Admitted {
+    /// The upgrade's header token verified, and the session's slots are taken.
+    Verified {
+        identity: Identity,
+        slots: SessionSlots,
+    },
+    /// To authenticate with its first frame (or its header token failed: the session says
+    /// why); holds a slot of the unauthenticated connections until then.
+    Pending {
+        header_token: Option<String>,
+        slot: Option<Slot>,
+    },
+}
+
+/// What an authenticated session counts against, given back when the session is dropped.
+#[derive(Debug)]
+pub struct SessionSlots {
+    _connection: Slot,
+    _user: UserSlot,
+}
+
+/// Why an authenticated connection may not become a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `CHAT_MAX_SESSIONS_PER_USER` (CONTRACT v1.1 §2 Quotas).
+    UserSessions,
+    /// `CHAT_MAX_CONNECTIONS`.
+    Connections,
+}
+
+/// Takes the slots of a session of `identity`: one of the user's sessions on this edge, then one
+/// of the edge's authenticated connections.
+pub fn admit_session(edge: &Edge, identity: &Identity) -> Result<SessionSlots, Refused> {
+    let Some(user) = edge.user_sessions.try_take(&identity.user) else {
+        metrics::counter!("edge_admission_refused_total", "why" => "sessions of the user")
+            .increment(1);
+        return Err(Refused::UserSessions);
+    };
+    let Some(connection) =
+        Slot::try_take(&edge.open, edge.config.max_connections, "edge_connections")
+    else {
+        metrics::counter!("edge_admission_refused_total", "why" => "too many connections")
+            .increment(1);
+        return Err(Refused::Connections);
+    };
+    Ok(SessionSlots {
+        _connection: connection,
+        _user: user,
+    })
+}
+
+/// Runs a connection to its end, with no admission at the upgrade (tests and embedders):
+/// `header_token` is the bearer token of the upgrade request.
+pub async fn run<S>(edge: Edge, socket: S, header_token: Option<String>)
 where
     S: Stream<Item = Result<Message, axum::Error>>
         + Sink<Message, Error = axum::Error>
         + Unpin
         + Send,
 {
-    let Some(identity) = authenticate(&edge, &mut socket, header_token).await else {
-        return;
+    let admitted = Admitted::Pending {
+        header_token,
+        slot: None,
+    };
+    run_admitted(edge, socket, admitted).await;
+}
+
+/// Runs an admitted connection to its end.
+///
+/// Whatever way the session ends, what it holds is given back (issue 15: a panic once leaked
+/// the hub's entries, the user's presence and the connection slot): a panic inside the session
+/// is caught here and the session cleaned up as after any close, and should the future be
+/// dropped before its cleanup (an abort, a panic in the cleanup itself), [`Session`]'s `Drop`
+/// hands the same cleanup to a task of its own. The slots are guards.
+pub async fn run_admitted<S>(edge: Edge, mut socket: S, admitted: Admitted)
+where
+    S: Stream<Item = Result<Message, axum::Error>>
+        + Sink<Message, Error = axum::Error>
+        + Unpin
+        + Send,
+{
+    let (identity, slots) = match admitted {
+        Admitted::Verified { identity, slots } => (identity, slots),
+        Admitted::Pending { header_token, slot } => {
+            let Some(identity) = authenticate(&edge, &mut socket, header_token).await else {
+                return;
+            };
+            let slots = match admit_session(&edge, &identity) {
+                Ok(slots) => slots,
+                Err(Refused::UserSessions) => {
+                    // CONTRACT v1.1 §2 Quotas: before any hello.
+                    let f = ServerFrame::error(
+                        None,
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "at most {} open sessions per user",
+                            edge.config.max_sessions_per_user
+                        ),
+                    );
+                    send_frame(&mut socket, &f).await;
+                    close_and_drain(&mut socket, close::RATE_ABUSE, "too many sessions").await;
+                    return;
+                }
+                Err(Refused::Connections) => {
+                    let f = ServerFrame::error(
+                        None,
+                        ErrorCode::Unavailable,
+                        "too many connections: try again later",
+                    );
+                    send_frame(&mut socket, &f).await;
+                    close_and_drain(&mut socket, TRY_AGAIN_LATER, "try again later").await;
+                    return;
+                }
+            };
+            // Authenticated: no longer an unauthenticated connection.
+            drop(slot);
+            (identity, slots)
+        }
     };
     let id = edge.next_session_id();
     let name: Arc<str> = format!("{}-{id}", edge.edge_id).into();
@@ -81,6 +185,7 @@ where
         last_heard: Instant::now(),
         expiry_changed: false,
         cleaned_up: false,
+        _slots: slots,
     };
     let served = std::panic::AssertUnwindSafe(session.serve(rx))
         .catch_unwind()
@@ -100,6 +205,8 @@ where
 
 /// WebSocket close code 1011: the server met an unexpected condition.
 const INTERNAL_ERROR: u16 = 1011;
+/// WebSocket close code 1013: try again later.
+const TRY_AGAIN_LATER: u16 = 1013;
 
 async fn send_frame<S>(socket: &mut S, frame: &ServerFrame) -> bool
 where
@@ -280,6 +387,8 @@ struct Session<S> {
     expiry_changed: bool,
     /// Set once [`Session::cleanup`] ran; until then, dropping the session cleans up.
     cleaned_up: bool,
+    /// Given back when the session is dropped (after its cleanup).
+    _slots: SessionSlots,
 }
 
 impl<S> Drop for Session<S> {
@@ -338,7 +447,7 @@ where
         if let Err(e) = Box::pin(self.start()).await {
             self.send(&ServerFrame::error(None, e.code, e.message))
                 .await;
-            close_with(&mut self.socket, 1013, "try again later").await;
+            close_with(&mut self.socket, TRY_AGAIN_LATER, "try again later").await;
             return;
         }
         let heartbeat = self.edge.config.heartbeat;

@@ -14,7 +14,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
-use chat_edge::dispatch::{Action, Inbound, MAX_CLIENT_ID_CHARS, Refusal, classify};
+use chat_edge::dispatch::{
+    Action, Inbound, MAX_CLIENT_ID_CHARS, MAX_CREATE_MEMBERS, Refusal, classify,
+};
 use chat_edge::ratelimit::{TokenBucket, Verdict};
 use chat_proto::{
     CLIENT_TYPES, ClientFrame, Envelope, ErrorCode, Limits, MAX_REF_CHARS, MAX_TRACEPARENT_BYTES,
@@ -110,6 +112,8 @@ pub enum Val {
     Repeat(char, u16),
     /// A string with one of [`CONTROLS`] spliced in at a byte offset.
     Control(String, u8, u16),
+    /// A list of this many distinct valid user ids (a `create` around its 1,000 members).
+    ManyUsers(u16),
     U64(u64),
     I64(i64),
     F64(f64),
@@ -160,6 +164,11 @@ impl Val {
             Val::I64(n) => (*n).into(),
             Val::F64(f) => (*f).into(),
             Val::Bool(b) => (*b).into(),
+            Val::ManyUsers(n) => Value::Array(
+                (0..usize::from(*n) % 1200)
+                    .map(|i| format!("u{i}").into())
+                    .collect(),
+            ),
             Val::Null => Value::Null,
             Val::List(items) => Value::Array(items.iter().map(Leaf::to_json).collect()),
             Val::Object(items) => Value::Object(
@@ -358,6 +367,9 @@ fn contract_refusal(
         | ClientFrame::Status {
             status: Status::Offline,
         } => Some(ErrorCode::BadRequest),
+        ClientFrame::Create { members, .. } if members.len() > MAX_CREATE_MEMBERS => {
+            Some(ErrorCode::LimitExceeded)
+        }
         _ => None,
     }
 }
@@ -471,6 +483,7 @@ fn check_refusal(inbound: Inbound<'_>, limits: &Limits, members: &HashSet<RoomId
                 | ErrorCode::UnknownType
                 | ErrorCode::Forbidden
                 | ErrorCode::TooLarge
+                | ErrorCode::LimitExceeded
         ),
         "no I/O happened, so only a client error may answer: {r:?}"
     );
