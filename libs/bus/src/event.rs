@@ -353,6 +353,15 @@ fn why_undecodable(payload: &[u8]) -> Invalid {
     }
 }
 
+/// `s` made safe as a NATS header value or log field: printable ASCII only (anything else
+/// becomes `?`), at most `max` characters. Header values with `\r` or `\n` panic on conversion.
+pub fn header_safe(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .collect()
+}
+
 /// Reads a numeric header.
 pub fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {
     headers?.get(name)?.as_str().parse().ok()
@@ -518,6 +527,12 @@ mod tests {
             h.insert("Chat-Dlq-Reason", text.as_str());
             assert!(!reason.code().is_empty());
         }
+    }
+
+    #[test]
+    fn header_safe_keeps_printable_ascii_only() {
+        assert_eq!(header_safe("a\r\nb\u{1}é", 10), "a??b??");
+        assert_eq!(header_safe(&"x".repeat(300), 200).len(), 200);
     }
 
     #[test]
