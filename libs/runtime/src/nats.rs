@@ -102,6 +102,27 @@ pub fn is_connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
 }
 
+/// Whether a request's reply subject may be answered (CONTRACT §3): only inboxes, `_INBOX.…` or
+/// a client's own prefix such as `_INBOX_integrations.…`. Anything else (a stream's subject, a
+/// KV key, another service's subject) is dropped unanswered.
+pub fn trusted_reply_subject(reply: &str) -> bool {
+    let Some(rest) = reply.strip_prefix("_INBOX") else {
+        return false;
+    };
+    // `_INBOX.x` or `_INBOX_<prefix>.x`, with something after the dot.
+    let rest = match rest.strip_prefix('_') {
+        Some(custom) => match custom.split_once('.') {
+            Some((prefix, tail)) if !prefix.is_empty() => tail,
+            _ => return false,
+        },
+        None => match rest.strip_prefix('.') {
+            Some(tail) => tail,
+            None => return false,
+        },
+    };
+    !rest.is_empty() && !rest.contains(['*', '>'])
+}
+
 /// Serves request/reply on `subject` in queue group `queue` until `shutdown`, then stops taking
 /// requests and waits for those in flight. Each request runs in its own task, inside a span
 /// continuing the requester's trace; `handle` returns the reply payload.
@@ -133,6 +154,14 @@ where
         let Some(reply) = msg.reply.clone() else {
             continue;
         };
+        if !trusted_reply_subject(&reply) {
+            // CONTRACT §3: answering `$KV.…` or `chat.…` would publish into a bucket or a
+            // stream with this service's permissions.
+            metrics::counter!("nats_requests_dropped_total", "reason" => "reply_subject")
+                .increment(1);
+            tracing::debug!(subject, reply = %reply, "request with a foreign reply subject dropped");
+            continue;
+        }
         let span = tracing::info_span!("request", subject);
         chat_bus::trace::continue_from(&span, msg.headers.as_ref());
         let handle = handle.clone();
@@ -157,6 +186,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_inbox_reply_subjects_are_trusted() {
+        for ok in ["_INBOX.abc.1", "_INBOX_integrations.x.y", "_INBOX_a.b"] {
+            assert!(trusted_reply_subject(ok), "{ok}");
+        }
+        for bad in [
+            "$KV.chat_presence.zed",
+            "chat.room.lobby.msg",
+            "$JS.API.STREAM.DELETE.CHAT",
+            "_INBOX",
+            "_INBOX.",
+            "_INBOXX.a",
+            "_INBOX_.a",
+            "_INBOX_x",
+            "_INBOX.>",
+            "",
+        ] {
+            assert!(!trusted_reply_subject(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn nats_url_takes_one_server_or_a_list() {
