@@ -101,6 +101,7 @@ impl App {
             self.nats.clone(),
             subjects::ROOMS,
             subjects::HISTORY_QUEUE,
+            self.config.nats.serve,
             shutdown.clone(),
             move |msg| {
                 let rooms = rooms.clone();
@@ -124,6 +125,7 @@ impl App {
             self.nats.clone(),
             subjects::API_HISTORY,
             subjects::HISTORY_QUEUE,
+            self.config.nats.serve,
             shutdown.clone(),
             move |msg| {
                 let query = query.clone();
