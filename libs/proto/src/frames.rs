@@ -429,6 +429,11 @@ pub enum ServerFrame {
         recovered: Option<bool>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         members: Option<Vec<UserId>>,
+        /// v1.1: the user's marker and unread count, covering the events up to `last_seq`.
+        #[serde(default)]
+        last_read: u64,
+        #[serde(default)]
+        unread: u64,
     },
     Left {
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
@@ -463,10 +468,15 @@ pub enum ServerFrame {
         room: RoomId,
         users: Vec<PresenceEntry>,
     },
+    /// v1.1: sent when the marker moves (or the count changes for another reason than a new
+    /// message); `count` covers the events up to seq `as_of`, and the client adds one for each
+    /// later `message` of another user (CONTRACT §2 Unread).
     Unread {
         room: RoomId,
         count: u64,
         last_read: u64,
+        #[serde(default)]
+        as_of: u64,
     },
     Notification(Notification),
     Error {

@@ -401,6 +401,7 @@ async fn user_feed(mut sub: Subscriber, sessions: Sessions) {
                         room: u.room,
                         count: u.count,
                         last_read: u.last_read,
+                        as_of: u.as_of,
                     }
                     .to_json()
                     .into(),

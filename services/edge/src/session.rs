@@ -593,15 +593,20 @@ where
         for m in &memberships.rooms {
             self.subscribe(&m.room, m.kind).await?;
         }
-        let last_seqs =
+        let last_seqs: Vec<u64> =
             futures::future::join_all(memberships.rooms.iter().map(|m| last_seq(&edge, &m.room)))
-                .await;
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+        // Counts covering exactly each room's `last_seq` (CONTRACT §2 Unread): what follows
+        // comes live, and the client counts it.
         let state: NotifyState = match self
             .request(
                 subjects::NOTIFY_STATE,
                 &NotifyStateRequest {
                     user: self.user().clone(),
                     rooms: memberships.rooms.iter().map(|m| m.room.clone()).collect(),
+                    last_seqs: last_seqs.clone(),
                 },
             )
             .await
@@ -618,7 +623,6 @@ where
         let unread: HashMap<&RoomId, &api::UnreadState> =
             state.rooms.iter().map(|u| (&u.room, u)).collect();
         for (m, last) in memberships.rooms.iter().zip(last_seqs) {
-            let last = last?;
             if let Some(r) = self.rooms.get_mut(&m.room) {
                 r.delivered = r.delivered.max(last);
             }
@@ -655,6 +659,31 @@ where
         let rooms: Vec<RoomId> = self.rooms.drain().map(|(room, _)| room).collect();
         release(self.edge.clone(), self.handle.clone(), rooms).await;
         self.cleaned_up = true;
+    }
+
+    /// The user's marker and unread count in `room` covering the events up to `last` (what a
+    /// `joined` carries: CONTRACT §2 Unread); zeros, with a warning, while chat-notify does not
+    /// answer (its next `unread` corrects them).
+    async fn unread_of(&mut self, room: &RoomId, last: u64) -> (u64, u64) {
+        let req = NotifyStateRequest {
+            user: self.user().clone(),
+            rooms: vec![room.clone()],
+            last_seqs: vec![last],
+        };
+        match self
+            .request::<_, NotifyState>(subjects::NOTIFY_STATE, &req)
+            .await
+        {
+            Ok(state) => state
+                .rooms
+                .iter()
+                .find(|u| u.room == *room)
+                .map_or((0, 0), |u| (u.last_read, u.unread)),
+            Err(e) => {
+                tracing::warn!(error = %e, "unread state unavailable; joined lists zeros");
+                (0, 0)
+            }
+        }
     }
 
     async fn request<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
@@ -785,6 +814,7 @@ where
                 .ok()
                 .map(|i| i.members)
             };
+            let (last_read, unread) = self.unread_of(&change.room, last).await;
             let f = ServerFrame::Joined {
                 reference: None,
                 room: change.room,
@@ -792,6 +822,8 @@ where
                 last_seq: last,
                 recovered: None,
                 members,
+                last_read,
+                unread,
             };
             self.send(&f).await;
         } else if !change.member && self.unsubscribe(&change.room).await {
@@ -915,6 +947,7 @@ where
                     .await?;
                 self.subscribe(&info.room, info.kind).await?;
                 let last = last_seq(&self.edge, &info.room).await?;
+                let (last_read, unread) = self.unread_of(&info.room, last).await;
                 let members = (info.kind != RoomKind::Public).then_some(info.members);
                 let f = ServerFrame::Joined {
                     reference,
@@ -923,6 +956,8 @@ where
                     last_seq: last,
                     recovered: None,
                     members,
+                    last_read,
+                    unread,
                 };
                 self.send(&f).await;
                 Ok(Flow::Continue)
@@ -953,6 +988,7 @@ where
                     .await?;
                 self.subscribe(&info.room, info.kind).await?;
                 let last = last_seq(&self.edge, &info.room).await?;
+                let (last_read, unread) = self.unread_of(&info.room, last).await;
                 let f = ServerFrame::Joined {
                     reference,
                     room: info.room,
@@ -960,6 +996,8 @@ where
                     last_seq: last,
                     recovered: None,
                     members: Some(info.members),
+                    last_read,
+                    unread,
                 };
                 self.send(&f).await;
                 Ok(Flow::Continue)
@@ -1148,6 +1186,7 @@ where
                 Some(false)
             }
         };
+        let (last_read, unread) = self.unread_of(&room, last).await;
         let f = ServerFrame::Joined {
             reference,
             room,
@@ -1155,6 +1194,8 @@ where
             last_seq: last,
             recovered,
             members,
+            last_read,
+            unread,
         };
         self.send(&f).await;
         Ok(())
