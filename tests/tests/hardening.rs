@@ -295,3 +295,75 @@ async fn pools_have_a_statement_timeout() {
         took.as_millis()
     );
 }
+
+/// Item 4 (service part): ~450 mentions of a victim in a private room used to make the victim's
+/// `hello` (500 notifications of long previews) too large to send: the victim was locked out
+/// until a `read`. `hello` lists the newest 100, oldest first, and counts them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_pending_notifications_do_not_lock_a_user_out() {
+    let stack = Stack::start_with(&[("CHAT_RATE_PER_S", "2000")]).await;
+    let (mut mallory, _) = stack.login(0, "mallory").await;
+    let created = mallory
+        .request(
+            json!({"type": "create", "room": "trap", "private": true, "members": ["victim"]}),
+            "c",
+        )
+        .await;
+    assert_eq!(created["type"], "joined", "{created}");
+    // 140 four-byte characters per preview: 450 of them (with their ids, rooms, senders) are
+    // well over the 256 KiB the edge could send.
+    let body = format!("@victim {}", "\u{1F600}".repeat(200));
+    let n = 450;
+    let mut last_seq = 0;
+    let mut sent = 0;
+    let mut acked = 0;
+    while acked < n {
+        while sent < n && sent - acked < 128 {
+            mallory
+                .send(json!({"type": "send", "room": "trap", "body": body,
+                             "client_id": format!("m{sent}")}))
+                .await;
+            sent += 1;
+        }
+        let f = mallory.recv().await.expect("ack");
+        assert_ne!(f["type"], "error", "{f}");
+        if f["type"] == "ack" {
+            acked += 1;
+            last_seq = last_seq.max(f["seq"].as_u64().unwrap());
+        }
+    }
+    // The mentions and the invite of `create`.
+    let pending = n as u64 + 1;
+    let client = stack.nats.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = chat_tests::notify_state(&client, "victim", &["trap"]).await;
+        if s.notifications_total == pending {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {pending} notifications stored",
+            s.notifications_total
+        );
+        chat_tests::idle(&mut mallory, Duration::from_millis(100)).await;
+    }
+    let started = std::time::Instant::now();
+    let (_victim, hello) = stack.login(0, "victim").await;
+    let took = started.elapsed();
+    let listed = hello["notifications"].as_array().expect("notifications");
+    assert_eq!(listed.len(), 100, "the newest 100");
+    assert_eq!(
+        hello["notifications_total"], pending,
+        "{}",
+        hello["notifications_total"]
+    );
+    let seqs: Vec<u64> = listed.iter().map(|x| x["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "oldest first");
+    assert_eq!(seqs.last(), Some(&last_seq), "the newest is listed");
+    let bytes = hello.to_string().len();
+    println!(
+        "FIGURES pending notifications: {n} mentions of one user, hello of {bytes} bytes arrived in {} ms listing 100 of {pending}, 0 sessions locked out",
+        took.as_millis()
+    );
+}

@@ -175,12 +175,14 @@ impl Core {
         let rooms = store::unread_of_user(&self.pool, &req.user, &req.rooms)
             .await
             .map_err(db_error)?;
-        let notifications = store::pending(&self.pool, &req.user, &req.rooms)
-            .await
-            .map_err(db_error)?;
+        let (notifications, notifications_total) =
+            store::pending(&self.pool, &req.user, &req.rooms)
+                .await
+                .map_err(db_error)?;
         Ok(NotifyState {
             rooms,
             notifications,
+            notifications_total,
         })
     }
 
