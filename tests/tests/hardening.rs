@@ -367,3 +367,118 @@ async fn many_pending_notifications_do_not_lock_a_user_out() {
         took.as_millis()
     );
 }
+
+/// Item 11: webhooks go over `https://` (rustls), trusting the extra CA of `NOTIFY_WEBHOOK_CA`;
+/// a gateway that TLS receiver gets the signed notification of an offline user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_delivered_over_https() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, ServerConfig, pki_types::PrivateKeyDer};
+
+    // A CA, and a certificate for localhost it signed.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+
+    let server =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then Content-Length bytes of body.
+                loop {
+                    let Ok(n) = tls.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            let _ = tx.send(text.clone());
+                            break;
+                        }
+                    }
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+
+    let url = format!("https://localhost:{port}/push");
+    let stack = Stack::start_with(&[
+        ("NOTIFY_WEBHOOK_URL", url.as_str()),
+        ("NOTIFY_WEBHOOK_SECRET", "tls-secret"),
+        ("NOTIFY_WEBHOOK_CA", ca_path.to_str().unwrap()),
+        ("NOTIFY_WEBHOOK_RETRY_MIN", "50ms"),
+    ])
+    .await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    let dm = alice
+        .request(json!({"type": "open_dm", "user": "bob"}), "dm")
+        .await;
+    assert_eq!(dm["type"], "joined", "{dm}");
+    let room = dm["room"].as_str().unwrap().to_owned();
+    chat_tests::send(&mut alice, &room, "secret plans", "s1").await;
+    let request = tokio::time::timeout(Duration::from_secs(20), received.recv())
+        .await
+        .expect("the webhook arrives over TLS")
+        .unwrap();
+    assert!(request.starts_with("POST /push HTTP/1.1\r\n"), "{request}");
+    assert!(
+        request.contains("\"preview\":\"secret plans\""),
+        "{request}"
+    );
+    assert!(
+        request.to_ascii_lowercase().contains("x-chat-signature:"),
+        "{request}"
+    );
+    println!(
+        "FIGURES https webhook: 1 DM notification of an offline user POSTed over TLS to a gateway with a private CA, 0 sent in clear text"
+    );
+}
