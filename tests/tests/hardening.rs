@@ -295,3 +295,190 @@ async fn pools_have_a_statement_timeout() {
         took.as_millis()
     );
 }
+
+/// Item 4 (service part): ~450 mentions of a victim in a private room used to make the victim's
+/// `hello` (500 notifications of long previews) too large to send: the victim was locked out
+/// until a `read`. `hello` lists the newest 100, oldest first, and counts them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_pending_notifications_do_not_lock_a_user_out() {
+    let stack = Stack::start_with(&[("CHAT_RATE_PER_S", "2000")]).await;
+    let (mut mallory, _) = stack.login(0, "mallory").await;
+    let created = mallory
+        .request(
+            json!({"type": "create", "room": "trap", "private": true, "members": ["victim"]}),
+            "c",
+        )
+        .await;
+    assert_eq!(created["type"], "joined", "{created}");
+    // 140 four-byte characters per preview: 450 of them (with their ids, rooms, senders) are
+    // well over the 256 KiB the edge could send.
+    let body = format!("@victim {}", "\u{1F600}".repeat(200));
+    let n = 450;
+    let mut last_seq = 0;
+    let mut sent = 0;
+    let mut acked = 0;
+    while acked < n {
+        while sent < n && sent - acked < 128 {
+            mallory
+                .send(json!({"type": "send", "room": "trap", "body": body,
+                             "client_id": format!("m{sent}")}))
+                .await;
+            sent += 1;
+        }
+        let f = mallory.recv().await.expect("ack");
+        assert_ne!(f["type"], "error", "{f}");
+        if f["type"] == "ack" {
+            acked += 1;
+            last_seq = last_seq.max(f["seq"].as_u64().unwrap());
+        }
+    }
+    // The mentions and the invite of `create`.
+    let pending = n as u64 + 1;
+    let client = stack.nats.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = chat_tests::notify_state(&client, "victim", &["trap"]).await;
+        if s.notifications_total == pending {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {pending} notifications stored",
+            s.notifications_total
+        );
+        chat_tests::idle(&mut mallory, Duration::from_millis(100)).await;
+    }
+    let started = std::time::Instant::now();
+    let (_victim, hello) = stack.login(0, "victim").await;
+    let took = started.elapsed();
+    let listed = hello["notifications"].as_array().expect("notifications");
+    assert_eq!(listed.len(), 100, "the newest 100");
+    assert_eq!(
+        hello["notifications_total"], pending,
+        "{}",
+        hello["notifications_total"]
+    );
+    let seqs: Vec<u64> = listed.iter().map(|x| x["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "oldest first");
+    assert_eq!(seqs.last(), Some(&last_seq), "the newest is listed");
+    let bytes = hello.to_string().len();
+    println!(
+        "FIGURES pending notifications: {n} mentions of one user, hello of {bytes} bytes arrived in {} ms listing 100 of {pending}, 0 sessions locked out",
+        took.as_millis()
+    );
+}
+
+/// Item 11: webhooks go over `https://` (rustls), trusting the extra CA of `NOTIFY_WEBHOOK_CA`;
+/// a gateway that TLS receiver gets the signed notification of an offline user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_delivered_over_https() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, ServerConfig, pki_types::PrivateKeyDer};
+
+    // A CA, and a certificate for localhost it signed.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+
+    let server =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then Content-Length bytes of body.
+                loop {
+                    let Ok(n) = tls.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            let _ = tx.send(text.clone());
+                            break;
+                        }
+                    }
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+
+    let url = format!("https://localhost:{port}/push");
+    let stack = Stack::start_with(&[
+        ("NOTIFY_WEBHOOK_URL", url.as_str()),
+        ("NOTIFY_WEBHOOK_SECRET", "tls-secret"),
+        ("NOTIFY_WEBHOOK_CA", ca_path.to_str().unwrap()),
+        ("NOTIFY_WEBHOOK_RETRY_MIN", "50ms"),
+    ])
+    .await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    let dm = alice
+        .request(json!({"type": "open_dm", "user": "bob"}), "dm")
+        .await;
+    assert_eq!(dm["type"], "joined", "{dm}");
+    let room = dm["room"].as_str().unwrap().to_owned();
+    chat_tests::send(&mut alice, &room, "secret plans", "s1").await;
+    let request = tokio::time::timeout(Duration::from_secs(20), received.recv())
+        .await
+        .expect("the webhook arrives over TLS")
+        .unwrap();
+    assert!(request.starts_with("POST /push HTTP/1.1\r\n"), "{request}");
+    assert!(
+        request.contains("\"preview\":\"secret plans\""),
+        "{request}"
+    );
+    assert!(
+        request.to_ascii_lowercase().contains("x-chat-signature:"),
+        "{request}"
+    );
+    println!(
+        "FIGURES https webhook: 1 DM notification of an offline user POSTed over TLS to a gateway with a private CA, 0 sent in clear text"
+    );
+}

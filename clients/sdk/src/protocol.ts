@@ -117,7 +117,10 @@ export interface HelloFrame {
   heartbeat_ms: number;
   limits: Limits;
   rooms: RoomSummary[];
+  /** The newest 100 pending notifications, oldest first (CONTRACT v1.1). */
   notifications: NotificationData[];
+  /** How many notifications are pending in all (v1.1; absent from older servers). */
+  notifications_total?: number;
 }
 export interface MessageFrame extends ChatMessage { type: "message" }
 export interface AckFrame {

@@ -257,7 +257,11 @@ pub struct UnreadState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotifyState {
     pub rooms: Vec<UnreadState>,
+    /// The newest `chat_proto::HELLO_NOTIFICATIONS` pending ones, oldest first.
     pub notifications: Vec<Notification>,
+    /// How many are pending in all (0 from an older chat-notify: use the list's length).
+    #[serde(default)]
+    pub notifications_total: u64,
 }
 
 /// Request of [`crate::subjects::NOTIFY_READ`]; the reply is an [`UnreadUpdate`].

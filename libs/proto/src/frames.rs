@@ -396,6 +396,9 @@ pub struct PresenceEntry {
     pub last_seen: i64,
 }
 
+/// Most pending notifications a `hello` lists (CONTRACT §2 v1.1: the newest 100).
+pub const HELLO_NOTIFICATIONS: usize = 100;
+
 /// Server → client frames (CONTRACT §2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -407,7 +410,12 @@ pub enum ServerFrame {
         heartbeat_ms: u64,
         limits: Limits,
         rooms: Vec<RoomSummary>,
+        /// The newest [`HELLO_NOTIFICATIONS`] pending notifications, oldest first (CONTRACT §2
+        /// v1.1), so that `hello` always fits in one frame.
         notifications: Vec<Notification>,
+        /// How many notifications are pending in all (v1.1).
+        #[serde(default)]
+        notifications_total: u64,
     },
     Message(ChatMessage),
     Ack {

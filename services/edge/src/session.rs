@@ -617,6 +617,7 @@ where
                 NotifyState {
                     rooms: Vec::new(),
                     notifications: Vec::new(),
+                    notifications_total: 0,
                 }
             }
         };
@@ -642,6 +643,9 @@ where
             heartbeat_ms: edge.config.heartbeat.as_millis() as u64,
             limits: edge.config.limits(),
             rooms: summaries,
+            notifications_total: state
+                .notifications_total
+                .max(state.notifications.len() as u64),
             notifications: state.notifications,
         };
         self.send(&hello).await;

@@ -1,6 +1,7 @@
 //! chat-notify's configuration (CONTRACT §4 plus its own tuning variables).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chat_bus::stream::StreamSettings;
@@ -38,10 +39,15 @@ pub struct NotifyConfig {
 /// Where notifications of users with no live session are POSTed.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// `NOTIFY_WEBHOOK_URL`: an `http://` URL (put a TLS-terminating gateway in front for https).
+    /// `NOTIFY_WEBHOOK_URL`: an `https://` URL (rustls, the system-independent Mozilla roots
+    /// plus `NOTIFY_WEBHOOK_CA`), or `http://` for a gateway on a trusted network.
     pub url: String,
-    /// `NOTIFY_WEBHOOK_SECRET`: key of the HMAC-SHA256 signature.
+    /// `NOTIFY_WEBHOOK_SECRET`: key of the HMAC-SHA256 signature; required with a URL (an empty
+    /// key makes signatures anyone can forge).
     pub secret: String,
+    /// `NOTIFY_WEBHOOK_CA`: a PEM file of extra CA certificates to trust for `https://` (a
+    /// private CA); read at start.
+    pub ca: Option<PathBuf>,
     /// `NOTIFY_WEBHOOK_TIMEOUT`: one attempt, connect to status line.
     pub timeout: Duration,
     /// `NOTIFY_WEBHOOK_RETRY_MIN`: the first backoff (doubling, with full jitter).
@@ -63,13 +69,32 @@ impl NotifyConfig {
                     return Err(ConfigError {
                         key: "NOTIFY_WEBHOOK_URL".into(),
                         value: url.into(),
-                        problem: "expected http://host[:port][/path] (https needs a gateway)"
+                        problem: "expected https://host[:port][/path] or http://…".into(),
+                    });
+                }
+                let Some(secret) = env.get("NOTIFY_WEBHOOK_SECRET") else {
+                    return Err(ConfigError {
+                        key: "NOTIFY_WEBHOOK_SECRET".into(),
+                        value: String::new(),
+                        problem: "required when NOTIFY_WEBHOOK_URL is set: without it anyone \
+                                  could forge the webhook signatures (use 32 random bytes)"
                             .into(),
+                    });
+                };
+                let ca = env.get("NOTIFY_WEBHOOK_CA").map(PathBuf::from);
+                if let Some(ca) = &ca
+                    && let Err(e) = crate::webhook::tls_config(Some(ca))
+                {
+                    return Err(ConfigError {
+                        key: "NOTIFY_WEBHOOK_CA".into(),
+                        value: ca.display().to_string(),
+                        problem: e,
                     });
                 }
                 Some(WebhookConfig {
                     url: url.to_owned(),
-                    secret: env.string("NOTIFY_WEBHOOK_SECRET", ""),
+                    secret: secret.to_owned(),
+                    ca,
                     timeout: env.duration("NOTIFY_WEBHOOK_TIMEOUT", Duration::from_secs(5))?,
                     retry_min: env
                         .duration("NOTIFY_WEBHOOK_RETRY_MIN", Duration::from_millis(500))?,
@@ -111,8 +136,33 @@ mod tests {
         ]);
         let c = NotifyConfig::from_env(&env).unwrap();
         assert_eq!(c.webhook.unwrap().secret, "s");
-        let env = Env::from_pairs([("NOTIFY_WEBHOOK_URL", "https://example.com/hook")]);
+        let env = Env::from_pairs([("NOTIFY_WEBHOOK_URL", "ftp://example.com/hook")]);
         let err = NotifyConfig::from_env(&env).unwrap_err();
         assert!(err.to_string().contains("NOTIFY_WEBHOOK_URL"));
+    }
+
+    /// Issue 15 item 11: a webhook without a secret is refused at start (it used to default to
+    /// the empty key, so anyone could forge a signature).
+    #[test]
+    fn a_webhook_needs_a_secret() {
+        for secret in [None, Some(""), Some("   ")] {
+            let mut env = Env::from_pairs([("NOTIFY_WEBHOOK_URL", "https://gw.example/hook")]);
+            if let Some(s) = secret {
+                env = env.with("NOTIFY_WEBHOOK_SECRET", s);
+            }
+            let err = NotifyConfig::from_env(&env).unwrap_err().to_string();
+            assert!(err.contains("NOTIFY_WEBHOOK_SECRET"), "{err}");
+            assert!(err.contains("required"), "{err}");
+        }
+        let env = Env::from_pairs([
+            ("NOTIFY_WEBHOOK_URL", "https://gw.example/hook"),
+            ("NOTIFY_WEBHOOK_SECRET", "k"),
+            ("NOTIFY_WEBHOOK_CA", "/nonexistent/ca.pem"),
+        ]);
+        let err = NotifyConfig::from_env(&env).unwrap_err().to_string();
+        assert!(err.contains("NOTIFY_WEBHOOK_CA"), "{err}");
+        let env = env.with("NOTIFY_WEBHOOK_CA", "");
+        let c = NotifyConfig::from_env(&env).unwrap().webhook.unwrap();
+        assert!(c.url.starts_with("https://") && c.ca.is_none());
     }
 }

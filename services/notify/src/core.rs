@@ -288,12 +288,13 @@ impl Core {
         self.catch_up(&mine).await;
         let rooms = self.unread(&req.user, &mine).await?;
         let names: Vec<RoomId> = mine.into_iter().map(|(r, _)| r).collect();
-        let notifications = store::pending(&self.pool, &req.user, &names)
+        let (notifications, notifications_total) = store::pending(&self.pool, &req.user, &names)
             .await
             .map_err(db_error)?;
         Ok(NotifyState {
             rooms,
             notifications,
+            notifications_total,
         })
     }
 

@@ -14,7 +14,7 @@ use chat_proto::{Notification, NotificationKind, RoomId, UserId};
 use sqlx::PgPool;
 
 /// Most pending notifications one state request lists (the newest).
-pub const MAX_PENDING_LISTED: i64 = 500;
+pub const MAX_PENDING_LISTED: i64 = chat_proto::HELLO_NOTIFICATIONS as i64;
 
 /// One event of the stream as the consumer stores it.
 #[derive(Debug, Clone)]
@@ -326,16 +326,22 @@ pub async fn unread_in_range(
     Ok(n as u64)
 }
 
-/// A user's pending notifications in `rooms`, oldest first (at most the newest 500).
+/// id, kind, room, seq, sender, preview, ts, and the count of all pending.
+type PendingRow = (String, String, String, i64, String, String, i64, i64);
+
+/// A user's pending notifications in `rooms`: the newest [`MAX_PENDING_LISTED`], oldest first,
+/// and how many are pending in all (CONTRACT §2 v1.1), in one query.
 pub async fn pending(
     pool: &PgPool,
     user: &UserId,
     rooms: &[RoomId],
-) -> Result<Vec<Notification>, sqlx::Error> {
+) -> Result<(Vec<Notification>, u64), sqlx::Error> {
     let names: Vec<&str> = rooms.iter().map(RoomId::as_str).collect();
-    let rows: Vec<(String, String, String, i64, String, String, i64)> = sqlx::query_as(
-        "SELECT id, kind, room, seq, sender, preview, ts FROM (
-             SELECT * FROM notifications WHERE user_id = $1 AND room = ANY($2::text[])
+    // The window count is taken before the LIMIT: it counts every pending notification.
+    let rows: Vec<PendingRow> = sqlx::query_as(
+        "SELECT id, kind, room, seq, sender, preview, ts, total FROM (
+             SELECT *, count(*) OVER () AS total FROM notifications
+             WHERE user_id = $1 AND room = ANY($2::text[])
              ORDER BY ts DESC, seq DESC LIMIT $3
          ) newest ORDER BY ts, seq, id",
     )
@@ -344,9 +350,10 @@ pub async fn pending(
     .bind(MAX_PENDING_LISTED)
     .fetch_all(pool)
     .await?;
-    Ok(rows
+    let total = rows.first().map_or(0, |r| r.7.max(0) as u64);
+    let listed = rows
         .into_iter()
-        .filter_map(|(id, kind, room, seq, from, preview, ts)| {
+        .filter_map(|(id, kind, room, seq, from, preview, ts, _)| {
             Some(Notification {
                 id,
                 kind: parse_kind(&kind)?,
@@ -357,7 +364,8 @@ pub async fn pending(
                 ts,
             })
         })
-        .collect())
+        .collect();
+    Ok((listed, total))
 }
 
 /// Moves a marker forward to `seq` (never back) and clears the notifications it covers.

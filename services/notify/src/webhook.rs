@@ -12,8 +12,9 @@
 //! retry is signed afresh with a new timestamp). Delivery is at least once: the notification
 //! `id` lets the gateway drop a repeat.
 //!
-//! The client is a minimal HTTP/1.1 POST over TCP (one connection per attempt, `Connection:
-//! close`): `http://` only; put a TLS-terminating proxy in front of an `https://` gateway.
+//! The client is a minimal HTTP/1.1 POST (one connection per attempt, `Connection: close`) over
+//! TCP, or over TLS for `https://` (rustls with the ring provider; Mozilla's roots plus the CAs
+//! of `NOTIFY_WEBHOOK_CA`), so that DM previews do not cross the network in clear text.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,9 +26,13 @@ use chat_proto::{Status, UserId};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,9 +42,11 @@ use crate::store::{self, Claimed};
 /// Deliveries in flight at once.
 const CONCURRENCY: usize = 64;
 
-/// An `http://host[:port][/path]` URL.
+/// An `https://` or `http://host[:port][/path]` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// `https://`: the POST goes over TLS.
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     /// `host` or `host:port` as the `Host` header carries it.
@@ -49,7 +56,10 @@ pub struct Target {
 
 impl Target {
     pub fn parse(url: &str) -> Option<Target> {
-        let rest = url.strip_prefix("http://")?;
+        let (tls, rest) = match url.strip_prefix("https://") {
+            Some(rest) => (true, rest),
+            None => (false, url.strip_prefix("http://")?),
+        };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_owned()),
             Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
@@ -60,19 +70,48 @@ impl Target {
         }
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
-            _ => (authority, 80),
+            _ => (authority, if tls { 443 } else { 80 }),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || path.contains([' ', '\r', '\n']) {
             return None;
         }
         Some(Target {
+            tls,
             host: host.to_owned(),
             port,
             authority: authority.to_owned(),
             path,
         })
     }
+}
+
+/// The TLS client configuration of `https://` webhooks: Mozilla's roots and the certificates of
+/// `ca` (a PEM file), ring provider only.
+pub fn tls_config(ca: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = ca {
+        let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("unreadable: {e}"))?;
+        let mut n = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("not a CA certificate: {e}"))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err("holds no certificate".into());
+        }
+    }
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Hex HMAC-SHA256 of `"<timestamp>.<body>"`.
@@ -89,6 +128,8 @@ pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 pub enum AttemptError {
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
+    #[error("https:// webhook without a TLS configuration")]
+    NoTls,
     #[error("no answer within the timeout")]
     Timeout,
     #[error("unreadable answer")]
@@ -107,17 +148,42 @@ impl AttemptError {
     }
 }
 
-/// One signed POST; Ok when the gateway answered 2xx.
+/// One signed POST; Ok when the gateway answered 2xx. `tls` is required for an `https://`
+/// target (the certificate must verify for the URL's host).
 pub async fn post_once(
     target: &Target,
+    tls: Option<&TlsConnector>,
     secret: &[u8],
     body: &[u8],
     timeout: Duration,
 ) -> Result<(), AttemptError> {
+    let attempt = async {
+        let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        if !target.tls {
+            return exchange(tcp, target, secret, body).await;
+        }
+        let tls = tls.ok_or(AttemptError::NoTls)?;
+        let name = ServerName::try_from(target.host.clone())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let stream = tls.connect(name, tcp).await?;
+        exchange(stream, target, secret, body).await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(AttemptError::Timeout),
+    }
+}
+
+/// The request and the status line of its answer, over a connected stream.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    target: &Target,
+    secret: &[u8],
+    body: &[u8],
+) -> Result<(), AttemptError> {
     let ts = now_ms();
     let signature = sign(secret, ts, body);
-    let attempt = async {
-        let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    {
         let head = format!(
             "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: chat-notify\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Chat-Timestamp: {ts}\r\nX-Chat-Signature: {signature}\r\nConnection: close\r\n\r\n",
             target.path,
@@ -142,10 +208,6 @@ pub async fn post_once(
         } else {
             Err(AttemptError::Status(status))
         }
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(AttemptError::Timeout),
     }
 }
 
@@ -207,6 +269,14 @@ async fn dispatch(
     let Some(target) = Target::parse(&config.url) else {
         return;
     };
+    let tls = match tls_config(config.ca.as_deref()) {
+        Ok(c) => TlsConnector::from(c),
+        Err(e) => {
+            // Checked when the configuration was read; only a file changed since gets here.
+            tracing::error!(error = %e, "NOTIFY_WEBHOOK_CA unusable: webhooks stopped");
+            return;
+        }
+    };
     let target = Arc::new(target);
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
@@ -252,8 +322,9 @@ async fn dispatch(
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
-                let (target, config, pool, shutdown) = (
+                let (target, tls, config, pool, shutdown) = (
                     target.clone(),
+                    tls.clone(),
                     config.clone(),
                     pool.clone(),
                     shutdown.clone(),
@@ -262,7 +333,7 @@ async fn dispatch(
                     tokio::select! {
                         // Abandoned mid-attempt: the lease runs out and the row is tried again.
                         _ = shutdown.cancelled() => {}
-                        _ = attempt(&target, &config, &pool, c) => {}
+                        _ = attempt(&target, &tls, &config, &pool, c) => {}
                     }
                     drop(permit);
                 });
@@ -305,9 +376,16 @@ async fn online_users(
 
 /// One attempt of a claimed delivery; then the row is removed (delivered, refused for good, or
 /// out of time) or scheduled again with backoff.
-async fn attempt(target: &Target, config: &WebhookConfig, pool: &PgPool, c: Claimed) {
+async fn attempt(
+    target: &Target,
+    tls: &TlsConnector,
+    config: &WebhookConfig,
+    pool: &PgPool,
+    c: Claimed,
+) {
     let outcome = post_once(
         target,
+        Some(tls),
         config.secret.as_bytes(),
         c.body.as_bytes(),
         config.timeout,
@@ -358,7 +436,10 @@ mod tests {
         assert_eq!((t.port, t.path.as_str()), (80, "/"));
         let t = Target::parse("http://[::1]:9000/h").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 9000));
-        assert!(Target::parse("https://gw/x").is_none());
+        let t = Target::parse("https://gw.example/x").unwrap();
+        assert_eq!((t.tls, t.port, t.path.as_str()), (true, 443, "/x"));
+        assert!(!Target::parse("http://gw/x").unwrap().tls);
+        assert!(Target::parse("ftp://gw/x").is_none());
         assert!(Target::parse("http://").is_none());
         assert!(Target::parse("http://u:p@gw/").is_none());
         assert!(Target::parse("http://gw:notaport/").is_none());
