@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+pub mod writer;
+
 use crate::Edge;
 use crate::auth::{AuthError, Identity, now_s};
 use crate::dispatch::{self, Action, Inbound};
@@ -37,6 +39,24 @@ struct RoomState {
     delivered: u64,
     /// First seq delivered live, so a replay can fill exactly what came before it.
     live_from: Option<u64>,
+}
+
+impl writer::Rooms for HashMap<RoomId, RoomState> {
+    fn admit_event(&mut self, room: &RoomId, seq: u64) -> bool {
+        let Some(state) = self.get_mut(room) else {
+            return false;
+        };
+        if seq <= state.delivered {
+            return false;
+        }
+        state.delivered = seq;
+        state.live_from.get_or_insert(seq);
+        true
+    }
+
+    fn is_member(&self, room: &RoomId) -> bool {
+        self.contains_key(room)
+    }
 }
 
 /// How a frame handler wants the connection to go on.
@@ -80,6 +100,8 @@ where
         bucket: TokenBucket::new(edge.config.rate_per_s, Instant::now()),
         last_heard: Instant::now(),
         expiry_changed: false,
+        messages_out: metrics::counter!("edge_frames_out_total", "type" => "message"),
+        ping_due: false,
     };
     session.serve(rx).await;
     session.cleanup().await;
@@ -263,6 +285,10 @@ struct Session<S> {
     bucket: TokenBucket,
     last_heard: Instant,
     expiry_changed: bool,
+    /// Registered once: the writer counts per batch, with no lookup per delivery.
+    messages_out: metrics::Counter,
+    /// A heartbeat came due while a write was blocked: ping once it is done.
+    ping_due: bool,
 }
 
 fn expiry_instant(exp: i64) -> tokio::time::Instant {
@@ -345,9 +371,16 @@ where
                     read_first = matches!(io, Io::Outbound(_));
                     let more = match io {
                         Io::Inbound(msg) => self.on_inbound(msg).await,
-                        Io::Outbound(item) => self.on_outbound(item, &mut rx, &overflow).await,
+                        Io::Outbound(item) => {
+                            self.on_outbound(item, &mut rx, &overflow, &mut ping).await
+                        }
                     };
                     if !more {
+                        return;
+                    }
+                    if std::mem::take(&mut self.ping_due)
+                        && self.socket.send(Message::Ping(Default::default())).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -381,26 +414,40 @@ where
         true
     }
 
-    /// Writes what is queued for the client; false when the connection is over.
+    /// Writes what is queued for the client (a batch, one flush: [`writer::write_batch`]);
+    /// false when the connection is over (a failed write ends it).
     async fn on_outbound(
         &mut self,
         item: Option<Outbound>,
         rx: &mut mpsc::Receiver<Outbound>,
         overflow: &CancellationToken,
+        ping: &mut tokio::time::Interval,
     ) -> bool {
         let Some(item) = item else { return false };
         // A peer that stops reading blocks the write; the overflow token still ends the
         // connection (its queue filled meanwhile), without waiting for the peer. A write blocked
         // for 3 heartbeats ends it too: a peer that stops reading while it keeps writing would
-        // otherwise hold the session forever (each side waiting for the other to read).
-        let stalled = tokio::time::sleep(self.edge.config.heartbeat * 3);
-        let written = tokio::select! {
-            ok = self.write_batch(item, rx) => ok,
-            _ = overflow.cancelled() => false,
-            _ = stalled => {
-                metrics::counter!("edge_slow_consumers_total").increment(1);
-                overflow.cancel();
-                false
+        // otherwise hold the session forever (each side waiting for the other to read). That
+        // deadline is checked on the heartbeat's own ticks: no timer is armed per write.
+        let stall = self.edge.config.heartbeat * 3;
+        let started = tokio::time::Instant::now();
+        let outcome = {
+            let write = writer::write_batch(&mut self.socket, item, rx, &mut self.rooms);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut write => break Some(r),
+                    _ = overflow.cancelled() => break None,
+                    _ = ping.tick() => {
+                        self.ping_due = true;
+                        if started.elapsed() >= stall {
+                            metrics::counter!("edge_slow_consumers_total").increment(1);
+                            overflow.cancel();
+                            break None;
+                        }
+                    }
+                }
             }
         };
         if overflow.is_cancelled() {
@@ -411,7 +458,20 @@ where
             .await;
             return false;
         }
-        written
+        match outcome {
+            Some(Ok(batch)) => {
+                self.messages_out.increment(batch.events);
+                if let Some(change) = batch.membership {
+                    Box::pin(self.on_membership(*change)).await;
+                }
+                true
+            }
+            Some(Err(e)) => {
+                tracing::debug!(session = %self.handle.name, error = %e, "write failed; closing");
+                false
+            }
+            None => false,
+        }
     }
 
     /// Registers the session, subscribes it to the user's rooms and sends `hello`.
@@ -589,64 +649,6 @@ where
         } else {
             false
         }
-    }
-
-    /// Writes one queued item to the socket; false when the socket is gone.
-    async fn deliver(&mut self, item: Outbound) -> bool {
-        match item {
-            Outbound::Event { room, seq, json } => {
-                let Some(state) = self.rooms.get_mut(&room) else {
-                    return true;
-                };
-                if seq <= state.delivered {
-                    return true;
-                }
-                state.delivered = seq;
-                state.live_from.get_or_insert(seq);
-                metrics::counter!("edge_frames_out_total", "type" => "message").increment(1);
-                self.socket
-                    .feed(Message::Text((&*json).into()))
-                    .await
-                    .is_ok()
-                    && self.flush_soon().await
-            }
-            Outbound::RoomFrame { room, json } => {
-                if !self.rooms.contains_key(&room) {
-                    return true;
-                }
-                self.socket
-                    .feed(Message::Text((&*json).into()))
-                    .await
-                    .is_ok()
-                    && self.flush_soon().await
-            }
-            Outbound::Membership(change) => {
-                Box::pin(self.on_membership(change)).await;
-                true
-            }
-        }
-    }
-
-    /// Writes `first` and whatever else is queued (up to a batch) with one flush.
-    async fn write_batch(&mut self, first: Outbound, rx: &mut mpsc::Receiver<Outbound>) -> bool {
-        if !self.deliver(first).await {
-            return false;
-        }
-        for _ in 0..256 {
-            match rx.try_recv() {
-                Ok(item) => {
-                    if !self.deliver(item).await {
-                        return false;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        true
-    }
-
-    async fn flush_soon(&mut self) -> bool {
-        self.socket.flush().await.is_ok()
     }
 
     async fn on_membership(&mut self, change: MembershipChange) {
