@@ -436,6 +436,25 @@ pub enum ServerFrame {
     },
 }
 
+/// Every `type` the server sends, in the order of [`ServerFrame::type_name`]; kept beside it so
+/// that a new variant is added to both (docs/protocol.md is checked against this list).
+pub const SERVER_TYPES: &[&str] = &[
+    "hello",
+    "message",
+    "ack",
+    "joined",
+    "left",
+    "ok",
+    "history",
+    "typing",
+    "presence",
+    "presence_snapshot",
+    "unread",
+    "notification",
+    "error",
+    "pong",
+];
+
 impl ServerFrame {
     /// An error frame.
     pub fn error(reference: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
