@@ -102,6 +102,7 @@ where
         expiry_changed: false,
         messages_out: metrics::counter!("edge_frames_out_total", "type" => "message"),
         ping_due: false,
+        sends: futures::stream::FuturesOrdered::new(),
     };
     session.serve(rx).await;
     session.cleanup().await;
@@ -289,6 +290,8 @@ struct Session<S> {
     messages_out: metrics::Counter,
     /// A heartbeat came due while a write was blocked: ping once it is done.
     ping_due: bool,
+    /// Sends waiting for their acknowledgement, answered in order.
+    sends: futures::stream::FuturesOrdered<SendReply>,
 }
 
 fn expiry_instant(exp: i64) -> tokio::time::Instant {
@@ -361,6 +364,11 @@ where
                         }
                     }
                     if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                        return;
+                    }
+                }
+                Some(reply) = self.sends.next(), if !self.sends.is_empty() => {
+                    if !self.send(&reply).await {
                         return;
                     }
                 }
@@ -941,6 +949,10 @@ where
         }
     }
 
+    /// Publishes a message and queues the wait for its acknowledgement: the session goes on
+    /// reading (and answering other frames) meanwhile. At most [`MAX_SENDS_IN_FLIGHT`] wait at
+    /// once; beyond, the oldest is answered first. Replies to sends (`ack`, or `unavailable` when
+    /// the stream does not acknowledge in time) go out in the order the sends came.
     async fn on_send(
         &mut self,
         reference: Option<String>,
@@ -949,6 +961,11 @@ where
         body: String,
         client_id: String,
     ) -> Result<(), ApiError> {
+        while self.sends.len() >= MAX_SENDS_IN_FLIGHT {
+            if let Some(reply) = self.sends.next().await {
+                self.send(&reply).await;
+            }
+        }
         let span = tracing::info_span!(parent: None, "send", room = %room, user = %self.handle.user, seq = tracing::field::Empty);
         if let Some(tp) = traceparent.as_deref() {
             let _ = span.set_parent(trace::from_traceparent(tp));
@@ -961,51 +978,67 @@ where
             client_id.clone(),
             now_ms(),
         );
-        let result = self.publish(&event).instrument(span.clone()).await;
-        metrics::histogram!("edge_send_ack_seconds").record(started.elapsed().as_secs_f64());
-        let (seq, duplicate) = result?;
-        span.record("seq", seq);
-        let ts = if duplicate {
-            original_ts(&self.edge, seq).await.unwrap_or(event.ts)
-        } else {
-            event.ts
+        let deadline = tokio::time::Instant::now() + self.edge.config.request_timeout;
+        // Published here, in the order the sends came, so the stream keeps that order.
+        let published = self
+            .publish(&event, deadline)
+            .instrument(span.clone())
+            .await;
+        let edge = self.edge.clone();
+        let reply = async move {
+            let result = match published {
+                Ok(ack) => match tokio::time::timeout_at(deadline, ack).await {
+                    Ok(Ok(ack)) => Ok((ack.sequence, ack.duplicate)),
+                    Ok(Err(e)) => Err(publish_failed(&e)),
+                    Err(_) => Err(publish_failed(&"no acknowledgement in time")),
+                },
+                Err(e) => Err(e),
+            };
+            metrics::histogram!("edge_send_ack_seconds").record(started.elapsed().as_secs_f64());
+            let (seq, duplicate) = match result {
+                Ok(r) => r,
+                Err(e) => return ServerFrame::error(reference, e.code, e.message),
+            };
+            tracing::Span::current().record("seq", seq);
+            let ts = if duplicate {
+                original_ts(&edge, seq).await.unwrap_or(event.ts)
+            } else {
+                event.ts
+            };
+            ServerFrame::Ack {
+                reference,
+                room,
+                client_id,
+                seq,
+                ts,
+                duplicate,
+            }
         };
-        self.send(&ServerFrame::Ack {
-            reference,
-            room,
-            client_id,
-            seq,
-            ts,
-            duplicate,
-        })
-        .await;
+        self.sends.push_back(Box::pin(reply.instrument(span)));
         Ok(())
     }
 
-    /// Publishes through JetStream and waits for the stream's acknowledgement.
-    async fn publish(&mut self, event: &RoomEvent) -> Result<(u64, bool), ApiError> {
+    /// Publishes through JetStream; the stream's acknowledgement is the returned future.
+    async fn publish(
+        &mut self,
+        event: &RoomEvent,
+        deadline: tokio::time::Instant,
+    ) -> Result<async_nats::jetstream::context::PublishAckFuture, ApiError> {
         let payload = serde_json::to_vec(event).map_err(|_| ApiError::internal())?;
         let mut headers = HeaderMap::new();
         trace::inject_current(&mut headers);
         // After the trace headers: the dedup id must not be lost.
         headers.insert(MSG_ID_HEADER, event.msg_id().as_str());
-        let unavailable = |e: &dyn std::fmt::Display| {
-            tracing::warn!(error = %e, "publish failed");
-            ApiError::unavailable()
-        };
-        let fut = async {
-            let ack = self
-                .edge
-                .js
-                .publish_with_headers(subjects::room_msg(&event.room), headers, payload.into())
-                .await
-                .map_err(|e| unavailable(&e))?;
-            ack.await.map_err(|e| unavailable(&e))
-        };
-        let ack = tokio::time::timeout(self.edge.config.request_timeout, fut)
-            .await
-            .map_err(|_| unavailable(&"no acknowledgement in time"))??;
-        Ok((ack.sequence, ack.duplicate))
+        let fut = self.edge.js.publish_with_headers(
+            subjects::room_msg(&event.room),
+            headers,
+            payload.into(),
+        );
+        match tokio::time::timeout_at(deadline, fut).await {
+            Ok(Ok(ack)) => Ok(ack),
+            Ok(Err(e)) => Err(publish_failed(&e)),
+            Err(_) => Err(publish_failed(&"not published in time")),
+        }
     }
 
     async fn on_join(
@@ -1097,6 +1130,18 @@ where
             }
         }
     }
+}
+
+/// Most sends of one session waiting for their acknowledgement at once (CONTRACT §2: the
+/// session keeps reading meanwhile; acks go out in the order of the sends).
+pub const MAX_SENDS_IN_FLIGHT: usize = 64;
+
+/// The reply to a send, once its acknowledgement came (or did not).
+type SendReply = std::pin::Pin<Box<dyn std::future::Future<Output = ServerFrame> + Send>>;
+
+fn publish_failed(e: &dyn std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "publish failed");
+    ApiError::unavailable()
 }
 
 /// The room's newest seq, 0 for a room with no event.
