@@ -547,3 +547,100 @@ async fn token_refresh_extends_the_session_and_expiry_closes_it() {
     assert_eq!(f["code"], "token_expired");
     assert_eq!(c.expect_close().await, Some(4001));
 }
+
+/// Pipelined sends (issue 12): a client that sends 200 messages without waiting gets 200 acks,
+/// in the order of its sends, none a duplicate, and every message reaches the room once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_are_acknowledged_in_order_once_each() {
+    const N: usize = 200;
+    let stack = Stack::start_with(&[("CHAT_RATE_PER_S", "100000")]).await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut alice, "pipe").await;
+    join(&mut bob, "pipe").await;
+    for i in 0..N {
+        alice
+            .send(
+                json!({"type": "send", "room": "pipe", "body": format!("m{i}"),
+                         "client_id": format!("c{i}"), "ref": format!("r{i}")}),
+            )
+            .await;
+    }
+    let mut acks = Vec::new();
+    while acks.len() < N {
+        let f = alice.recv().await.expect("frame");
+        assert_ne!(f["type"], "error", "{f}");
+        if f["type"] == "ack" {
+            acks.push(f);
+        }
+    }
+    let mut last = 0;
+    for (i, ack) in acks.iter().enumerate() {
+        assert_eq!(
+            ack["client_id"],
+            format!("c{i}"),
+            "acks out of order: {ack}"
+        );
+        assert_eq!(ack["ref"], format!("r{i}"));
+        assert_eq!(ack["duplicate"], false, "{ack}");
+        let seq = ack["seq"].as_u64().unwrap();
+        assert!(seq > last, "seq {seq} after {last}");
+        last = seq;
+    }
+    for i in 0..N {
+        let m = bob.recv_type("message").await.unwrap();
+        assert_eq!(m["client_id"], format!("c{i}"), "{m}");
+    }
+    // A retry of one of them is still answered as the same message.
+    let again = send(&mut alice, "pipe", "m7", "c7").await;
+    assert_eq!(
+        (again["seq"].as_u64(), again["duplicate"].as_bool()),
+        (acks[7]["seq"].as_u64(), Some(true))
+    );
+}
+
+/// A session keeps reading while its sends wait for their acks: with nats-server down no ack
+/// can come, yet a ping sent after three sends is answered at once; once NATS is back, the
+/// three acks follow, in order. (Before, the session read nothing until each PubAck returned,
+/// so the pong came after the acks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_answers_other_frames_while_its_sends_await_acks() {
+    let mut stack = Stack::start_with(&[("CHAT_REQUEST_TIMEOUT", "30s")]).await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "wait").await;
+    stack.nats.kill().await;
+    for i in 0..3 {
+        alice
+            .send(
+                json!({"type": "send", "room": "wait", "body": format!("w{i}"),
+                         "client_id": format!("w{i}"), "ref": format!("s{i}")}),
+            )
+            .await;
+    }
+    alice.send(json!({"type": "ping", "ref": "p"})).await;
+    let first = alice
+        .recv_until(|f| ["pong", "ack", "error"].contains(&f["type"].as_str().unwrap_or("")))
+        .await
+        .expect("frame");
+    assert_eq!(
+        (first["type"].as_str(), first["ref"].as_str()),
+        (Some("pong"), Some("p")),
+        "{first}"
+    );
+    stack.nats.restart().await;
+    let mut last = 0;
+    for i in 0..3 {
+        let f = alice
+            .recv_until(|f| f["type"] == "ack" || f["type"] == "error")
+            .await
+            .expect("ack");
+        assert_eq!(
+            (f["type"].as_str(), f["ref"].as_str()),
+            (Some("ack"), Some(format!("s{i}").as_str())),
+            "{f}"
+        );
+        let seq = f["seq"].as_u64().unwrap();
+        assert!(seq > last);
+        last = seq;
+    }
+}

@@ -1,14 +1,17 @@
 //! Fan-out inside one edge process: one NATS subscription per room (its ordered live feed,
 //! typing and presence) and one per user (notifications, unread counts, membership), each
-//! serving every local session that needs it. A message is serialized once per edge and handed
-//! to each session's bounded queue; a session whose queue is full is marked for closing (4008)
-//! rather than slowing everyone else down.
+//! serving every local session that needs it. A message is serialized once per edge, as ready
+//! frame bytes shared by every recipient, and handed to each session's bounded queue from a
+//! snapshot of the room's sessions (rebuilt on membership change, not per message): a delivery
+//! allocates nothing. A session whose queue is full is marked for closing (4008) rather than
+//! slowing everyone else down.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::Subscriber;
+use axum::extract::ws::Utf8Bytes;
 use chat_bus::api::{
     self, HistoryPage, HistoryRequest, MembershipChange, RoomPresenceEvent, TypingEvent,
     UnreadUpdate, UserNotification,
@@ -20,21 +23,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// What the hub hands to a session.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A room event, delivered once per session (the session drops seqs it has delivered).
-    Event {
-        room: RoomId,
-        seq: u64,
-        json: Arc<str>,
-    },
-    /// Any other ready-made frame about one room (typing, presence, unread, notification):
-    /// delivered only while the session is a member, so nothing of a room follows its `left`.
-    RoomFrame { room: RoomId, json: Arc<str> },
-    /// The user's membership changed (possibly from another session or edge).
-    Membership(MembershipChange),
-}
+pub use crate::session::writer::Outbound;
 
 /// A session as the hub sees it.
 #[derive(Debug, Clone)]
@@ -48,7 +37,9 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    fn push(&self, item: Outbound) -> bool {
+    /// Queues an item without waiting; false if the session's queue is full (it is then marked
+    /// to close with 4008) or closed. Allocates nothing beyond the channel's slot.
+    pub fn push(&self, item: Outbound) -> bool {
         match self.tx.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -63,10 +54,75 @@ impl SessionHandle {
     }
 }
 
-type Sessions = Arc<RwLock<HashMap<u64, SessionHandle>>>;
+/// The local sessions behind one subscription. Deliveries read a snapshot shared by reference
+/// (`Arc<[SessionHandle]>`), rebuilt when a session comes or goes, never per message.
+pub struct Sessions {
+    map: std::sync::Mutex<HashMap<u64, SessionHandle>>,
+    snapshot: RwLock<Arc<[SessionHandle]>>,
+}
+
+impl Sessions {
+    fn new(first: SessionHandle) -> Arc<Self> {
+        let s = Arc::new(Sessions {
+            map: std::sync::Mutex::new(HashMap::from([(first.id, first)])),
+            snapshot: RwLock::new(Arc::from(Vec::new())),
+        });
+        s.rebuild(&s.map.lock().unwrap_or_else(|e| e.into_inner()));
+        s
+    }
+
+    fn rebuild(&self, map: &HashMap<u64, SessionHandle>) {
+        let list: Arc<[SessionHandle]> = map.values().cloned().collect();
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = list;
+    }
+
+    fn insert(&self, session: SessionHandle) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(session.id, session);
+        self.rebuild(&map);
+    }
+
+    /// Removes a session; returns how many are left.
+    fn remove(&self, id: u64) -> usize {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.remove(&id).is_some() {
+            self.rebuild(&map);
+        }
+        map.len()
+    }
+
+    /// The sessions now (a reference count, no copy).
+    pub fn snapshot(&self) -> Arc<[SessionHandle]> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Hands one ready frame to every session of `targets`; returns how many took it. No
+/// allocation per recipient: the room and the bytes are shared by reference count.
+pub fn deliver_event(
+    targets: &[SessionHandle],
+    room: &Arc<RoomId>,
+    seq: u64,
+    text: &Utf8Bytes,
+) -> u64 {
+    let mut delivered = 0;
+    for s in targets {
+        if s.push(Outbound::Event {
+            room: room.clone(),
+            seq,
+            text: text.clone(),
+        }) {
+            delivered += 1;
+        }
+    }
+    delivered
+}
 
 struct Entry {
-    sessions: Sessions,
+    sessions: Arc<Sessions>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -91,13 +147,6 @@ pub struct Hub {
 /// At most one typing indicator per user per room per this interval leaves this edge.
 pub const TYPING_INTERVAL: Duration = Duration::from_secs(2);
 
-fn snapshot(sessions: &Sessions) -> Vec<SessionHandle> {
-    sessions
-        .read()
-        .map(|s| s.values().cloned().collect())
-        .unwrap_or_default()
-}
-
 impl Hub {
     pub fn new(nats: async_nats::Client, request_timeout: Duration) -> Self {
         Hub {
@@ -118,12 +167,10 @@ impl Hub {
     ) -> Result<(), async_nats::Error> {
         let mut rooms = self.rooms.lock().await;
         if let Some(entry) = rooms.get(room) {
-            if let Ok(mut s) = entry.sessions.write() {
-                s.insert(session.id, session);
-            }
+            entry.sessions.insert(session);
             return Ok(());
         }
-        let sessions: Sessions = Arc::new(RwLock::new(HashMap::from([(session.id, session)])));
+        let sessions = Sessions::new(session);
         let feed = self.nats.subscribe(subjects::fanout(room)).await?;
         let typing = self.nats.subscribe(subjects::room_typing(room)).await?;
         let presence = self.nats.subscribe(subjects::room_presence(room)).await?;
@@ -148,13 +195,10 @@ impl Hub {
     pub async fn remove_from_room(&self, room: &RoomId, session: u64) {
         let mut rooms = self.rooms.lock().await;
         let empty = match rooms.get(room) {
-            Some(entry) => entry.sessions.write().map(|mut s| {
-                s.remove(&session);
-                s.is_empty()
-            }),
+            Some(entry) => entry.sessions.remove(session) == 0,
             None => return,
         };
-        if empty.unwrap_or(true) {
+        if empty {
             rooms.remove(room);
             metrics::gauge!("edge_rooms").set(rooms.len() as f64);
         }
@@ -164,13 +208,11 @@ impl Hub {
     pub async fn add_user_session(&self, session: SessionHandle) -> Result<(), async_nats::Error> {
         let mut users = self.users.lock().await;
         if let Some(entry) = users.get(&session.user) {
-            if let Ok(mut s) = entry.sessions.write() {
-                s.insert(session.id, session);
-            }
+            entry.sessions.insert(session);
             return Ok(());
         }
         let user = session.user.clone();
-        let sessions: Sessions = Arc::new(RwLock::new(HashMap::from([(session.id, session)])));
+        let sessions = Sessions::new(session);
         let sub = self.nats.subscribe(subjects::user_all(&user)).await?;
         self.nats.flush().await?;
         let tasks = vec![tokio::spawn(user_feed(sub, sessions.clone()))];
@@ -182,14 +224,7 @@ impl Hub {
     pub async fn remove_user_session(&self, user: &UserId, session: u64) -> usize {
         let mut users = self.users.lock().await;
         let left = match users.get(user) {
-            Some(entry) => entry
-                .sessions
-                .write()
-                .map(|mut s| {
-                    s.remove(&session);
-                    s.len()
-                })
-                .unwrap_or(0),
+            Some(entry) => entry.sessions.remove(session),
             None => return 0,
         };
         if left == 0 {
@@ -203,7 +238,13 @@ impl Hub {
         let users = self.users.lock().await;
         users
             .values()
-            .flat_map(|e| snapshot(&e.sessions).into_iter().map(|s| (s.name, s.user)))
+            .flat_map(|e| {
+                e.sessions
+                    .snapshot()
+                    .iter()
+                    .map(|s| (s.name.clone(), s.user.clone()))
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -212,7 +253,7 @@ impl Hub {
         let rooms = self.rooms.lock().await;
         rooms
             .get(room)
-            .and_then(|e| e.sessions.read().ok().map(|s| s.len()))
+            .map(|e| e.sessions.snapshot().len())
             .unwrap_or(0)
     }
 
@@ -244,8 +285,10 @@ async fn room_feed(
     timeout: Duration,
     room: RoomId,
     mut sub: Subscriber,
-    sessions: Sessions,
+    sessions: Arc<Sessions>,
 ) {
+    let shared = Arc::new(room.clone());
+    let deliveries = metrics::counter!("edge_fanout_deliveries_total");
     let mut last: Option<u64> = None;
     while let Some(msg) = sub.next().await {
         let Some(message) = event::decode_fanout(msg.headers.as_ref(), &msg.payload) else {
@@ -258,12 +301,18 @@ async fn room_feed(
             }
             if message.prev_seq > seen {
                 for missed in fill_gap(&nats, timeout, &room, seen, message.seq).await {
-                    fan_out(&room, missed, &sessions, None);
+                    fan_out(&shared, missed, &sessions, None, &deliveries);
                 }
             }
         }
         last = Some(message.seq);
-        fan_out(&room, message, &sessions, msg.headers.as_ref());
+        fan_out(
+            &shared,
+            message,
+            &sessions,
+            msg.headers.as_ref(),
+            &deliveries,
+        );
     }
 }
 
@@ -311,93 +360,93 @@ async fn fill_gap(
     }
 }
 
-/// Hands one event to every session of the room on this edge, serialized once.
+/// Hands one event to every session of the room on this edge, serialized once (one
+/// `edge.deliver` span per edge per event).
 fn fan_out(
-    room: &RoomId,
+    room: &Arc<RoomId>,
     message: ChatMessage,
     sessions: &Sessions,
     headers: Option<&async_nats::HeaderMap>,
+    deliveries: &metrics::Counter,
 ) {
     let seq = message.seq;
     let span =
         tracing::info_span!("edge.deliver", room = %room, seq, sessions = tracing::field::Empty);
     chat_bus::trace::continue_from(&span, headers);
     let _entered = span.enter();
-    let json: Arc<str> = ServerFrame::Message(message).to_json().into();
-    let targets = snapshot(sessions);
+    let text = Utf8Bytes::from(ServerFrame::Message(message).to_json());
+    let targets = sessions.snapshot();
     span.record("sessions", targets.len());
-    let mut delivered = 0u64;
+    deliveries.increment(deliver_event(&targets, room, seq, &text));
+}
+
+/// Hands a ready frame about `room` to every session of `targets` (but `except`'s).
+fn fan_out_frame(
+    targets: &[SessionHandle],
+    room: &Arc<RoomId>,
+    text: Utf8Bytes,
+    except: Option<&UserId>,
+) {
     for s in targets {
-        if s.push(Outbound::Event {
-            room: room.clone(),
-            seq,
-            json: json.clone(),
-        }) {
-            delivered += 1;
-        }
-    }
-    metrics::counter!("edge_fanout_deliveries_total").increment(delivered);
-}
-
-async fn room_typing(mut sub: Subscriber, sessions: Sessions) {
-    while let Some(msg) = sub.next().await {
-        let Ok(ev) = serde_json::from_slice::<TypingEvent>(&msg.payload) else {
-            continue;
-        };
-        let json: Arc<str> = ServerFrame::Typing {
-            room: ev.room.clone(),
-            user: ev.user.clone(),
-        }
-        .to_json()
-        .into();
-        for s in snapshot(&sessions) {
-            if s.user != ev.user {
-                s.push(Outbound::RoomFrame {
-                    room: ev.room.clone(),
-                    json: json.clone(),
-                });
-            }
-        }
-    }
-}
-
-async fn room_presence(mut sub: Subscriber, sessions: Sessions) {
-    while let Some(msg) = sub.next().await {
-        let Ok(ev) = serde_json::from_slice::<RoomPresenceEvent>(&msg.payload) else {
-            continue;
-        };
-        let room = ev.room.clone();
-        let json: Arc<str> = ServerFrame::Presence {
-            room: ev.room,
-            user: ev.user,
-            status: ev.status,
-            last_seen: ev.last_seen,
-        }
-        .to_json()
-        .into();
-        for s in snapshot(&sessions) {
+        if except != Some(&s.user) {
             s.push(Outbound::RoomFrame {
                 room: room.clone(),
-                json: json.clone(),
+                text: text.clone(),
             });
         }
     }
 }
 
-async fn user_feed(mut sub: Subscriber, sessions: Sessions) {
+async fn room_typing(mut sub: Subscriber, sessions: Arc<Sessions>) {
+    while let Some(msg) = sub.next().await {
+        let Ok(ev) = serde_json::from_slice::<TypingEvent>(&msg.payload) else {
+            continue;
+        };
+        let room = Arc::new(ev.room.clone());
+        let text = Utf8Bytes::from(
+            ServerFrame::Typing {
+                room: ev.room,
+                user: ev.user.clone(),
+            }
+            .to_json(),
+        );
+        fan_out_frame(&sessions.snapshot(), &room, text, Some(&ev.user));
+    }
+}
+
+async fn room_presence(mut sub: Subscriber, sessions: Arc<Sessions>) {
+    while let Some(msg) = sub.next().await {
+        let Ok(ev) = serde_json::from_slice::<RoomPresenceEvent>(&msg.payload) else {
+            continue;
+        };
+        let room = Arc::new(ev.room.clone());
+        let text = Utf8Bytes::from(
+            ServerFrame::Presence {
+                room: ev.room,
+                user: ev.user,
+                status: ev.status,
+                last_seen: ev.last_seen,
+            }
+            .to_json(),
+        );
+        fan_out_frame(&sessions.snapshot(), &room, text, None);
+    }
+}
+
+async fn user_feed(mut sub: Subscriber, sessions: Arc<Sessions>) {
     while let Some(msg) = sub.next().await {
         let item = match subjects::user_subject_kind(&msg.subject) {
             Some("notify") => serde_json::from_slice::<UserNotification>(&msg.payload)
                 .ok()
                 .map(|n| Outbound::RoomFrame {
-                    room: n.notification.room.clone(),
-                    json: ServerFrame::Notification(n.notification).to_json().into(),
+                    room: Arc::new(n.notification.room.clone()),
+                    text: ServerFrame::Notification(n.notification).to_json().into(),
                 }),
             Some("unread") => serde_json::from_slice::<UnreadUpdate>(&msg.payload)
                 .ok()
                 .map(|u| Outbound::RoomFrame {
-                    room: u.room.clone(),
-                    json: ServerFrame::Unread {
+                    room: Arc::new(u.room.clone()),
+                    text: ServerFrame::Unread {
                         room: u.room,
                         count: u.count,
                         last_read: u.last_read,
@@ -408,11 +457,11 @@ async fn user_feed(mut sub: Subscriber, sessions: Sessions) {
                 }),
             Some("membership") => serde_json::from_slice::<MembershipChange>(&msg.payload)
                 .ok()
-                .map(Outbound::Membership),
+                .map(|c| Outbound::Membership(Box::new(c))),
             _ => None,
         };
         if let Some(item) = item {
-            for s in snapshot(&sessions) {
+            for s in sessions.snapshot().iter() {
                 s.push(item.clone());
             }
         }

@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+pub mod writer;
+
 use crate::Edge;
 use crate::admission::{Slot, UserSlot};
 use crate::auth::{AuthError, Identity, now_s};
@@ -37,6 +39,24 @@ struct RoomState {
     delivered: u64,
     /// First seq delivered live, so a replay can fill exactly what came before it.
     live_from: Option<u64>,
+}
+
+impl writer::Rooms for HashMap<RoomId, RoomState> {
+    fn admit_event(&mut self, room: &RoomId, seq: u64) -> bool {
+        let Some(state) = self.get_mut(room) else {
+            return false;
+        };
+        if seq <= state.delivered {
+            return false;
+        }
+        state.delivered = seq;
+        state.live_from.get_or_insert(seq);
+        true
+    }
+
+    fn is_member(&self, room: &RoomId) -> bool {
+        self.contains_key(room)
+    }
 }
 
 /// How a frame handler wants the connection to go on.
@@ -186,6 +206,9 @@ where
         expiry_changed: false,
         cleaned_up: false,
         _slots: slots,
+        messages_out: metrics::counter!("edge_frames_out_total", "type" => "message"),
+        ping_due: false,
+        sends: futures::stream::FuturesOrdered::new(),
     };
     let served = std::panic::AssertUnwindSafe(session.serve(rx))
         .catch_unwind()
@@ -389,6 +412,12 @@ struct Session<S> {
     cleaned_up: bool,
     /// Given back when the session is dropped (after its cleanup).
     _slots: SessionSlots,
+    /// Registered once: the writer counts per batch, with no lookup per delivery.
+    messages_out: metrics::Counter,
+    /// A heartbeat came due while a write was blocked: ping once it is done.
+    ping_due: bool,
+    /// Sends waiting for their acknowledgement, answered in order.
+    sends: futures::stream::FuturesOrdered<SendReply>,
 }
 
 impl<S> Drop for Session<S> {
@@ -495,6 +524,11 @@ where
                         return;
                     }
                 }
+                Some(reply) = self.sends.next(), if !self.sends.is_empty() => {
+                    if !self.send(&reply).await {
+                        return;
+                    }
+                }
                 io = next_io(&mut self.socket, &mut rx, read_first) => {
                     // Alternate which side goes first when both are ready: a busy room must not
                     // starve the client's frames and pongs (it would be dropped as a dead peer),
@@ -502,9 +536,16 @@ where
                     read_first = matches!(io, Io::Outbound(_));
                     let more = match io {
                         Io::Inbound(msg) => self.on_inbound(msg).await,
-                        Io::Outbound(item) => self.on_outbound(item, &mut rx, &overflow).await,
+                        Io::Outbound(item) => {
+                            self.on_outbound(item, &mut rx, &overflow, &mut ping).await
+                        }
                     };
                     if !more {
+                        return;
+                    }
+                    if std::mem::take(&mut self.ping_due)
+                        && self.socket.send(Message::Ping(Default::default())).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -538,26 +579,40 @@ where
         true
     }
 
-    /// Writes what is queued for the client; false when the connection is over.
+    /// Writes what is queued for the client (a batch, one flush: [`writer::write_batch`]);
+    /// false when the connection is over (a failed write ends it).
     async fn on_outbound(
         &mut self,
         item: Option<Outbound>,
         rx: &mut mpsc::Receiver<Outbound>,
         overflow: &CancellationToken,
+        ping: &mut tokio::time::Interval,
     ) -> bool {
         let Some(item) = item else { return false };
         // A peer that stops reading blocks the write; the overflow token still ends the
         // connection (its queue filled meanwhile), without waiting for the peer. A write blocked
         // for 3 heartbeats ends it too: a peer that stops reading while it keeps writing would
-        // otherwise hold the session forever (each side waiting for the other to read).
-        let stalled = tokio::time::sleep(self.edge.config.heartbeat * 3);
-        let written = tokio::select! {
-            ok = self.write_batch(item, rx) => ok,
-            _ = overflow.cancelled() => false,
-            _ = stalled => {
-                metrics::counter!("edge_slow_consumers_total").increment(1);
-                overflow.cancel();
-                false
+        // otherwise hold the session forever (each side waiting for the other to read). That
+        // deadline is checked on the heartbeat's own ticks: no timer is armed per write.
+        let stall = self.edge.config.heartbeat * 3;
+        let started = tokio::time::Instant::now();
+        let outcome = {
+            let write = writer::write_batch(&mut self.socket, item, rx, &mut self.rooms);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut write => break Some(r),
+                    _ = overflow.cancelled() => break None,
+                    _ = ping.tick() => {
+                        self.ping_due = true;
+                        if started.elapsed() >= stall {
+                            metrics::counter!("edge_slow_consumers_total").increment(1);
+                            overflow.cancel();
+                            break None;
+                        }
+                    }
+                }
             }
         };
         if overflow.is_cancelled() {
@@ -568,7 +623,20 @@ where
             .await;
             return false;
         }
-        written
+        match outcome {
+            Some(Ok(batch)) => {
+                self.messages_out.increment(batch.events);
+                if let Some(change) = batch.membership {
+                    Box::pin(self.on_membership(*change)).await;
+                }
+                true
+            }
+            Some(Err(e)) => {
+                tracing::debug!(session = %self.handle.name, error = %e, "write failed; closing");
+                false
+            }
+            None => false,
+        }
     }
 
     /// Registers the session, subscribes it to the user's rooms and sends `hello`.
@@ -736,64 +804,6 @@ where
         } else {
             false
         }
-    }
-
-    /// Writes one queued item to the socket; false when the socket is gone.
-    async fn deliver(&mut self, item: Outbound) -> bool {
-        match item {
-            Outbound::Event { room, seq, json } => {
-                let Some(state) = self.rooms.get_mut(&room) else {
-                    return true;
-                };
-                if seq <= state.delivered {
-                    return true;
-                }
-                state.delivered = seq;
-                state.live_from.get_or_insert(seq);
-                metrics::counter!("edge_frames_out_total", "type" => "message").increment(1);
-                self.socket
-                    .feed(Message::Text((&*json).into()))
-                    .await
-                    .is_ok()
-                    && self.flush_soon().await
-            }
-            Outbound::RoomFrame { room, json } => {
-                if !self.rooms.contains_key(&room) {
-                    return true;
-                }
-                self.socket
-                    .feed(Message::Text((&*json).into()))
-                    .await
-                    .is_ok()
-                    && self.flush_soon().await
-            }
-            Outbound::Membership(change) => {
-                Box::pin(self.on_membership(change)).await;
-                true
-            }
-        }
-    }
-
-    /// Writes `first` and whatever else is queued (up to a batch) with one flush.
-    async fn write_batch(&mut self, first: Outbound, rx: &mut mpsc::Receiver<Outbound>) -> bool {
-        if !self.deliver(first).await {
-            return false;
-        }
-        for _ in 0..256 {
-            match rx.try_recv() {
-                Ok(item) => {
-                    if !self.deliver(item).await {
-                        return false;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        true
-    }
-
-    async fn flush_soon(&mut self) -> bool {
-        self.socket.flush().await.is_ok()
     }
 
     async fn on_membership(&mut self, change: MembershipChange) {
@@ -1086,6 +1096,10 @@ where
         }
     }
 
+    /// Publishes a message and queues the wait for its acknowledgement: the session goes on
+    /// reading (and answering other frames) meanwhile. At most [`MAX_SENDS_IN_FLIGHT`] wait at
+    /// once; beyond, the oldest is answered first. Replies to sends (`ack`, or `unavailable` when
+    /// the stream does not acknowledge in time) go out in the order the sends came.
     async fn on_send(
         &mut self,
         reference: Option<String>,
@@ -1094,6 +1108,11 @@ where
         body: String,
         client_id: String,
     ) -> Result<(), ApiError> {
+        while self.sends.len() >= MAX_SENDS_IN_FLIGHT {
+            if let Some(reply) = self.sends.next().await {
+                self.send(&reply).await;
+            }
+        }
         let span = tracing::info_span!(parent: None, "send", room = %room, user = %self.handle.user, seq = tracing::field::Empty);
         if let Some(tp) = traceparent.as_deref() {
             let _ = span.set_parent(trace::from_traceparent(tp));
@@ -1106,51 +1125,67 @@ where
             client_id.clone(),
             now_ms(),
         );
-        let result = self.publish(&event).instrument(span.clone()).await;
-        metrics::histogram!("edge_send_ack_seconds").record(started.elapsed().as_secs_f64());
-        let (seq, duplicate) = result?;
-        span.record("seq", seq);
-        let ts = if duplicate {
-            original_ts(&self.edge, seq).await.unwrap_or(event.ts)
-        } else {
-            event.ts
+        let deadline = tokio::time::Instant::now() + self.edge.config.request_timeout;
+        // Published here, in the order the sends came, so the stream keeps that order.
+        let published = self
+            .publish(&event, deadline)
+            .instrument(span.clone())
+            .await;
+        let edge = self.edge.clone();
+        let reply = async move {
+            let result = match published {
+                Ok(ack) => match tokio::time::timeout_at(deadline, ack).await {
+                    Ok(Ok(ack)) => Ok((ack.sequence, ack.duplicate)),
+                    Ok(Err(e)) => Err(publish_failed(&e)),
+                    Err(_) => Err(publish_failed(&"no acknowledgement in time")),
+                },
+                Err(e) => Err(e),
+            };
+            metrics::histogram!("edge_send_ack_seconds").record(started.elapsed().as_secs_f64());
+            let (seq, duplicate) = match result {
+                Ok(r) => r,
+                Err(e) => return ServerFrame::error(reference, e.code, e.message),
+            };
+            tracing::Span::current().record("seq", seq);
+            let ts = if duplicate {
+                original_ts(&edge, seq).await.unwrap_or(event.ts)
+            } else {
+                event.ts
+            };
+            ServerFrame::Ack {
+                reference,
+                room,
+                client_id,
+                seq,
+                ts,
+                duplicate,
+            }
         };
-        self.send(&ServerFrame::Ack {
-            reference,
-            room,
-            client_id,
-            seq,
-            ts,
-            duplicate,
-        })
-        .await;
+        self.sends.push_back(Box::pin(reply.instrument(span)));
         Ok(())
     }
 
-    /// Publishes through JetStream and waits for the stream's acknowledgement.
-    async fn publish(&mut self, event: &RoomEvent) -> Result<(u64, bool), ApiError> {
+    /// Publishes through JetStream; the stream's acknowledgement is the returned future.
+    async fn publish(
+        &mut self,
+        event: &RoomEvent,
+        deadline: tokio::time::Instant,
+    ) -> Result<async_nats::jetstream::context::PublishAckFuture, ApiError> {
         let payload = serde_json::to_vec(event).map_err(|_| ApiError::internal())?;
         // Never a panic on a header value (issue 15): dispatch refused control characters in
         // client_id already; whatever slipped through is refused here.
         let headers = crate::headers::event_headers(&event.msg_id(), &trace::current_fields())
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let unavailable = |e: &dyn std::fmt::Display| {
-            tracing::warn!(error = %e, "publish failed");
-            ApiError::unavailable()
-        };
-        let fut = async {
-            let ack = self
-                .edge
-                .js
-                .publish_with_headers(subjects::room_msg(&event.room), headers, payload.into())
-                .await
-                .map_err(|e| unavailable(&e))?;
-            ack.await.map_err(|e| unavailable(&e))
-        };
-        let ack = tokio::time::timeout(self.edge.config.request_timeout, fut)
-            .await
-            .map_err(|_| unavailable(&"no acknowledgement in time"))??;
-        Ok((ack.sequence, ack.duplicate))
+        let fut = self.edge.js.publish_with_headers(
+            subjects::room_msg(&event.room),
+            headers,
+            payload.into(),
+        );
+        match tokio::time::timeout_at(deadline, fut).await {
+            Ok(Ok(ack)) => Ok(ack),
+            Ok(Err(e)) => Err(publish_failed(&e)),
+            Err(_) => Err(publish_failed(&"not published in time")),
+        }
     }
 
     async fn on_join(
@@ -1242,6 +1277,18 @@ where
             }
         }
     }
+}
+
+/// Most sends of one session waiting for their acknowledgement at once (CONTRACT §2: the
+/// session keeps reading meanwhile; acks go out in the order of the sends).
+pub const MAX_SENDS_IN_FLIGHT: usize = 64;
+
+/// The reply to a send, once its acknowledgement came (or did not).
+type SendReply = std::pin::Pin<Box<dyn std::future::Future<Output = ServerFrame> + Send>>;
+
+fn publish_failed(e: &dyn std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "publish failed");
+    ApiError::unavailable()
 }
 
 /// The room's newest seq, 0 for a room with no event.

@@ -1,0 +1,159 @@
+//! The delivery path allocates nothing per delivery (issue 12): the hub's fan-out of a ready
+//! frame to every session of a room, and each session's writer draining its queue into the
+//! socket, counted with a counting global allocator (`stats_alloc`). The socket is a `Sink` that copies each
+//! frame into a reused buffer and empties it on flush, as tungstenite's write buffer does.
+
+use std::alloc::System;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use chat_edge::hub::{Outbound, SessionHandle, deliver_event};
+use chat_edge::session::writer::{self, Rooms};
+use chat_proto::{RoomId, UserId};
+use futures::Sink;
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// A socket: frames are copied into a buffer that a flush empties (no allocation once grown).
+struct BufferSink {
+    buf: Vec<u8>,
+    frames: u64,
+    flushes: u64,
+}
+
+impl Sink<Message> for BufferSink {
+    type Error = axum::Error;
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        if let Message::Text(t) = &item {
+            self.buf.extend_from_slice(t.as_str().as_bytes());
+            self.frames += 1;
+        }
+        Ok(())
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.buf.clear();
+        self.flushes += 1;
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A session's room state as the writer sees it: the highest seq delivered per room.
+struct Delivered(HashMap<RoomId, u64>);
+
+impl Rooms for Delivered {
+    fn admit_event(&mut self, room: &RoomId, seq: u64) -> bool {
+        match self.0.get_mut(room) {
+            Some(d) if seq > *d => {
+                *d = seq;
+                true
+            }
+            _ => false,
+        }
+    }
+    fn is_member(&self, room: &RoomId) -> bool {
+        self.0.contains_key(room)
+    }
+}
+
+struct Session {
+    rx: mpsc::Receiver<Outbound>,
+    sink: BufferSink,
+    rooms: Delivered,
+}
+
+const SESSIONS: usize = 100;
+const EVENTS_PER_ROUND: u64 = 20;
+
+/// One round: `EVENTS_PER_ROUND` events fanned out to every session, then every session's
+/// writer drains its queue (one batch, one flush each). Returns the deliveries written.
+async fn round(
+    targets: &Arc<[SessionHandle]>,
+    sessions: &mut [Session],
+    room: &Arc<RoomId>,
+    frames: &[Utf8Bytes],
+    next_seq: &mut u64,
+) -> u64 {
+    for text in frames {
+        *next_seq += 1;
+        assert_eq!(
+            deliver_event(targets, room, *next_seq, text),
+            SESSIONS as u64
+        );
+    }
+    let mut written = 0;
+    for s in sessions.iter_mut() {
+        let first = s.rx.try_recv().expect("queued");
+        let batch = writer::write_batch(&mut s.sink, first, &mut s.rx, &mut s.rooms)
+            .await
+            .expect("written");
+        written += batch.events;
+    }
+    written
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn fan_out_and_batched_writes_allocate_nothing_per_delivery() {
+    let room = Arc::new(RoomId::new("busy").unwrap());
+    let mut handles = Vec::new();
+    let mut sessions = Vec::new();
+    for i in 0..SESSIONS {
+        let (tx, rx) = mpsc::channel(1024);
+        handles.push(SessionHandle {
+            id: i as u64,
+            name: format!("edge-{i}").into(),
+            user: UserId::new(format!("u{i}")).unwrap(),
+            tx,
+            overflow: CancellationToken::new(),
+        });
+        sessions.push(Session {
+            rx,
+            sink: BufferSink {
+                buf: Vec::with_capacity(64 * 1024),
+                frames: 0,
+                flushes: 0,
+            },
+            rooms: Delivered(HashMap::from([((*room).clone(), 0)])),
+        });
+    }
+    let targets: Arc<[SessionHandle]> = handles.into();
+    // Each event serialized once per edge (allocated here, outside the counted path).
+    let frames: Vec<Utf8Bytes> = (0..EVENTS_PER_ROUND)
+        .map(|i| Utf8Bytes::from(format!(r#"{{"type":"message","room":"busy","seq":{i}}}"#)))
+        .collect();
+    let mut seq = 0;
+    // Warm-up: the channels' blocks and the buffers reach their steady size.
+    for _ in 0..50 {
+        round(&targets, &mut sessions, &room, &frames, &mut seq).await;
+    }
+    let rounds = 200;
+    let region = Region::new(GLOBAL);
+    let mut deliveries = 0;
+    for _ in 0..rounds {
+        deliveries += round(&targets, &mut sessions, &room, &frames, &mut seq).await;
+    }
+    let stats = region.change();
+    let allocs = (stats.allocations + stats.reallocations) as u64;
+    assert_eq!(deliveries, rounds * EVENTS_PER_ROUND * SESSIONS as u64);
+    println!(
+        "FIGURES {deliveries} deliveries, {allocs} allocations: {:.6} per delivery",
+        allocs as f64 / deliveries as f64
+    );
+    assert_eq!(allocs, 0, "allocations in the steady-state delivery path");
+    // One flush per drained batch, not one per frame.
+    let s = &sessions[0].sink;
+    assert_eq!(s.frames, (50 + rounds) * EVENTS_PER_ROUND);
+    assert_eq!(s.flushes, 50 + rounds);
+}
