@@ -257,19 +257,19 @@ pub fn bounded(mut rows: Vec<ChatMessage>, limit: usize) -> SearchReply {
     rows.truncate(limit);
     let mut used = 0usize;
     let mut keep = 0usize;
-    for m in &mut rows {
+    for (i, m) in rows.iter_mut().enumerate() {
         let size = json_len(m) + 1;
         if used + size > RESULTS_BUDGET {
-            if keep == 0 {
+            if i == 0 {
                 cut_to_fit(m, RESULTS_BUDGET);
                 keep = 1;
             }
-            has_more = true;
             break;
         }
         used += size;
         keep += 1;
     }
+    has_more |= keep < rows.len();
     rows.truncate(keep);
     SearchReply {
         results: rows,
@@ -281,15 +281,30 @@ fn json_len(m: &ChatMessage) -> usize {
     serde_json::to_vec(m).map_or(usize::MAX / 2, |v| v.len())
 }
 
-/// Shortens `m.body` (on a character boundary) until `m` serializes within `budget` bytes.
+/// Shortens `m.body` (on a character boundary) so that `m` serializes within `budget` bytes:
+/// one pass, counting what each character takes in JSON.
 fn cut_to_fit(m: &mut ChatMessage, budget: usize) {
-    while json_len(m) > budget && !m.body.is_empty() {
-        let over = json_len(m) - budget;
-        // Each character takes at most 6 bytes of JSON (`\u00XX`), at least 1.
-        let drop_chars = (over / 6).max(1);
-        let keep = chat_proto::char_len(&m.body).saturating_sub(drop_chars);
-        let at = chat_proto::prefix_chars(&m.body, keep).len();
-        m.body.truncate(at);
+    let body = std::mem::take(&mut m.body);
+    let room_for_body = budget.saturating_sub(json_len(m));
+    let mut used = 0usize;
+    let mut end = 0usize;
+    for (at, c) in body.char_indices() {
+        used += json_char_len(c);
+        if used > room_for_body {
+            break;
+        }
+        end = at + c.len_utf8();
+    }
+    m.body = body;
+    m.body.truncate(end);
+}
+
+/// Bytes `c` takes inside a JSON string as serde_json writes it.
+fn json_char_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if c < ' ' => 6,
+        c => c.len_utf8(),
     }
 }
 
@@ -379,6 +394,17 @@ mod tests {
         assert_eq!(e.code, ErrorCode::BadRequest);
     }
 
+    #[test]
+    fn json_char_len_is_what_serde_json_writes() {
+        for c in (0u32..0x300)
+            .filter_map(char::from_u32)
+            .chain(['😀', '日', '\u{2028}'])
+        {
+            let quoted = serde_json::to_string(&c.to_string()).unwrap();
+            assert_eq!(json_char_len(c), quoted.len() - 2, "{c:?}");
+        }
+    }
+
     fn msg(seq: u64, body: String) -> ChatMessage {
         ChatMessage {
             room: RoomId::new("r").unwrap(),
@@ -413,6 +439,9 @@ mod tests {
         let r = bounded(huge, 20);
         assert_eq!((r.results.len(), r.has_more), (1, true));
         assert_eq!(r.results[0].seq, 7);
+        assert!(serde_json::to_vec(&r.results[0]).unwrap().len() <= RESULTS_BUDGET);
+        let r = bounded(vec![msg(7, "z".repeat(RESULTS_BUDGET))], 20);
+        assert_eq!((r.results.len(), r.has_more), (1, false));
         assert!(serde_json::to_vec(&r.results[0]).unwrap().len() <= RESULTS_BUDGET);
     }
 }
