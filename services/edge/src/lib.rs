@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod hub;
 pub mod jwks;
 pub mod ratelimit;
+pub mod search;
 pub mod session;
 pub mod tls;
 
