@@ -8,7 +8,7 @@
 //! A search is three steps: [`parse`] the query language (pure: words, `"phrases"`,
 //! `-exclusions`), let PostgreSQL normalize each term exactly as it normalized the bodies
 //! (`phraseto_tsquery('simple', …)`: a term can turn out to hold no word at all, like `???`), and
-//! run one statement that joins the memberships of the user *as they are now*. Searches use a
+//! run one statement that reads the memberships of the user *as they are now*. Searches use a
 //! pool of their own, with a statement timeout, so a costly query never holds up the archive
 //! writer or history pages.
 
@@ -200,6 +200,11 @@ impl Search {
         tsquery_text(include, exclude)
     }
 
+    /// The memberships are read by the statement itself (one snapshot with the messages), as an
+    /// array of rooms rather than a semi-join: PostgreSQL then ANDs the bitmap of the text index
+    /// with that of the rooms' index, where a semi-join let it walk all of the user's rooms
+    /// whenever it misjudged a phrase or an exclusion (measured on 200,000 rows: 57 → 11 ms for a
+    /// phrase of two common words, 71 → 13 ms for a word minus a common one).
     async fn matching(
         &self,
         tsquery: &str,
@@ -219,8 +224,8 @@ impl Search {
                AND NOT m.deleted
                AND m.seq < $3
                AND ($4::text IS NULL OR m.room = $4)
-               AND ($5::text IS NULL OR EXISTS (
-                     SELECT 1 FROM memberships ms WHERE ms.room = m.room AND ms.user_id = $5))
+               AND ($5::text IS NULL OR m.room = ANY(ARRAY(
+                     SELECT ms.room FROM memberships ms WHERE ms.user_id = $5)))
              ORDER BY m.seq DESC
              LIMIT $6",
         )
