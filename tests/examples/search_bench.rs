@@ -21,8 +21,9 @@
 //!    Queries: one word (60%), two words (20%), a two-word phrase (10%), a word minus a word
 //!    (10%), words picked with the same skew as the bodies.
 //! 3. Archive: with the archive writer stopped, `archive_events` messages are published to the
-//!    stream; then a writer starts and the time until all are archived gives rows/s. Once with
-//!    the index (generated column + GIN), then again after dropping both, in the same run.
+//!    stream; then a writer starts and the time until all are archived gives rows/s. With the
+//!    index (generated column + GIN), without (both dropped), and with it again (rebuilt), in the
+//!    same run; the ratio compares the mean of the two runs with the index to the one without.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -250,8 +251,23 @@ async fn main() {
         .await
         .expect("drop the index column");
     let without = archive_rate(&mut stack, &db, "without", archive_events).await;
+    // With the index again (rebuilt, untimed), so that drift of a shared machine over the run
+    // weighs on both sides: the ratio uses the mean of the two runs with the index.
+    sqlx::query(
+        "ALTER TABLE history.messages ADD COLUMN search tsvector
+         GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, left(body, 100000))) STORED",
+    )
+    .execute(&db)
+    .await
+    .expect("add the index column again");
+    sqlx::query("CREATE INDEX messages_search ON history.messages USING GIN (search)")
+        .execute(&db)
+        .await
+        .expect("build the index again");
+    let again = archive_rate(&mut stack, &db, "again-with", archive_events).await;
+    let with = (with + again) / 2.0;
     println!(
-        "archive: {with:.0} rows/s with the search index, {without:.0} rows/s without: ratio {:.2} (goal >= 0.80)",
+        "archive: {with:.0} rows/s with the search index (mean of 2 runs), {without:.0} rows/s without: ratio {:.2} (goal >= 0.80)",
         with / without
     );
 }
@@ -319,7 +335,7 @@ async fn archive_rate(stack: &mut Stack, db: &sqlx::PgPool, label: &str, n: usiz
     }
     let rate = n as f64 / took.as_secs_f64();
     println!(
-        "archive {label} the index: {n} rows in {:.2} s = {rate:.0} rows/s",
+        "archive ({label} the index): {n} rows in {:.2} s = {rate:.0} rows/s",
         took.as_secs_f64()
     );
     rate
