@@ -28,7 +28,7 @@ let stopped = false;
 /** The name of every check, for E2E_SKIP. */
 const CHECKS = [
   "sign-in", "join", "presence", "typing", "message", "reply", "text-not-html", "reload-history",
-  "unread", "status", "dm-notification", "private-room", "bulk", "scroll-back", "no-errors",
+  "unread", "status", "dm-notification", "private-room", "bulk", "scroll-back", "search", "no-errors",
 ];
 const skip = new Set(
   (process.env.E2E_SKIP ?? "")
@@ -288,6 +288,25 @@ try {
     if (bulk.length !== BULK) throw new Error(`expected ${BULK} bulk messages once each, saw ${bulk.length}`);
     if (bulk.some((b, i) => b !== `bulk ${i}`)) throw new Error("bulk messages out of order");
   }, both);
+
+  await step("search", "bob searches, and a result opens the room at the message with history around it", async () => {
+    await bob.page.locator(`#rooms button[data-room="${other}"]`).click();
+    await bob.page.locator("#room-title", { hasText: other }).waitFor();
+    await bob.page.locator("#search-input").fill('"hello bob" -nothing');
+    await bob.page.locator("#search-btn").click();
+    const result = bob.page.locator("#search-results .result", { hasText: "hello bob, from alice" });
+    await result.waitFor();
+    if ((await bob.page.locator("#search-results .result").count()) !== 1) throw new Error("expected exactly one result");
+    await result.click();
+    await bob.page.locator("#room-title", { hasText: room }).waitFor();
+    await bob.page.locator("#message-list .message.found .body", { hasText: "hello bob, from alice" }).waitFor();
+    // History around it: the next messages are there, the newest ones not yet.
+    await message(bob, "hi alice, bob here").waitFor();
+    await message(bob, "bulk 10").waitFor();
+    if ((await message(bob, `bulk ${BULK - 1}`).count()) !== 0) throw new Error("expected a window around the result");
+    await bob.page.locator("#newer").click();
+    await message(bob, `bulk ${BULK - 1}`).waitFor();
+  }, both, { critical: false });
 
   await step("no-errors", "no script errors in either page", async () => {
     if (pageErrors.length) throw new Error(pageErrors.join("; "));

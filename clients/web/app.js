@@ -86,6 +86,8 @@ function roomView(id, kind) {
       loaded: false,
       loading: null,
       hasMoreBefore: false,
+      // After opening a search result: the page around it, with newer messages still to load.
+      hasMoreAfter: false,
       members: new Map(), // user → { status, last_seen }
       typing: new Map(), // user → timeout
     };
@@ -215,6 +217,8 @@ function signOut(message) {
   localStorage.removeItem(SESSION_KEY);
   rooms.clear();
   notifications.clear();
+  Object.assign(search, { query: "", results: [], hasMore: false });
+  renderSearch();
   current = null;
   me = null;
   render();
@@ -477,13 +481,120 @@ async function loadOlder() {
   box.scrollTop = box.scrollHeight - fromBottom; // keep the reader's place
 }
 
-function selectRoom(id) {
+// ---- search (CONTRACT §2 Search) ----
+
+/** The last search: its query, the results listed, and whether more match below them. */
+const search = { query: "", results: [], hasMore: false, busy: false };
+/** How many messages of history are shown on each side of an opened search result. */
+const CONTEXT = 25;
+
+async function runSearch(query, more = false) {
+  if (!client || search.busy) return;
+  search.busy = true;
+  try {
+    const before = more ? search.results.at(-1)?.seq : undefined;
+    const reply = await client.search(query, before === undefined ? {} : { before });
+    search.query = query;
+    search.results = more ? [...search.results, ...reply.results] : reply.results;
+    search.hasMore = reply.has_more;
+    renderSearch();
+  } catch (err) {
+    notice(`Search failed: ${describeError(err)}`, { error: true });
+  } finally {
+    search.busy = false;
+  }
+}
+
+function renderSearch() {
+  const list = $("search-results");
+  if (search.query && search.results.length === 0) {
+    list.replaceChildren(el("li", { class: "muted" }, "No messages found"));
+  } else {
+    list.replaceChildren(
+      ...search.results.map((m) => {
+        const r = rooms.get(m.room);
+        const button = el(
+          "button",
+          { type: "button", class: "result", dataset: { room: m.room, seq: String(m.seq) } },
+          el("span", { class: "result-room" }, r ? roomName(r) : m.room),
+          el("span", { class: "from" }, m.from),
+          el("time", { datetime: new Date(m.ts).toISOString() }, formatTime(m.ts)),
+          el("span", { class: "result-body" }, m.body.length > 140 ? `${m.body.slice(0, 140)}…` : m.body),
+        );
+        button.addEventListener("click", () => openResult(m));
+        return el("li", {}, button);
+      }),
+    );
+  }
+  $("search-more").hidden = !search.hasMore;
+}
+
+/** Opens the result's room scrolled to it, with the history around it (before and after its seq). */
+async function openResult(m) {
+  const r = rooms.get(m.room);
+  if (!r || !client) return;
+  const c = client;
+  if (r.messages.has(m.seq) && !r.loading) {
+    selectRoom(m.room, m.seq);
+    return;
+  }
+  r.loading = (async () => {
+    try {
+      const [older, newer] = await Promise.all([
+        c.history(r.id, { before: m.seq + 1, limit: CONTEXT }),
+        c.history(r.id, { after: m.seq, limit: CONTEXT }),
+      ]);
+      // The window replaces what was shown: it may not join up with the newest messages.
+      r.messages.clear();
+      insertPage(r, older.messages);
+      insertPage(r, newer.messages);
+      r.hasMoreBefore = older.has_more;
+      r.hasMoreAfter = newer.has_more;
+      r.loaded = true;
+    } catch (err) {
+      notice(`Could not open the message: ${describeError(err)}`, { error: true });
+    } finally {
+      r.loading = null;
+    }
+  })();
+  await r.loading;
+  if (client === c) selectRoom(m.room, m.seq);
+}
+
+async function loadNewer() {
+  const r = rooms.get(current);
+  if (!r || !r.hasMoreAfter || r.loading || !client) return;
+  const newest = Math.max(...r.messages.keys());
+  if (!Number.isFinite(newest)) return;
+  r.loading = (async () => {
+    try {
+      const page = await client.history(r.id, { after: newest, limit: PAGE });
+      insertPage(r, page.messages);
+      r.hasMoreAfter = page.has_more;
+    } catch (err) {
+      notice(`Could not load newer messages: ${describeError(err)}`, { error: true });
+    } finally {
+      r.loading = null;
+    }
+  })();
+  await r.loading;
+  if (r.id === current) renderMessages(false);
+}
+
+function selectRoom(id, focusSeq) {
   const r = rooms.get(id);
   if (!r) return;
   if (current && current !== id && readTimers.has(current)) flushRead(current, true);
   current = id;
   localStorage.setItem(lastRoomKey(), id);
-  render(true);
+  render(focusSeq === undefined);
+  if (focusSeq !== undefined) {
+    const li = $("message-list").querySelector(`li[data-seq="${focusSeq}"]`);
+    if (li) {
+      li.classList.add("found");
+      li.scrollIntoView({ block: "center" });
+    }
+  }
   if (!r.loaded) loadLatest(r);
   else scheduleRead();
   fetchMembers(r);
@@ -636,6 +747,7 @@ function renderMessages(stickToBottom, forceBottom = false) {
   if (r.loading && items.length === 0) nodes.push(el("li", { class: "message muted" }, "Loading…"));
   list.replaceChildren(...nodes);
   $("older").hidden = !r.hasMoreBefore;
+  $("newer").hidden = !r.hasMoreAfter;
   if (forceBottom || (stickToBottom && atBottom)) box.scrollTop = box.scrollHeight;
 }
 
@@ -793,9 +905,19 @@ function setup() {
     if (current && $("composer-input").value) client?.typing(current);
   });
 
+  $("search-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const query = $("search-input").value.trim();
+    if (query) runSearch(query);
+  });
+  $("search-more").addEventListener("click", () => runSearch(search.query, true));
+  $("newer").addEventListener("click", loadNewer);
+
   $("older").addEventListener("click", loadOlder);
   $("messages").addEventListener("scroll", () => {
-    if ($("messages").scrollTop < 40) loadOlder();
+    const box = $("messages");
+    if (box.scrollTop < 40) loadOlder();
+    else if (box.scrollHeight - box.scrollTop - box.clientHeight < 40) loadNewer();
   });
 
   document.addEventListener("visibilitychange", () => {

@@ -118,6 +118,32 @@ async fn cli_sends_reads_history_and_tails() {
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.ends_with("alice: line two\n"), "{text}");
 
+    // Search, once archived: newest first; the plain-text format names the room.
+    chat_tests::wait_archived(&stack.db().await, room, 4).await;
+    let search = [
+        "search",
+        "--url",
+        url.as_str(),
+        "--token",
+        token,
+        "--query",
+        "LINE",
+    ];
+    let mut args = search.to_vec();
+    args.push("--json");
+    let found = json_lines(&run(&args, None).await);
+    let bodies: Vec<&str> = found
+        .iter()
+        .map(|m| m["body"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(bodies, ["line three", "line two"]);
+    let mut args = search.to_vec();
+    args.extend(["--room", room, "--limit", "1"]);
+    let text = run(&args, None).await;
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.starts_with("cli-room #"), "{text}");
+    assert!(text.ends_with("alice: line three\n"), "{text}");
+
     // bob tails from seq1: the replay (3 messages), then a live one, then exits (--count 4).
     let mut tail = chat();
     tail.args([

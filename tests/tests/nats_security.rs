@@ -161,6 +161,7 @@ async fn each_service_user_may_use_its_subjects_and_nothing_else() {
         .await;
     edge.allowed_subscribe("chat.fanout.general").await;
     edge.allowed_subscribe("chat.user.alice.>").await;
+    edge.allowed_publish("chat.api.search").await;
     // The edge faces the internet: no notifications, no membership changes, no consumers.
     edge.refused_publish("chat.user.alice.notify").await;
     edge.refused_publish("chat.user.alice.membership").await;
@@ -171,6 +172,7 @@ async fn each_service_user_may_use_its_subjects_and_nothing_else() {
 
     let mut history = Probe::connect(&nats, "history").await;
     history.allowed_subscribe("chat.api.history").await;
+    history.allowed_subscribe("chat.api.search").await;
     history.allowed_subscribe("chat.internal.rooms").await;
     history.allowed_publish("chat.user.alice.membership").await;
     history.refused_publish("chat.room.general.msg").await;
@@ -218,6 +220,7 @@ async fn each_service_user_may_use_its_subjects_and_nothing_else() {
     presence
         .refused_publish("$JS.ACK.CHAT.history-archive.1.1.1.1.1")
         .await;
+    presence.refused_subscribe("chat.api.search").await;
 
     let mut notify = Probe::connect(&nats, "notify").await;
     notify.allowed_publish("chat.user.alice.notify").await;
@@ -354,6 +357,8 @@ async fn integrations_read_public_subjects_ask_the_api_and_post_through_jetstrea
     bot.refused_subscribe("chat.user.alice.membership").await;
     bot.refused_subscribe("chat.internal.>").await;
     bot.refused_subscribe("chat.api.history").await;
+    bot.refused_subscribe("chat.api.search").await;
+    bot.allowed_publish("chat.api.search").await;
     bot.refused_publish("chat.internal.rooms").await;
     bot.refused_publish("chat.internal.presence.up").await;
     bot.refused_publish("chat.user.alice.notify").await;

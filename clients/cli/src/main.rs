@@ -5,6 +5,7 @@
 //! chat send    --url ws://HOST/ws --token T --room R [--body B] [--client-id ID] [--json]
 //! chat tail    --url ws://HOST/ws --token T --room R [--since SEQ --epoch E] [--count N] [--json]
 //! chat history --url ws://HOST/ws --token T --room R [--before N | --after N] [--limit N] [--json]
+//! chat search  --url ws://HOST/ws --token T --query Q [--room R] [--before SEQ] [--limit N] [--json]
 //! ```
 //! `--url` defaults to `$CHAT_URL` (else `ws://127.0.0.1:8080/ws`) and `--token` to `$CHAT_TOKEN`;
 //! `--secret S --user U` instead of `--token` mints a development token on the fly.
@@ -12,7 +13,9 @@
 //! join the room first when the user is not a member yet (an unknown id creates a public room).
 //! `tail` reconnects on its own and recovers what it missed with `join{since, epoch}`.
 //! `--json` prints one JSON object per line (the protocol's `message` objects, or the `ack` of a
-//! send with the log's `epoch`); otherwise `#SEQ HH:MM:SS FROM: BODY`. Diagnostics go to stderr.
+//! send with the log's `epoch`); otherwise `#SEQ HH:MM:SS FROM: BODY` (`search` puts the room
+//! first). `search` prints the results newest first; `--before` the last seq shown pages back.
+//! Diagnostics go to stderr.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -33,6 +36,7 @@ const USAGE: &str = "usage:
   chat send    [--url URL] (--token T | --secret S --user U) --room R [--body B] [--client-id ID] [--json]
   chat tail    [--url URL] (--token T | --secret S --user U) --room R [--since SEQ --epoch E] [--count N] [--json]
   chat history [--url URL] (--token T | --secret S --user U) --room R [--before N | --after N] [--limit N] [--json]
+  chat search  [--url URL] (--token T | --secret S --user U) --query Q [--room R] [--before SEQ] [--limit N] [--json]
 --url defaults to $CHAT_URL or ws://127.0.0.1:8080/ws, --token to $CHAT_TOKEN.";
 
 /// Flags that take no value.
@@ -288,6 +292,7 @@ async fn request(ws: &mut Ws, frame: &ClientFrame, reference: &str) -> anyhow::R
             | ServerFrame::Left { reference, .. }
             | ServerFrame::Ok { reference, .. }
             | ServerFrame::History { reference, .. }
+            | ServerFrame::SearchResults { reference, .. }
             | ServerFrame::PresenceSnapshot { reference, .. }
             | ServerFrame::Error { reference, .. }
             | ServerFrame::Pong { reference } => reference.as_deref(),
@@ -450,6 +455,46 @@ async fn history(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `chat search`: one page of results, newest first (CONTRACT §2 Search).
+async fn search(a: &Args) -> anyhow::Result<()> {
+    let query = a.req("query")?.to_owned();
+    let room = a.opt("room").map(|_| a.room()).transpose()?;
+    let token = a.token()?;
+    let before = a.num("before")?;
+    let limit = a.num("limit")?.map(|l| l as i64);
+    let (mut ws, _hello) = connect_once(&a.url(), &token).await?;
+    let frame = ClientFrame::Search {
+        query,
+        room,
+        limit,
+        before,
+    };
+    let (results, has_more) = match request(&mut ws, &frame, "q").await? {
+        ServerFrame::SearchResults {
+            results, has_more, ..
+        } => (results, has_more),
+        other => bail!("search answered {other:?}"),
+    };
+    let as_json = a.flag("json");
+    let mut out = std::io::stdout().lock();
+    for m in &results {
+        if !as_json {
+            write!(out, "{} ", m.room.as_str())?;
+        }
+        print_message(&mut out, m, as_json)?;
+    }
+    match (has_more, results.last()) {
+        (true, Some(last)) => eprintln!(
+            "{} result(s); more with --before {}",
+            results.len(),
+            last.seq
+        ),
+        _ => eprintln!("{} result(s); no more", results.len()),
+    }
+    let _ = ws.close(None).await;
+    Ok(())
+}
+
 async fn tail(a: &Args) -> anyhow::Result<()> {
     let room = a.room()?;
     let token = a.token()?;
@@ -572,6 +617,7 @@ async fn run() -> anyhow::Result<()> {
         "send" => send(&a).await,
         "tail" => tail(&a).await,
         "history" => history(&a).await,
+        "search" => search(&a).await,
         "" => Err(usage("a command is required")),
         other => Err(usage(format!("unknown command {other:?}"))),
     }

@@ -31,6 +31,7 @@ import {
   type ErrorFrame,
   type HelloFrame,
   type HistoryReplyFrame,
+  type SearchResultsFrame,
   type JoinedFrame,
   type LeftFrame,
   type MessageFrame,
@@ -416,6 +417,20 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     if (query.after !== undefined) frame.after = query.after;
     if (query.limit !== undefined) frame.limit = query.limit;
     return (await this.request(frame)) as HistoryReplyFrame;
+  }
+
+  /**
+   * Searches the rooms the user is a member of (CONTRACT §2 Search): words (case-insensitive,
+   * whole words), `"phrases"` and `-exclusions`. Results are newest first; to page back, pass the
+   * last result's seq as `before` while `has_more`. A query with no word to include is rejected
+   * with `bad_request`; a room the user is not in with `forbidden`.
+   */
+  async search(query: string, options: { room?: string; limit?: number; before?: number } = {}): Promise<SearchResultsFrame> {
+    const frame: OutFrame = { type: "search", query };
+    if (options.room !== undefined) frame.room = options.room;
+    if (options.limit !== undefined) frame.limit = options.limit;
+    if (options.before !== undefined) frame.before = options.before;
+    return (await this.request(frame)) as SearchResultsFrame;
   }
 
   async presence(room: string): Promise<PresenceSnapshotFrame> {

@@ -52,6 +52,18 @@ export interface HistoryFrame {
   limit?: number;
   ref?: string;
 }
+/** Full-text search of the user's rooms (CONTRACT §2 Search): words, `"phrases"`, `-exclusions`. */
+export interface SearchFrame {
+  type: "search";
+  query: string;
+  /** Only this room (`forbidden` if the user is not a member). */
+  room?: string;
+  /** Clamped by the server to 1..=50, default 20. */
+  limit?: number;
+  /** Only messages with a lower seq: the last result's seq pages back. */
+  before?: number;
+  ref?: string;
+}
 export interface TypingFrame { type: "typing"; room: string; ref?: string }
 export interface ReadFrame { type: "read"; room: string; seq: number; ref?: string }
 export interface StatusFrame { type: "status"; status: SettableStatus; ref?: string }
@@ -67,6 +79,7 @@ export type ClientFrame =
   | OpenDmFrame
   | SendFrame
   | HistoryFrame
+  | SearchFrame
   | TypingFrame
   | ReadFrame
   | StatusFrame
@@ -153,6 +166,15 @@ export interface HistoryReplyFrame {
   messages: ChatMessage[];
   has_more: boolean;
 }
+/** Answer to `search`: message objects (with `room`), newest first (descending seq across rooms). */
+export interface SearchResultsFrame {
+  type: "search_results";
+  ref?: string;
+  query: string;
+  results: ChatMessage[];
+  /** More matches below the last result's seq: page with `before`. */
+  has_more: boolean;
+}
 export interface TypingEventFrame { type: "typing"; room: string; user: string }
 export interface PresenceEventFrame { type: "presence"; room: string; user: string; status: Status; last_seen: number }
 export interface PresenceSnapshotFrame { type: "presence_snapshot"; ref?: string; room: string; users: PresenceEntry[] }
@@ -176,6 +198,7 @@ export type ServerFrame =
   | LeftFrame
   | OkFrame
   | HistoryReplyFrame
+  | SearchResultsFrame
   | TypingEventFrame
   | PresenceEventFrame
   | PresenceSnapshotFrame
@@ -193,6 +216,7 @@ export interface ServerFrameMap {
   left: LeftFrame;
   ok: OkFrame;
   history: HistoryReplyFrame;
+  search_results: SearchResultsFrame;
   typing: TypingEventFrame;
   presence: PresenceEventFrame;
   presence_snapshot: PresenceSnapshotFrame;
@@ -210,6 +234,7 @@ export const SERVER_FRAME_TYPES: readonly (keyof ServerFrameMap)[] = [
   "left",
   "ok",
   "history",
+  "search_results",
   "typing",
   "presence",
   "presence_snapshot",

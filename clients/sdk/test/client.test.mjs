@@ -95,6 +95,34 @@ describe("connection", () => {
     assert.equal(pong.status, "fulfilled");
   });
 
+  test("search sends the query and its options and pages back with before", async () => {
+    const { c } = client("alice");
+    await c.connect();
+    await c.join("r1");
+    await c.join("r2");
+    for (const [room, body] of [["r1", "Deploy on Friday"], ["r2", "deploy draft"], ["r1", "lunch"], ["r2", "DEPLOY now"]]) {
+      server.publish(room, "bob", body);
+    }
+    const first = await c.search("deploy", { limit: 2 });
+    assert.equal(first.type, "search_results");
+    assert.equal(first.query, "deploy");
+    assert.deepEqual(first.results.map((m) => [m.room, m.body]), [["r2", "DEPLOY now"], ["r2", "deploy draft"]]);
+    assert.equal(first.has_more, true);
+    const next = await c.search("deploy", { limit: 2, before: first.results[1].seq });
+    assert.deepEqual(next.results.map((m) => m.body), ["Deploy on Friday"]);
+    assert.equal(next.has_more, false);
+    const inRoom = await c.search("deploy -draft", { room: "r2" });
+    assert.deepEqual(inRoom.results.map((m) => m.body), ["DEPLOY now"]);
+    const sent = server.framesOf("search", "alice").map(({ ref, ...rest }) => rest);
+    assert.deepEqual(sent, [
+      { type: "search", query: "deploy", limit: 2 },
+      { type: "search", query: "deploy", limit: 2, before: first.results[1].seq },
+      { type: "search", query: "deploy -draft", room: "r2" },
+    ]);
+    await assert.rejects(c.search("-draft"), (e) => e instanceof ChatError && e.code === "bad_request");
+    await assert.rejects(c.search("deploy", { room: "elsewhere" }), (e) => e instanceof ChatError && e.code === "forbidden");
+  });
+
   test("a connection that goes silent is detected with ping and replaced", async () => {
     await server.stop();
     server = await new FakeServer({ heartbeatMs: 100 }).start();

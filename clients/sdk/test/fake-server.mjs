@@ -476,6 +476,32 @@ export class FakeServer {
         this.#reply(session, f, { type: "presence_snapshot", room, users: [...r.members].map((u) => this.#presenceOf(u)) });
         return;
       }
+      case "search": {
+        // A small model of CONTRACT §2 Search: lower-cased whole words, "phrases", -exclusions.
+        if (typeof f.query !== "string") return this.#error(session, f, "bad_request", "query");
+        const words = (t) => t.toLowerCase().split(/[^\p{L}\p{N}]+/u).filter(Boolean);
+        const terms = [...f.query.matchAll(/(-?)(?:"([^"]*)"?|(\S+))/g)]
+          .map((m) => ({ not: m[1] === "-", words: words(m[2] ?? m[3]) }))
+          .filter((t) => t.words.length > 0);
+        if (!terms.some((t) => !t.not)) return this.#error(session, f, "bad_request", "the query has no word to search for");
+        if (f.room !== undefined && !member(f.room)) return;
+        const has = (body, seq) => {
+          const w = words(body);
+          return w.some((_, i) => seq.every((x, j) => w[i + j] === x));
+        };
+        const limit = Math.max(1, Math.min(50, f.limit ?? 20));
+        const found = [];
+        for (const [room, r] of this.rooms) {
+          if (!r.members.has(user) || (f.room !== undefined && room !== f.room)) continue;
+          for (const m of r.events) {
+            if (f.before !== undefined && m.seq >= f.before) continue;
+            if (terms.every((t) => has(m.body, t.words) !== t.not)) found.push(m);
+          }
+        }
+        found.sort((a, b) => b.seq - a.seq);
+        this.#reply(session, f, { type: "search_results", query: f.query, results: found.slice(0, limit), has_more: found.length > limit });
+        return;
+      }
       default:
         this.#error(session, f, typeof f.type === "string" ? "unknown_type" : "bad_request", "unknown frame type");
     }

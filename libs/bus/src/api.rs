@@ -138,6 +138,48 @@ pub struct HistoryPage {
     pub has_more: bool,
 }
 
+/// Default number of search results (CONTRACT §2 `search`).
+pub const SEARCH_DEFAULT_LIMIT: u32 = 20;
+/// Most search results in one reply.
+pub const SEARCH_MAX_LIMIT: u32 = 50;
+/// Longest search query, in characters. The contract sets no bound; this one keeps a query's
+/// cost (one index lookup per term) and its echo in `search_results` small.
+pub const MAX_QUERY_CHARS: usize = 1000;
+
+/// Clamps a requested number of search results to 1..=50, 20 when absent.
+pub fn clamp_search_limit(limit: Option<i64>) -> u32 {
+    match limit {
+        None => SEARCH_DEFAULT_LIMIT,
+        Some(l) => l.clamp(1, SEARCH_MAX_LIMIT as i64) as u32,
+    }
+}
+
+/// `chat.api.search` request (CONTRACT §3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchRequest {
+    /// Words, `"phrases"` and `-exclusions`.
+    pub query: String,
+    /// On whose behalf: only the rooms this user is a member of when the search runs. Absent, a
+    /// trusted integration searches every room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
+    /// Only this room (`forbidden` when `user` is not a member of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<RoomId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// Only messages with a lower seq: the last result's seq pages back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+}
+
+/// `chat.api.search` reply: message objects, newest first (descending seq across rooms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchReply {
+    pub results: Vec<ChatMessage>,
+    pub has_more: bool,
+}
+
 /// `chat.api.presence` request: a room's members, or a list of users.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -377,6 +419,9 @@ mod tests {
         assert_eq!(clamp_limit(Some(0)), 1);
         assert_eq!(clamp_limit(Some(-5)), 1);
         assert_eq!(clamp_limit(Some(1000)), 200);
+        assert_eq!(clamp_search_limit(None), 20);
+        assert_eq!(clamp_search_limit(Some(0)), 1);
+        assert_eq!(clamp_search_limit(Some(51)), 50);
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub fn presence_user(user: &UserId) -> String {
 pub const API_HISTORY: &str = "chat.api.history";
 /// Public request/reply: presence of a room or of users.
 pub const API_PRESENCE: &str = "chat.api.presence";
+/// Public request/reply: full-text search of the archive (CONTRACT §3 `chat.api.search`).
+pub const API_SEARCH: &str = "chat.api.search";
 
 /// Internal request/reply: rooms and membership (served by chat-history).
 pub const ROOMS: &str = "chat.internal.rooms";

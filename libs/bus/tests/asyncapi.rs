@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chat_bus::api::{
     ApiError, HistoryPage, HistoryRequest, PresenceReply, PresenceRequest, RoomPresenceEvent,
-    TypingEvent, UnreadUpdate, UserNotification, UserPresenceEvent, encode_reply,
+    SearchReply, SearchRequest, TypingEvent, UnreadUpdate, UserNotification, UserPresenceEvent,
+    encode_reply,
 };
 use chat_bus::event::RoomEvent;
 use chat_bus::subjects;
@@ -215,8 +216,40 @@ fn samples() -> BTreeMap<&'static str, Vec<(Value, Sample)>> {
             "historyPage",
             both(json(&HistoryPage {
                 room: room(),
-                messages: vec![message],
+                messages: vec![message.clone()],
                 has_more: false,
+            })),
+        ),
+        (
+            "searchRequest",
+            vec![
+                (
+                    json(&SearchRequest {
+                        query: "deploy \"release notes\" -draft".into(),
+                        user: Some(user("alice")),
+                        room: Some(room()),
+                        limit: Some(20),
+                        before: Some(900),
+                    }),
+                    Sample::Full,
+                ),
+                (
+                    json(&SearchRequest {
+                        query: "deploy".into(),
+                        user: None,
+                        room: None,
+                        limit: None,
+                        before: None,
+                    }),
+                    Sample::Minimal,
+                ),
+            ],
+        ),
+        (
+            "searchReply",
+            both(json(&SearchReply {
+                results: vec![message],
+                has_more: true,
             })),
         ),
         (
@@ -265,6 +298,8 @@ fn addresses() -> BTreeMap<&'static str, Option<String>> {
         ("userPresence", p(subjects::presence_user(&u))),
         ("apiHistory", Some(subjects::API_HISTORY.to_owned())),
         ("apiHistoryReply", None),
+        ("apiSearch", Some(subjects::API_SEARCH.to_owned())),
+        ("apiSearchReply", None),
         ("apiPresence", Some(subjects::API_PRESENCE.to_owned())),
         ("apiPresenceReply", None),
     ])

@@ -88,6 +88,16 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<i64>,
     },
+    /// Full-text search of the user's rooms (CONTRACT §2 Search).
+    Search {
+        query: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+    },
     Typing {
         room: RoomId,
     },
@@ -106,8 +116,8 @@ pub enum ClientFrame {
 
 /// Every `type` a client may send, for telling `unknown_type` from `bad_request`.
 pub const CLIENT_TYPES: &[&str] = &[
-    "auth", "join", "leave", "create", "invite", "open_dm", "send", "history", "typing", "read",
-    "status", "presence", "ping",
+    "auth", "join", "leave", "create", "invite", "open_dm", "send", "history", "search", "typing",
+    "read", "status", "presence", "ping",
 ];
 
 impl ClientFrame {
@@ -134,6 +144,8 @@ impl ClientFrame {
             | ClientFrame::Invite { .. }
             | ClientFrame::OpenDm { .. }
             | ClientFrame::History { .. }
+            // The query is checked by the edge's dispatch (no control character but whitespace).
+            | ClientFrame::Search { .. }
             | ClientFrame::Typing { .. }
             | ClientFrame::Read { .. }
             | ClientFrame::Status { .. }
@@ -153,6 +165,7 @@ impl ClientFrame {
             ClientFrame::OpenDm { .. } => "open_dm",
             ClientFrame::Send { .. } => "send",
             ClientFrame::History { .. } => "history",
+            ClientFrame::Search { .. } => "search",
             ClientFrame::Typing { .. } => "typing",
             ClientFrame::Read { .. } => "read",
             ClientFrame::Status { .. } => "status",
@@ -460,6 +473,14 @@ pub enum ServerFrame {
         messages: Vec<ChatMessage>,
         has_more: bool,
     },
+    /// Answer to `search`: message objects, newest first (CONTRACT §2 Search).
+    SearchResults {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        query: String,
+        results: Vec<ChatMessage>,
+        has_more: bool,
+    },
     Typing {
         room: RoomId,
         user: UserId,
@@ -511,6 +532,7 @@ pub const SERVER_TYPES: &[&str] = &[
     "left",
     "ok",
     "history",
+    "search_results",
     "typing",
     "presence",
     "presence_snapshot",
@@ -549,6 +571,7 @@ impl ServerFrame {
             ServerFrame::Left { .. } => "left",
             ServerFrame::Ok { .. } => "ok",
             ServerFrame::History { .. } => "history",
+            ServerFrame::SearchResults { .. } => "search_results",
             ServerFrame::Typing { .. } => "typing",
             ServerFrame::Presence { .. } => "presence",
             ServerFrame::PresenceSnapshot { .. } => "presence_snapshot",

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use chat_bus::api::ApiError;
+use chat_bus::api::{ApiError, MAX_QUERY_CHARS};
 use chat_proto::{ClientFrame, Envelope, ErrorCode, Limits, RoomId, ServerFrame, Status, close};
 
 use crate::ratelimit::{TokenBucket, Verdict};
@@ -157,6 +157,12 @@ fn validate(
             }
             Ok(())
         }
+        ClientFrame::Search { query, room, .. } => {
+            if let Some(room) = room {
+                member(room)?;
+            }
+            check_query(query)
+        }
         ClientFrame::Invite { room, .. }
         | ClientFrame::Typing { room }
         | ClientFrame::Read { room, .. }
@@ -180,6 +186,26 @@ fn validate(
         | ClientFrame::OpenDm { .. }
         | ClientFrame::Status { .. } => Ok(()),
     }
+}
+
+/// `search`: a query that is not blank, of at most `MAX_QUERY_CHARS` characters, without control
+/// characters but whitespace. Whether it holds a word to search for is chat-history's to say
+/// (the query language is parsed there, for NATS requests too).
+fn check_query(query: &str) -> Result<(), ApiError> {
+    if query.trim().is_empty() {
+        return Err(ApiError::bad_request("query must not be empty"));
+    }
+    if chat_proto::char_len(query) > MAX_QUERY_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "query is longer than {MAX_QUERY_CHARS} characters"
+        )));
+    }
+    if query.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+        return Err(ApiError::bad_request(
+            "query must not contain control characters",
+        ));
+    }
+    Ok(())
 }
 
 /// `send`: a body of 1..=max_body characters, a client_id of 1..=64 characters. Control
@@ -252,6 +278,23 @@ mod tests {
         assert_eq!(refusal(run(send, true)).code, ErrorCode::TooLarge);
         let both = r#"{"type":"history","room":"r","before":5,"after":1}"#;
         assert_eq!(refusal(run(both, true)).code, ErrorCode::BadRequest);
+        let search = r#"{"type":"search","query":"deploy","room":"r","ref":"q"}"#;
+        let r = refusal(run(search, false));
+        assert_eq!(
+            (r.code, r.frame_type),
+            (ErrorCode::Forbidden, Some("search"))
+        );
+        assert!(matches!(run(search, true), Action::Handle(_)));
+        let everywhere = r#"{"type":"search","query":"deploy"}"#;
+        assert!(matches!(run(everywhere, false), Action::Handle(_)));
+        for bad in [r#"" ""#, r#""a\u0000b""#, r#""\u0007""#] {
+            let text = format!(r#"{{"type":"search","query":{bad}}}"#);
+            assert_eq!(
+                refusal(run(&text, true)).code,
+                ErrorCode::BadRequest,
+                "{text}"
+            );
+        }
         let offline = r#"{"type":"status","status":"offline"}"#;
         assert_eq!(refusal(run(offline, false)).code, ErrorCode::BadRequest);
         let join = r#"{"type":"join","room":"r"}"#;

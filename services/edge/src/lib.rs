@@ -15,6 +15,7 @@ pub mod headers;
 pub mod hub;
 pub mod jwks;
 pub mod ratelimit;
+pub mod search;
 pub mod session;
 pub mod tls;
 

@@ -1043,6 +1043,23 @@ where
                 self.send(&f).await;
                 Ok(Flow::Continue)
             }
+            ClientFrame::Search {
+                query,
+                room,
+                limit,
+                before,
+            } => {
+                let search = crate::search::Search {
+                    query,
+                    room,
+                    limit,
+                    before,
+                };
+                let (nats, timeout) = (&self.edge.nats, self.edge.config.request_timeout);
+                let f = crate::search::run(nats, timeout, self.user(), reference, search).await?;
+                self.send(&f).await;
+                Ok(Flow::Continue)
+            }
             ClientFrame::Typing { room } => {
                 if self.edge.hub.typing_allowed(&self.handle.user, &room) {
                     let ev = TypingEvent {

@@ -1,16 +1,18 @@
 //! chat-history: archives every event of the `CHAT` stream in PostgreSQL, answers history pages
-//! (`chat.api.history`) that stay complete while the archive lags, and owns rooms and membership.
+//! (`chat.api.history`) that stay complete while the archive lags, searches the archive
+//! (`chat.api.search`), and owns rooms and membership.
 
 pub mod archive;
 pub mod config;
 pub mod query;
 pub mod rooms;
+pub mod search;
 
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use chat_bus::api::{HistoryRequest, RoomsRequest, decode_request, encode_reply};
+use chat_bus::api::{HistoryRequest, RoomsRequest, SearchRequest, decode_request, encode_reply};
 use chat_bus::{stream, subjects};
 use chat_runtime::{admin, db, nats::serve_requests, retry};
 use sqlx::PgPool;
@@ -32,6 +34,7 @@ pub struct App {
     pool: PgPool,
     stream: jetstream::stream::Stream,
     epoch_id: i32,
+    search: search::Search,
     admin: TcpListener,
 }
 
@@ -69,6 +72,8 @@ impl App {
         })
         .await
         .context("stopped during start")?;
+        let search =
+            search::Search::new(&config.database_url, SCHEMA, epoch_id).context("DATABASE_URL")?;
         tracing::info!(epoch, "chat-history started");
         Ok(App {
             config,
@@ -77,6 +82,7 @@ impl App {
             pool,
             stream,
             epoch_id,
+            search,
             admin,
         })
     }
@@ -148,6 +154,28 @@ impl App {
             },
         );
 
+        let search = self.search.clone();
+        let search_server = serve_requests(
+            self.nats.clone(),
+            subjects::API_SEARCH,
+            subjects::HISTORY_QUEUE,
+            self.config.nats.serve,
+            shutdown.clone(),
+            move |msg| {
+                let search = search.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    let reply = match decode_request::<SearchRequest>(&msg.payload) {
+                        Ok(req) => search.search(req).await,
+                        Err(e) => Err(e),
+                    };
+                    metrics::histogram!("history_search_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    encode_reply(&reply)
+                }
+            },
+        );
+
         let archive = archive::Archive {
             pool: self.pool.clone(),
             js: self.js.clone(),
@@ -161,8 +189,8 @@ impl App {
                 tracing::info!("HISTORY_ARCHIVE=false: this process does not archive");
             }
         };
-        let (r, h, ()) = tokio::join!(rooms_server, history_server, writer);
-        for res in [r, h] {
+        let (r, h, s, ()) = tokio::join!(rooms_server, history_server, search_server, writer);
+        for res in [r, h, s] {
             if let Err(e) = res {
                 tracing::error!(error = %e, "request server failed");
             }

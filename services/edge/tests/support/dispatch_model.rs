@@ -49,6 +49,7 @@ pub const FIELDS: &[&str] = &[
     "seq",
     "status",
     "token",
+    "query",
 ];
 const STATUSES: &[&str] = &["online", "away", "busy", "offline", "idle"];
 /// Characters of CONTRACT v1.1 §2 Hostile input: every one but tab and newline is refused in a
@@ -331,6 +332,7 @@ fn room_requiring_membership(frame: &ClientFrame) -> Option<&RoomId> {
         | ClientFrame::Typing { room }
         | ClientFrame::Read { room, .. }
         | ClientFrame::Presence { room } => Some(room),
+        ClientFrame::Search { room, .. } => room.as_ref(),
         _ => None,
     }
 }
@@ -358,6 +360,14 @@ fn contract_refusal(
             } else {
                 None
             }
+        }
+        // CONTRACT §2 Search; the bound of 1,000 characters is the project's (docs/protocol.md).
+        ClientFrame::Search { query, .. }
+            if query.trim().is_empty()
+                || query.chars().count() > 1000
+                || query.chars().any(|c| c.is_control() && !c.is_whitespace()) =>
+        {
+            Some(ErrorCode::BadRequest)
         }
         ClientFrame::History {
             before: Some(_),
@@ -389,6 +399,7 @@ fn ids(frame: &ClientFrame) -> Vec<&str> {
             .collect(),
         ClientFrame::Invite { room, user } => vec![room.as_str(), user.as_str()],
         ClientFrame::OpenDm { user } => vec![user.as_str()],
+        ClientFrame::Search { room, .. } => room.iter().map(RoomId::as_str).collect(),
         ClientFrame::Auth { .. } | ClientFrame::Status { .. } | ClientFrame::Ping => vec![],
     }
 }

@@ -1,0 +1,42 @@
+//! The `search` frame (CONTRACT §2 Search): asks chat-history (`chat.api.search`) on behalf of
+//! the session's user, so that chat-history applies the user's memberships as they are when the
+//! search runs, and answers `search_results`. [`crate::dispatch::classify`] has checked the
+//! fields and, with `room`, the session's membership.
+
+use std::time::Duration;
+
+use chat_bus::api::{self, ApiError, SearchReply, SearchRequest};
+use chat_bus::subjects;
+use chat_proto::{RoomId, ServerFrame, UserId};
+
+/// What a `search` frame asks.
+pub struct Search {
+    pub query: String,
+    pub room: Option<RoomId>,
+    pub limit: Option<i64>,
+    pub before: Option<u64>,
+}
+
+/// Runs the search for `user` and makes the `search_results` frame answering `reference`.
+pub async fn run(
+    nats: &async_nats::Client,
+    timeout: Duration,
+    user: &UserId,
+    reference: Option<String>,
+    search: Search,
+) -> Result<ServerFrame, ApiError> {
+    let req = SearchRequest {
+        query: search.query,
+        user: Some(user.clone()),
+        room: search.room,
+        limit: search.limit,
+        before: search.before,
+    };
+    let reply: SearchReply = api::request(nats, subjects::API_SEARCH, &req, timeout).await?;
+    Ok(ServerFrame::SearchResults {
+        reference,
+        query: req.query,
+        results: reply.results,
+        has_more: reply.has_more,
+    })
+}

@@ -1,0 +1,342 @@
+//! search-bench: search latency over a large archive, and what the search index costs the
+//! archive writer (issue 14). On a whole stack in this process (nats-server, PostgreSQL,
+//! chat-history; chat-notify is stopped so that it does not compete with the archive writer).
+//!
+//! ```sh
+//! export CHAT_TEST_DATABASE_URL=$(scripts/pg-temp /tmp/pg-bench)
+//! cargo run --release -p chat-tests --example search-bench -- [messages=1000000] [rooms=1000] \
+//!     [user_rooms=50] [rate=100] [seconds=30] [archive_events=200000]
+//! ```
+//! (`scripts/bench search` runs it so.)
+//!
+//! 1. Load: `messages` rows straight into `history.messages` with one `INSERT … SELECT` over
+//!    `generate_series` (the GIN index is dropped for the load and built afterwards), in `rooms`
+//!    rooms, 10 members each; the user `bench` is a member of `user_rooms` of them. Bodies are 4
+//!    to 12 words drawn from 20,000 with a skew (the most frequent word is in ~4% of the
+//!    messages, a typical one in a few hundred), seqs above 10^12 so the stream's own never meet
+//!    them.
+//! 2. Search: `rate` searches per second for `seconds`, open loop (each is sent at its planned
+//!    time, whether the earlier ones have been answered or not; latency is measured from the
+//!    planned time, so a stall is not hidden), through `chat.api.search` with `user: bench`.
+//!    Queries: one word (60%), two words (20%), a two-word phrase (10%), a word minus a word
+//!    (10%), words picked with the same skew as the bodies.
+//! 3. Archive: with the archive writer stopped, `archive_events` messages are published to the
+//!    stream; then a writer starts and the time until all are archived gives rows/s. With the
+//!    index (generated column + GIN), without (both dropped), and with it again (rebuilt), in the
+//!    same run; the ratio compares the mean of the two runs with the index to the one without.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_bus::api::{SearchReply, SearchRequest};
+use chat_bus::event::RoomEvent;
+use chat_bus::subjects;
+use chat_proto::{RoomId, UserId};
+use chat_tests::Stack;
+use tokio::sync::Mutex;
+
+const VOCABULARY: u64 = 20_000;
+const SEQ_BASE: i64 = 1_000_000_000_000;
+
+fn arg(n: usize, default: usize) -> usize {
+    std::env::args()
+        .nth(n)
+        .and_then(|a| a.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// A small deterministic generator (xorshift), so runs search the same queries.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// A word with the bodies' skew: index floor(u^3 * VOCABULARY).
+    fn word(&mut self) -> String {
+        let u = self.unit();
+        format!("w{}", (u * u * u * VOCABULARY as f64) as u64)
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    let messages = arg(1, 1_000_000) as i64;
+    let rooms = arg(2, 1000).max(1) as i64;
+    let user_rooms = (arg(3, 50) as i64).min(rooms);
+    let rate = arg(4, 100).max(1);
+    let seconds = arg(5, 30).max(1);
+    let archive_events = arg(6, 200_000);
+    println!(
+        "search-bench: {messages} messages in {rooms} rooms, a user in {user_rooms}; {rate} searches/s for {seconds} s; {archive_events} events archived per variant"
+    );
+
+    let mut stack = Stack::start_with(&[("HISTORY_ARCHIVE", "false")]).await;
+    if let Some(notify) = stack.notifies.pop() {
+        notify.shutdown().await;
+    }
+    let db = stack.db().await;
+    let (epoch_id,): (i32,) = sqlx::query_as("SELECT max(id) FROM history.epochs")
+        .fetch_one(&db)
+        .await
+        .expect("epoch");
+
+    // 1. Load.
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO history.rooms (id, kind, created_by, created_at)
+         SELECT 'room-' || r, 'public', 'm0', 0 FROM generate_series(0, $1 - 1) r",
+    )
+    .bind(rooms)
+    .execute(&db)
+    .await
+    .expect("rooms");
+    sqlx::query(
+        "INSERT INTO history.memberships (room, user_id, joined_at)
+         SELECT 'room-' || r, 'm' || k, 0 FROM generate_series(0, $1 - 1) r, generate_series(0, 9) k",
+    )
+    .bind(rooms)
+    .execute(&db)
+    .await
+    .expect("members");
+    // The user's rooms spread over the whole range.
+    sqlx::query(
+        "INSERT INTO history.memberships (room, user_id, joined_at)
+         SELECT 'room-' || (i * ($1 / $2)), 'bench', 0 FROM generate_series(0, $2 - 1) i",
+    )
+    .bind(rooms)
+    .bind(user_rooms)
+    .execute(&db)
+    .await
+    .expect("bench user");
+    sqlx::query("DROP INDEX history.messages_search")
+        .execute(&db)
+        .await
+        .expect("drop index for the load");
+    sqlx::query("SET jit = off").execute(&db).await.ok();
+    sqlx::query("SELECT setseed(0.42)")
+        .execute(&db)
+        .await
+        .expect("seed");
+    sqlx::query(
+        "INSERT INTO history.messages (epoch_id, seq, room, sender, body, client_id, ts)
+         SELECT $1, $2 + g, 'room-' || (g % $3), 'm' || (g % 10),
+                (SELECT string_agg('w' || floor(power(random(), 3) * $4)::int, ' ')
+                 FROM generate_series(1, 4 + (g % 9)) w WHERE g > 0),
+                'c' || g, 1764626400000 + g
+         FROM generate_series(1, $5) g",
+    )
+    .bind(epoch_id)
+    .bind(SEQ_BASE)
+    .bind(rooms)
+    .bind(VOCABULARY as i64)
+    .bind(messages)
+    .execute(&db)
+    .await
+    .expect("load messages");
+    let loaded = started.elapsed();
+    let t = Instant::now();
+    sqlx::query("SET maintenance_work_mem = '256MB'")
+        .execute(&db)
+        .await
+        .ok();
+    sqlx::query("CREATE INDEX messages_search ON history.messages USING GIN (search)")
+        .execute(&db)
+        .await
+        .expect("build the index");
+    let indexed = t.elapsed();
+    sqlx::query("ANALYZE history.messages")
+        .execute(&db)
+        .await
+        .expect("analyze");
+    let (size,): (String,) =
+        sqlx::query_as("SELECT pg_size_pretty(pg_relation_size('history.messages_search'))")
+            .fetch_one(&db)
+            .await
+            .expect("index size");
+    println!(
+        "load: {messages} rows in {:.1} s, GIN index built in {:.1} s ({size})",
+        loaded.as_secs_f64(),
+        indexed.as_secs_f64()
+    );
+
+    // 2. Search at a fixed rate.
+    let nats = stack.nats.client().await;
+    let user = UserId::new("bench").expect("user id");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let total = rate * seconds;
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let errors = Arc::new(Mutex::new(0usize));
+    let results = Arc::new(Mutex::new(0usize));
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let planned = start + period * i as u32;
+        let query = match rng.next() % 10 {
+            0..=5 => rng.word(),
+            6 | 7 => format!("{} {}", rng.word(), rng.word()),
+            8 => format!("\"{} {}\"", rng.word(), rng.word()),
+            _ => format!("{} -{}", rng.word(), rng.word()),
+        };
+        let req = SearchRequest {
+            query,
+            user: Some(user.clone()),
+            room: None,
+            limit: None,
+            before: None,
+        };
+        let (nats, latencies, errors, results) = (
+            nats.clone(),
+            latencies.clone(),
+            errors.clone(),
+            results.clone(),
+        );
+        tokio::time::sleep_until(planned).await;
+        tasks.push(tokio::spawn(async move {
+            let reply: Result<SearchReply, _> =
+                chat_bus::api::request(&nats, subjects::API_SEARCH, &req, Duration::from_secs(10))
+                    .await;
+            let took = planned.elapsed();
+            match reply {
+                Ok(r) => {
+                    *results.lock().await += r.results.len();
+                    latencies.lock().await.push(took);
+                }
+                Err(e) => {
+                    eprintln!("search {:?}: {e}", req.query);
+                    *errors.lock().await += 1;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut lat = latencies.lock().await.clone();
+    lat.sort_unstable();
+    let answered = lat.len();
+    println!(
+        "search: {answered} of {total} answered at {rate}/s ({} errors), {:.1} results each on average; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        *errors.lock().await,
+        *results.lock().await as f64 / answered.max(1) as f64,
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.90)),
+        ms(percentile(&lat, 0.99)),
+        ms(percentile(&lat, 1.0)),
+    );
+
+    // 3. Archive rows/s with the index, then without.
+    let with = archive_rate(&mut stack, &db, "with", archive_events).await;
+    sqlx::query("ALTER TABLE history.messages DROP COLUMN search")
+        .execute(&db)
+        .await
+        .expect("drop the index column");
+    let without = archive_rate(&mut stack, &db, "without", archive_events).await;
+    // With the index again (rebuilt, untimed), so that drift of a shared machine over the run
+    // weighs on both sides: the ratio uses the mean of the two runs with the index.
+    sqlx::query(
+        "ALTER TABLE history.messages ADD COLUMN search tsvector
+         GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, left(body, 100000))) STORED",
+    )
+    .execute(&db)
+    .await
+    .expect("add the index column again");
+    sqlx::query("CREATE INDEX messages_search ON history.messages USING GIN (search)")
+        .execute(&db)
+        .await
+        .expect("build the index again");
+    let again = archive_rate(&mut stack, &db, "again-with", archive_events).await;
+    let with = (with + again) / 2.0;
+    println!(
+        "archive: {with:.0} rows/s with the search index (mean of 2 runs), {without:.0} rows/s without: ratio {:.2} (goal >= 0.80)",
+        with / without
+    );
+}
+
+/// Publishes `n` events to the stream while no writer runs, then starts one and returns the rows
+/// per second it archived them at.
+async fn archive_rate(stack: &mut Stack, db: &sqlx::PgPool, label: &str, n: usize) -> f64 {
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ label.len() as u64);
+    let mut acks = std::collections::VecDeque::new();
+    for i in 0..n {
+        let room = RoomId::new(format!("room-{}", i % 1000)).expect("room id");
+        let words = 4 + (i % 9);
+        let body = (0..words).map(|_| rng.word()).collect::<Vec<_>>().join(" ");
+        let event = RoomEvent::message(
+            room.clone(),
+            UserId::new("m1").expect("user id"),
+            body,
+            format!("{label}-{i}"),
+            chat_bus::now_ms(),
+        );
+        let payload = serde_json::to_vec(&event).expect("json");
+        let ack = js
+            .publish(subjects::room_msg(&room), payload.into())
+            .await
+            .expect("publish");
+        acks.push_back(ack);
+        if acks.len() >= 512
+            && let Some(a) = acks.pop_front()
+        {
+            a.await.expect("PubAck");
+        }
+    }
+    for a in acks {
+        a.await.expect("PubAck");
+    }
+    let stream = js.get_stream(subjects::STREAM).await.expect("CHAT stream");
+    let last = stream
+        .get_info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    let started = Instant::now();
+    stack.add_history_with(&[("HISTORY_ARCHIVE", "true")]).await;
+    // Done when the writer's consumer has acknowledged (= committed) everything up to `last`.
+    loop {
+        if let Ok(info) = stream.consumer_info(subjects::HISTORY_CONSUMER).await
+            && info.ack_floor.stream_sequence >= last
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    let (rows,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM history.messages WHERE client_id LIKE $1")
+            .bind(format!("{label}-%"))
+            .fetch_one(db)
+            .await
+            .expect("count");
+    assert_eq!(rows, n as i64, "every event archived once");
+    if let Some(writer) = stack.histories.pop() {
+        writer.shutdown().await;
+    }
+    let rate = n as f64 / took.as_secs_f64();
+    println!(
+        "archive ({label} the index): {n} rows in {:.2} s = {rate:.0} rows/s",
+        took.as_secs_f64()
+    );
+    rate
+}

@@ -1,0 +1,432 @@
+//! Issue 14: full-text search (CONTRACT §2 Search, §3 `chat.api.search`) against the real
+//! services: the query language, membership at the time of the search, paging, the NATS API
+//! with and without `user`, PostgreSQL down, and a body too big to index whole.
+
+use std::time::Duration;
+
+use chat_bus::api::{ApiError, SearchReply, SearchRequest};
+use chat_bus::subjects;
+use chat_proto::{ErrorCode, RoomId, UserId};
+use chat_testkit::{PgCluster, WsClient};
+use chat_tests::{Stack, join, send, send_many, wait_archived};
+use serde_json::{Value, json};
+
+const FAST: &[(&str, &str)] = &[
+    ("CHAT_RATE_PER_S", "100000"),
+    ("CHAT_OUTBOUND_QUEUE", "8192"),
+];
+
+/// Sends a `search` frame and returns the answer (`search_results` or `error`).
+async fn search(c: &mut WsClient, mut frame: Value) -> Value {
+    frame["type"] = "search".into();
+    c.request(frame, "q").await
+}
+
+/// The `(room, body)` of each result, in order.
+fn found(reply: &Value) -> Vec<(String, String)> {
+    assert_eq!(reply["type"], "search_results", "{reply}");
+    reply["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|m| {
+            (
+                m["room"].as_str().unwrap().to_owned(),
+                m["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn seqs(reply: &Value) -> Vec<u64> {
+    reply["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
+fn code(reply: &Value) -> &str {
+    assert_eq!(reply["type"], "error", "{reply}");
+    reply["code"].as_str().unwrap()
+}
+
+async fn nats_search(
+    client: &async_nats::Client,
+    query: &str,
+    user: Option<&str>,
+    room: Option<&str>,
+) -> Result<SearchReply, ApiError> {
+    let req = SearchRequest {
+        query: query.into(),
+        user: user.map(|u| UserId::new(u).unwrap()),
+        room: room.map(|r| RoomId::new(r).unwrap()),
+        limit: None,
+        before: None,
+    };
+    chat_bus::api::request(client, subjects::API_SEARCH, &req, Duration::from_secs(10)).await
+}
+
+fn bodies(reply: &SearchReply) -> Vec<&str> {
+    reply.results.iter().map(|m| m.body.as_str()).collect()
+}
+
+/// alice is in `s-a` and `s-b`, bob alone in `s-c`; four archived messages.
+async fn corpus(stack: &Stack) -> (WsClient, WsClient) {
+    let (mut alice, _) = stack.login(0, "alice").await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut alice, "s-a").await;
+    join(&mut alice, "s-b").await;
+    join(&mut bob, "s-c").await;
+    send(
+        &mut alice,
+        "s-a",
+        "Deploy the release notes on Friday",
+        "a1",
+    )
+    .await;
+    send(&mut alice, "s-a", "release the notes, draft", "a2").await;
+    send(&mut alice, "s-b", "deploy draft tomorrow", "b1").await;
+    send(&mut bob, "s-c", "deploy the secret plan", "c1").await;
+    let db = stack.db().await;
+    wait_archived(&db, "s-a", 2).await;
+    wait_archived(&db, "s-b", 1).await;
+    wait_archived(&db, "s-c", 1).await;
+    (alice, bob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn words_phrases_exclusions_and_the_room_filter() {
+    let stack = Stack::start().await;
+    let (mut alice, mut bob) = corpus(&stack).await;
+
+    // Case-insensitive whole words, newest first, only alice's rooms.
+    let r = search(&mut alice, json!({"query": "DEPLOY"})).await;
+    assert_eq!(r["query"], "DEPLOY");
+    assert_eq!(r["has_more"], false);
+    assert_eq!(
+        found(&r),
+        [
+            ("s-b".into(), "deploy draft tomorrow".into()),
+            ("s-a".into(), "Deploy the release notes on Friday".into()),
+        ]
+    );
+    let s = seqs(&r);
+    assert!(s[0] > s[1], "descending seq: {s:?}");
+    // A result is a message object.
+    let m = &r["results"][0];
+    for field in ["room", "seq", "prev_seq", "from", "body", "client_id", "ts"] {
+        assert!(m.get(field).is_some(), "{field} missing in {m}");
+    }
+    assert_eq!(
+        (m["from"].as_str(), m["client_id"].as_str()),
+        (Some("alice"), Some("b1"))
+    );
+    assert!(found(&search(&mut alice, json!({"query": "deplo"})).await).is_empty());
+
+    // A phrase matches adjacent words in order; the same words apart do not.
+    let r = search(&mut alice, json!({"query": "\"release notes\""})).await;
+    assert_eq!(found(&r).len(), 1);
+    assert_eq!(found(&r)[0].1, "Deploy the release notes on Friday");
+    let r = search(&mut alice, json!({"query": "\"notes release\""})).await;
+    assert!(found(&r).is_empty());
+
+    // Exclusions.
+    let r = search(&mut alice, json!({"query": "notes -draft"})).await;
+    assert_eq!(found(&r).len(), 1);
+    assert_eq!(found(&r)[0].1, "Deploy the release notes on Friday");
+    let r = search(&mut alice, json!({"query": "deploy -\"release notes\""})).await;
+    assert_eq!(found(&r), [("s-b".into(), "deploy draft tomorrow".into())]);
+
+    // room: that room only; a room alice is not in: forbidden.
+    let r = search(&mut alice, json!({"query": "deploy", "room": "s-a"})).await;
+    assert_eq!(
+        found(&r),
+        [("s-a".into(), "Deploy the release notes on Friday".into())]
+    );
+    assert_eq!(
+        code(&search(&mut alice, json!({"query": "deploy", "room": "s-c"})).await),
+        "forbidden"
+    );
+    let r = search(&mut bob, json!({"query": "deploy"})).await;
+    assert_eq!(found(&r), [("s-c".into(), "deploy the secret plan".into())]);
+
+    // No positive term: bad_request, and the connection stays open.
+    for q in [
+        "-draft",
+        "???",
+        "- -\"release notes\"",
+        "   ",
+        "\"\"",
+        "a\u{1}b",
+    ] {
+        let r = search(&mut alice, json!({"query": q})).await;
+        assert_eq!(code(&r), "bad_request", "{q:?}: {r}");
+        assert_eq!(r["ref"], "q");
+    }
+    let r = search(&mut alice, json!({"query": "x".repeat(1001)})).await;
+    assert_eq!(code(&r), "bad_request");
+    let r = search(&mut alice, json!({"query": 5})).await;
+    assert_eq!(code(&r), "bad_request");
+    assert_eq!(
+        alice.request(json!({"type": "ping"}), "p").await["type"],
+        "pong"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_is_checked_when_the_search_runs() {
+    let stack = Stack::start().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "zoo").await;
+    send(&mut alice, "zoo", "a zebra escaped", "z1").await;
+    wait_archived(&stack.db().await, "zoo", 1).await;
+
+    // carol joins after the message was sent: she finds it (membership now, not then).
+    let (mut carol, _) = stack.login(0, "carol").await;
+    assert!(found(&search(&mut carol, json!({"query": "zebra"})).await).is_empty());
+    join(&mut carol, "zoo").await;
+    let r = search(&mut carol, json!({"query": "zebra"})).await;
+    assert_eq!(found(&r), [("zoo".into(), "a zebra escaped".into())]);
+
+    // After leaving she finds nothing of that room, and asking for it is forbidden.
+    let left = carol
+        .request(json!({"type": "leave", "room": "zoo"}), "l")
+        .await;
+    assert_eq!(left["type"], "left");
+    assert!(found(&search(&mut carol, json!({"query": "zebra"})).await).is_empty());
+    let r = search(&mut carol, json!({"query": "zebra", "room": "zoo"})).await;
+    assert_eq!(code(&r), "forbidden");
+
+    // The same rule over NATS with `user`, whatever an edge thinks.
+    let nats = stack.nats.client().await;
+    let r = nats_search(&nats, "zebra", Some("carol"), None)
+        .await
+        .unwrap();
+    assert!(r.results.is_empty());
+    let e = nats_search(&nats, "zebra", Some("carol"), Some("zoo"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Forbidden);
+    let r = nats_search(&nats, "zebra", Some("alice"), Some("zoo"))
+        .await
+        .unwrap();
+    assert_eq!(bodies(&r), ["a zebra escaped"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_pages_back_and_limit_is_clamped() {
+    let stack = Stack::start_with(FAST).await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "pages").await;
+    join(&mut alice, "pages2").await;
+    // 60 matches over two rooms: one order across rooms. (bob sends the second half: the
+    // client ids are the same, and send is idempotent per user and client_id.)
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut bob, "pages2").await;
+    let mut all = send_many(&mut alice, "pages", "page", 30).await;
+    all.extend(send_many(&mut bob, "pages2", "page", 30).await);
+    send(&mut alice, "pages", "nothing to see", "other").await;
+    let db = stack.db().await;
+    wait_archived(&db, "pages", 31).await;
+    wait_archived(&db, "pages2", 30).await;
+    all.sort_unstable_by(|a, b| b.cmp(a));
+
+    let r = search(&mut alice, json!({"query": "page"})).await;
+    assert_eq!(seqs(&r), all[..20], "default limit 20, newest first");
+    assert_eq!(r["has_more"], true);
+
+    // Paging with before = the last seq seen walks every match exactly once.
+    let mut got: Vec<u64> = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut frame = json!({"query": "page", "limit": 7});
+        if let Some(b) = before {
+            frame["before"] = b.into();
+        }
+        let r = search(&mut alice, frame).await;
+        let page = seqs(&r);
+        assert!(page.len() <= 7);
+        got.extend(&page);
+        if r["has_more"] == false {
+            break;
+        }
+        before = page.last().copied();
+    }
+    assert_eq!(got, all);
+
+    let r = search(&mut alice, json!({"query": "page", "limit": 0})).await;
+    assert_eq!(seqs(&r), all[..1]);
+    let r = search(&mut alice, json!({"query": "page", "limit": 1000})).await;
+    assert_eq!(seqs(&r), all[..50]);
+    assert_eq!(r["has_more"], true);
+    let r = search(&mut alice, json!({"query": "page", "before": all[59]})).await;
+    assert_eq!((seqs(&r).len(), &r["has_more"]), (0, &json!(false)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_search_is_trusted_without_user_and_bounded_with_it() {
+    let stack = Stack::start().await;
+    let _clients = corpus(&stack).await;
+    let nats = stack.nats.client().await;
+
+    // Without user: every room (a trusted integration).
+    let r = nats_search(&nats, "deploy", None, None).await.unwrap();
+    assert_eq!(
+        bodies(&r),
+        [
+            "deploy the secret plan",
+            "deploy draft tomorrow",
+            "Deploy the release notes on Friday"
+        ]
+    );
+    let r = nats_search(&nats, "deploy", None, Some("s-c"))
+        .await
+        .unwrap();
+    assert_eq!(bodies(&r), ["deploy the secret plan"]);
+    assert!(!r.has_more);
+
+    // With user: only that user's rooms.
+    let r = nats_search(&nats, "deploy", Some("bob"), None)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&r), ["deploy the secret plan"]);
+    let r = nats_search(&nats, "deploy", Some("nobody"), None)
+        .await
+        .unwrap();
+    assert!(r.results.is_empty());
+    let e = nats_search(&nats, "deploy", Some("bob"), Some("s-a"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Forbidden);
+
+    // Bad requests.
+    let e = nats_search(&nats, "-deploy", None, None).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let reply = nats
+        .request(subjects::API_SEARCH, "{\"query\": 7}".into())
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(v["error"]["code"], "bad_request");
+}
+
+/// PostgreSQL down: search answers `unavailable` over WebSocket and NATS, nothing crashes,
+/// sending goes on, and search works again once PostgreSQL is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_answers_unavailable_and_nothing_crashes() {
+    let pg = PgCluster::start().await;
+    let stack = Stack::start_on(&[], pg.url()).await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "outage").await;
+    send(&mut alice, "outage", "before the outage", "o1").await;
+    wait_archived(&stack.db().await, "outage", 1).await;
+    assert_eq!(
+        found(&search(&mut alice, json!({"query": "outage"})).await).len(),
+        1
+    );
+
+    pg.stop_server().await;
+    let r = search(&mut alice, json!({"query": "outage"})).await;
+    assert_eq!(code(&r), "unavailable", "{r}");
+    let r = search(&mut alice, json!({"query": "outage", "room": "outage"})).await;
+    assert_eq!(code(&r), "unavailable", "{r}");
+    let nats = stack.nats.client().await;
+    let e = nats_search(&nats, "outage", None, None).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unavailable);
+    // The session and the services live on: sending still works.
+    send(&mut alice, "outage", "during the outage", "o2").await;
+    assert!(!stack.histories[0].task.is_finished(), "chat-history died");
+    assert!(!stack.edges[0].task.is_finished(), "chat-edge died");
+
+    pg.start_server().await;
+    wait_archived(&stack.db().await, "outage", 2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = search(&mut alice, json!({"query": "outage"})).await;
+        if r["type"] == "search_results" {
+            assert_eq!(
+                found(&r),
+                [
+                    ("outage".into(), "during the outage".into()),
+                    ("outage".into(), "before the outage".into())
+                ]
+            );
+            break;
+        }
+        assert_eq!(code(&r), "unavailable");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "search did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A bot can publish a body of almost 1 MB through JetStream. Its tsvector would exceed
+/// PostgreSQL's 1 MB limit (`string is too long for tsvector`), an error that is not a data
+/// error, so the archive would retry that batch forever; the index covers the first 100,000
+/// characters instead. The result is also cut to fit one frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_big_to_index_whole_does_not_block_the_archive() {
+    let stack = Stack::start().await;
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    // ~950 KB of distinct words: its full tsvector would be about 1.1 MB.
+    let mut body = String::from("needle ");
+    let mut i = 0u64;
+    while body.len() < 950_000 {
+        body.push_str(&format!("w{:x}q ", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        i += 1;
+    }
+    body.push_str("tailword");
+    for (client_id, text) in [
+        ("big", body.as_str()),
+        ("small", "needle after the big one"),
+    ] {
+        let event = chat_bus::event::RoomEvent::message(
+            RoomId::new("bots").unwrap(),
+            UserId::new("bot").unwrap(),
+            text.into(),
+            client_id.into(),
+            chat_bus::now_ms(),
+        );
+        js.publish(
+            "chat.room.bots.msg",
+            serde_json::to_vec(&event).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    wait_archived(&stack.db().await, "bots", 2).await;
+
+    let nats = stack.nats.client().await;
+    // Both match, but do not fit in one reply together: the small one, then the big one alone,
+    // its body cut so that the reply fits.
+    let r = nats_search(&nats, "needle", None, None).await.unwrap();
+    assert_eq!(bodies(&r), ["needle after the big one"]);
+    assert!(r.has_more);
+    let req = SearchRequest {
+        query: "needle".into(),
+        user: None,
+        room: None,
+        limit: None,
+        before: Some(r.results[0].seq),
+    };
+    let r: SearchReply =
+        chat_bus::api::request(&nats, subjects::API_SEARCH, &req, Duration::from_secs(10))
+            .await
+            .unwrap();
+    assert_eq!(r.results.len(), 1);
+    assert!(!r.has_more);
+    assert!(r.results[0].body.starts_with("needle w0q"));
+    assert!(r.results[0].body.len() < body.len());
+    assert!(serde_json::to_vec(&r).unwrap().len() < 1024 * 1024);
+    let r = nats_search(&nats, "w0q", None, None).await.unwrap();
+    assert_eq!(r.results.len(), 1);
+    // Words past the first 100,000 characters are not indexed.
+    let r = nats_search(&nats, "tailword", None, None).await.unwrap();
+    assert!(r.results.is_empty());
+}
