@@ -37,7 +37,13 @@ pub struct Identity {
 struct Claims {
     sub: String,
     exp: i64,
+    /// Not before (seconds): checked with [`NBF_LEEWAY_S`] of clock skew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
 }
+
+/// Clock skew allowed on `nbf` (a provider's clock a little ahead of ours).
+pub const NBF_LEEWAY_S: i64 = 30;
 
 #[derive(Clone)]
 struct Secret {
@@ -123,6 +129,10 @@ impl Authenticator {
                 decode(token, &key.key, &self.validation(key.algorithm))?
             }
         };
+        // A token not valid yet is refused (issue 15 item 12); `exp` keeps no leeway.
+        if data.nbf.is_some_and(|nbf| nbf > now_s() + NBF_LEEWAY_S) {
+            return Err(AuthError::Invalid);
+        }
         let user = UserId::new(data.sub).map_err(|_| AuthError::Invalid)?;
         Ok(Identity {
             user,
@@ -136,6 +146,7 @@ impl Authenticator {
         let claims = Claims {
             sub: user.to_string(),
             exp: now_s() + ttl_s,
+            nbf: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &secret.encoding).ok()
     }
@@ -180,6 +191,22 @@ mod tests {
         assert_eq!(auth.verify(&expired).await, Err(AuthError::Expired));
         let no_exp = token("s3cret", json!({"sub": "alice"}));
         assert_eq!(auth.verify(&no_exp).await, Err(AuthError::Invalid));
+        // nbf: in the future (beyond the leeway) refused; within the leeway or past, fine.
+        let early = token(
+            "s3cret",
+            json!({"sub": "alice", "exp": now_s() + 600, "nbf": now_s() + 120}),
+        );
+        assert_eq!(auth.verify(&early).await, Err(AuthError::Invalid));
+        let skewed = token(
+            "s3cret",
+            json!({"sub": "alice", "exp": now_s() + 600, "nbf": now_s() + 5}),
+        );
+        assert!(auth.verify(&skewed).await.is_ok());
+        let past = token(
+            "s3cret",
+            json!({"sub": "alice", "exp": now_s() + 600, "nbf": now_s() - 5}),
+        );
+        assert!(auth.verify(&past).await.is_ok());
         let bad_sub = token("s3cret", json!({"sub": "a b", "exp": now_s() + 60}));
         assert_eq!(auth.verify(&bad_sub).await, Err(AuthError::Invalid));
         assert_eq!(auth.verify("not.a.token").await, Err(AuthError::Invalid));

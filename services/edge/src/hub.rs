@@ -141,7 +141,56 @@ pub struct Hub {
     request_timeout: Duration,
     rooms: Mutex<HashMap<RoomId, Entry>>,
     users: Mutex<HashMap<UserId, Entry>>,
-    typing: std::sync::Mutex<HashMap<(UserId, RoomId), Instant>>,
+    typing: std::sync::Mutex<TypingThrottle>,
+}
+
+/// The last typing indicator per (user, room), in two generations of at least
+/// [`TYPING_INTERVAL`] each: the older one is dropped whole when a new one starts, which only
+/// forgets entries older than the interval. O(1) per call, no scan under the lock (issue 15
+/// item 12), memory bounded by the keys active in the last two intervals.
+#[derive(Debug)]
+pub struct TypingThrottle {
+    started: Instant,
+    current: HashMap<(UserId, RoomId), Instant>,
+    previous: HashMap<(UserId, RoomId), Instant>,
+}
+
+impl TypingThrottle {
+    pub fn new(now: Instant) -> Self {
+        TypingThrottle {
+            started: now,
+            current: HashMap::new(),
+            previous: HashMap::new(),
+        }
+    }
+
+    /// Whether an indicator for `key` may go out at `now`; records it if so.
+    pub fn allow(&mut self, key: (UserId, RoomId), now: Instant) -> bool {
+        if now.saturating_duration_since(self.started) >= TYPING_INTERVAL {
+            // Everything in `previous` was recorded before `started`, at least an interval ago.
+            self.previous = std::mem::take(&mut self.current);
+            self.started = now;
+        }
+        let last = self
+            .current
+            .get(&key)
+            .or_else(|| self.previous.get(&key))
+            .copied();
+        if last.is_some_and(|at| now.saturating_duration_since(at) < TYPING_INTERVAL) {
+            return false;
+        }
+        self.current.insert(key, now);
+        true
+    }
+
+    /// Keys remembered.
+    pub fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// At most one typing indicator per user per room per this interval leaves this edge.
@@ -154,7 +203,7 @@ impl Hub {
             request_timeout,
             rooms: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
-            typing: std::sync::Mutex::new(HashMap::new()),
+            typing: std::sync::Mutex::new(TypingThrottle::new(Instant::now())),
         }
     }
 
@@ -259,20 +308,9 @@ impl Hub {
 
     /// Whether a typing indicator of `user` in `room` may go out now (and records it if so).
     pub fn typing_allowed(&self, user: &UserId, room: &RoomId) -> bool {
-        let Ok(mut map) = self.typing.lock() else {
-            return false;
-        };
-        let now = Instant::now();
-        if map.len() > 10_000 {
-            map.retain(|_, at| now.duration_since(*at) < TYPING_INTERVAL);
-        }
-        let key = (user.clone(), room.clone());
-        match map.get(&key) {
-            Some(at) if now.duration_since(*at) < TYPING_INTERVAL => false,
-            _ => {
-                map.insert(key, now);
-                true
-            }
+        match self.typing.lock() {
+            Ok(mut t) => t.allow((user.clone(), room.clone()), Instant::now()),
+            Err(_) => false,
         }
     }
 }
@@ -465,5 +503,38 @@ async fn user_feed(mut sub: Subscriber, sessions: Arc<Sessions>) {
                 s.push(item.clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typing_is_throttled_per_user_and_room_with_bounded_memory() {
+        let t0 = Instant::now();
+        let mut t = TypingThrottle::new(t0);
+        let key = |u: &str, r: &str| (UserId::new(u).unwrap(), RoomId::new(r).unwrap());
+        assert!(t.allow(key("a", "r"), t0));
+        assert!(!t.allow(key("a", "r"), t0 + Duration::from_millis(500)));
+        assert!(t.allow(key("a", "other"), t0), "another room");
+        assert!(t.allow(key("b", "r"), t0), "another user");
+        // Across a generation change the last indicator is still remembered...
+        let just_before = t0 + TYPING_INTERVAL - Duration::from_millis(1);
+        assert!(t.allow(key("c", "r"), just_before));
+        assert!(!t.allow(
+            key("c", "r"),
+            t0 + TYPING_INTERVAL + Duration::from_millis(10)
+        ));
+        // ...and allowed again an interval later.
+        assert!(t.allow(key("c", "r"), just_before + TYPING_INTERVAL));
+        // Many keys, spread over time: only the last two generations are kept.
+        let mut now = t0;
+        for i in 0..50_000u32 {
+            now += Duration::from_micros(200);
+            t.allow(key(&format!("u{i}"), "r"), now);
+        }
+        let per_interval = (TYPING_INTERVAL.as_micros() / 200) as usize;
+        assert!(t.len() <= 2 * per_interval + 1, "{} keys kept", t.len());
     }
 }

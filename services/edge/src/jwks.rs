@@ -19,6 +19,10 @@ use tokio::time::Instant;
 
 /// A cached key set is refreshed on use after this long, so removed keys stop working.
 pub const MAX_AGE: Duration = Duration::from_secs(3600);
+/// How long a key set whose refetch keeps failing may still be used (issue 15 item 12: stale
+/// keys were valid forever): past it, tokens signed with its keys are refused until a fetch
+/// succeeds, so a key the provider withdrew stops working even while the provider is down.
+pub const MAX_STALE: Duration = Duration::from_secs(24 * 3600);
 /// Default lower bound between two fetches.
 pub const MIN_REFETCH: Duration = Duration::from_secs(30);
 /// Largest JWKS document accepted.
@@ -73,6 +77,8 @@ pub struct JwksCache {
     /// Serialises fetches and remembers the last attempt (successful or not).
     last_attempt: tokio::sync::Mutex<Option<Instant>>,
     min_refetch: Duration,
+    /// [`MAX_STALE`] unless set with [`with_max_stale`](Self::with_max_stale).
+    max_stale: Duration,
 }
 
 impl JwksCache {
@@ -86,6 +92,23 @@ impl JwksCache {
             })),
             last_attempt: tokio::sync::Mutex::new(None),
             min_refetch,
+            max_stale: MAX_STALE,
+        }
+    }
+
+    /// How long a copy may be used after its last successful fetch.
+    pub fn with_max_stale(mut self, max_stale: Duration) -> Self {
+        self.max_stale = max_stale;
+        self
+    }
+
+    /// The key `kid` of `loaded`, unless that copy is past [`MAX_STALE`].
+    fn usable(&self, loaded: &Loaded, kid: &str) -> Option<Key> {
+        let young = loaded.fetched.is_some_and(|t| t.elapsed() < self.max_stale);
+        if young {
+            loaded.keys.get(kid).cloned()
+        } else {
+            None
         }
     }
 
@@ -104,7 +127,7 @@ impl JwksCache {
         if !stale && let Some(k) = current.keys.get(kid) {
             return Some(k.clone());
         }
-        let known = current.keys.get(kid).cloned();
+        let known = self.usable(&current, kid);
         {
             let mut last = match (self.last_attempt.try_lock(), &known) {
                 (Ok(guard), _) => guard,
@@ -128,7 +151,16 @@ impl JwksCache {
                 }
             }
         }
-        self.current().keys.get(kid).cloned().or(known)
+        match self.usable(&self.current(), kid) {
+            Some(k) => Some(k),
+            None => {
+                if known.is_none() && current.keys.contains_key(kid) {
+                    metrics::counter!("edge_jwks_stale_refusals_total").increment(1);
+                }
+                // `known` was usable a moment ago; the copy does not age past it mid-call.
+                known
+            }
+        }
     }
 
     fn current(&self) -> Arc<Loaded> {
@@ -485,6 +517,37 @@ mod tests {
             "fetch fails"
         );
         assert!(keeps.verify(&ta).await.is_ok());
+    }
+
+    /// Issue 15 item 12: while refetching fails, the cached keys keep working past the hourly
+    /// refresh, but only up to the stale limit; then their tokens are refused, and a fetch that
+    /// works again brings them back.
+    #[tokio::test(start_paused = true)]
+    async fn stale_keys_have_a_maximum_age_when_refetching_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwks.json");
+        let (a, a_sign) = ec_key("a");
+        write_jwks(&file, &[&a]);
+        let cache = JwksCache::new(JwksSource::File(file.clone()), MIN_REFETCH)
+            .with_max_stale(Duration::from_secs(6 * 3600));
+        cache.load().await.unwrap();
+        let auth = Authenticator::new(Some(Arc::new(cache)), None, None);
+        let ta = || sign(Algorithm::ES256, Some("a"), &a_sign, claims("u", 600));
+        std::fs::write(&file, "the provider is down").unwrap();
+        tokio::time::advance(MAX_AGE + Duration::from_secs(60)).await;
+        assert!(
+            auth.verify(&ta()).await.is_ok(),
+            "stale but within the limit"
+        );
+        tokio::time::advance(Duration::from_secs(6 * 3600)).await;
+        assert_eq!(
+            auth.verify(&ta()).await,
+            Err(AuthError::Invalid),
+            "past the limit"
+        );
+        write_jwks(&file, &[&a]);
+        tokio::time::advance(MIN_REFETCH).await;
+        assert!(auth.verify(&ta()).await.is_ok(), "a fetch that works again");
     }
 
     /// A cache loaded with `keys`, whose file then breaks.

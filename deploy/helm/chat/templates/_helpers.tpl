@@ -185,14 +185,16 @@ upgrades keep it), else a random one. Argument: (dict "root" $ "secret" NAME "ke
 {{- if eq .component "edge" }}
 - name: EDGE_LISTEN
   value: {{ printf "0.0.0.0:%v" $c.port | quote }}
+{{- if $v.jwt.jwks }}
+{{- /* With an identity provider, HS256 stays off: no shared secret to leak or guess. */}}
+- name: CHAT_JWT_JWKS
+  value: {{ $v.jwt.jwks | quote }}
+{{- else }}
 - name: CHAT_JWT_SECRET
   valueFrom:
     secretKeyRef:
       name: {{ include "chat.jwtSecretName" $root }}
       key: {{ $v.jwt.secretKey }}
-{{- with $v.jwt.jwks }}
-- name: CHAT_JWT_JWKS
-  value: {{ . | quote }}
 {{- end }}
 - name: CHAT_ALLOWED_ORIGINS
   value: {{ $v.chat.allowedOrigins | quote }}
