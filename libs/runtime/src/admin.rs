@@ -3,7 +3,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -69,8 +71,38 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-/// Serves the admin routes on `listener` until `shutdown` is cancelled.
+/// How often histogram samples are folded into their buckets without a scrape.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Upkeep passes run so far (for tests).
+static UPKEEP_RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// Upkeep passes run so far in this process.
+pub fn upkeep_runs() -> u64 {
+    UPKEEP_RUNS.load(Ordering::Relaxed)
+}
+
+/// Folds recorded histogram samples into their buckets every [`UPKEEP_EVERY`] until
+/// `shutdown`. metrics-exporter-prometheus does it only when `/metrics` is rendered: without a
+/// scraper (compose without the metrics profile, Helm without a ServiceMonitor) every sample
+/// of every histogram stayed in memory forever (issue 15 item 12).
+pub async fn upkeep(shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        metrics_handle().run_upkeep();
+        UPKEEP_RUNS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves the admin routes on `listener` until `shutdown` is cancelled, and keeps the metrics'
+/// memory bounded ([`upkeep`]).
 pub async fn serve(listener: TcpListener, ready: ReadinessCheck, shutdown: CancellationToken) {
+    let upkeep = tokio::spawn(upkeep(shutdown.clone()));
     let app = router(ready);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -78,6 +110,7 @@ pub async fn serve(listener: TcpListener, ready: ReadinessCheck, shutdown: Cance
     {
         tracing::error!(error = %e, "admin server failed");
     }
+    upkeep.abort();
 }
 
 /// A readiness check that passes while `client` is connected to NATS.
@@ -97,6 +130,25 @@ pub fn nats_ready(client: async_nats::Client) -> ReadinessCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn upkeep_runs_without_a_scrape_until_shutdown() {
+        let stop = CancellationToken::new();
+        let before = upkeep_runs();
+        let task = tokio::spawn(upkeep(stop.clone()));
+        for _ in 0..1000 {
+            metrics::histogram!("test_upkeep_seconds").record(0.001);
+        }
+        // The first tick is immediate, then one per period.
+        tokio::time::sleep(UPKEEP_EVERY * 3 + Duration::from_millis(1)).await;
+        let runs = upkeep_runs() - before;
+        assert!(runs >= 3, "{runs} upkeep passes");
+        stop.cancel();
+        task.await.unwrap();
+        let after_stop = upkeep_runs();
+        tokio::time::sleep(UPKEEP_EVERY * 3).await;
+        assert_eq!(upkeep_runs(), after_stop, "no upkeep after shutdown");
+    }
 
     #[test]
     fn batch_sizes_have_count_buckets_and_latencies_second_buckets() {

@@ -136,6 +136,19 @@ impl NatsConfig {
     }
 }
 
+/// How long a drain waits for NATS to take what is buffered.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Flushes, giving up after [`FLUSH_TIMEOUT`]: with the server unreachable a flush waits for a
+/// reconnection that may never come, and a drain must end (issue 15 item 13).
+pub async fn flush_within(client: &async_nats::Client) {
+    match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "flush failed"),
+        Err(_) => tracing::warn!("NATS unreachable: flush abandoned"),
+    }
+}
+
 /// Is the client connected right now?
 pub fn is_connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
@@ -251,7 +264,7 @@ where
     let _ = sub.unsubscribe().await;
     tasks.close();
     tasks.wait().await;
-    let _ = client.flush().await;
+    flush_within(&client).await;
     Ok(())
 }
 

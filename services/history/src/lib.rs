@@ -196,7 +196,7 @@ impl App {
             }
         }
         let _ = admin.await;
-        let _ = self.nats.flush().await;
+        chat_runtime::nats::flush_within(&self.nats).await;
         self.pool.close().await;
     }
 }

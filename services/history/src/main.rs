@@ -9,7 +9,9 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = telemetry::init(&env, "chat-history");
     let config = HistoryConfig::from_env(&env)?;
     let stop = shutdown::on_signal();
+    // CHAT_DRAIN_GRACE bounds the drain whatever is down (issue 15 item 13).
+    let grace = shutdown::drain_grace(&env, std::time::Duration::from_secs(10))?;
     let app = App::build(config, &stop).await?;
-    app.run(stop).await;
+    shutdown::drain_within(&stop.clone(), grace, app.run(stop)).await;
     Ok(())
 }

@@ -177,7 +177,7 @@ impl App {
         }
         // The lanes' senders are gone with `consume_events`: the workers finish what is queued.
         while workers.join_next().await.is_some() {}
-        let _ = p.nats.flush().await;
+        chat_runtime::nats::flush_within(&p.nats).await;
     }
 }
 
@@ -640,8 +640,15 @@ impl Presence {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if let Err(e) = self.sweep().await {
-                tracing::warn!(error = %e, "sweep failed");
+            // A sweep against an unreachable NATS retries its requests for long: shutdown
+            // abandons it (issue 15 item 13; another instance, or this one restarted, sweeps).
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                res = self.sweep() => {
+                    if let Err(e) = res {
+                        tracing::warn!(error = %e, "sweep failed");
+                    }
+                }
             }
         }
     }
