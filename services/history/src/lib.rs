@@ -5,6 +5,7 @@ pub mod archive;
 pub mod config;
 pub mod query;
 pub mod rooms;
+pub mod stream_read;
 
 use std::net::SocketAddr;
 
@@ -125,7 +126,10 @@ impl App {
             self.nats.clone(),
             self.stream.clone(),
             self.epoch_id,
+            self.config.page_max_bytes,
+            std::time::Duration::from_secs(5),
         );
+        let floor = tokio::spawn(query.clone().track_floor(shutdown.clone()));
         let history_server = serve_requests(
             self.nats.clone(),
             subjects::API_HISTORY,
@@ -166,6 +170,7 @@ impl App {
             }
         }
         let _ = admin.await;
+        let _ = floor.await;
         let _ = self.nats.flush().await;
         self.pool.close().await;
     }
