@@ -6,7 +6,7 @@
 //
 //   presence (chat-presence): a `presence` frame answers `presence_snapshot`, not an error
 //                             -> else skips "presence" and "status"
-//   unread (chat-notify):     a message from another member produces an `unread` frame
+//   unread (chat-notify):     a read of another member's message produces an `unread` frame
 //                             -> else skips "unread"
 //   dm notification:          a DM produces a `notification{kind:"dm"}` -> else skips "dm-notification"
 //
@@ -96,6 +96,8 @@ try {
   a.send({ type: "send", room, body: "probe", client_id: `probe-${tag}`, ref: "s" });
   const ack = await a.wait((f) => f.ref === "s", 10_000);
   if (ack?.type !== "ack") throw new Error(`send answered ${JSON.stringify(ack)}`);
+  // v1.1: a count is pushed when the read marker moves (not per message).
+  b.send({ type: "read", room, seq: ack.seq });
   const unread = await b.wait((f) => f.type === "unread" && f.room === room);
   console.error(`[probe] unread: ${unread ? "answers" : "no unread frame"}`);
   if (!unread) skip.push("unread");

@@ -240,7 +240,7 @@ function wire(c) {
     for (const summary of hello.rooms) {
       const r = roomView(summary.room, summary.kind);
       r.kind = summary.kind;
-      r.unread = summary.unread;
+      // (The count itself comes with the SDK's `unread_count`, right after `hello`.)
       r.lastRead = summary.last_read;
       if (r.kind === "dm" && !r.label) r.label = dmLabels()[r.id] ?? null;
       if (r.kind === "dm" && !r.label) fetchMembers(r);
@@ -294,9 +294,18 @@ function wire(c) {
     if (room === current) renderMessages(false);
   });
 
+  // Live counts: the SDK adds each later message of another user to the server's count
+  // (CONTRACT §2 Unread, v1.1: no count is pushed per message).
+  c.on("unread_count", (u) => {
+    const r = rooms.get(u.room);
+    if (!r) return;
+    r.unread = u.count;
+    r.lastRead = Math.max(r.lastRead, u.lastRead);
+    renderRooms();
+  });
+
   c.on("unread", (u) => {
     const r = seenRoom(u.room);
-    r.unread = u.count;
     r.lastRead = Math.max(r.lastRead, u.last_read);
     for (const [id, n] of notifications) if (n.room === u.room && n.seq <= u.last_read) notifications.delete(id);
     renderRooms();

@@ -345,6 +345,7 @@ pub async fn notify_state(
                 .iter()
                 .map(|r| chat_proto::RoomId::new(*r).expect("room id"))
                 .collect(),
+            last_seqs: Vec::new(),
         },
         std::time::Duration::from_secs(10),
     )

@@ -116,32 +116,35 @@ async fn offline_mentions_and_dms_wait_in_hello_until_a_read_clears_them_everywh
     assert_eq!(room_of(&hello_alice, "proj")["unread"], 0);
     assert_eq!(room_of(&hello_alice, &dm_room)["unread"], 0);
 
-    // Live: both of bob's sessions get the notification and the new count.
-    let (mut bob2, _) = stack.login(0, "bob").await;
+    // Live: both of bob's sessions get the notification and the message, but no count: v1.1
+    // pushes none per message (CONTRACT §2 Unread); a client adds one to hello's count.
+    let (mut bob2, hello2) = stack.login(0, "bob").await;
+    assert_eq!(room_of(&hello2, "proj")["unread"], proj_bodies.len());
     let live = send(&mut alice, "proj", "@bob live one", "live").await;
+    let last_proj_live = live["seq"].as_u64().unwrap();
+    assert!(last_proj_live > last_proj);
     for b in [&mut bob1, &mut bob2] {
-        let (mut n, mut u) = (None, None);
-        while n.is_none() || u.is_none() {
+        let (mut n, mut m) = (None, None);
+        while n.is_none() || m.is_none() {
             let f = b.recv().await.expect("frame");
             match f["type"].as_str() {
+                // A notification listed in hello can also arrive live when notify published it
+                // while the session was starting (pending and live at once, CONTRACT §2
+                // Mentions): the client knows it by its id. Only a new one is this message's.
+                Some("notification") if ids.contains(f["id"].as_str().unwrap_or("")) => {}
                 Some("notification") => n = Some(f),
-                // (A late frame of an earlier batch may come first: skip it.)
-                Some("unread") if f["room"] == "proj" && f["count"] == proj_bodies.len() + 1 => {
-                    u = Some(f)
-                }
+                Some("message") if f["client_id"] == "live" => m = Some(f),
+                // v1.0 pushed a count per message (before the notification).
+                Some("unread") => panic!("a count pushed for a message: {f}"),
                 _ => {}
             }
         }
-        let (n, u) = (n.unwrap(), u.unwrap());
+        let n = n.unwrap();
         assert_eq!(
             (n["kind"].as_str(), n["seq"].as_u64()),
             (Some("mention"), live["seq"].as_u64())
         );
-        assert_eq!(u["count"], proj_bodies.len() + 1, "{u}");
     }
-    let last_proj_live = live["seq"].as_u64().unwrap();
-    assert!(last_proj_live > last_proj);
-
     // A read on one session clears the count on both.
     bob1.send(json!({"type": "read", "room": "proj", "seq": last_proj_live}))
         .await;
@@ -149,8 +152,10 @@ async fn offline_mentions_and_dms_wait_in_hello_until_a_read_clears_them_everywh
         let u = unread_frame(b, "proj").await;
         assert_eq!(
             (u["count"].as_u64(), u["last_read"].as_u64()),
-            (Some(0), Some(last_proj_live))
+            (Some(0), Some(last_proj_live)),
+            "{u}"
         );
+        assert!(u["as_of"].as_u64().unwrap() >= last_proj_live, "{u}");
     }
     bob2.send(json!({"type": "read", "room": dm_room, "seq": last_dm}))
         .await;
@@ -161,15 +166,24 @@ async fn offline_mentions_and_dms_wait_in_hello_until_a_read_clears_them_everywh
             (Some(0), Some(last_dm))
         );
     }
-    // The marker never moves back, and never beyond the room's last message.
+    // The marker never moves back, and never beyond the room's last message; a read that moves
+    // nothing pushes nothing: the next `unread` is that of the next read that moves the marker.
     bob1.send(json!({"type": "read", "room": "proj", "seq": 1}))
         .await;
-    let u = unread_frame(&mut bob1, "proj").await;
-    assert_eq!(u["last_read"].as_u64(), Some(last_proj_live));
     bob1.send(json!({"type": "read", "room": "proj", "seq": 1u64 << 40}))
         .await;
+    let next = send(&mut alice, "proj", "one more", "more").await["seq"]
+        .as_u64()
+        .unwrap();
+    bob1.send(json!({"type": "read", "room": "proj", "seq": next}))
+        .await;
     let u = unread_frame(&mut bob1, "proj").await;
-    assert_eq!(u["last_read"].as_u64(), Some(last_proj_live));
+    assert_eq!(
+        (u["count"].as_u64(), u["last_read"].as_u64()),
+        (Some(0), Some(next)),
+        "{u}"
+    );
+    let last_proj_live = next;
 
     let (_bob3, hello) = stack.login(0, "bob").await;
     assert_eq!(hello["notifications"], json!([]), "{hello}");
@@ -197,13 +211,88 @@ async fn a_newcomer_to_a_public_room_has_no_unread_history() {
     assert_eq!(room_of(&hello, "hist")["unread"], 0, "{hello}");
     assert_eq!(room_of(&hello, "hist")["last_read"], last);
     send(&mut alice, "hist", "news", "h4").await;
-    // chat-notify may still be finishing the batch of the old messages when bob joins: it can tell
-    // him his count is 0 before the new message makes it 1.
-    let u = bob
-        .recv_until(|f| f["type"] == "unread" && f["room"] == "hist" && f["count"] != 0)
+    bob.recv_until(|f| f["type"] == "message" && f["client_id"] == "h4")
         .await
-        .expect("unread frame");
-    assert_eq!(u["count"], 1);
+        .expect("the message");
+    // The count covers exactly hello's last_seq, whether or not chat-notify has consumed it.
+    let (_b3, hello) = stack.login(0, "bob").await;
+    assert_eq!(room_of(&hello, "hist")["unread"], 1, "{hello}");
+    assert_eq!(room_of(&hello, "hist")["last_read"], last);
+}
+
+/// v1.1 (CONTRACT §2 Unread): `hello` and `joined` carry counts covering exactly their
+/// `last_seq` even while chat-notify's consumer has not seen those messages (here it is paused),
+/// and a read pushes the count as of the room's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_are_exact_while_the_consumer_lags_behind() {
+    let stack = Stack::start().await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    settled_join(&stack, &mut bob, "bob", "lag").await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    settled_join(&stack, &mut alice, "alice", "lag").await;
+    let client = stack.nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(subjects::STREAM).await.unwrap();
+    stream
+        .pause_consumer(
+            subjects::NOTIFY_CONSUMER,
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        let body = if i == 2 { "@bob three" } else { "lagging" };
+        seqs.push(
+            send(&mut alice, "lag", body, &format!("l{i}")).await["seq"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    let (mut bob2, hello) = stack.login(0, "bob").await;
+    assert_eq!(room_of(&hello, "lag")["unread"], 5, "{hello}");
+    assert_eq!(room_of(&hello, "lag")["last_seq"], seqs[4], "{hello}");
+    // Her own messages do not count for alice, wherever they are counted from.
+    let (_a2, hello) = stack.login(0, "alice").await;
+    assert_eq!(room_of(&hello, "lag")["unread"], 0, "{hello}");
+    let joined = bob2
+        .request(json!({"type": "join", "room": "lag"}), "j")
+        .await;
+    assert_eq!(
+        (joined["unread"].as_u64(), joined["last_seq"].as_u64()),
+        (Some(5), Some(seqs[4])),
+        "{joined}"
+    );
+    bob2.send(json!({"type": "read", "room": "lag", "seq": seqs[1]}))
+        .await;
+    let u = unread_frame(&mut bob, "lag").await;
+    assert_eq!(
+        (
+            u["count"].as_u64(),
+            u["last_read"].as_u64(),
+            u["as_of"].as_u64()
+        ),
+        (Some(3), Some(seqs[1]), Some(seqs[4])),
+        "{u}"
+    );
+    stream
+        .resume_consumer(subjects::NOTIFY_CONSUMER)
+        .await
+        .unwrap();
+    // Once consumed, the same count from the table, and the mention is pending.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = state(&client, "bob", &["lag"]).await;
+        assert_eq!(s.rooms[0].unread, 3, "{s:?}");
+        if s.notifications.len() == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never consumed: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -634,12 +723,23 @@ async fn the_store_is_idempotent_and_never_revives_a_read_notification() {
         .await
         .unwrap();
     assert_eq!(republish.len(), 2, "still pending: published again");
-    let u = store::unread_in_room(&pool, &room, std::slice::from_ref(&bob))
+    let count = |user: &UserId| {
+        let (pool, user, room) = (pool.clone(), user.clone(), room.clone());
+        async move {
+            store::unread_upto(&pool, &user, std::slice::from_ref(&room), u64::MAX)
+                .await
+                .unwrap()[&room]
+        }
+    };
+    assert_eq!(count(&bob).await, (0, 3));
+    // bob reads up to 20: one notification left, one message unread.
+    assert_eq!(store::read(&pool, &bob, &room, 20).await.unwrap(), (0, 20));
+    assert_eq!(count(&bob).await, (20, 1));
+    // Only the part up to a bound is counted (the consumer's ack floor).
+    let part = store::unread_upto(&pool, &bob, std::slice::from_ref(&room), 29)
         .await
         .unwrap();
-    assert_eq!((u[0].1, u[0].2), (0, 3));
-    // bob reads up to 20: one notification left, one message unread.
-    assert_eq!(store::read(&pool, &bob, &room, 20).await.unwrap(), (20, 1));
+    assert_eq!(part[&room], (20, 0));
     let pending = store::pending(&pool, &bob, std::slice::from_ref(&room))
         .await
         .unwrap();
@@ -650,7 +750,8 @@ async fn the_store_is_idempotent_and_never_revives_a_read_notification() {
         .unwrap();
     assert!(new.is_empty(), "{new:?}");
     // A mention the reader is already past (the consumer lagged behind the read) is not pending.
-    assert_eq!(store::read(&pool, &bob, &room, 50).await.unwrap(), (50, 0));
+    assert_eq!(store::read(&pool, &bob, &room, 50).await.unwrap(), (20, 50));
+    assert_eq!(count(&bob).await, (50, 0));
     let new = store::store_batch(&pool, &[msg(40)], &[note(40)], &[], true)
         .await
         .unwrap();
@@ -659,13 +760,10 @@ async fn the_store_is_idempotent_and_never_revives_a_read_notification() {
         .await
         .unwrap();
     assert!(pending.is_empty(), "{pending:?}");
-    // The marker never moves back.
-    assert_eq!(store::read(&pool, &bob, &room, 5).await.unwrap(), (50, 0));
+    // The marker never moves back (and says it did not move).
+    assert_eq!(store::read(&pool, &bob, &room, 5).await.unwrap(), (50, 50));
     // Alice's own messages never count for her.
-    let u = store::unread_in_room(&pool, &room, std::slice::from_ref(&alice))
-        .await
-        .unwrap();
-    assert_eq!(u[0].2, 0);
+    assert_eq!(count(&alice).await.1, 0);
 
     // A join floor hides history from the count, but is not a read: a mention that raced the
     // join (below the floor) still notifies, and a read clears it.
@@ -686,14 +784,13 @@ async fn the_store_is_idempotent_and_never_revives_a_read_notification() {
         .await
         .unwrap();
     assert_eq!(new.len(), 1);
-    let u = store::unread_in_room(&pool, &room, std::slice::from_ref(&carol))
-        .await
-        .unwrap();
-    assert_eq!((u[0].1, u[0].2), (40, 1));
+    assert_eq!(count(&carol).await, (40, 1));
+    // A read below the floor moves no effective marker, but clears what it covers.
     assert_eq!(
         store::read(&pool, &carol, &room, 36).await.unwrap(),
-        (40, 1)
+        (40, 40)
     );
+    assert_eq!(count(&carol).await, (40, 1));
     let pending = store::pending(&pool, &carol, std::slice::from_ref(&room))
         .await
         .unwrap();
@@ -763,7 +860,7 @@ async fn a_postgres_outage_of_notify_loses_nothing() {
     let (mut alice, _) = stack.login(0, "alice").await;
     settled_join(&stack, &mut alice, "alice", "o").await;
     send(&mut alice, "o", "@bob before", "o0").await;
-    unread_frame(&mut bob, "o").await;
+    bob.recv_type("notification").await.expect("notification");
 
     proxy.cut();
     // Messages still flow while chat-notify cannot write.
@@ -792,6 +889,7 @@ async fn a_postgres_outage_of_notify_loses_nothing() {
             &NotifyStateRequest {
                 user: UserId::new("bob").unwrap(),
                 rooms: vec![RoomId::new("o").unwrap()],
+                last_seqs: Vec::new(),
             },
             Duration::from_secs(5),
         )

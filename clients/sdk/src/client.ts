@@ -11,13 +11,16 @@
  * `message`, which carries each room's messages exactly once and in seq order (live, replayed or
  * gap-filled). `frame` carries every raw frame. Plus `state`, `recovered`, `reset` (recovery failed:
  * the room's log is not continuous with what the app holds), `gap`, `auth_error`, `token_refreshed`,
- * `sync_error` and `send_failed`.
+ * `sync_error`, `send_failed` and `unread_count` (a room's live unread count changed: the server's
+ * count from `hello`, `joined` or `unread`, plus each later message of another user, CONTRACT §2
+ * Unread; also readable as `unread(room)`).
  */
 
 import { backoffDelay, type BackoffOptions } from "./backoff.js";
 import { emptyCursorState, MemoryCursorStore, type CursorState, type CursorStore } from "./cursor.js";
 import { Emitter } from "./emitter.js";
 import { tokenExpiryMs } from "./jwt.js";
+import { UnreadTracker, type UnreadCount } from "./unread.js";
 import {
   CloseCode,
   SERVER_FRAME_TYPES,
@@ -138,6 +141,7 @@ export interface ChatClientEvents extends FrameEvents {
   token_refreshed: { expiresAt: number | null };
   sync_error: SyncErrorEvent;
   send_failed: SendFailedEvent;
+  unread_count: UnreadCount;
 }
 
 /** A refused request: a server `error` frame, or `timeout` / `disconnected` / `closed` from the client. */
@@ -229,6 +233,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   #refSeq = 0;
 
   #hello: HelloFrame | null = null;
+  readonly #unread = new UnreadTracker();
   #token: string | null = null;
   #pending = new Map<string, PendingRequest>();
   #outbox = new Map<string, OutboxEntry>();
@@ -279,6 +284,16 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   get state(): ConnectionState {
     return this.#state;
   }
+  /** A room's live unread count (messages of others above the read marker). */
+  unread(room: string): UnreadCount {
+    return this.#unread.get(room);
+  }
+
+  /** Every known room's live unread count. */
+  unreadCounts(): UnreadCount[] {
+    return this.#unread.all();
+  }
+
   /** The last `hello` (user, session, epoch, limits, rooms at connect time). */
   get hello(): HelloFrame | null {
     return this.#hello;
@@ -753,8 +768,15 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         break;
       case "joined":
         this.#onJoined(frame);
+        if (typeof frame.unread === "number") {
+          this.emit("unread_count", this.#unread.setBase(frame.room, frame.unread, frame.last_read ?? 0, frame.last_seq));
+        }
+        break;
+      case "unread":
+        this.emit("unread_count", this.#unread.setBase(frame.room, frame.count, frame.last_read, frame.as_of ?? 0));
         break;
       case "left":
+        if (this.#unread.forget(frame.room)) this.emit("unread_count", { room: frame.room, count: 0, lastRead: 0 });
         delete this.#cursors.rooms[frame.room];
         this.#sync.delete(frame.room);
         this.#markDirty();
@@ -789,7 +811,10 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.#startHeartbeat(hello.heartbeat_ms);
 
     const toRecover = this.#adoptHello(hello);
+    this.#unread.clear();
+    const counts = hello.rooms.map((r) => this.#unread.setBase(r.room, r.unread, r.last_read, r.last_seq));
     this.emit("hello", hello);
+    for (const c of counts) this.emit("unread_count", c);
 
     for (const { room, since, epoch } of toRecover) {
       void this.#recoverRoom(room, since, epoch, false).catch(() => {
@@ -926,6 +951,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.#cursors.rooms[m.room] = m.seq;
     this.#markDirty();
     this.emit("message", frame);
+    const count = this.#unread.onMessage(m.room, m.seq, m.from, this.#hello?.user ?? null);
+    if (count) this.emit("unread_count", count);
   }
 
   /** Delivers held-back messages in order until the next gap (which it starts filling). Returns how many. */

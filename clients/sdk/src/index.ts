@@ -2,6 +2,7 @@
 export * from "./protocol.js";
 export * from "./client.js";
 export * from "./cursor.js";
+export { UnreadTracker, type UnreadCount } from "./unread.js";
 export { backoffDelay, type BackoffOptions } from "./backoff.js";
 export { decodeJwt, tokenExpiryMs, type JwtClaims } from "./jwt.js";
 export { Emitter, type Listener } from "./emitter.js";

@@ -136,6 +136,9 @@ export interface JoinedFrame {
   last_seq: number;
   recovered?: boolean;
   members?: string[];
+  /** v1.1: the user's read marker and unread count, covering events up to `last_seq`. */
+  last_read?: number;
+  unread?: number;
 }
 export interface LeftFrame { type: "left"; ref?: string; room: string }
 export interface OkFrame { type: "ok"; ref?: string; room: string }
@@ -149,7 +152,8 @@ export interface HistoryReplyFrame {
 export interface TypingEventFrame { type: "typing"; room: string; user: string }
 export interface PresenceEventFrame { type: "presence"; room: string; user: string; status: Status; last_seen: number }
 export interface PresenceSnapshotFrame { type: "presence_snapshot"; ref?: string; room: string; users: PresenceEntry[] }
-export interface UnreadFrame { type: "unread"; room: string; count: number; last_read: number }
+/** v1.1: sent when the read marker moves, not per message; `count` covers events up to `as_of`. */
+export interface UnreadFrame { type: "unread"; room: string; count: number; last_read: number; as_of?: number }
 export interface NotificationFrame extends NotificationData { type: "notification" }
 export interface ErrorFrame {
   type: "error";

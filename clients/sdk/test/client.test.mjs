@@ -434,3 +434,54 @@ describe("pieces", () => {
     assert.throws(() => new ChatClient({ url: "ws://x/ws", token: "t" }), /WebSocket/);
   });
 });
+
+describe("unread counts (v1.1: derived from messages)", () => {
+  test("the tracker adds later messages of others to the server's count, whichever comes first", async () => {
+    const { UnreadTracker } = await import("../dist/index.js");
+    const t = new UnreadTracker();
+    assert.deepEqual(t.setBase("r", 2, 10, 20), { room: "r", count: 2, lastRead: 10 });
+    assert.equal(t.onMessage("r", 15, "bob", "me"), null, "covered by the base");
+    assert.equal(t.onMessage("r", 21, "me", "me"), null, "my own message");
+    assert.equal(t.onMessage("r", 22, "bob", "me").count, 3);
+    assert.equal(t.onMessage("r", 22, "bob", "me"), null, "the same seq twice");
+    assert.equal(t.onMessage("r", 25, "carol", "me").count, 4);
+    // A read's count arrives after message 25 it does not cover: 25 still counts.
+    assert.deepEqual(t.setBase("r", 0, 22, 23), { room: "r", count: 1, lastRead: 22 });
+    // One that covers it replaces it.
+    assert.equal(t.setBase("r", 1, 22, 25).count, 1);
+    // A marker above as_of hides what it covers.
+    assert.equal(t.onMessage("r", 30, "bob", "me").count, 2);
+    assert.equal(t.setBase("r", 0, 30, 28).count, 0);
+    assert.equal(t.onMessage("x", 5, "bob", "me"), null, "no base yet");
+    assert.ok(t.forget("r"));
+    assert.equal(t.get("r").count, 0);
+  });
+
+  test("ChatClient exposes live counts as state and an `unread_count` event", async () => {
+    const { c: bob } = client("bob");
+    await bob.connect();
+    await bob.join("news");
+    const { c: alice } = client("alice");
+    await alice.connect();
+    await alice.join("news");
+    const events = [];
+    const pushed = [];
+    bob.on("unread_count", (u) => events.push(u));
+    bob.on("unread", (u) => pushed.push(u));
+    for (const body of ["one", "two", "three"]) await alice.send("news", body);
+    await bob.send("news", "mine");
+    await waitFor(() => bob.unread("news").count === 3, { what: "three unread" });
+    assert.deepEqual(events.map((e) => e.count), [1, 2, 3], "one event per message of another user");
+    assert.equal(pushed.length, 0, "no count pushed per message");
+    // A read moves the marker: the server's count replaces the derived one.
+    const second = (await bob.history("news")).messages.find((m) => m.body === "two");
+    bob.read("news", second.seq);
+    await waitFor(() => bob.unread("news").count === 1, { what: "count after the read" });
+    assert.equal(bob.unread("news").lastRead, second.seq);
+    // After a reconnect, hello's count is the base.
+    const { c: bob2 } = client("bob");
+    await bob2.connect();
+    assert.equal(bob2.unread("news").count, 1);
+    assert.deepEqual(bob2.unreadCounts().map((u) => [u.room, u.count]), [["news", 1]]);
+  });
+});

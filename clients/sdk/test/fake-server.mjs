@@ -348,7 +348,10 @@ export class FakeServer {
         if (r.kind !== "public" && !r.members.has(user)) return this.#error(session, f, "forbidden", "private room");
         const isNew = !r.members.has(user);
         r.members.add(user);
-        const joined = { type: "joined", room, kind: r.kind, last_seq: this.#lastSeq(r) };
+        // A newcomer to a public room starts with its history read (CONTRACT §2 Unread).
+        const key = `${user}\n${room}`;
+        if (isNew && r.kind === "public") this.lastRead.set(key, Math.max(this.lastRead.get(key) ?? 0, this.#lastSeq(r)));
+        const joined = { type: "joined", room, kind: r.kind, last_seq: this.#lastSeq(r), last_read: this.lastRead.get(key) ?? 0, unread: this.#unread(user, room) };
         if (r.kind !== "public") joined.members = [...r.members];
         if (typeof f.since === "number") {
           if (f.epoch === this.epoch) {
@@ -455,7 +458,7 @@ export class FakeServer {
           this.lastRead.set(key, f.seq);
           const pending = (this.notifications.get(user) ?? []).filter((n) => !(n.room === room && n.seq <= f.seq));
           this.notifications.set(user, pending);
-          this.#toUser(user, { type: "unread", room, count: this.#unread(user, room), last_read: f.seq });
+          this.#toUser(user, { type: "unread", room, count: this.#unread(user, room), last_read: f.seq, as_of: this.#lastSeq(this.#room(room)) });
         }
         return;
       }
@@ -511,7 +514,6 @@ export class FakeServer {
     }
     for (const u of r.members) {
       if (u === from) continue;
-      this.#toUser(u, { type: "unread", room, count: this.#unread(u, room), last_read: this.lastRead.get(`${u}\n${room}`) ?? 0 });
       const mentioned = new RegExp(`(^|[^A-Za-z0-9_@.-])@${u}(?![A-Za-z0-9_-])`).test(body);
       if (r.kind === "dm" || mentioned) {
         const n = { id: `n${message.seq}-${u}`, kind: r.kind === "dm" ? "dm" : "mention", room, seq: message.seq, from, preview: [...body].slice(0, 140).join(""), ts: message.ts };

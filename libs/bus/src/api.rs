@@ -235,6 +235,10 @@ pub struct MembershipChange {
 pub struct NotifyStateRequest {
     pub user: UserId,
     pub rooms: Vec<RoomId>,
+    /// The seq each count must cover (CONTRACT §2 Unread), aligned with `rooms`: the `last_seq`
+    /// the edge puts in `hello` or `joined`. Empty: chat-notify takes each room's newest seq.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_seqs: Vec<u64>,
 }
 
 /// A user's read marker and unread count in a room.
@@ -242,7 +246,11 @@ pub struct NotifyStateRequest {
 pub struct UnreadState {
     pub room: RoomId,
     pub last_read: u64,
+    /// The count of others' messages with last_read < seq <= `as_of`.
     pub unread: u64,
+    /// The seq the count covers (CONTRACT §2 Unread).
+    #[serde(default)]
+    pub as_of: u64,
 }
 
 /// Reply of [`crate::subjects::NOTIFY_STATE`].
@@ -262,11 +270,15 @@ pub struct ReadRequest {
 
 /// Published on `chat.user.<user>.unread` (CONTRACT §3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// v1.1: published when a marker moves or a count changes for another reason than a new
+/// message, never per message; `count` covers the events up to seq `as_of`.
 pub struct UnreadUpdate {
     pub user: UserId,
     pub room: RoomId,
     pub count: u64,
     pub last_read: u64,
+    #[serde(default)]
+    pub as_of: u64,
 }
 
 /// Published on `chat.user.<user>.notify` (CONTRACT §3): a notification plus its user.

@@ -192,6 +192,7 @@ fn samples() -> BTreeMap<&'static str, Vec<(Value, Sample)>> {
                 room: room(),
                 count: 2,
                 last_read: 5,
+                as_of: 9,
             })),
         ),
         (

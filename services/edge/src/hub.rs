@@ -207,6 +207,15 @@ impl Hub {
             .collect()
     }
 
+    /// How many local sessions receive `room` (tests and diagnostics).
+    pub async fn room_sessions(&self, room: &RoomId) -> usize {
+        let rooms = self.rooms.lock().await;
+        rooms
+            .get(room)
+            .and_then(|e| e.sessions.read().ok().map(|s| s.len()))
+            .unwrap_or(0)
+    }
+
     /// Whether a typing indicator of `user` in `room` may go out now (and records it if so).
     pub fn typing_allowed(&self, user: &UserId, room: &RoomId) -> bool {
         let Ok(mut map) = self.typing.lock() else {
@@ -454,6 +463,7 @@ async fn user_feed(mut sub: Subscriber, sessions: Sessions) {
                         room: u.room,
                         count: u.count,
                         last_read: u.last_read,
+                        as_of: u.as_of,
                     }
                     .to_json()
                     .into(),

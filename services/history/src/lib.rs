@@ -108,6 +108,7 @@ impl App {
             self.nats.clone(),
             subjects::ROOMS,
             subjects::HISTORY_QUEUE,
+            self.config.nats.serve,
             shutdown.clone(),
             move |msg| {
                 let rooms = rooms.clone();
@@ -134,6 +135,7 @@ impl App {
             self.nats.clone(),
             subjects::API_HISTORY,
             subjects::HISTORY_QUEUE,
+            self.config.nats.serve,
             shutdown.clone(),
             move |msg| {
                 let query = query.clone();

@@ -1,6 +1,8 @@
 //! The consumer: a durable pull consumer (`notify`) on the `CHAT` stream. Each batch is stored in
-//! one transaction (room rows and new notifications) and acknowledged only after it committed;
-//! then the affected members' unread counts and the new notifications are published. A
+//! one transaction (room rows and new notifications) and acknowledged only after it committed
+//! (so the consumer's ack floor says what is stored); then the new notifications are published.
+//! No unread count is made or published per message (CONTRACT §2 Unread): clients add up the
+//! messages they receive. A
 //! redelivered event inserts nothing new (primary keys on `(room, seq)` and on the notification
 //! id, derived from seq and user), so nothing is counted or stored twice. Live delivery is at
 //! least once: the notifications of a redelivered event are published again (same id), since
@@ -14,7 +16,7 @@ use async_nats::jetstream::{self, AckKind, consumer::pull};
 use chat_bus::api::{ApiError, RoomInfo, UserNotification};
 use chat_bus::event::{Event, RoomEvent};
 use chat_bus::{subjects, trace};
-use chat_proto::{ErrorCode, Notification, RoomId, RoomKind, UserId};
+use chat_proto::{ErrorCode, Notification, RoomId, RoomKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Core;
@@ -250,21 +252,6 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
             None => return,
         }
     };
-
-    // Unread counts of everyone who got a message from someone else.
-    let mut recipients: BTreeMap<&RoomId, BTreeSet<&UserId>> = BTreeMap::new();
-    for d in &decoded {
-        let info = &rooms[&d.event.room];
-        let set = recipients.entry(&d.event.room).or_default();
-        set.extend(info.members.iter().filter(|m| **m != d.event.from));
-    }
-    for (room, users) in recipients {
-        let users: Vec<UserId> = users.into_iter().cloned().collect();
-        let _guard = core.lock_room(room).await;
-        if let Err(e) = core.publish_unread(room, &users).await {
-            tracing::warn!(error = %e, "unread counts not published");
-        }
-    }
 
     let publish: BTreeSet<String> = publish.into_iter().collect();
     let fresh: Vec<(UserNotification, tracing::Span)> = notes

@@ -1,6 +1,8 @@
 //! What the consumer, the request handlers and the membership listener share: the pool, NATS,
-//! the member cache, the webhook dispatcher's wake-up, and per-room locks that keep `unread` publications of
-//! one room in the order their counts were computed.
+//! the member cache, the webhook dispatcher's wake-up, per-room locks that keep `unread`
+//! publications of one room in the order their counts were computed, and the exact unread
+//! count (CONTRACT §2 Unread: asked for by `hello`, `joined` and a moving marker, never made per
+//! message).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -8,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use chat_bus::api::{
-    ApiError, MembershipChange, NotifyState, NotifyStateRequest, ReadRequest, UnreadUpdate,
-    UserNotification,
+    ApiError, MembershipChange, NotifyState, NotifyStateRequest, ReadRequest, UnreadState,
+    UnreadUpdate, UserNotification,
 };
+use chat_bus::event::RoomEvent;
 use chat_bus::{now_ms, subjects, trace};
 use chat_proto::{Notification, NotificationKind, RoomId, RoomKind, UserId};
-use futures::StreamExt;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, MutexGuard};
@@ -27,6 +30,9 @@ use crate::webhook::Webhooks;
 
 /// Number of lock stripes (rooms hash onto them).
 const STRIPES: usize = 64;
+
+/// Most events one count reads from the stream (above the consumer's ack floor) per room.
+const MAX_STREAM_COUNT: usize = 20_000;
 
 /// Maps a database failure to what a requester may see: `unavailable` when PostgreSQL cannot be
 /// reached or is going away (retry later), `internal` for a failure of the query itself. The
@@ -108,22 +114,126 @@ impl Core {
         }
     }
 
-    /// Publishes the unread counts of `users` in `room` (call with the room's lock held).
-    pub async fn publish_unread(&self, room: &RoomId, users: &[UserId]) -> Result<(), sqlx::Error> {
-        if users.is_empty() {
-            return Ok(());
+    /// How far the consumer is: every event at or below this stream seq is stored (acks are sent
+    /// only after a batch committed). None if NATS does not say.
+    async fn ack_floor(&self) -> Option<u64> {
+        match self.stream.consumer_info(subjects::NOTIFY_CONSUMER).await {
+            Ok(info) => Some(info.ack_floor.stream_sequence),
+            Err(e) => {
+                tracing::debug!(error = %e, "consumer info unavailable");
+                None
+            }
         }
-        for (user, last_read, count) in store::unread_in_room(&self.pool, room, users).await? {
-            let update = UnreadUpdate {
-                user: user.clone(),
+    }
+
+    /// The user's marker and exact unread count in each room, covering the events up to the
+    /// room's given seq (CONTRACT §2 Unread: `hello` and `joined` cover their `last_seq`, however
+    /// far behind the consumer is). What the consumer has stored up to its ack floor is counted
+    /// in PostgreSQL; the events above it, up to the seq asked for, are read from the stream.
+    pub async fn unread(
+        &self,
+        user: &UserId,
+        rooms: &[(RoomId, u64)],
+    ) -> Result<Vec<UnreadState>, ApiError> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let highest = rooms.iter().map(|(_, s)| *s).max().unwrap_or(0);
+        let floor = self.ack_floor().await.unwrap_or(0).min(highest);
+        let names: Vec<RoomId> = rooms.iter().map(|(r, _)| r.clone()).collect();
+        let stored = store::unread_upto(&self.pool, user, &names, floor)
+            .await
+            .map_err(db_error)?;
+        let mut out = Vec::with_capacity(rooms.len());
+        for (room, as_of) in rooms {
+            let (last_read, mut count) = stored.get(room).copied().unwrap_or((0, 0));
+            let from = last_read.max(floor);
+            if *as_of > from {
+                count += self.count_in_stream(user, room, from, *as_of).await?;
+            }
+            out.push(UnreadState {
                 room: room.clone(),
-                count,
                 last_read,
-            };
-            self.publish_json(subjects::user_unread(&user), &update)
-                .await;
+                unread: count,
+                as_of: *as_of,
+            });
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// Messages of others in `room` with `after < seq <= upto`, read from the stream (the part
+    /// the consumer has not acknowledged yet). An entry that is not a valid message of the room
+    /// counts for nobody, as in the consumer's table.
+    async fn count_in_stream(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        after: u64,
+        upto: u64,
+    ) -> Result<u64, ApiError> {
+        let subject = subjects::room_msg(room);
+        let mut next = after + 1;
+        let mut count = 0;
+        let mut read = 0usize;
+        while next <= upto {
+            if read == MAX_STREAM_COUNT {
+                // A consumer this far behind is an outage: what it has stored is counted, the
+                // rest is caught up by the next count asked for.
+                metrics::counter!("notify_unread_inexact_total").increment(1);
+                tracing::warn!(%room, after, upto, "unread counted from the stream only in part");
+                let tail = store::unread_in_range(&self.pool, user, room, next - 1, upto)
+                    .await
+                    .map_err(db_error)?;
+                return Ok(count + tail);
+            }
+            read += 1;
+            let m = match self
+                .stream
+                .direct_get_next_for_subject(subject.as_str(), Some(next))
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "stream unreachable");
+                    return Err(ApiError::unavailable());
+                }
+            };
+            if m.sequence > upto {
+                break;
+            }
+            next = m.sequence + 1;
+            if let Ok(ev) = RoomEvent::decode(&m.payload)
+                && ev.room == *room
+                && ev.from != *user
+            {
+                count += 1;
+            }
+        }
+        metrics::counter!("notify_unread_from_stream_total").increment(read as u64);
+        Ok(count)
+    }
+
+    /// Tells every session of `user` their marker and count in `room` (CONTRACT §2 Unread: only
+    /// when the marker moved or the count changed for another reason than a new message).
+    async fn push_unread(&self, user: &UserId, room: &RoomId, as_of: u64) -> Option<UnreadUpdate> {
+        let state = match self.unread(user, &[(room.clone(), as_of)]).await {
+            Ok(mut s) => s.pop()?,
+            Err(e) => {
+                tracing::warn!(error = %e, "unread count not published");
+                return None;
+            }
+        };
+        let update = UnreadUpdate {
+            user: user.clone(),
+            room: room.clone(),
+            count: state.unread,
+            last_read: state.last_read,
+            as_of: state.as_of.max(state.last_read),
+        };
+        self.publish_json(subjects::user_unread(user), &update)
+            .await;
+        Some(update)
     }
 
     /// Sends new notifications live and wakes the webhook dispatcher (their outbox rows were
@@ -162,20 +272,23 @@ impl Core {
 
     /// `NOTIFY_STATE`: a user's markers, unread counts and pending notifications in `rooms`.
     /// Only rooms the user is a member of are answered: whoever asks (an edge, or anything else
-    /// with access to the subject), a non-member learns nothing of a room's activity.
-    pub async fn state(&self, mut req: NotifyStateRequest) -> Result<NotifyState, ApiError> {
+    /// with access to the subject), a non-member learns nothing of a room's activity. Each count
+    /// covers exactly the events up to the room's `last_seqs` entry (its newest if not given).
+    pub async fn state(&self, req: NotifyStateRequest) -> Result<NotifyState, ApiError> {
         let mut mine = Vec::with_capacity(req.rooms.len());
-        for room in std::mem::take(&mut req.rooms) {
+        for (i, room) in req.rooms.into_iter().enumerate() {
             if self.is_member(&req.user, &room).await? {
-                mine.push(room);
+                let as_of = match req.last_seqs.get(i) {
+                    Some(s) => *s,
+                    None => self.last_seq(&room).await?,
+                };
+                mine.push((room, as_of));
             }
         }
-        req.rooms = mine;
-        self.catch_up(&req.rooms).await;
-        let rooms = store::unread_of_user(&self.pool, &req.user, &req.rooms)
-            .await
-            .map_err(db_error)?;
-        let notifications = store::pending(&self.pool, &req.user, &req.rooms)
+        self.catch_up(&mine).await;
+        let rooms = self.unread(&req.user, &mine).await?;
+        let names: Vec<RoomId> = mine.into_iter().map(|(r, _)| r).collect();
+        let notifications = store::pending(&self.pool, &req.user, &names)
             .await
             .map_err(db_error)?;
         Ok(NotifyState {
@@ -184,47 +297,24 @@ impl Core {
         })
     }
 
-    /// Waits (a bounded time) until the consumer has stored every event the rooms had when the
-    /// request came, so that `hello` after an outage or during a burst shows exact counts.
-    async fn catch_up(&self, rooms: &[RoomId]) {
-        if rooms.is_empty() || self.config.state_catch_up.is_zero() {
+    /// Waits (a bounded time) until the consumer has acknowledged every event up to the seqs
+    /// asked for, so that `hello` after an outage or during a burst lists the notifications of
+    /// those events too. Counts do not depend on it: what is still pending is counted from the
+    /// stream.
+    async fn catch_up(&self, rooms: &[(RoomId, u64)]) {
+        let highest = rooms.iter().map(|(_, s)| *s).max().unwrap_or(0);
+        if highest == 0 || self.config.state_catch_up.is_zero() {
             return;
         }
         let deadline = tokio::time::Instant::now() + self.config.state_catch_up;
-        // One request answers the common case: nothing undelivered, nothing unacknowledged.
-        if let Ok(info) = self.stream.consumer_info(subjects::NOTIFY_CONSUMER).await
-            && info.num_pending == 0
-            && info.num_ack_pending == 0
-        {
-            return;
-        }
-        let targets: Vec<(RoomId, u64)> = futures::stream::iter(rooms.iter().cloned())
-            .map(|room| async move {
-                let last = self.last_seq(&room).await.unwrap_or(0);
-                (room, last)
-            })
-            .buffer_unordered(32)
-            .filter(|(_, last)| futures::future::ready(*last > 0))
-            .collect()
-            .await;
-        if targets.is_empty() {
-            return;
-        }
-        let names: Vec<RoomId> = targets.iter().map(|(r, _)| r.clone()).collect();
         loop {
-            let Ok(done) = store::processed(&self.pool, &names).await else {
-                return;
-            };
-            let behind = targets
-                .iter()
-                .filter(|(r, last)| done.get(r).copied().unwrap_or(0) < *last)
-                .count();
-            if behind == 0 {
-                return;
+            match self.ack_floor().await {
+                Some(floor) if floor < highest => {}
+                _ => return,
             }
             if tokio::time::Instant::now() >= deadline {
                 metrics::counter!("notify_state_stale_total").increment(1);
-                tracing::debug!(behind, "state answered before the consumer caught up");
+                tracing::debug!("state answered before the consumer caught up");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -232,33 +322,34 @@ impl Core {
     }
 
     /// `NOTIFY_READ`: moves the marker forward (clamped to the room's last seq), clears the
-    /// notifications it covers, and tells every session of the user the new count.
+    /// notifications it covers, and, if the marker moved, tells every session of the user the
+    /// new count (a read that moves nothing pushes nothing: CONTRACT §2 Unread).
     /// A non-member is refused (`forbidden`): no marker, no count of the room's messages.
     pub async fn read(&self, req: ReadRequest) -> Result<UnreadUpdate, ApiError> {
         self.require_member(&req.user, &req.room).await?;
-        let last = match self.last_seq(&req.room).await {
-            Ok(s) => s,
-            Err(_) => store::processed(&self.pool, std::slice::from_ref(&req.room))
-                .await
-                .map_err(db_error)?
-                .get(&req.room)
-                .copied()
-                .unwrap_or(0),
-        };
+        let last = self.last_seq(&req.room).await?;
         let seq = req.seq.min(last);
         let _guard = self.lock_room(&req.room).await;
-        let (last_read, count) = store::read(&self.pool, &req.user, &req.room, seq)
+        let (before, after) = store::read(&self.pool, &req.user, &req.room, seq)
             .await
             .map_err(db_error)?;
-        let update = UnreadUpdate {
-            user: req.user.clone(),
-            room: req.room.clone(),
-            count,
-            last_read,
-        };
-        self.publish_json(subjects::user_unread(&req.user), &update)
-            .await;
-        Ok(update)
+        if after != before
+            && let Some(update) = self.push_unread(&req.user, &req.room, last).await
+        {
+            return Ok(update);
+        }
+        let state = self
+            .unread(&req.user, &[(req.room.clone(), last)])
+            .await?
+            .pop()
+            .ok_or_else(ApiError::internal)?;
+        Ok(UnreadUpdate {
+            user: req.user,
+            room: req.room,
+            count: state.unread,
+            last_read: state.last_read,
+            as_of: state.as_of.max(state.last_read),
+        })
     }
 
     /// Refuses a user who is not a member of `room`.
@@ -279,14 +370,19 @@ impl Core {
     }
 
     /// Joining a public room starts the marker at its newest event: its history is not
-    /// "unread" to a newcomer (nor to someone rejoining after a leave).
+    /// "unread" to a newcomer (nor to someone rejoining after a leave). The floor may be set
+    /// after the joiner's `joined` counted without it: the count then changed for another reason
+    /// than a new message, and is pushed (CONTRACT §2 Unread).
     async fn joined_public(&self, user: &UserId, room: &RoomId) {
         let Ok(seq) = self.last_seq(room).await else {
             return;
         };
+        let _guard = self.lock_room(room).await;
         match store::start_marker(&self.pool, user, room, seq).await {
-            // Nothing to announce: the count of a room just joined is 0 by definition.
-            Ok(_) => {}
+            Ok(true) => {
+                self.push_unread(user, room, seq).await;
+            }
+            Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "read marker of a new member not set"),
         }
     }

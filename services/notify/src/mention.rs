@@ -105,8 +105,13 @@ pub fn plan(kind: RoomKind, members: &[UserId], sender: &UserId, body: &str) -> 
             .take(1)
             .collect();
     }
+    // No per-member work for a message that mentions nobody (the common case).
+    let named = mentions(body);
+    if named.is_empty() {
+        return Vec::new();
+    }
     let members: BTreeSet<&str> = members.iter().map(UserId::as_str).collect();
-    mentions(body)
+    named
         .into_iter()
         .filter(|id| id != sender.as_str() && members.contains(id.as_str()))
         .filter_map(|id| UserId::new(id).ok())

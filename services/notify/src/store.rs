@@ -2,12 +2,13 @@
 //! markers and pending notifications.
 //!
 //! Unread is computed, never incremented: `count(*)` of the room's rows from others above the
-//! reader's marker, over the `(room, seq)` primary key. A redelivered event re-inserts rows that
-//! exist (`ON CONFLICT DO NOTHING`), so it can never count twice.
+//! reader's marker, over the `(room, seq)` primary key, only when a count is asked for (`hello`,
+//! `joined`, a marker that moves), never per message (CONTRACT §2 Unread). A redelivered event
+//! re-inserts rows that exist (`ON CONFLICT DO NOTHING`), so it can never count twice.
 
 use std::collections::HashMap;
 
-use chat_bus::api::{UnreadState, UserNotification};
+use chat_bus::api::UserNotification;
 use chat_bus::now_ms;
 use chat_proto::{Notification, NotificationKind, RoomId, UserId};
 use sqlx::PgPool;
@@ -304,69 +305,25 @@ pub async fn store_notification(
     Ok(!new.is_empty())
 }
 
-/// Each user's marker and unread count in `room`.
-pub async fn unread_in_room(
-    pool: &PgPool,
-    room: &RoomId,
-    users: &[UserId],
-) -> Result<Vec<(UserId, u64, u64)>, sqlx::Error> {
-    let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
-    // Members who share a marker (typically everyone who never read) share one count of the
-    // room's messages above it; each then subtracts their own (index on room, sender, seq).
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "WITH u AS (
-             SELECT q.user_id, COALESCE(GREATEST(r.last_read, r.joined_at), 0) AS lr
-             FROM UNNEST($2::text[]) AS q(user_id)
-             LEFT JOIN read_markers r ON r.user_id = q.user_id AND r.room = $1
-         ), t AS (
-             SELECT d.lr, (SELECT count(*) FROM room_messages m
-                           WHERE m.room = $1 AND m.seq > d.lr AND m.sender IS NOT NULL) AS n
-             FROM (SELECT DISTINCT lr FROM u) d
-         )
-         SELECT u.user_id, u.lr,
-                t.n - (SELECT count(*) FROM room_messages m
-                       WHERE m.room = $1 AND m.sender = u.user_id AND m.seq > u.lr)
-         FROM u JOIN t ON t.lr = u.lr",
-    )
-    .bind(room.as_str())
-    .bind(&names)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(u, last, n)| Some((UserId::new(u).ok()?, last as u64, n as u64)))
-        .collect())
-}
-
-/// A user's marker and unread count in each of `rooms`.
-pub async fn unread_of_user(
+/// Others' stored messages in `room` with `after < seq <= upto`.
+pub async fn unread_in_range(
     pool: &PgPool,
     user: &UserId,
-    rooms: &[RoomId],
-) -> Result<Vec<UnreadState>, sqlx::Error> {
-    let names: Vec<&str> = rooms.iter().map(RoomId::as_str).collect();
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT q.room, COALESCE(GREATEST(r.last_read, r.joined_at), 0),
-                (SELECT count(*) FROM room_messages m
-                 WHERE m.room = q.room AND m.seq > COALESCE(GREATEST(r.last_read, r.joined_at), 0)
-                   AND m.sender <> $1)
-         FROM UNNEST($2::text[]) AS q(room)
-         LEFT JOIN read_markers r ON r.user_id = $1 AND r.room = q.room",
+    room: &RoomId,
+    after: u64,
+    upto: u64,
+) -> Result<u64, sqlx::Error> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM room_messages
+         WHERE room = $1 AND seq > $2 AND seq <= $3 AND sender <> $4",
     )
+    .bind(room.as_str())
+    .bind(after as i64)
+    .bind(upto.min(i64::MAX as u64) as i64)
     .bind(user.as_str())
-    .bind(&names)
-    .fetch_all(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(room, last, n)| {
-            Some(UnreadState {
-                room: RoomId::new(room).ok()?,
-                last_read: last as u64,
-                unread: n as u64,
-            })
-        })
-        .collect())
+    Ok(n as u64)
 }
 
 /// A user's pending notifications in `rooms`, oldest first (at most the newest 500).
@@ -403,9 +360,9 @@ pub async fn pending(
         .collect())
 }
 
-/// Moves a marker forward to `seq` (never back), clears the notifications it covers, and
-/// returns the effective marker (the read one or the join floor, whichever is higher) and the
-/// unread count after it.
+/// Moves a marker forward to `seq` (never back) and clears the notifications it covers.
+/// Returns the effective marker (the read one or the join floor, whichever is higher) before
+/// and after: equal when the read moved nothing (CONTRACT §2 Unread: then nothing is pushed).
 pub async fn read(
     pool: &PgPool,
     user: &UserId,
@@ -413,6 +370,14 @@ pub async fn read(
     seq: u64,
 ) -> Result<(u64, u64), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let before: Option<(i64,)> = sqlx::query_as(
+        "SELECT GREATEST(last_read, joined_at) FROM read_markers
+         WHERE user_id = $1 AND room = $2 FOR UPDATE",
+    )
+    .bind(user.as_str())
+    .bind(room.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
     let (read, joined): (i64, i64) = sqlx::query_as(
         "INSERT INTO read_markers (user_id, room, last_read) VALUES ($1, $2, $3)
          ON CONFLICT (user_id, room)
@@ -430,21 +395,42 @@ pub async fn read(
         .bind(read)
         .execute(&mut *tx)
         .await?;
-    let last = read.max(joined);
-    let (count,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM room_messages WHERE room = $1 AND seq > $2 AND sender <> $3",
-    )
-    .bind(room.as_str())
-    .bind(last)
-    .bind(user.as_str())
-    .fetch_one(&mut *tx)
-    .await?;
     tx.commit().await?;
-    Ok((last as u64, count as u64))
+    Ok((before.map_or(0, |(b,)| b as u64), read.max(joined) as u64))
+}
+
+/// A user's effective marker in each of `rooms` (the read one or the join floor), and the count
+/// of others' stored messages above it up to `upto` (the consumer's ack floor: everything at or
+/// below it is stored). The rest, up to the seq a count covers, is counted from the stream.
+pub async fn unread_upto(
+    pool: &PgPool,
+    user: &UserId,
+    rooms: &[RoomId],
+    upto: u64,
+) -> Result<HashMap<RoomId, (u64, u64)>, sqlx::Error> {
+    let names: Vec<&str> = rooms.iter().map(RoomId::as_str).collect();
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT q.room, COALESCE(GREATEST(r.last_read, r.joined_at), 0),
+                (SELECT count(*) FROM room_messages m
+                 WHERE m.room = q.room AND m.seq > COALESCE(GREATEST(r.last_read, r.joined_at), 0)
+                   AND m.seq <= $3 AND m.sender <> $1)
+         FROM UNNEST($2::text[]) AS q(room)
+         LEFT JOIN read_markers r ON r.user_id = $1 AND r.room = q.room",
+    )
+    .bind(user.as_str())
+    .bind(&names)
+    .bind(upto.min(i64::MAX as u64) as i64)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(room, last, n)| Some((RoomId::new(room).ok()?, (last as u64, n as u64))))
+        .collect())
 }
 
 /// Sets the join floor of a marker to `seq` (only forward): a join is not a read, so it clears
-/// no notification. True if it moved.
+/// no notification. True if the effective marker moved (the floor is above both the old floor
+/// and what was read), i.e. the count changed.
 pub async fn start_marker(
     pool: &PgPool,
     user: &UserId,
@@ -455,32 +441,12 @@ pub async fn start_marker(
         "INSERT INTO read_markers (user_id, room, joined_at) VALUES ($1, $2, $3)
          ON CONFLICT (user_id, room)
          DO UPDATE SET joined_at = EXCLUDED.joined_at
-         WHERE read_markers.joined_at < EXCLUDED.joined_at",
+         WHERE GREATEST(read_markers.joined_at, read_markers.last_read) < EXCLUDED.joined_at",
     )
     .bind(user.as_str())
     .bind(room.as_str())
     .bind(seq as i64)
     .execute(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// The highest seq stored per room (how far the consumer got in each).
-pub async fn processed(
-    pool: &PgPool,
-    rooms: &[RoomId],
-) -> Result<HashMap<RoomId, u64>, sqlx::Error> {
-    let names: Vec<&str> = rooms.iter().map(RoomId::as_str).collect();
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT q.room, m.seq FROM UNNEST($1::text[]) AS q(room)
-         CROSS JOIN LATERAL (SELECT max(seq) AS seq FROM room_messages WHERE room = q.room) m
-         WHERE m.seq IS NOT NULL",
-    )
-    .bind(&names)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(r, s)| Some((RoomId::new(r).ok()?, s as u64)))
-        .collect())
+    Ok(done.rows_affected() == 1 && seq > 0)
 }
