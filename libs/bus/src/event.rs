@@ -367,12 +367,40 @@ pub fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {
     headers?.get(name)?.as_str().parse().ok()
 }
 
-/// Decodes a message of the live feed `chat.fanout.<room>` (payload plus republish headers).
-pub fn decode_fanout(headers: Option<&HeaderMap>, payload: &[u8]) -> Option<ChatMessage> {
-    let seq = header_u64(headers, SEQUENCE_HEADER)?;
-    let prev = header_u64(headers, LAST_SEQUENCE_HEADER).unwrap_or(0);
-    let event = RoomEvent::decode(payload).ok()?;
-    Some(event.into_message(seq, prev))
+/// One stored entry as the live feed `chat.fanout.<room>` carries it (CONTRACT §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutEntry {
+    /// Its stream sequence (`Nats-Sequence`).
+    pub seq: u64,
+    /// The previous stored entry of the same subject, valid or not (`Nats-Last-Sequence`). It is
+    /// the event's `prev_seq` only if that entry is an event: the feed's reader keeps the chain
+    /// of valid events itself (an invalid entry is skipped by `prev_seq`).
+    pub last_entry: u64,
+    /// The stateless half of its validity ([`validate`]).
+    pub candidate: Result<Candidate, Invalid>,
+}
+
+/// Decodes a message of the live feed of `room` (payload plus republish headers); `None` if it
+/// carries no sequence (not a republished entry).
+pub fn decode_fanout(
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+    room: &RoomId,
+) -> Option<FanoutEntry> {
+    Some(FanoutEntry {
+        seq: header_u64(headers, SEQUENCE_HEADER)?,
+        last_entry: header_u64(headers, LAST_SEQUENCE_HEADER).unwrap_or(0),
+        candidate: validate(payload, room),
+    })
+}
+
+impl Event {
+    /// The live or replayed frame's message of a `message` event with its seq and `prev_seq`.
+    pub fn into_message(self, seq: u64, prev_seq: u64) -> Option<ChatMessage> {
+        match self {
+            Event::Message(m) => Some(m.into_message(seq, prev_seq)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -542,8 +570,13 @@ mod tests {
         h.insert(LAST_SEQUENCE_HEADER, "7");
         let payload =
             br#"{"v":1,"kind":"message","room":"r","from":"a","body":"x","client_id":"c","ts":1}"#;
-        let m = decode_fanout(Some(&h), payload).unwrap();
-        assert_eq!((m.seq, m.prev_seq), (12, 7));
-        assert!(decode_fanout(None, payload).is_none());
+        let r = RoomId::new("r").unwrap();
+        let e = decode_fanout(Some(&h), payload, &r).unwrap();
+        assert_eq!((e.seq, e.last_entry), (12, 7));
+        assert!(e.candidate.is_ok());
+        assert!(decode_fanout(None, payload, &r).is_none());
+        let other = RoomId::new("other").unwrap();
+        let e = decode_fanout(Some(&h), payload, &other).unwrap();
+        assert_eq!(e.candidate, Err(Invalid::RoomMismatch));
     }
 }

@@ -316,8 +316,14 @@ impl Hub {
 }
 
 /// A room's live feed on this edge. Core NATS delivery is at most once (a reconnect to another
-/// server, a slow-consumer drop): an event whose `prev_seq` is above the last one seen reveals a
-/// gap, which is filled from chat-history before the event, so sessions get every event in order.
+/// server, a slow-consumer drop): an entry whose predecessor (`Nats-Last-Sequence`) is above the
+/// last one seen reveals a gap, which is filled from chat-history before the entry, so sessions
+/// get every event in order.
+///
+/// A stored entry that is not a valid event (CONTRACT §3) is never delivered, and the chain of
+/// `prev_seq` skips it: the feed keeps the seq of the last valid event itself, and gives it as
+/// the next event's `prev_seq`, exactly as chat-history computes it for pages and replays. Until
+/// the feed has seen one (its first entry since subscribing), chat-history tells it.
 async fn room_feed(
     nats: async_nats::Client,
     timeout: Duration,
@@ -327,43 +333,99 @@ async fn room_feed(
 ) {
     let shared = Arc::new(room.clone());
     let deliveries = metrics::counter!("edge_fanout_deliveries_total");
-    let mut last: Option<u64> = None;
+    // The last stored entry seen, valid or not.
+    let mut last_entry: Option<u64> = None;
+    // The last valid event's seq, once known: the next event's prev_seq.
+    let mut last_event: Option<u64> = None;
     while let Some(msg) = sub.next().await {
-        let Some(message) = event::decode_fanout(msg.headers.as_ref(), &msg.payload) else {
-            tracing::warn!(%room, "undecodable event on the live feed skipped");
+        let Some(entry) = event::decode_fanout(msg.headers.as_ref(), &msg.payload, &room) else {
+            tracing::warn!(%room, "entry without a sequence on the live feed skipped");
             continue;
         };
-        if let Some(seen) = last {
-            if message.seq <= seen {
+        if let Some(seen) = last_entry {
+            if entry.seq <= seen {
                 continue;
             }
-            if message.prev_seq > seen {
-                for missed in fill_gap(&nats, timeout, &room, seen, message.seq).await {
-                    fan_out(&shared, missed, &sessions, None, &deliveries);
+            if entry.last_entry > seen {
+                let (missed, complete) = fill_gap(&nats, timeout, &room, seen, entry.seq).await;
+                for m in missed {
+                    last_event = Some(m.seq);
+                    fan_out(&shared, m, &sessions, None, &deliveries);
+                }
+                if !complete {
+                    // Unknown: give the raw predecessor, so that clients see the gap and fill it.
+                    last_event = Some(entry.last_entry);
                 }
             }
         }
-        last = Some(message.seq);
-        fan_out(
-            &shared,
-            message,
-            &sessions,
-            msg.headers.as_ref(),
-            &deliveries,
-        );
+        last_entry = Some(entry.seq);
+        let checked = entry
+            .candidate
+            .and_then(|candidate| candidate.resolve(|_| None));
+        let event = match checked {
+            Ok(event) => event,
+            Err(invalid) => {
+                metrics::counter!("edge_feed_invalid_entries_total").increment(1);
+                tracing::debug!(%room, seq = entry.seq, reason = %invalid, "entry that is not an event skipped");
+                continue;
+            }
+        };
+        let prev = match last_event {
+            Some(prev) => prev,
+            None => previous_event(&nats, timeout, &room, entry.seq, entry.last_entry).await,
+        };
+        last_event = Some(entry.seq);
+        if let Some(message) = event.into_message(entry.seq, prev) {
+            fan_out(
+                &shared,
+                message,
+                &sessions,
+                msg.headers.as_ref(),
+                &deliveries,
+            );
+        }
+    }
+}
+
+/// The seq of the room's last event before `seq`, from chat-history (which skips entries that
+/// are not events, as the feed does). `last_entry` (the raw predecessor) when it cannot say.
+async fn previous_event(
+    nats: &async_nats::Client,
+    timeout: Duration,
+    room: &RoomId,
+    seq: u64,
+    last_entry: u64,
+) -> u64 {
+    if last_entry == 0 {
+        return 0;
+    }
+    let req = HistoryRequest {
+        room: room.clone(),
+        before: Some(seq),
+        after: None,
+        limit: Some(1),
+        user: None,
+    };
+    match api::request::<_, HistoryPage>(nats, subjects::API_HISTORY, &req, timeout).await {
+        Ok(page) => page.messages.last().map_or(0, |m| m.seq),
+        Err(e) => {
+            tracing::warn!(%room, seq, error = %e, "previous event unknown; the raw predecessor is given");
+            last_entry
+        }
     }
 }
 
 /// The events of `room` strictly between `after` and `before`, from chat-history (which answers
-/// from the stream what the archive does not hold yet). Empty, with a warning, if it cannot say:
-/// the sessions then see the gap in `prev_seq` and can fill it themselves (CONTRACT §2).
+/// from the stream what the archive does not hold yet), and whether that is all of them. If it
+/// cannot say (a warning), the sessions see the gap in `prev_seq` and can fill it themselves
+/// (CONTRACT §2).
 async fn fill_gap(
     nats: &async_nats::Client,
     timeout: Duration,
     room: &RoomId,
     after: u64,
     before: u64,
-) -> Vec<ChatMessage> {
+) -> (Vec<ChatMessage>, bool) {
     metrics::counter!("edge_feed_gaps_total").increment(1);
     let mut missed = Vec::new();
     let mut cursor = after;
@@ -381,19 +443,19 @@ async fn fill_gap(
             Err(e) => {
                 metrics::counter!("edge_feed_gaps_unfilled_total").increment(1);
                 tracing::warn!(%room, after, before, error = %e, "gap in the live feed left for clients to fill");
-                return missed;
+                return (missed, false);
             }
         };
-        let more = page.has_more;
+        let more = page.has_more && !page.messages.is_empty();
         for m in page.messages {
             if m.seq >= before {
-                return missed;
+                return (missed, true);
             }
             cursor = m.seq;
             missed.push(m);
         }
         if !more {
-            return missed;
+            return (missed, true);
         }
     }
 }

@@ -32,6 +32,9 @@ pub struct HistoryConfig {
     /// `HISTORY_ARCHIVE` (true): run the archive writer. Off, the process only answers requests
     /// (history pages, rooms), so readers and writers can be scaled separately.
     pub archive: bool,
+    /// `HISTORY_PAGE_MAX_BYTES` (196608): most bytes of serialized events in one history page;
+    /// a longer page is cut (`has_more` true) so that its frame always fits (CONTRACT §2 Limits).
+    pub page_max_bytes: usize,
 }
 
 impl HistoryConfig {
@@ -46,6 +49,12 @@ impl HistoryConfig {
             max_deliver: env.parse("HISTORY_MAX_DELIVER", 10)?,
             archive: env.bool("HISTORY_ARCHIVE", true)?,
             writers: env.parse("HISTORY_WRITERS", 4)?,
+            page_max_bytes: env
+                .parse(
+                    "HISTORY_PAGE_MAX_BYTES",
+                    crate::query::DEFAULT_PAGE_MAX_BYTES,
+                )?
+                .clamp(64 * 1024, 1024 * 1024),
             ack_wait: env
                 .duration("HISTORY_ACK_WAIT", Duration::from_secs(10))?
                 .max(Duration::from_secs(1)),

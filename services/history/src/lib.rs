@@ -7,6 +7,7 @@ pub mod config;
 pub mod query;
 pub mod rooms;
 pub mod search;
+pub mod stream_read;
 
 use std::net::SocketAddr;
 
@@ -132,7 +133,10 @@ impl App {
             self.nats.clone(),
             self.stream.clone(),
             self.epoch_id,
+            self.config.page_max_bytes,
+            std::time::Duration::from_secs(5),
         );
+        let floor = tokio::spawn(query.clone().track_floor(shutdown.clone()));
         let history_server = serve_requests(
             self.nats.clone(),
             subjects::API_HISTORY,
@@ -196,6 +200,7 @@ impl App {
             }
         }
         let _ = admin.await;
+        let _ = floor.await;
         chat_runtime::nats::flush_within(&self.nats).await;
         self.pool.close().await;
     }
