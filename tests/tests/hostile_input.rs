@@ -251,3 +251,216 @@ async fn slow_dribbled_headers_are_cut_off_at_the_header_timeout() {
     assert!(started.elapsed() < Duration::from_secs(5));
     still_serving(&stack).await;
 }
+
+/// The edge's `edge_connections` gauge, read from its /metrics.
+async fn edge_connections(stack: &Stack) -> f64 {
+    let (_, text) = chat_tests::procs::http_get(stack.edges[0].admin.port(), "/metrics")
+        .await
+        .expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("edge_connections "))
+        .map_or(0.0, |v| v.trim().parse().expect("gauge value"))
+}
+
+/// Issue 15 item 1: CR/LF (or any control character) in `client_id`, `traceparent` or `ref`
+/// once panicked the session task (NATS header conversion) and leaked its connection slot, so
+/// with `CHAT_MAX_CONNECTIONS=3` three such frames locked every later client out. CONTRACT v1.1
+/// §2 Hostile input: `bad_request` (without `ref` when the ref is the bad field), connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_get_bad_request_and_leak_nothing() {
+    let stack = Stack::start_with(&[("CHAT_MAX_CONNECTIONS", "3")]).await;
+    for round in 0..4 {
+        let (mut c, _) = stack.login(0, "mallory").await;
+        chat_tests::join(&mut c, "cc").await;
+        let hostile = [
+            (
+                json!({"type": "send", "room": "cc", "body": "hi", "client_id": "a\r\nNats-Msg-Id: x"}),
+                true,
+            ),
+            (
+                json!({"type": "send", "room": "cc", "body": "hi", "client_id": "c1", "traceparent": "00-\r\n-01"}),
+                true,
+            ),
+            (
+                json!({"type": "send", "room": "cc", "body": "hi", "client_id": "tab\there"}),
+                true,
+            ),
+            (
+                json!({"type": "send", "room": "cc", "body": "bell\u{7}", "client_id": "c2"}),
+                true,
+            ),
+            (json!({"type": "ping", "ref": "r\n1"}), false),
+        ];
+        for (i, (frame, ref_ok)) in hostile.into_iter().enumerate() {
+            let mut frame = frame;
+            if ref_ok {
+                frame["ref"] = json!(format!("h{i}"));
+            }
+            c.send(frame.clone()).await;
+            let reply = c
+                .recv_until(|f| f["type"] == "error" || f["type"] == "ack" || f["type"] == "pong")
+                .await
+                .unwrap_or_else(|e| panic!("round {round} frame {frame}: {e:?}"));
+            assert_eq!(reply["type"], "error", "{frame} → {reply}");
+            assert_eq!(reply["code"], "bad_request", "{frame} → {reply}");
+            if ref_ok {
+                assert_eq!(reply["ref"], json!(format!("h{i}")), "{reply}");
+            } else {
+                assert!(
+                    reply.get("ref").is_none(),
+                    "the bad ref is not echoed: {reply}"
+                );
+            }
+        }
+        // Tab and newline are fine in a body; the connection is still open and serving.
+        let ack =
+            chat_tests::send(&mut c, "cc", "line one\n\tline two", &format!("ok{round}")).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        assert_eq!(
+            c.request(json!({"type": "ping"}), "p").await["type"],
+            "pong"
+        );
+        c.close().await;
+    }
+    // Every slot came back: three clients connect at once under CHAT_MAX_CONNECTIONS=3, and
+    // the sessions are gone from presence (session down went out).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while edge_connections(&stack).await != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "edge_connections stuck at {}",
+            edge_connections(&stack).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut clients = Vec::new();
+    for user in ["u1", "u2", "u3"] {
+        clients.push(stack.login(0, user).await.0);
+    }
+    assert_eq!(edge_connections(&stack).await, 3.0);
+    let nats = stack.nats.client().await;
+    let req = chat_bus::api::PresenceRequest::Users {
+        users: vec![chat_proto::UserId::new("mallory").unwrap()],
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply: chat_bus::api::PresenceReply =
+            chat_tests::nats_request(&nats, chat_bus::subjects::API_PRESENCE, &req)
+                .await
+                .expect("presence answers");
+        if reply.users[0].status == chat_proto::Status::Offline {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mallory stayed {:?} after closing every session",
+            reply.users[0].status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A socket whose read side panics (standing in for any bug in a session) and whose write side
+/// records what the session sent.
+struct PanickingSocket {
+    sent: std::sync::Arc<std::sync::Mutex<Vec<axum::extract::ws::Message>>>,
+}
+
+impl futures::Stream for PanickingSocket {
+    type Item = Result<axum::extract::ws::Message, axum::Error>;
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        panic!("a bug in the session (deliberate, test)");
+    }
+}
+
+impl futures::Sink<axum::extract::ws::Message> for PanickingSocket {
+    type Error = axum::Error;
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), axum::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn start_send(
+        self: std::pin::Pin<&mut Self>,
+        item: axum::extract::ws::Message,
+    ) -> Result<(), axum::Error> {
+        self.sent.lock().unwrap().push(item);
+        Ok(())
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), axum::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), axum::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Issue 15 item 1, the second half: whatever the next unknown panic in a session is, cleanup
+/// runs: the hub forgets the session (its user entry and its rooms), `session down` goes out
+/// (the user goes offline) and the client is told with 1011.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_session_is_cleaned_up() {
+    let stack = Stack::start().await;
+    let (mut victim, _) = stack.login(0, "pat").await;
+    chat_tests::join(&mut victim, "pr").await;
+    victim.close().await;
+    let config = chat_edge::EdgeConfig::from_env(&stack.service_env()).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let app = chat_edge::App::build(config, stop.clone()).await.unwrap();
+    let edge = app.edge();
+    tokio::spawn(app.run());
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let socket = PanickingSocket { sent: sent.clone() };
+    let session = tokio::spawn(chat_edge::session::run(
+        edge.clone(),
+        socket,
+        Some(stack.token("pat")),
+    ));
+    assert!(session.await.is_ok(), "the panic escaped the session");
+    let sent: Vec<_> = sent.lock().unwrap().drain(..).collect();
+    assert!(
+        matches!(&sent[0], axum::extract::ws::Message::Text(t) if t.contains("\"hello\"")),
+        "{sent:?}"
+    );
+    assert!(
+        matches!(sent.last(), Some(axum::extract::ws::Message::Close(Some(f))) if f.code == 1011),
+        "{sent:?}"
+    );
+    assert!(edge.hub.sessions().await.is_empty(), "hub kept the session");
+    let room = chat_proto::RoomId::new("pr").unwrap();
+    assert_eq!(
+        edge.hub.room_sessions(&room).await,
+        0,
+        "room kept the session"
+    );
+    let nats = stack.nats.client().await;
+    let req = chat_bus::api::PresenceRequest::Users {
+        users: vec![chat_proto::UserId::new("pat").unwrap()],
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply: chat_bus::api::PresenceReply =
+            chat_tests::nats_request(&nats, chat_bus::subjects::API_PRESENCE, &req)
+                .await
+                .expect("presence answers");
+        if reply.users[0].status == chat_proto::Status::Offline {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pat stayed online after the panic"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+}

@@ -177,6 +177,18 @@ async fn each_service_user_may_use_its_subjects_and_nothing_else() {
     history.refused_publish("chat.user.alice.notify").await;
     history.refused_subscribe("chat.fanout.general").await;
     history.refused_subscribe("chat.internal.presence.up").await;
+    // Issue 15 item 7: only its own streams' JetStream API, nobody's KV keys, replies to inboxes.
+    history.allowed_publish("_INBOX.abc").await;
+    history.allowed_publish("_INBOX_integrations.abc").await;
+    history.refused_publish("$KV.chat_presence.zed").await;
+    history.refused_publish("$JS.API.STREAM.DELETE.CHAT").await;
+    history.refused_publish("$JS.API.STREAM.PURGE.CHAT").await;
+    history
+        .refused_publish("$JS.API.STREAM.CREATE.CHAT_PRESENCE")
+        .await;
+    history
+        .refused_publish("$JS.API.CONSUMER.CREATE.CHAT_PRESENCE.x")
+        .await;
 
     let mut presence = Probe::connect(&nats, "presence").await;
     presence.allowed_publish("presence.user.alice").await;
@@ -189,6 +201,23 @@ async fn each_service_user_may_use_its_subjects_and_nothing_else() {
     presence.refused_publish("chat.user.alice.notify").await;
     presence.refused_subscribe("chat.user.alice.notify").await;
     presence.refused_subscribe("chat.api.history").await;
+    presence.allowed_publish("$KV.chat_presence.zed").await;
+    presence
+        .allowed_publish("$KV.chat_presence_alive.edge1")
+        .await;
+    presence.allowed_publish("_INBOX_integrations.abc").await;
+    presence.refused_publish("$KV.other_bucket.zed").await;
+    presence
+        .refused_publish("$JS.API.STREAM.DELETE.KV_chat_presence")
+        .await;
+    presence.refused_publish("$JS.API.STREAM.DELETE.CHAT").await;
+    presence.refused_publish("$JS.API.STREAM.INFO.CHAT").await;
+    presence
+        .refused_publish("$JS.API.CONSUMER.CREATE.CHAT.x")
+        .await;
+    presence
+        .refused_publish("$JS.ACK.CHAT.history-archive.1.1.1.1.1")
+        .await;
 
     let mut notify = Probe::connect(&nats, "notify").await;
     notify.allowed_publish("chat.user.alice.notify").await;
@@ -198,6 +227,42 @@ async fn each_service_user_may_use_its_subjects_and_nothing_else() {
     notify.refused_publish("chat.room.general.typing").await;
     notify.refused_subscribe("chat.internal.presence.up").await;
     notify.refused_subscribe("chat.fanout.general").await;
+    notify.refused_publish("$KV.chat_presence.zed").await;
+    notify.refused_publish("$JS.API.STREAM.DELETE.CHAT").await;
+    notify
+        .refused_publish("$JS.API.CONSUMER.DELETE.CHAT.history-archive")
+        .await;
+    notify
+        .refused_publish("$JS.API.STREAM.CREATE.KV_chat_presence")
+        .await;
+    notify.refused_publish("_INBOX_integrations.abc").await;
+}
+
+/// Issue 15 item 7: the services answer requests without `allow_responses`, so even a service
+/// that forgot to check a reply subject (CONTRACT §3) could not publish into a bucket or a
+/// stream through it: a reply goes to an inbox or nowhere.
+#[tokio::test]
+async fn a_service_user_cannot_answer_on_a_foreign_reply_subject() {
+    let (nats, _logs) = server().await;
+    let mut history = Probe::connect(&nats, "history").await;
+    let mut requests = history.allowed_subscribe("chat.api.history").await;
+    let edge = Probe::connect(&nats, "edge").await;
+    for reply in ["$KV.chat_presence.zed", "_INBOX.fine"] {
+        edge.client
+            .publish_with_reply("chat.api.history", reply, "{}".into())
+            .await
+            .unwrap();
+        let req = tokio::time::timeout(Duration::from_secs(5), requests.next())
+            .await
+            .expect("the request arrives")
+            .unwrap();
+        let reply = req.reply.expect("it names a reply subject");
+        if reply.starts_with("_INBOX.") {
+            history.allowed_publish(&reply).await;
+        } else {
+            history.refused_publish(&reply).await;
+        }
+    }
 }
 
 #[tokio::test]
@@ -319,9 +384,9 @@ async fn integrations_read_public_subjects_ask_the_api_and_post_through_jetstrea
     );
 }
 
-/// The four binaries, each with its own NATS user. chat-presence and chat-notify are still
-/// skeletons on this branch (connect, admin endpoints), so the path exercised is edge ↔ history;
-/// the nats-server log check below extends to them as they grow.
+/// The four binaries, each with its own NATS user: edge ↔ history (messages, history, rooms,
+/// recovery), chat-notify (a mention), chat-presence (a snapshot, its sweeper), and no
+/// permission violation in the nats-server log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_services_run_end_to_end_with_their_own_nats_users() {
     let (nats, logs) = server().await;
@@ -394,6 +459,35 @@ async fn the_services_run_end_to_end_with_their_own_nats_users() {
     let (replayed, joined) = join_since(&mut carol, "perm", 0, &epoch).await;
     assert_eq!(replayed, vec![seq]);
     assert_eq!(joined["recovered"], true);
+
+    // chat-notify consumed the mention and notified bob; chat-presence answers a snapshot
+    // from its bucket (and its sweeper lists the liveness bucket meanwhile).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_bob3, hello) =
+            WsClient::login(&edge1.ws_url(), &token::hs256(SECRET, "bob", 600)).await;
+        if hello["notifications"][0]["seq"].as_u64() == Some(seq) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{hello}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let snap = bob
+            .request(json!({"type": "presence", "room": "perm"}), "p")
+            .await;
+        assert_eq!(snap["type"], "presence_snapshot", "{snap}");
+        let alice_online = snap["users"].as_array().is_some_and(|u| {
+            u.iter()
+                .any(|e| e["user"] == "alice" && e["status"] == "online")
+        });
+        if alice_online {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{snap}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // And no service ran into a permission it lacks along the way.
     let log = std::fs::read_to_string(logs.path().join("nats.log")).expect("nats-server log");

@@ -9,7 +9,20 @@ struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
+        // async-nats panics on a value with CR or LF; a propagator never writes one, but a
+        // header is no reason to crash a task.
+        if let Ok(value) = value.parse::<async_nats::HeaderValue>() {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// Collects what a propagator writes, for building headers elsewhere.
+struct FieldsInjector(Vec<(String, String)>);
+
+impl Injector for FieldsInjector {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_owned(), value));
     }
 }
 
@@ -29,6 +42,14 @@ impl Extractor for HeaderExtractor<'_> {
 pub fn inject_current(headers: &mut HeaderMap) {
     let cx = tracing::Span::current().context();
     inject(&cx, headers);
+}
+
+/// The current span's context as header fields (`traceparent`, `tracestate`), unvalidated.
+pub fn current_fields() -> Vec<(String, String)> {
+    let cx = tracing::Span::current().context();
+    let mut fields = FieldsInjector(Vec::new());
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut fields));
+    fields.0
 }
 
 /// Writes `cx` into `headers`.
@@ -54,9 +75,27 @@ pub fn continue_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let _ = span.set_parent(cx);
 }
 
-/// Reads a bare `traceparent` string (a client's frame field) as a context.
+/// Reads a bare `traceparent` string (a client's frame field) as a context; an empty context
+/// when it cannot be one (never a panic, whatever the client sent).
 pub fn from_traceparent(traceparent: &str) -> Context {
+    let Ok(value) = traceparent.parse::<async_nats::HeaderValue>() else {
+        return Context::new();
+    };
     let mut h = HeaderMap::new();
-    h.insert("traceparent", traceparent);
+    h.insert("traceparent", value);
     extract(Some(&h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TraceContextExt;
+
+    #[test]
+    fn a_hostile_traceparent_is_no_context_and_no_panic() {
+        for tp in ["00-\r\n-01", "\n", "x\ry"] {
+            let cx = from_traceparent(tp);
+            assert!(!cx.span().span_context().is_valid(), "{tp:?}");
+        }
+    }
 }

@@ -111,6 +111,37 @@ pub const CLIENT_TYPES: &[&str] = &[
 ];
 
 impl ClientFrame {
+    /// The first field breaking CONTRACT v1.1 §2 Hostile input (a control character where none
+    /// may be), with why; `None` when the frame is clean. Every string a client controls that
+    /// reaches a NATS header, a log line or another user is listed here.
+    pub fn hostile_field(&self) -> Option<&'static str> {
+        match self {
+            ClientFrame::Send {
+                body, client_id, ..
+            } => {
+                if crate::has_control(client_id) {
+                    Some("client_id must not contain control characters")
+                } else if crate::body_has_control(body) {
+                    Some("body must not contain control characters other than tab and newline")
+                } else {
+                    None
+                }
+            }
+            ClientFrame::Auth { .. }
+            | ClientFrame::Join { .. }
+            | ClientFrame::Leave { .. }
+            | ClientFrame::Create { .. }
+            | ClientFrame::Invite { .. }
+            | ClientFrame::OpenDm { .. }
+            | ClientFrame::History { .. }
+            | ClientFrame::Typing { .. }
+            | ClientFrame::Read { .. }
+            | ClientFrame::Status { .. }
+            | ClientFrame::Presence { .. }
+            | ClientFrame::Ping => None,
+        }
+    }
+
     /// The frame's `type`, for metrics and logs.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -152,6 +183,9 @@ pub struct DecodeError {
 /// Longest `ref` a client may attach.
 pub const MAX_REF_CHARS: usize = 64;
 
+/// Longest `traceparent` field (a W3C traceparent is 55 characters; room for future versions).
+pub const MAX_TRACEPARENT_BYTES: usize = 128;
+
 /// Longest error message a refusal carries. serde's messages quote the offending value (`unknown
 /// variant `…``, `invalid type: string "…"`), which a client controls up to `max_frame`.
 pub const MAX_ERROR_MESSAGE_CHARS: usize = 200;
@@ -189,6 +223,14 @@ impl Envelope {
         };
         let reference = match map.remove("ref") {
             None | Some(Value::Null) => None,
+            // Not echoed (CONTRACT v1.1 §2): the ref itself is the bad field.
+            Some(Value::String(r)) if crate::has_control(&r) => {
+                return Err(fail(
+                    None,
+                    ErrorCode::BadRequest,
+                    "ref must not contain control characters".into(),
+                ));
+            }
             Some(Value::String(r)) if crate::char_len(&r) <= MAX_REF_CHARS => Some(r),
             Some(_) => {
                 return Err(fail(
@@ -200,12 +242,21 @@ impl Envelope {
         };
         let traceparent = match map.remove("traceparent") {
             None | Some(Value::Null) => None,
-            Some(Value::String(t)) if t.len() <= 128 => Some(t),
+            Some(Value::String(t)) if crate::has_control(&t) => {
+                return Err(fail(
+                    reference,
+                    ErrorCode::BadRequest,
+                    "traceparent must not contain control characters".into(),
+                ));
+            }
+            Some(Value::String(t)) if t.len() <= MAX_TRACEPARENT_BYTES => Some(t),
             Some(_) => {
                 return Err(fail(
                     reference,
                     ErrorCode::BadRequest,
-                    "traceparent must be a string".into(),
+                    format!(
+                        "traceparent must be a string of at most {MAX_TRACEPARENT_BYTES} bytes"
+                    ),
                 ));
             }
         };
@@ -235,11 +286,14 @@ impl Envelope {
             }
         }
         match serde_json::from_value::<ClientFrame>(Value::Object(map)) {
-            Ok(frame) => Ok(Envelope {
-                reference,
-                traceparent,
-                frame,
-            }),
+            Ok(frame) => match frame.hostile_field() {
+                Some(why) => Err(fail(reference, ErrorCode::BadRequest, why.into())),
+                None => Ok(Envelope {
+                    reference,
+                    traceparent,
+                    frame,
+                }),
+            },
             Err(e) => Err(fail(reference, ErrorCode::BadRequest, e.to_string())),
         }
     }
@@ -564,6 +618,50 @@ mod tests {
         }
         let short = Envelope::decode(r#"{"type":"status","status":"idle"}"#).unwrap_err();
         assert!(short.message.contains("idle"), "{}", short.message);
+    }
+
+    #[test]
+    fn control_characters_are_refused_and_a_bad_ref_is_not_echoed() {
+        // CONTRACT v1.1 §2 Hostile input.
+        let cases = [
+            (
+                r#"{"type":"send","room":"r","body":"b","client_id":"a\r\nb","ref":"1"}"#,
+                Some("1"),
+            ),
+            (
+                r#"{"type":"send","room":"r","body":"b","client_id":"t\tab","ref":"1"}"#,
+                Some("1"),
+            ),
+            (
+                r#"{"type":"send","room":"r","body":"cr\r","client_id":"c","ref":"1"}"#,
+                Some("1"),
+            ),
+            (
+                r#"{"type":"send","room":"r","body":"\u0001","client_id":"c","ref":"1"}"#,
+                Some("1"),
+            ),
+            (
+                r#"{"type":"send","room":"r","body":"b","client_id":"c","ref":"1","traceparent":"00-\n"}"#,
+                Some("1"),
+            ),
+            (r#"{"type":"ping","ref":"a\nb"}"#, None),
+            (r#"{"type":"ping","ref":"\u0085"}"#, None),
+        ];
+        for (text, reference) in cases {
+            let err = Envelope::decode(text).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{text}");
+            assert_eq!(err.reference.as_deref(), reference, "{text}");
+            assert!(
+                err.message.contains("control characters"),
+                "{}",
+                err.message
+            );
+        }
+        let ok = Envelope::decode(
+            r#"{"type":"send","room":"r","body":"one\n\ttwo","client_id":"c-1","ref":"x"}"#,
+        )
+        .unwrap();
+        assert!(matches!(ok.frame, ClientFrame::Send { ref body, .. } if body == "one\n\ttwo"));
     }
 
     #[test]

@@ -32,6 +32,17 @@ pub fn char_len(s: &str) -> usize {
     s.chars().count()
 }
 
+/// Does `s` hold a control character (Unicode category Cc)? CONTRACT v1.1 §2 Hostile input:
+/// `client_id`, `ref`, `emoji` and `traceparent` hold none.
+pub fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// Does a message body hold a control character other than tab and newline (CONTRACT v1.1 §2)?
+pub fn body_has_control(s: &str) -> bool {
+    s.chars().any(|c| c.is_control() && c != '\t' && c != '\n')
+}
+
 /// The first `n` characters of `s` (a notification's preview).
 pub fn prefix_chars(s: &str, n: usize) -> &str {
     match s.char_indices().nth(n) {
@@ -49,5 +60,21 @@ mod tests {
         assert_eq!(prefix_chars("héllo", 2), "hé");
         assert_eq!(prefix_chars("ab", 5), "ab");
         assert_eq!(char_len("😀x"), 2);
+    }
+
+    #[test]
+    fn control_characters_are_category_cc() {
+        for c in ['\0', '\r', '\n', '\t', '\u{7f}', '\u{85}', '\u{9f}'] {
+            assert!(has_control(&format!("a{c}b")), "{c:?}");
+        }
+        // Not Cc: format characters, separators, emoji.
+        for s in ["", "plain", "\u{200b}\u{2028}", "😀 ok", "\u{a0}"] {
+            assert!(!has_control(s), "{s:?}");
+            assert!(!body_has_control(s), "{s:?}");
+        }
+        assert!(!body_has_control("line\n\tindented"));
+        for bad in ["cr\r", "nul\0", "bell\u{7}", "del\u{7f}", "nel\u{85}"] {
+            assert!(body_has_control(bad), "{bad:?}");
+        }
     }
 }

@@ -10,27 +10,51 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::admin::ReadinessCheck;
 
-/// A lazily connecting pool whose connections use `schema` (created by [`prepare`]).
+/// How long one statement may run unless `DATABASE_URL` says otherwise: a query that the
+/// database cannot answer in time fails (and frees its connection) instead of holding a pool
+/// slot and a request for as long as PostgreSQL takes.
+pub const DEFAULT_STATEMENT_TIMEOUT: &str = "5s";
+
+/// A lazily connecting pool whose connections use `schema` (created by [`prepare`]). Every
+/// connection has a `statement_timeout`: [`DEFAULT_STATEMENT_TIMEOUT`], or the one the URL's
+/// `options` parameter sets (`?options=-c%20statement_timeout%3D10s`; `0` turns it off).
 pub fn pool(url: &str, schema: &'static str, max: u32) -> Result<PgPool, sqlx::Error> {
-    let opts = PgConnectOptions::from_str(url)?.options([("search_path", schema)]);
+    let opts = PgConnectOptions::from_str(url)?;
+    let has_timeout = opts
+        .get_options()
+        .is_some_and(|o| o.contains("statement_timeout"));
+    let mut opts = opts.options([("search_path", schema)]);
+    if !has_timeout {
+        opts = opts.options([("statement_timeout", DEFAULT_STATEMENT_TIMEOUT)]);
+    }
     Ok(PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(3))
         .connect_lazy_with(opts))
 }
 
-/// Creates the schema and applies the migrations.
+/// Creates the schema and applies the migrations, on one connection without a statement
+/// timeout (a migration building an index over a large table may take long; requests may not).
 pub async fn prepare(
     pool: &PgPool,
     schema: &'static str,
     migrator: &sqlx::migrate::Migrator,
 ) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE SCHEMA IF NOT EXISTS {schema}"
     )))
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
-    migrator.run(pool).await?;
+    let migrated = migrator.run(&mut *conn).await;
+    // Back to the connection's own timeout before it returns to the pool.
+    sqlx::query("RESET statement_timeout")
+        .execute(&mut *conn)
+        .await?;
+    migrated?;
     Ok(())
 }
 

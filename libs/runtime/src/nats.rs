@@ -19,6 +19,43 @@ pub struct NatsConfig {
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// How the requests this process serves are bounded.
+    pub serve: ServeLimits,
+}
+
+/// Bounds of [`serve_requests`], per subject served by one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// `CHAT_REQUEST_CONCURRENCY` (256): requests handled at once. Beyond it the next request
+    /// waits (in the subscription, in arrival order) until one finishes: the reader stops taking
+    /// requests, so a flood costs at most this many tasks, and each waiting request is still
+    /// bounded by its requester's own timeout.
+    pub concurrency: usize,
+    /// `CHAT_REQUEST_DEADLINE` (4s): how long one request may take once started; past it the
+    /// requester is answered `unavailable` (rather than never) and the work is dropped. Shorter
+    /// than the requesters' `CHAT_REQUEST_TIMEOUT` (5s), so that the answer still arrives.
+    pub deadline: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            concurrency: 256,
+            deadline: Duration::from_secs(4),
+        }
+    }
+}
+
+impl ServeLimits {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let d = ServeLimits::default();
+        Ok(ServeLimits {
+            concurrency: env.parse("CHAT_REQUEST_CONCURRENCY", d.concurrency)?.max(1),
+            deadline: env
+                .duration("CHAT_REQUEST_DEADLINE", d.deadline)?
+                .max(Duration::from_millis(10)),
+        })
+    }
 }
 
 impl NatsConfig {
@@ -33,6 +70,7 @@ impl NatsConfig {
             tls_ca: path("NATS_TLS_CA"),
             tls_cert: path("NATS_TLS_CERT"),
             tls_key: path("NATS_TLS_KEY"),
+            serve: ServeLimits::from_env(env)?,
         })
     }
 
@@ -47,6 +85,7 @@ impl NatsConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            serve: ServeLimits::default(),
         }
     }
 
@@ -102,13 +141,38 @@ pub fn is_connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
 }
 
+/// Whether a request's reply subject may be answered (CONTRACT §3): only inboxes, `_INBOX.…` or
+/// a client's own prefix such as `_INBOX_integrations.…`. Anything else (a stream's subject, a
+/// KV key, another service's subject) is dropped unanswered.
+pub fn trusted_reply_subject(reply: &str) -> bool {
+    let Some(rest) = reply.strip_prefix("_INBOX") else {
+        return false;
+    };
+    // `_INBOX.x` or `_INBOX_<prefix>.x`, with something after the dot.
+    let rest = match rest.strip_prefix('_') {
+        Some(custom) => match custom.split_once('.') {
+            Some((prefix, tail)) if !prefix.is_empty() => tail,
+            _ => return false,
+        },
+        None => match rest.strip_prefix('.') {
+            Some(tail) => tail,
+            None => return false,
+        },
+    };
+    !rest.is_empty() && !rest.contains(['*', '>'])
+}
+
 /// Serves request/reply on `subject` in queue group `queue` until `shutdown`, then stops taking
 /// requests and waits for those in flight. Each request runs in its own task, inside a span
-/// continuing the requester's trace; `handle` returns the reply payload.
+/// continuing the requester's trace; `handle` returns the reply payload. `limits` bounds the
+/// work: at most `concurrency` requests at once (the next one waits for a free slot), each
+/// answered within `deadline` (`unavailable` past it). Only inbox reply subjects are answered
+/// ([`trusted_reply_subject`]).
 pub async fn serve_requests<F, Fut>(
     client: async_nats::Client,
     subject: &'static str,
     queue: &'static str,
+    limits: ServeLimits,
     shutdown: tokio_util::sync::CancellationToken,
     handle: F,
 ) -> Result<(), async_nats::Error>
@@ -120,6 +184,7 @@ where
     use tracing::Instrument;
 
     let handle = std::sync::Arc::new(handle);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.concurrency.max(1)));
     let mut sub = client.queue_subscribe(subject, queue.to_owned()).await?;
     let tasks = tokio_util::task::TaskTracker::new();
     loop {
@@ -133,13 +198,49 @@ where
         let Some(reply) = msg.reply.clone() else {
             continue;
         };
+        if !trusted_reply_subject(&reply) {
+            // CONTRACT §3: answering `$KV.…` or `chat.…` would publish into a bucket or a
+            // stream with this service's permissions.
+            metrics::counter!("nats_requests_dropped_total", "reason" => "reply_subject")
+                .increment(1);
+            tracing::debug!(subject, reply = %reply, "request with a foreign reply subject dropped");
+            continue;
+        }
+        // A free slot first: while every slot is busy, requests wait in the subscription.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                metrics::counter!("nats_requests_waited_total", "subject" => subject).increment(1);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let span = tracing::info_span!("request", subject);
         chat_bus::trace::continue_from(&span, msg.headers.as_ref());
         let handle = handle.clone();
         let client = client.clone();
         tasks.spawn(
             async move {
-                let payload = handle(msg).await;
+                let payload = match tokio::time::timeout(limits.deadline, handle(msg)).await {
+                    Ok(payload) => payload,
+                    Err(_) => {
+                        metrics::counter!("nats_requests_timed_out_total", "subject" => subject)
+                            .increment(1);
+                        tracing::warn!(
+                            deadline_ms = limits.deadline.as_millis() as u64,
+                            "request past its deadline, answered unavailable"
+                        );
+                        chat_bus::api::encode_reply::<()>(&Err(
+                            chat_bus::api::ApiError::unavailable(),
+                        ))
+                    }
+                };
+                drop(slot);
                 if let Err(e) = client.publish(reply, payload).await {
                     tracing::debug!(error = %e, "reply not sent");
                 }
@@ -157,6 +258,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_inbox_reply_subjects_are_trusted() {
+        for ok in ["_INBOX.abc.1", "_INBOX_integrations.x.y", "_INBOX_a.b"] {
+            assert!(trusted_reply_subject(ok), "{ok}");
+        }
+        for bad in [
+            "$KV.chat_presence.zed",
+            "chat.room.lobby.msg",
+            "$JS.API.STREAM.DELETE.CHAT",
+            "_INBOX",
+            "_INBOX.",
+            "_INBOXX.a",
+            "_INBOX_.a",
+            "_INBOX_x",
+            "_INBOX.>",
+            "",
+        ] {
+            assert!(!trusted_reply_subject(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn nats_url_takes_one_server_or_a_list() {

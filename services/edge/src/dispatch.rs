@@ -171,7 +171,8 @@ fn validate(
     }
 }
 
-/// `send`: a body of 1..=max_body characters without NUL, a client_id of 1..=64 characters.
+/// `send`: a body of 1..=max_body characters, a client_id of 1..=64 characters. Control
+/// characters (CONTRACT v1.1 §2 Hostile input) are refused by `Envelope::decode` already.
 fn check_send(body: &str, client_id: &str, max_body: usize) -> Result<(), ApiError> {
     let len = chat_proto::char_len(body);
     if len == 0 {
@@ -181,11 +182,6 @@ fn check_send(body: &str, client_id: &str, max_body: usize) -> Result<(), ApiErr
         return Err(ApiError::new(
             ErrorCode::TooLarge,
             format!("body is longer than {max_body} characters"),
-        ));
-    }
-    if body.contains('\0') {
-        return Err(ApiError::bad_request(
-            "body must not contain NUL characters",
         ));
     }
     if client_id.is_empty() || chat_proto::char_len(client_id) > MAX_CLIENT_ID_CHARS {

@@ -261,6 +261,15 @@ impl Hub {
             .collect()
     }
 
+    /// How many local sessions receive `room` (tests and diagnostics).
+    pub async fn room_sessions(&self, room: &RoomId) -> usize {
+        let rooms = self.rooms.lock().await;
+        rooms
+            .get(room)
+            .map(|e| e.sessions.snapshot().len())
+            .unwrap_or(0)
+    }
+
     /// Whether a typing indicator of `user` in `room` may go out now (and records it if so).
     pub fn typing_allowed(&self, user: &UserId, room: &RoomId) -> bool {
         let Ok(mut map) = self.typing.lock() else {

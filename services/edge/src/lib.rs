@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod config;
 pub mod dispatch;
+pub mod headers;
 pub mod hub;
 pub mod jwks;
 pub mod ratelimit;
@@ -18,7 +19,7 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -56,8 +57,8 @@ pub struct EdgeInner {
     next_session: AtomicU64,
     /// Upgrades admitted per second (reconnect storms).
     admission: std::sync::Mutex<ratelimit::TokenBucket>,
-    /// Open connections, for `CHAT_MAX_CONNECTIONS`.
-    open: std::sync::atomic::AtomicUsize,
+    /// Open connections, for `CHAT_MAX_CONNECTIONS`; each is a [`ConnectionSlot`].
+    open: Arc<AtomicUsize>,
     /// Cancelled to drain: every session closes with 1012.
     pub shutdown: CancellationToken,
     sessions: TaskTracker,
@@ -145,7 +146,7 @@ impl App {
             edge_id,
             next_session: AtomicU64::new(1),
             admission: std::sync::Mutex::new(admission),
-            open: std::sync::atomic::AtomicUsize::new(0),
+            open: Arc::new(AtomicUsize::new(0)),
             shutdown,
             sessions: TaskTracker::new(),
         }));
@@ -306,13 +307,35 @@ async fn ws_upgrade(
         .max_frame_size(max.saturating_mul(2))
         .on_upgrade(move |socket| {
             let token_guard = tracker.token();
-            edge.open.fetch_add(1, Ordering::Relaxed);
+            let slot = ConnectionSlot::take(edge.open.clone());
             async move {
-                session::run(edge.clone(), socket, token).await;
-                edge.open.fetch_sub(1, Ordering::Relaxed);
-                drop(token_guard);
+                // Both guards are given back by dropping, however the session ends.
+                let (_slot, _token_guard) = (slot, token_guard);
+                session::run(edge, socket, token).await;
             }
         })
+}
+
+/// One open connection, counted in `open` and the `edge_connections` gauge until dropped —
+/// whatever way the task holding it ends, a panic included (issue 15 item 1: a leaked count
+/// once locked every later client out with 503).
+pub struct ConnectionSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl ConnectionSlot {
+    pub fn take(open: Arc<AtomicUsize>) -> ConnectionSlot {
+        open.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("edge_connections").increment(1.0);
+        ConnectionSlot { open }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("edge_connections").decrement(1.0);
+    }
 }
 
 /// Admission control: refuses an upgrade (503, Retry-After) past the connection cap or the
@@ -397,6 +420,30 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[tokio::test]
+    async fn a_connection_slot_is_given_back_when_its_task_panics() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let slot = ConnectionSlot::take(open.clone());
+        assert_eq!(open.load(Ordering::Relaxed), 1);
+        let task = tokio::spawn(async move {
+            let _slot = slot;
+            tokio::task::yield_now().await;
+            panic!("a bug in a session");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(open.load(Ordering::Relaxed), 0);
+        let aborted = tokio::spawn({
+            let slot = ConnectionSlot::take(open.clone());
+            async move {
+                let _slot = slot;
+                std::future::pending::<()>().await;
+            }
+        });
+        aborted.abort();
+        assert!(aborted.await.unwrap_err().is_cancelled());
+        assert_eq!(open.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -5,19 +5,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use axum::extract::ws::{CloseFrame, Message};
 use chat_bus::api::{
     self, ApiError, HistoryPage, HistoryRequest, MembershipChange, NotifyState, NotifyStateRequest,
     PresenceReply, PresenceRequest, ReadRequest, RoomInfo, RoomsRequest, SessionEvent,
     StatusChange, TypingEvent, UnreadUpdate, UserRooms,
 };
-use chat_bus::event::{MSG_ID_HEADER, RoomEvent};
+use chat_bus::event::RoomEvent;
 use chat_bus::{now_ms, subjects, trace};
 use chat_proto::{
     ClientFrame, Envelope, ErrorCode, RoomId, RoomKind, RoomSummary, ServerFrame, UserId, close,
 };
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use futures::{FutureExt as _, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -66,6 +65,12 @@ enum Flow {
 }
 
 /// Runs a connection to its end. `header_token` is the bearer token of the upgrade request.
+///
+/// Whatever way the session ends, what it holds is given back (issue 15: a panic once leaked
+/// the hub's entries, the user's presence and the connection slot): a panic inside the session
+/// is caught here and the session cleaned up as after any close, and should the future be
+/// dropped before its cleanup (an abort, a panic in the cleanup itself), [`Session`]'s `Drop`
+/// hands the same cleanup to a task of its own.
 pub async fn run<S>(edge: Edge, mut socket: S, header_token: Option<String>)
 where
     S: Stream<Item = Result<Message, axum::Error>>
@@ -73,13 +78,8 @@ where
         + Unpin
         + Send,
 {
-    metrics::gauge!("edge_connections").increment(1.0);
-    let identity = match authenticate(&edge, &mut socket, header_token).await {
-        Some(id) => id,
-        None => {
-            metrics::gauge!("edge_connections").decrement(1.0);
-            return;
-        }
+    let Some(identity) = authenticate(&edge, &mut socket, header_token).await else {
+        return;
     };
     let id = edge.next_session_id();
     let name: Arc<str> = format!("{}-{id}", edge.edge_id).into();
@@ -103,11 +103,26 @@ where
         messages_out: metrics::counter!("edge_frames_out_total", "type" => "message"),
         ping_due: false,
         sends: futures::stream::FuturesOrdered::new(),
+        cleaned_up: false,
     };
-    session.serve(rx).await;
+    let served = std::panic::AssertUnwindSafe(session.serve(rx))
+        .catch_unwind()
+        .await;
+    if served.is_err() {
+        // The panic message went to the panic hook (stderr); the session is cleaned up as usual.
+        metrics::counter!("edge_session_panics_total").increment(1);
+        tracing::error!(session = %name, "session task panicked; closing it with 1011");
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            close_with(&mut session.socket, INTERNAL_ERROR, "internal error"),
+        )
+        .await;
+    }
     session.cleanup().await;
-    metrics::gauge!("edge_connections").decrement(1.0);
 }
+
+/// WebSocket close code 1011: the server met an unexpected condition.
+const INTERNAL_ERROR: u16 = 1011;
 
 async fn send_frame<S>(socket: &mut S, frame: &ServerFrame) -> bool
 where
@@ -292,6 +307,39 @@ struct Session<S> {
     ping_due: bool,
     /// Sends waiting for their acknowledgement, answered in order.
     sends: futures::stream::FuturesOrdered<SendReply>,
+    /// Set once [`Session::cleanup`] ran; until then, dropping the session cleans up.
+    cleaned_up: bool,
+}
+
+impl<S> Drop for Session<S> {
+    fn drop(&mut self) {
+        if self.cleaned_up {
+            return;
+        }
+        // Dropped before its cleanup ran (the future was aborted, or the cleanup panicked):
+        // give everything back from a task of its own.
+        let rooms: Vec<RoomId> = self.rooms.drain().map(|(room, _)| room).collect();
+        let (edge, handle) = (self.edge.clone(), self.handle.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(release(edge, handle, rooms));
+        }
+    }
+}
+
+/// Removes a session from the hub (its rooms and its user entry) and announces `session down`.
+async fn release(edge: Edge, handle: SessionHandle, rooms: Vec<RoomId>) {
+    for room in rooms {
+        edge.hub.remove_from_room(&room, handle.id).await;
+    }
+    edge.hub.remove_user_session(&handle.user, handle.id).await;
+    let down = SessionEvent {
+        edge: edge.edge_id.clone(),
+        session: handle.name.to_string(),
+        user: handle.user.clone(),
+        ts: now_ms(),
+    };
+    edge.publish_json(subjects::PRESENCE_SESSION_DOWN, &down)
+        .await;
 }
 
 fn expiry_instant(exp: i64) -> tokio::time::Instant {
@@ -567,23 +615,9 @@ where
     }
 
     async fn cleanup(&mut self) {
-        let rooms: Vec<RoomId> = self.rooms.keys().cloned().collect();
-        for room in rooms {
-            self.edge.hub.remove_from_room(&room, self.handle.id).await;
-        }
-        self.edge
-            .hub
-            .remove_user_session(&self.handle.user, self.handle.id)
-            .await;
-        let down = SessionEvent {
-            edge: self.edge.edge_id.clone(),
-            session: self.handle.name.to_string(),
-            user: self.user().clone(),
-            ts: now_ms(),
-        };
-        self.edge
-            .publish_json(subjects::PRESENCE_SESSION_DOWN, &down)
-            .await;
+        let rooms: Vec<RoomId> = self.rooms.drain().map(|(room, _)| room).collect();
+        release(self.edge.clone(), self.handle.clone(), rooms).await;
+        self.cleaned_up = true;
     }
 
     /// The user's marker and unread count in `room` covering the events up to `last` (what a
@@ -1025,10 +1059,10 @@ where
         deadline: tokio::time::Instant,
     ) -> Result<async_nats::jetstream::context::PublishAckFuture, ApiError> {
         let payload = serde_json::to_vec(event).map_err(|_| ApiError::internal())?;
-        let mut headers = HeaderMap::new();
-        trace::inject_current(&mut headers);
-        // After the trace headers: the dedup id must not be lost.
-        headers.insert(MSG_ID_HEADER, event.msg_id().as_str());
+        // Never a panic on a header value (issue 15): dispatch refused control characters in
+        // client_id already; whatever slipped through is refused here.
+        let headers = crate::headers::event_headers(&event.msg_id(), &trace::current_fields())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let fut = self.edge.js.publish_with_headers(
             subjects::room_msg(&event.room),
             headers,

@@ -6,10 +6,26 @@
 
 mod support {
     pub mod dispatch_model;
+    pub mod headers_model;
 }
 
+use std::time::Instant;
+
+use chat_edge::dispatch::{Action, Inbound, classify};
+use chat_edge::ratelimit::TokenBucket;
+use chat_proto::{ErrorCode, Limits};
 use proptest::prelude::*;
-use support::dispatch_model::run_bytes;
+use serde_json::json;
+use support::dispatch_model::{CONTROLS, run_bytes};
+
+/// Where a control character goes in an otherwise valid `send` (CONTRACT v1.1 §2 Hostile input).
+#[derive(Debug, Clone, Copy)]
+enum Spot {
+    ClientId,
+    Body,
+    Ref,
+    Traceparent,
+}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
@@ -36,6 +52,51 @@ proptest! {
         data.push(b'\n');
         data.extend(lines.join("\n").into_bytes());
         run_bytes(&data);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// One control character anywhere in `client_id`, `ref` or `traceparent`, or one other than
+    /// tab and newline in `body`: `bad_request`, with the ref echoed unless it is the bad field;
+    /// any other character (including tab/newline in a body) changes nothing.
+    #[test]
+    fn control_characters_get_bad_request(
+        spot in prop_oneof![Just(Spot::ClientId), Just(Spot::Body), Just(Spot::Ref), Just(Spot::Traceparent)],
+        base in "[a-z0-9]{1,20}",
+        at in 0usize..21,
+        c in prop_oneof![prop::sample::select(CONTROLS.to_vec()), any::<char>()],
+    ) {
+        let mut field = base.clone();
+        field.insert(at.min(field.len()), c);
+        let mut frame = json!({
+            "type": "send", "room": "r1", "body": "hello", "client_id": "c1",
+            "ref": "q1", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        });
+        let key = match spot {
+            Spot::ClientId => "client_id",
+            Spot::Body => "body",
+            Spot::Ref => "ref",
+            Spot::Traceparent => "traceparent",
+        };
+        frame[key] = json!(field);
+        let limits = Limits { max_body: 4000, max_frame: 65536, rate_per_s: 100 };
+        let now = Instant::now();
+        let mut bucket = TokenBucket::new(limits.rate_per_s, now);
+        let text = frame.to_string();
+        let action = classify(Inbound::Text(&text), now, &limits, &mut bucket, |_| true);
+        let allowed_in_body = matches!(spot, Spot::Body) && (c == '\t' || c == '\n');
+        if c.is_control() && !allowed_in_body {
+            let Action::Refuse(r) = action else {
+                panic!("{text}: accepted {action:?}");
+            };
+            prop_assert_eq!(r.code, ErrorCode::BadRequest);
+            let echoed = (!matches!(spot, Spot::Ref)).then(|| "q1".to_owned());
+            prop_assert_eq!(r.reference, echoed);
+        } else {
+            prop_assert!(matches!(action, Action::Handle(_)), "{} refused: {:?}", text, action);
+        }
     }
 }
 
@@ -73,4 +134,37 @@ fn seed_corpus_keeps_the_contract() {
         }
     }
     assert!(seen > 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The NATS header building of a `send` (the `event_headers` fuzz target's model): never a
+    /// panic, whatever the client id and traceparent hold.
+    #[test]
+    fn event_headers_never_panic(
+        client_id in "(.|\r|\n){0,70}",
+        traceparent in "(.|\r|\n){0,130}",
+    ) {
+        support::headers_model::check("alice", &client_id, &traceparent);
+    }
+}
+
+/// The `event_headers` target's regressions and seeds (`fuzz/regressions/event_headers/`,
+/// `fuzz/corpus/event_headers/seed-*`), replayed in CI.
+#[test]
+fn event_headers_regressions_stay_fixed() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz");
+    let mut seen = 0;
+    for dir in ["regressions/event_headers", "corpus/event_headers"] {
+        for entry in std::fs::read_dir(format!("{root}/{dir}")).expect("fuzz folder exists") {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if dir.starts_with("regressions") || name.starts_with("seed-") {
+                support::headers_model::run_bytes(&std::fs::read(&path).unwrap());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 4);
 }

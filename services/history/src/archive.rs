@@ -2,21 +2,144 @@
 //! in batches, acknowledging an event only after the transaction holding it has committed.
 //! Redelivery is harmless (`ON CONFLICT DO NOTHING` on the stream sequence); an event that can
 //! never be stored is dead-lettered after `max_deliver` deliveries instead of blocking its room.
+//!
+//! A stored entry that is not a valid event (CONTRACT §3, [`chat_bus::event::validate`]) is
+//! dead-lettered with its reason at once, acknowledged and skipped: never archived or counted.
+//! The writer loops are supervised: one that ends or panics is restarted with a backoff, and
+//! while any is not running the service is not ready ([`WriterHealth`]).
 
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use chat_bus::event::RoomEvent;
+use chat_bus::event::{self, Event, Invalid};
 use chat_bus::{subjects, trace};
+use chat_runtime::admin::ReadinessCheck;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HistoryConfig;
 
-/// A decoded event ready to be written.
+/// A valid event ready to be written.
 struct Row {
     seq: i64,
-    event: RoomEvent,
+    event: Event,
+}
+
+/// Header of a dead-lettered entry: why it is there (a sanitized, short text).
+pub const DLQ_REASON_HEADER: &str = "Chat-Dlq-Reason";
+/// Header of a dead-lettered entry: its sequence in the `CHAT` stream.
+pub const DLQ_SEQ_HEADER: &str = "Chat-Dlq-Stream-Seq";
+/// Header of a dead-lettered entry: the subject it was stored under.
+pub const DLQ_SUBJECT_HEADER: &str = "Chat-Dlq-Subject";
+
+/// How many of the writer loops are running; the service is ready only while all are.
+#[derive(Debug, Clone)]
+pub struct WriterHealth {
+    wanted: usize,
+    running: Arc<AtomicUsize>,
+}
+
+impl WriterHealth {
+    pub fn new(wanted: usize) -> Self {
+        WriterHealth {
+            wanted,
+            running: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    pub fn all_running(&self) -> bool {
+        self.running() >= self.wanted
+    }
+
+    /// `/readyz`: not ready while a writer is not running.
+    pub fn readiness(&self) -> ReadinessCheck {
+        let this = self.clone();
+        Arc::new(move || {
+            let (running, wanted) = (this.running(), this.wanted);
+            Box::pin(async move {
+                if running >= wanted {
+                    Ok(())
+                } else {
+                    Err(format!("{running} of {wanted} archive writers running"))
+                }
+            })
+        })
+    }
+}
+
+/// Marks one writer as running for as long as it lives (a panic unwinds through it too).
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn start(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Running(counter.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `health.wanted` copies of the loop `make()` until `shutdown`, restarting any that ends
+/// or panics (after 100 ms, doubling up to 5 s while restarts keep failing within a minute).
+pub async fn supervise<F, Fut>(health: WriterHealth, shutdown: CancellationToken, make: F)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let make = Arc::new(make);
+    let slots: Vec<_> = (0..health.wanted.max(1))
+        .map(|slot| {
+            let make = make.clone();
+            let health = health.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    let started = Instant::now();
+                    let running = Running::start(&health.running);
+                    let fut = make();
+                    let result = tokio::spawn(async move {
+                        let _running = running;
+                        fut.await
+                    })
+                    .await;
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    metrics::counter!("history_writer_restarts_total").increment(1);
+                    match result {
+                        Err(e) if e.is_panic() => {
+                            tracing::error!(slot, "archive writer panicked; restarting")
+                        }
+                        _ => tracing::error!(slot, "archive writer ended; restarting"),
+                    }
+                    if started.elapsed() > Duration::from_secs(60) {
+                        backoff = Duration::from_millis(100);
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            })
+        })
+        .collect();
+    for s in slots {
+        let _ = s.await;
+    }
 }
 
 /// The archive writer of one chat-history process; run as many processes as needed.
@@ -43,18 +166,16 @@ impl Archive {
     /// Consumes until `shutdown`; reconnects to the consumer after any failure.
     /// Runs `HISTORY_WRITERS` writer loops on the shared consumer: each pulls, writes and acks
     /// its own batches, so one batch's database round trip overlaps the next one's delivery.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let this = std::sync::Arc::new(self);
-        let writers: Vec<_> = (0..this.config.writers.max(1))
-            .map(|_| {
-                let this = this.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move { this.run_one(shutdown).await })
-            })
-            .collect();
-        for w in writers {
-            let _ = w.await;
-        }
+    /// The loops are supervised (restarted if one ends or panics) and reported in `health`.
+    pub async fn run(self, health: WriterHealth, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let stop = shutdown.clone();
+        supervise(health, shutdown, move || {
+            let this = this.clone();
+            let shutdown = stop.clone();
+            async move { this.run_one(shutdown).await }
+        })
+        .await;
     }
 
     async fn run_one(&self, shutdown: CancellationToken) {
@@ -92,15 +213,10 @@ impl Archive {
         let mut rows = Vec::with_capacity(batch.len());
         let mut kept = Vec::with_capacity(batch.len());
         let mut spans = Vec::with_capacity(batch.len());
-        for msg in batch {
-            let Ok(info) = msg.info() else { continue };
-            let (seq, delivered) = (info.stream_sequence, info.delivered);
-            if delivered > 1 {
-                metrics::counter!("history_redeliveries_total").increment(1);
-            }
-            match RoomEvent::decode(&msg.payload) {
+        for (msg, seq, checked) in self.classify(batch).await {
+            match checked {
                 Ok(event) => {
-                    let span = tracing::info_span!("history.archive", room = %event.room, seq);
+                    let span = tracing::info_span!("history.archive", room = %event.room(), seq);
                     trace::continue_from(&span, msg.headers.as_ref());
                     spans.push(span);
                     rows.push(Row {
@@ -109,9 +225,10 @@ impl Archive {
                     });
                     kept.push(msg);
                 }
-                Err(e) => {
-                    self.dead_letter(&msg, seq, &format!("undecodable event: {e}"))
-                        .await
+                Err(invalid) => {
+                    metrics::counter!("history_invalid_entries_total", "reason" => invalid.code())
+                        .increment(1);
+                    self.dead_letter(&msg, seq, &invalid.reason()).await
                 }
             }
         }
@@ -157,6 +274,26 @@ impl Archive {
         drop(spans);
     }
 
+    /// Which entries of a batch are events (CONTRACT §3), in delivery order. A kind whose
+    /// validity depends on earlier events looks them up here (one query per batch).
+    async fn classify(
+        &self,
+        batch: Vec<jetstream::Message>,
+    ) -> Vec<(jetstream::Message, u64, Result<Event, Invalid>)> {
+        let mut out = Vec::with_capacity(batch.len());
+        for msg in batch {
+            let Ok(info) = msg.info() else { continue };
+            let seq = info.stream_sequence;
+            if info.delivered > 1 {
+                metrics::counter!("history_redeliveries_total").increment(1);
+            }
+            let checked = event::validate_stored(&msg.subject, &msg.payload)
+                .and_then(|candidate| candidate.resolve(|_| None));
+            out.push((msg, seq, checked));
+        }
+        out
+    }
+
     /// Writes events one by one after a batch was refused, dead-lettering those that keep failing.
     async fn isolate(&self, rows: Vec<Row>, kept: Vec<jetstream::Message>) {
         for (row, msg) in rows.into_iter().zip(kept) {
@@ -183,17 +320,13 @@ impl Archive {
         }
     }
 
-    /// Moves an event to the dead-letter stream and stops its redelivery.
+    /// Moves an entry to the dead-letter stream with its reason and stops its redelivery; if the
+    /// dead-letter stream cannot take it, the entry is redelivered later (nothing is dropped).
     async fn dead_letter(&self, msg: &jetstream::Message, seq: u64, reason: &str) {
         metrics::counter!("history_dead_letter_total").increment(1);
-        tracing::error!(seq, reason, "event dead-lettered");
-        let mut headers = msg.headers.clone().unwrap_or_default();
-        headers.insert("Chat-Dlq-Stream-Seq", seq.to_string().as_str());
-        headers.insert(
-            "Chat-Dlq-Reason",
-            reason.chars().take(200).collect::<String>().as_str(),
-        );
-        headers.insert("Chat-Dlq-Subject", msg.subject.as_str());
+        let reason = event::header_safe(reason, 200);
+        tracing::error!(seq, reason, subject = %msg.subject, "entry dead-lettered");
+        let headers = dead_letter_headers(msg.headers.as_ref(), seq, &reason, &msg.subject);
         let published = match self
             .js
             .publish_with_headers(
@@ -216,6 +349,26 @@ impl Archive {
     }
 }
 
+/// The headers of a dead-lettered entry: its own (they came through NATS, so they are valid
+/// header values) plus where it came from and why. Never panics: `reason` is made header-safe.
+fn dead_letter_headers(
+    original: Option<&HeaderMap>,
+    seq: u64,
+    reason: &str,
+    subject: &str,
+) -> HeaderMap {
+    let mut headers = original.cloned().unwrap_or_default();
+    // One dead letter per stored entry, however often it is retried.
+    headers.insert(event::MSG_ID_HEADER, format!("dlq-{seq}").as_str());
+    headers.insert(DLQ_SEQ_HEADER, seq.to_string().as_str());
+    headers.insert(DLQ_REASON_HEADER, event::header_safe(reason, 200).as_str());
+    headers.insert(
+        DLQ_SUBJECT_HEADER,
+        event::header_safe(subject, 300).as_str(),
+    );
+    headers
+}
+
 /// A failure of the data itself (it will fail again), as opposed to an outage.
 fn is_data_error(e: &sqlx::Error) -> bool {
     match e {
@@ -226,37 +379,71 @@ fn is_data_error(e: &sqlx::Error) -> bool {
     }
 }
 
-/// One multi-row insert of a batch; rows already archived are skipped.
+/// Writes a batch of valid events; rows already archived are skipped. Each kind of event is
+/// applied by its own step (a `message` is one row of `messages`); all of a batch commits or
+/// none does.
 async fn insert_rows(pool: &PgPool, epoch_id: i32, rows: &[Row]) -> Result<(), sqlx::Error> {
-    let mut seqs = Vec::with_capacity(rows.len());
-    let mut rooms = Vec::with_capacity(rows.len());
-    let mut senders = Vec::with_capacity(rows.len());
-    let mut bodies = Vec::with_capacity(rows.len());
-    let mut client_ids = Vec::with_capacity(rows.len());
-    let mut tss = Vec::with_capacity(rows.len());
+    let mut messages = MessageColumns::with_capacity(rows.len());
     for r in rows {
-        seqs.push(r.seq);
-        rooms.push(r.event.room.as_str());
-        senders.push(r.event.from.as_str());
-        bodies.push(r.event.body.as_str());
-        client_ids.push(r.event.client_id.as_str());
-        tss.push(r.event.ts);
+        match &r.event {
+            Event::Message(m) => messages.push(r.seq, m),
+        }
     }
-    sqlx::query(
-        "INSERT INTO messages (epoch_id, seq, room, sender, body, client_id, ts)
-         SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
-         ON CONFLICT (epoch_id, seq) DO NOTHING",
-    )
-    .bind(epoch_id)
-    .bind(&seqs)
-    .bind(&rooms)
-    .bind(&senders)
-    .bind(&bodies)
-    .bind(&client_ids)
-    .bind(&tss)
-    .execute(pool)
-    .await?;
-    Ok(())
+    messages.insert(pool, epoch_id).await
+}
+
+/// The `message` events of a batch, as the columns of one multi-row insert.
+#[derive(Default)]
+struct MessageColumns<'a> {
+    seqs: Vec<i64>,
+    rooms: Vec<&'a str>,
+    senders: Vec<&'a str>,
+    bodies: Vec<&'a str>,
+    client_ids: Vec<&'a str>,
+    tss: Vec<i64>,
+}
+
+impl<'a> MessageColumns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        MessageColumns {
+            seqs: Vec::with_capacity(n),
+            rooms: Vec::with_capacity(n),
+            senders: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
+            client_ids: Vec::with_capacity(n),
+            tss: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, seq: i64, m: &'a chat_bus::event::RoomEvent) {
+        self.seqs.push(seq);
+        self.rooms.push(m.room.as_str());
+        self.senders.push(m.from.as_str());
+        self.bodies.push(m.body.as_str());
+        self.client_ids.push(m.client_id.as_str());
+        self.tss.push(m.ts);
+    }
+
+    async fn insert(&self, pool: &PgPool, epoch_id: i32) -> Result<(), sqlx::Error> {
+        if self.seqs.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO messages (epoch_id, seq, room, sender, body, client_id, ts)
+             SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+             ON CONFLICT (epoch_id, seq) DO NOTHING",
+        )
+        .bind(epoch_id)
+        .bind(&self.seqs)
+        .bind(&self.rooms)
+        .bind(&self.senders)
+        .bind(&self.bodies)
+        .bind(&self.client_ids)
+        .bind(&self.tss)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
 }
 
 /// The id of `epoch` in the archive, registering it on first sight.
@@ -270,4 +457,73 @@ pub async fn epoch_id(pool: &PgPool, epoch: &str) -> Result<i32, sqlx::Error> {
         .fetch_one(pool)
         .await?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..100_000 {
+            if cond() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    async fn ready(health: &WriterHealth) -> Result<(), String> {
+        (health.readiness())().await
+    }
+
+    /// Issue 15 item 2: a writer that panicked was never restarted and `/readyz` said ready.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicked_writer_is_restarted_and_not_ready_meanwhile() {
+        let health = WriterHealth::new(2);
+        let starts = Arc::new(AtomicU32::new(0));
+        let boom = Arc::new(tokio::sync::Notify::new());
+        let shutdown = CancellationToken::new();
+        let sup = tokio::spawn(supervise(health.clone(), shutdown.clone(), {
+            let (starts, boom, shutdown) = (starts.clone(), boom.clone(), shutdown.clone());
+            move || {
+                let n = starts.fetch_add(1, Ordering::SeqCst);
+                let (boom, shutdown) = (boom.clone(), shutdown.clone());
+                async move {
+                    if n == 0 {
+                        boom.notified().await;
+                        panic!("a writer's bug");
+                    }
+                    shutdown.cancelled().await;
+                }
+            }
+        }));
+        until("both writers run", || health.all_running()).await;
+        assert_eq!(ready(&health).await, Ok(()));
+        boom.notify_one();
+        until("the panicked writer is down", || health.running() == 1).await;
+        let not_ready = ready(&health).await.unwrap_err();
+        assert!(not_ready.contains("1 of 2"), "{not_ready}");
+        // Restarted after its backoff.
+        tokio::time::advance(Duration::from_millis(150)).await;
+        until("the writer is back", || health.all_running()).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
+        assert_eq!(ready(&health).await, Ok(()));
+        shutdown.cancel();
+        sup.await.unwrap();
+        assert_eq!(health.running(), 0);
+    }
+
+    #[test]
+    fn dead_letter_headers_never_panic_and_carry_a_safe_reason() {
+        let mut original = HeaderMap::new();
+        original.insert("traceparent", "00-abc-def-01");
+        original.insert(event::MSG_ID_HEADER, "bot:c1");
+        let h = dead_letter_headers(Some(&original), 42, "kind \"x\ny\"\r\n", "chat.room.r.msg");
+        assert_eq!(h.get(DLQ_REASON_HEADER).unwrap().as_str(), "kind \"x?y\"??");
+        assert_eq!(h.get(DLQ_SEQ_HEADER).unwrap().as_str(), "42");
+        assert_eq!(h.get(event::MSG_ID_HEADER).unwrap().as_str(), "dlq-42");
+        assert_eq!(h.get("traceparent").unwrap().as_str(), "00-abc-def-01");
+    }
 }

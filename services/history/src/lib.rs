@@ -90,9 +90,15 @@ impl App {
     /// Serves until `shutdown`, then drains: stops taking requests and events, finishes those in
     /// hand, and acknowledges only what was committed.
     pub async fn run(self, shutdown: CancellationToken) {
+        let writers = archive::WriterHealth::new(if self.config.archive {
+            self.config.writers.max(1)
+        } else {
+            0
+        });
         let ready = db::all(vec![
             admin::nats_ready(self.nats.clone()),
             db::ready(self.pool.clone()),
+            writers.readiness(),
         ]);
         let admin = tokio::spawn(admin::serve(self.admin, ready, shutdown.clone()));
 
@@ -101,6 +107,7 @@ impl App {
             self.nats.clone(),
             subjects::ROOMS,
             subjects::HISTORY_QUEUE,
+            self.config.nats.serve,
             shutdown.clone(),
             move |msg| {
                 let rooms = rooms.clone();
@@ -124,6 +131,7 @@ impl App {
             self.nats.clone(),
             subjects::API_HISTORY,
             subjects::HISTORY_QUEUE,
+            self.config.nats.serve,
             shutdown.clone(),
             move |msg| {
                 let query = query.clone();
@@ -148,7 +156,7 @@ impl App {
         };
         let writer = async {
             if self.config.archive {
-                archive.run(shutdown.clone()).await;
+                archive.run(writers, shutdown.clone()).await;
             } else {
                 tracing::info!("HISTORY_ARCHIVE=false: this process does not archive");
             }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use chat_bus::api::{ApiError, RoomInfo, UserNotification};
-use chat_bus::event::RoomEvent;
+use chat_bus::event::{Event, RoomEvent};
 use chat_bus::{subjects, trace};
 use chat_proto::{ErrorCode, Notification, RoomId, RoomKind};
 use tokio_util::sync::CancellationToken;
@@ -144,8 +144,11 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
         if info.delivered > 1 {
             metrics::counter!("notify_redeliveries_total").increment(1);
         }
-        match RoomEvent::decode(&msg.payload) {
-            Ok(event) => {
+        // CONTRACT §3: an entry that is not a valid event is never counted or notified.
+        let checked = chat_bus::event::validate_stored(&msg.subject, &msg.payload)
+            .and_then(|candidate| candidate.resolve(|_| None));
+        match checked {
+            Ok(Event::Message(event)) => {
                 let span = tracing::info_span!("notify.event", room = %event.room, seq);
                 trace::continue_from(&span, msg.headers.as_ref());
                 spans.insert(seq, span);
@@ -160,8 +163,8 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
                     redelivered: info.delivered > 1,
                 });
             }
-            Err(e) => {
-                tracing::warn!(seq, error = %e, "undecodable event: counted for nobody");
+            Err(invalid) => {
+                tracing::warn!(seq, reason = %invalid, "not a valid event: counted for nobody");
                 if let Some(room) = subjects::room_of(&msg.subject) {
                     rows.push(RoomMessage {
                         room,

@@ -131,6 +131,7 @@ impl App {
             self.nats.clone(),
             subjects::NOTIFY_STATE,
             subjects::NOTIFY_QUEUE,
+            self.config.nats.serve,
             shutdown.clone(),
             move |msg| {
                 let core = c.clone();
@@ -148,6 +149,7 @@ impl App {
             self.nats.clone(),
             subjects::NOTIFY_READ,
             subjects::NOTIFY_QUEUE,
+            self.config.nats.serve,
             shutdown.clone(),
             move |msg| {
                 let core = c.clone();

@@ -56,8 +56,11 @@ use store::{Records, StoreError};
 /// whole heartbeat goes missing, and its next heartbeat brings its users back.
 pub const DEAD_AFTER_HEARTBEATS: f64 = 2.0;
 
-/// Most users one `chat.api.presence {users}` request may ask about.
+/// Most users one `chat.api.presence {users}` request may ask about (ten batched reads).
 pub const MAX_USERS_PER_REQUEST: usize = 10_000;
+
+/// Most users in a room's snapshot (CONTRACT §2 v1.1: `presence_snapshot` lists at most 1,000).
+pub const MAX_SNAPSHOT_USERS: usize = 1_000;
 
 /// A started chat-presence, ready to [`run`](App::run).
 pub struct App {
@@ -149,6 +152,7 @@ impl App {
             p.nats.clone(),
             subjects::API_PRESENCE,
             subjects::PRESENCE_QUEUE,
+            p.config.nats.serve,
             shutdown.clone(),
             {
                 let p = p.clone();
@@ -584,11 +588,20 @@ impl Presence {
         }
     }
 
-    /// Answers `chat.api.presence`: a room's members or a list of users. Unknown users are
-    /// offline, last seen at 0.
+    /// Answers `chat.api.presence`: a room's members (the first [`MAX_SNAPSHOT_USERS`] that
+    /// chat-history lists, CONTRACT §2 v1.1) or a list of users. Unknown users are offline,
+    /// last seen at 0. The records are read in batches of [`store::MAX_BATCH_KEYS`] (one
+    /// request each), never one read per member.
     pub async fn query(&self, req: PresenceRequest) -> Result<PresenceReply, ApiError> {
         let users = match req {
-            PresenceRequest::Room { room } => self.rooms.members(&room).await?.members,
+            PresenceRequest::Room { room } => {
+                let mut members = self.rooms.members(&room).await?.members;
+                if members.len() > MAX_SNAPSHOT_USERS {
+                    metrics::counter!("presence_snapshots_truncated_total").increment(1);
+                    members.truncate(MAX_SNAPSHOT_USERS);
+                }
+                members
+            }
             PresenceRequest::Users { users } => {
                 if users.len() > MAX_USERS_PER_REQUEST {
                     return Err(ApiError::bad_request(format!(
@@ -599,22 +612,19 @@ impl Presence {
             }
         };
         let now = now_ms();
-        let entries: Vec<Result<PresenceEntry, StoreError>> = futures::stream::iter(users)
-            .map(|user| async move {
-                let (record, _) = self.users.get(user.as_str()).await?;
-                Ok(record.unwrap_or_default().entry(&user, now))
-            })
-            .buffered(32)
-            .collect()
-            .await;
-        let users = entries
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
+        let mut entries = Vec::with_capacity(users.len());
+        for chunk in users.chunks(store::MAX_BATCH_KEYS) {
+            let keys: Vec<&str> = chunk.iter().map(UserId::as_str).collect();
+            let mut records = self.users.get_many(&self.nats, &keys).await.map_err(|e| {
                 tracing::warn!(error = %e, "presence bucket unavailable");
                 ApiError::unavailable()
             })?;
-        Ok(PresenceReply { users })
+            for user in chunk {
+                let record = records.remove(user.as_str()).unwrap_or_default();
+                entries.push(record.entry(user, now));
+            }
+        }
+        Ok(PresenceReply { users: entries })
     }
 
     /// Every quarter heartbeat (from a random phase, so instances spread out), takes the users of

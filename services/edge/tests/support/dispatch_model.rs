@@ -17,8 +17,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use chat_edge::dispatch::{Action, Inbound, MAX_CLIENT_ID_CHARS, Refusal, classify};
 use chat_edge::ratelimit::{TokenBucket, Verdict};
 use chat_proto::{
-    CLIENT_TYPES, ClientFrame, Envelope, ErrorCode, Limits, MAX_REF_CHARS, RoomId, Status, close,
-    is_valid_id,
+    CLIENT_TYPES, ClientFrame, Envelope, ErrorCode, Limits, MAX_REF_CHARS, MAX_TRACEPARENT_BYTES,
+    RoomId, Status, close, is_valid_id,
 };
 use serde_json::{Map, Value};
 
@@ -49,6 +49,11 @@ pub const FIELDS: &[&str] = &[
     "token",
 ];
 const STATUSES: &[&str] = &["online", "away", "busy", "offline", "idle"];
+/// Characters of CONTRACT v1.1 §2 Hostile input: every one but tab and newline is refused in a
+/// body, every one in an id-like field; the last two are not control characters (category Cf/Zl).
+pub const CONTROLS: &[char] = &[
+    '\r', '\n', '\t', '\0', '\u{7}', '\u{1b}', '\u{7f}', '\u{85}', '\u{9f}', '\u{200b}', '\u{2028}',
+];
 /// Longest run of steps per input: enough to reach 4029 at the lowest rate.
 const MAX_STEPS: usize = 96;
 
@@ -103,6 +108,8 @@ pub enum Val {
     Str(String),
     /// One character repeated: bodies around max_body, ids and refs around their limits.
     Repeat(char, u16),
+    /// A string with one of [`CONTROLS`] spliced in at a byte offset.
+    Control(String, u8, u16),
     U64(u64),
     I64(i64),
     F64(f64),
@@ -143,6 +150,12 @@ impl Val {
             Val::Status(i) => pick(STATUSES, *i).into(),
             Val::Str(s) => s.as_str().into(),
             Val::Repeat(c, n) => c.to_string().repeat(usize::from(*n)).into(),
+            Val::Control(base, which, at) => {
+                let mut text = base.clone();
+                let c = CONTROLS[usize::from(*which) % CONTROLS.len()];
+                text.insert(floor_boundary(&text, *at), c);
+                text.into()
+            }
             Val::U64(n) => (*n).into(),
             Val::I64(n) => (*n).into(),
             Val::F64(f) => (*f).into(),
@@ -331,10 +344,7 @@ fn contract_refusal(
                 Some(ErrorCode::BadRequest)
             } else if n > max_body {
                 Some(ErrorCode::TooLarge)
-            } else if body.contains('\0')
-                || client_id.is_empty()
-                || client_id.chars().count() > MAX_CLIENT_ID_CHARS
-            {
+            } else if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_CHARS {
                 Some(ErrorCode::BadRequest)
             } else {
                 None
@@ -374,7 +384,34 @@ fn ids(frame: &ClientFrame) -> Vec<&str> {
 fn check_envelope_fields(reference: Option<&str>) {
     if let Some(r) = reference {
         assert!(r.chars().count() <= MAX_REF_CHARS, "ref too long: {r:?}");
+        assert!(
+            !r.chars().any(char::is_control),
+            "ref with a control character: {r:?}"
+        );
     }
+}
+
+/// CONTRACT v1.1 §2 Hostile input, read off the frame: the reason to refuse it, if any.
+fn hostile(frame: &ClientFrame) -> bool {
+    match frame {
+        ClientFrame::Send {
+            body, client_id, ..
+        } => {
+            client_id.chars().any(char::is_control)
+                || body
+                    .chars()
+                    .any(|c| c.is_control() && c != '\t' && c != '\n')
+        }
+        _ => false,
+    }
+}
+
+/// The `ref` and `traceparent` fields of a text that is a JSON object, as the client sent them.
+fn raw_envelope(text: &str) -> Option<(Option<Value>, Option<Value>)> {
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
+        return None;
+    };
+    Some((map.get("ref").cloned(), map.get("traceparent").cloned()))
 }
 
 /// Checks one answer of `classify`; `verdict` is what the bucket said (or would have said).
@@ -457,6 +494,13 @@ fn check_refusal(inbound: Inbound<'_>, limits: &Limits, members: &HashSet<RoomId
             ));
             assert_eq!((r.code, &r.reference), (e.code, &e.reference));
             assert_eq!(r.frame_type, None);
+            // A ref with a control character is the bad field: never echoed.
+            if let Some((Some(Value::String(sent)), _)) = raw_envelope(text)
+                && sent.chars().any(char::is_control)
+            {
+                assert_eq!(r.reference, None, "a hostile ref was echoed");
+                assert_eq!(r.code, ErrorCode::BadRequest);
+            }
         }
         Ok(env) => {
             assert_eq!(
@@ -490,8 +534,13 @@ fn check_accepted(
     }
     check_envelope_fields(env.reference.as_deref());
     if let Some(t) = &env.traceparent {
-        assert!(t.len() <= 128);
+        assert!(t.len() <= MAX_TRACEPARENT_BYTES);
+        assert!(
+            !t.chars().any(char::is_control),
+            "traceparent {t:?} accepted"
+        );
     }
+    assert!(!hostile(&env.frame), "control characters accepted: {env:?}");
     // Round trip: the frame re-encoded decodes to the same envelope.
     let mut value = serde_json::to_value(&env.frame).expect("client frames serialize");
     let map = value.as_object_mut().expect("a frame is an object");
