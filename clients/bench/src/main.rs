@@ -4,6 +4,7 @@
 //! chat-bench idle       --url ws://127.0.0.1:8080/ws --secret S --connections 1000 --pid EDGE_PID
 //! chat-bench throughput --url ws://127.0.0.1:8080/ws --secret S --rooms 10 --members 100 --senders 2 --rate 5000 --seconds 10
 //! chat-bench nats-floor --nats nats://127.0.0.1:4222 --rate 20000 --seconds 5
+//! chat-bench js-floor   --nats nats://127.0.0.1:4222 --rate 100 --seconds 5
 //! chat-bench history    --nats nats://127.0.0.1:4222 --messages 200000 --rooms 100 --lag-rate 50000 --page-rate 1000
 //! ```
 //! Every sender follows a fixed schedule (constant offered rate) and latency is measured from the
@@ -352,6 +353,68 @@ async fn nats_floor(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The floor of our design on the running stack: a JetStream publish to the `CHAT` stream
+/// (`chat.room.<probe room>.msg`) until its republished copy arrives on `chat.fanout.<room>` —
+/// the path every message takes before the edge delivers it (stored, archived and consumed by
+/// notify like any other message, so it costs what a message costs).
+async fn js_floor(a: &Args) -> anyhow::Result<()> {
+    let url = a.get("nats", "nats://127.0.0.1:4222");
+    let rate = a.num("rate", 100) as f64;
+    let seconds = a.num("seconds", 5);
+    let room = format!("floor-probe-{}", now_ns() % 1_000_000);
+    let client = async_nats::connect(&url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut sub = client.subscribe(format!("chat.fanout.{room}")).await?;
+    client.flush().await?;
+    let n = (rate * seconds as f64) as u64;
+    let subject = format!("chat.room.{room}.msg");
+    let publisher = tokio::spawn(async move {
+        let start = Instant::now();
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let mut acks = Vec::new();
+        for i in 0..n {
+            tokio::time::sleep_until((start + interval * i as u32).into()).await;
+            let body = json!({"v":1,"kind":"message","room":room,"from":"bench-floor",
+                "body":now_ns().to_string(),"client_id":format!("f{i}"),"ts":now_ns() / 1_000_000});
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("bench-floor:{room}:{i}").as_str());
+            if let Ok(ack) = js
+                .publish_with_headers(subject.clone(), headers, body.to_string().into())
+                .await
+            {
+                acks.push(ack);
+            }
+        }
+        for ack in acks {
+            let _ = ack.await;
+        }
+    });
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for _ in 0..n {
+        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(10), sub.next()).await else {
+            break;
+        };
+        let sent = serde_json::from_slice::<serde_json::Value>(&m.payload)
+            .ok()
+            .and_then(|v| v["body"].as_str().and_then(|b| b.parse::<u64>().ok()));
+        if let Some(ts) = sent {
+            let _ = h.record(now_ns().saturating_sub(ts) / 1000);
+        }
+    }
+    publisher.await?;
+    println!(
+        "jetstream publish->republish at {rate} msgs/s: p50 {:.3} ms p99 {:.3} ms ({} samples)",
+        pct(&h, 0.5),
+        pct(&h, 0.99),
+        h.len()
+    );
+    println!(
+        "{}",
+        json!({"bench":"js-floor","rate":rate,"samples":h.len(),"p50_ms":pct(&h,0.5),"p99_ms":pct(&h,0.99)})
+    );
+    Ok(())
+}
+
 /// The archive consumer's ack floor: every event at or below it is committed in PostgreSQL.
 async fn ack_floor(js: &async_nats::jetstream::Context) -> u64 {
     match js.get_stream("CHAT").await {
@@ -526,10 +589,11 @@ async fn main() -> anyhow::Result<()> {
         "idle" => idle(&args).await,
         "throughput" => throughput(&args).await,
         "nats-floor" => nats_floor(&args).await,
+        "js-floor" => js_floor(&args).await,
         "history" => history(&args).await,
         _ => {
             eprintln!(
-                "usage: chat-bench idle|throughput|nats-floor [--flag value …] (see the source header)"
+                "usage: chat-bench idle|throughput|nats-floor|js-floor|history [--flag value …] (see the source header)"
             );
             std::process::exit(2);
         }

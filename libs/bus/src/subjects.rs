@@ -83,6 +83,17 @@ pub fn user_membership(user: &UserId) -> String {
 /// chat-presence announces joiners to their new rooms).
 pub const USER_MEMBERSHIP_ALL: &str = "chat.user.*.membership";
 
+/// Everything addressed to any user: an edge's one subscription for all its users (cheap since
+/// v1.1 pushes no unread count per message), instead of one per user.
+pub const USERS_ALL: &str = "chat.user.>";
+
+/// The user of a `chat.user.<user>.<kind>` subject.
+pub fn user_of_subject(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix("chat.user.")?;
+    let (user, _kind) = rest.split_once('.')?;
+    Some(user)
+}
+
 /// The last token of a `chat.user.<user>.<kind>` subject.
 pub fn user_subject_kind(subject: &str) -> Option<&str> {
     subject.rsplit('.').next()
@@ -140,5 +151,7 @@ mod tests {
         assert_eq!(room_of("chat.user.x.notify"), None);
         let user = UserId::new("bob").unwrap();
         assert_eq!(user_subject_kind(&user_unread(&user)), Some("unread"));
+        assert_eq!(user_of_subject(&user_unread(&user)), Some(user.as_str()));
+        assert_eq!(user_of_subject("chat.room.x.msg"), None);
     }
 }

@@ -1,5 +1,5 @@
 //! Fan-out inside one edge process: one NATS subscription per room (its ordered live feed,
-//! typing and presence) and one per user (notifications, unread counts, membership), each
+//! typing and presence) and one for all users (notifications, unread counts, membership), each
 //! serving every local session that needs it. A message is serialized once per edge, as ready
 //! frame bytes shared by every recipient, and handed to each session's bounded queue from a
 //! snapshot of the room's sessions (rebuilt on membership change, not per message): a delivery
@@ -140,7 +140,11 @@ pub struct Hub {
     /// How long a gap in a room's live feed waits for chat-history to fill it.
     request_timeout: Duration,
     rooms: Mutex<HashMap<RoomId, Entry>>,
-    users: Mutex<HashMap<UserId, Entry>>,
+    /// Local sessions per user, served by one subscription to every user's subject
+    /// ([`subjects::USERS_ALL`], started with the first session): a per-user subscription was
+    /// the largest part of an idle connection's memory (issue 12).
+    users: Arc<std::sync::Mutex<HashMap<UserId, Arc<Sessions>>>>,
+    users_feed: Mutex<Option<JoinHandle<()>>>,
     typing: std::sync::Mutex<TypingThrottle>,
 }
 
@@ -202,7 +206,8 @@ impl Hub {
             nats,
             request_timeout,
             rooms: Mutex::new(HashMap::new()),
-            users: Mutex::new(HashMap::new()),
+            users: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            users_feed: Mutex::new(None),
             typing: std::sync::Mutex::new(TypingThrottle::new(Instant::now())),
         }
     }
@@ -253,27 +258,35 @@ impl Hub {
         }
     }
 
-    /// Registers a session of a user; the user's subscription is active when this returns.
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Arc<Sessions>>> {
+        self.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a session of a user; the subscription serving it is active when this returns.
     pub async fn add_user_session(&self, session: SessionHandle) -> Result<(), async_nats::Error> {
-        let mut users = self.users.lock().await;
-        if let Some(entry) = users.get(&session.user) {
-            entry.sessions.insert(session);
-            return Ok(());
+        {
+            let mut feed = self.users_feed.lock().await;
+            if feed.is_none() {
+                let sub = self.nats.subscribe(subjects::USERS_ALL).await?;
+                self.nats.flush().await?;
+                *feed = Some(tokio::spawn(users_feed(sub, self.users.clone())));
+            }
         }
-        let user = session.user.clone();
-        let sessions = Sessions::new(session);
-        let sub = self.nats.subscribe(subjects::user_all(&user)).await?;
-        self.nats.flush().await?;
-        let tasks = vec![tokio::spawn(user_feed(sub, sessions.clone()))];
-        users.insert(user, Entry { sessions, tasks });
+        let mut users = self.users();
+        match users.get(&session.user) {
+            Some(sessions) => sessions.insert(session),
+            None => {
+                users.insert(session.user.clone(), Sessions::new(session));
+            }
+        }
         Ok(())
     }
 
     /// Unregisters a session; returns how many sessions the user still has on this edge.
     pub async fn remove_user_session(&self, user: &UserId, session: u64) -> usize {
-        let mut users = self.users.lock().await;
+        let mut users = self.users();
         let left = match users.get(user) {
-            Some(entry) => entry.sessions.remove(session),
+            Some(sessions) => sessions.remove(session),
             None => return 0,
         };
         if left == 0 {
@@ -284,11 +297,11 @@ impl Hub {
 
     /// Every live session on this edge (for the presence heartbeat).
     pub async fn sessions(&self) -> Vec<(Arc<str>, UserId)> {
-        let users = self.users.lock().await;
+        let users = self.users();
         users
             .values()
-            .flat_map(|e| {
-                e.sessions
+            .flat_map(|sessions| {
+                sessions
                     .snapshot()
                     .iter()
                     .map(|s| (s.name.clone(), s.user.clone()))
@@ -533,8 +546,24 @@ async fn room_presence(mut sub: Subscriber, sessions: Arc<Sessions>) {
     }
 }
 
-async fn user_feed(mut sub: Subscriber, sessions: Arc<Sessions>) {
+/// Everything addressed to users, handed to the sessions of the users this edge serves (the
+/// rest is dropped before it is decoded).
+async fn users_feed(
+    mut sub: Subscriber,
+    users: Arc<std::sync::Mutex<HashMap<UserId, Arc<Sessions>>>>,
+) {
     while let Some(msg) = sub.next().await {
+        let Some(user) = subjects::user_of_subject(&msg.subject).and_then(|u| UserId::new(u).ok())
+        else {
+            continue;
+        };
+        let targets = {
+            let users = users.lock().unwrap_or_else(|e| e.into_inner());
+            match users.get(&user) {
+                Some(sessions) => sessions.snapshot(),
+                None => continue,
+            }
+        };
         let item = match subjects::user_subject_kind(&msg.subject) {
             Some("notify") => serde_json::from_slice::<UserNotification>(&msg.payload)
                 .ok()
@@ -561,9 +590,19 @@ async fn user_feed(mut sub: Subscriber, sessions: Arc<Sessions>) {
             _ => None,
         };
         if let Some(item) = item {
-            for s in sessions.snapshot().iter() {
+            for s in targets.iter() {
                 s.push(item.clone());
             }
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Ok(mut feed) = self.users_feed.try_lock()
+            && let Some(task) = feed.take()
+        {
+            task.abort();
         }
     }
 }
