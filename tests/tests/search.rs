@@ -400,33 +400,12 @@ async fn a_body_too_big_to_index_whole_does_not_block_the_archive() {
         .await
         .unwrap();
     }
-    wait_archived(&stack.db().await, "bots", 2).await;
-
+    // Since event validity (main, MAX_EVENT_BODY_CHARS = 16,384) such a body is not an event:
+    // it is dead-lettered before the archive, and the index bound stays as defence in depth.
+    wait_archived(&stack.db().await, "bots", 1).await;
     let nats = stack.nats.client().await;
-    // Both match, but do not fit in one reply together: the small one, then the big one alone,
-    // its body cut so that the reply fits.
     let r = nats_search(&nats, "needle", None, None).await.unwrap();
     assert_eq!(bodies(&r), ["needle after the big one"]);
-    assert!(r.has_more);
-    let req = SearchRequest {
-        query: "needle".into(),
-        user: None,
-        room: None,
-        limit: None,
-        before: Some(r.results[0].seq),
-    };
-    let r: SearchReply =
-        chat_bus::api::request(&nats, subjects::API_SEARCH, &req, Duration::from_secs(10))
-            .await
-            .unwrap();
-    assert_eq!(r.results.len(), 1);
     assert!(!r.has_more);
-    assert!(r.results[0].body.starts_with("needle w0q"));
-    assert!(r.results[0].body.len() < body.len());
-    assert!(serde_json::to_vec(&r).unwrap().len() < 1024 * 1024);
-    let r = nats_search(&nats, "w0q", None, None).await.unwrap();
-    assert_eq!(r.results.len(), 1);
-    // Words past the first 100,000 characters are not indexed.
-    let r = nats_search(&nats, "tailword", None, None).await.unwrap();
-    assert!(r.results.is_empty());
+    assert!(body.len() > 900_000);
 }
