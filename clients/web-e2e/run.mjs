@@ -300,12 +300,18 @@ try {
     await result.click();
     await bob.page.locator("#room-title", { hasText: room }).waitFor();
     await bob.page.locator("#message-list .message.found .body", { hasText: "hello bob, from alice" }).waitFor();
-    // History around it: the next messages are there, the newest ones not yet.
+    // History around it.
     await message(bob, "hi alice, bob here").waitFor();
     await message(bob, "bulk 10").waitFor();
-    if ((await message(bob, `bulk ${BULK - 1}`).count()) !== 0) throw new Error("expected a window around the result");
-    await bob.page.locator("#newer").click();
-    await message(bob, `bulk ${BULK - 1}`).waitFor();
+    // Scrolled to it: the found message is inside the visible part of the list.
+    const visible = await bob.page.locator("#message-list .message.found").first().evaluate((el) => {
+      const list = document.getElementById("message-list").getBoundingClientRect();
+      const r = el.getBoundingClientRect();
+      return r.bottom > list.top && r.top < list.bottom;
+    });
+    if (!visible) throw new Error("the found message is not scrolled into view");
+    // bob had this room loaded whole (scroll-back above), so the app shows it at the message
+    // rather than a window around it; the window path (a room not loaded) is not exercised here.
   }, both, { critical: false });
 
   await step("no-errors", "no script errors in either page", async () => {

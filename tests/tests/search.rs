@@ -409,3 +409,46 @@ async fn a_body_too_big_to_index_whole_does_not_block_the_archive() {
     assert!(!r.has_more);
     assert!(body.len() > 900_000);
 }
+
+/// Issue 15 item 4 (CONTRACT v1.1 §2: no server frame is dropped, none is over 1 MiB): a page of
+/// search results near its byte budget (768 KiB) still reaches the client over WebSocket. Before,
+/// the edge's write buffer was capped at 4 × max_frame (256 KiB), so such a frame could not be
+/// written at all and the session ended instead of answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_near_the_byte_budget_reach_the_client() {
+    let stack = Stack::start_with(FAST).await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "big").await;
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    // 30 bot messages of 12,000 four-byte characters (~47 KiB of JSON each): ~1.4 MB in all,
+    // so the first page is cut near the budget, well above 256 KiB.
+    let wide = "𝄞".repeat(12_000);
+    for i in 0..30 {
+        let event = chat_bus::event::RoomEvent::message(
+            RoomId::new("big").unwrap(),
+            UserId::new("bot").unwrap(),
+            format!("needle {wide}"),
+            format!("b{i}"),
+            chat_bus::now_ms(),
+        );
+        js.publish(
+            "chat.room.big.msg",
+            serde_json::to_vec(&event).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    wait_archived(&stack.db().await, "big", 30).await;
+    let reply = search(&mut alice, json!({"query": "needle", "limit": 50})).await;
+    let n = found(&reply).len();
+    assert!(n > 5, "{n} results: the page should be large");
+    assert!(reply["has_more"].as_bool().unwrap());
+    assert!(reply.to_string().len() > 256 * 1024);
+    // The session is still open and answers.
+    assert_eq!(
+        alice.request(json!({"type": "ping"}), "p").await["type"],
+        "pong"
+    );
+}

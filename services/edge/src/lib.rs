@@ -41,6 +41,9 @@ use tokio_util::task::TaskTracker;
 
 pub use config::EdgeConfig;
 
+/// No server frame is larger than this (CONTRACT v1.1 §2 Limits).
+pub const MAX_SERVER_FRAME: usize = 1 << 20;
+
 /// What every connection of this edge shares: cheap handles only.
 #[derive(Clone)]
 pub struct Edge(Arc<EdgeInner>);
@@ -382,7 +385,14 @@ async fn ws_upgrade(
     let tracker = edge.sessions.clone();
     ws.read_buffer_size(buffer)
         .write_buffer_size(buffer)
-        .max_write_buffer_size(max.saturating_mul(4).max(buffer * 2))
+        // The largest legal server frame (CONTRACT v1.1 §2 Limits: 1 MiB; search results and
+        // history pages are bounded below it) must always fit, with room for a batch queued
+        // ahead of it: a frame the buffer cannot take would end the session unanswered.
+        .max_write_buffer_size(
+            max.saturating_mul(4)
+                .max(buffer * 2)
+                .max(MAX_SERVER_FRAME * 2),
+        )
         // Slack above max_frame: a frame up to twice the limit is read whole and refused with a
         // clean 1009; only beyond that does the WebSocket layer itself give up mid-frame.
         .max_message_size(max.saturating_mul(2))
