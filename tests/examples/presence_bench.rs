@@ -10,7 +10,7 @@
 //!
 //! Phase 1 (throughput): every user, each in a room of 20, flips between `away` and `busy` as fast
 //! as it can. The rate is the number of status changes chat-presence handled (each a
-//! compare-and-set on the user's record, `presence_events_total{kind="status"}`) divided by the
+//! compare-and-set on the user's record, `chat_presence_events_total{kind="status"}`) divided by the
 //! time until the last was handled. Flips of one user that race each other may collapse (the
 //! effective status does not change between them), so fewer are announced than handled.
 //! Phase 2 (latency): while a background load of status changes runs, probe users join a room
@@ -136,7 +136,7 @@ async fn main() {
 
     // Phase 1: throughput.
     let admin = stack.presences[0].admin;
-    let handled_before = metric(admin, "presence_events_total{kind=\"status\"}").await;
+    let handled_before = metric(admin, "chat_presence_events_total{kind=\"status\"}").await;
     events.store(0, Ordering::Relaxed);
     frames.store(0, Ordering::Relaxed);
     let total = (users * per_user) as u64;
@@ -151,7 +151,8 @@ async fn main() {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut handled = 0;
     while Instant::now() < deadline {
-        handled = metric(admin, "presence_events_total{kind=\"status\"}").await - handled_before;
+        handled =
+            metric(admin, "chat_presence_events_total{kind=\"status\"}").await - handled_before;
         if handled >= total {
             break;
         }

@@ -252,13 +252,13 @@ async fn slow_dribbled_headers_are_cut_off_at_the_header_timeout() {
     still_serving(&stack).await;
 }
 
-/// The edge's `edge_connections` gauge, read from its /metrics.
+/// The edge's `chat_edge_connections` gauge, read from its /metrics.
 async fn edge_connections(stack: &Stack) -> f64 {
     let (_, text) = chat_tests::procs::http_get(stack.edges[0].admin.port(), "/metrics")
         .await
         .expect("metrics");
     text.lines()
-        .find_map(|l| l.strip_prefix("edge_connections "))
+        .find_map(|l| l.strip_prefix("chat_edge_connections "))
         .map_or(0.0, |v| v.trim().parse().expect("gauge value"))
 }
 
@@ -328,7 +328,7 @@ async fn control_characters_get_bad_request_and_leak_nothing() {
     while edge_connections(&stack).await != 0.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "edge_connections stuck at {}",
+            "chat_edge_connections stuck at {}",
             edge_connections(&stack).await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -641,15 +641,18 @@ async fn offline_notifications_reach_the_webhook_once_signed_and_despite_failure
 
     let metrics = http_get(stack.notifies[0].admin, "/metrics").await;
     assert!(
-        metric(&metrics, "notify_webhook_failures_total") >= 2.0,
+        metric(&metrics, "chat_notify_webhook_failures_total") >= 2.0,
         "{metrics}"
     );
     assert!(
-        metric(&metrics, "notify_webhook_deliveries_total") >= 4.0,
+        metric(&metrics, "chat_notify_webhook_deliveries_total") >= 4.0,
         "{metrics}"
     );
     assert!(
-        metric(&metrics, "notify_notifications_total{kind=\"mention\"}") >= 3.0,
+        metric(
+            &metrics,
+            "chat_notify_notifications_total{kind=\"mention\"}"
+        ) >= 3.0,
         "{metrics}"
     );
 }

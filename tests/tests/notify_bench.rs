@@ -217,11 +217,11 @@ async fn notify_throughput_and_ack_to_notification_delay() {
             .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let batches = sample("notify_batch_size_count");
+    let batches = sample("chat_notify_batch_size_count");
     println!(
         "chat-notify over the whole run: {batches} batches, {:.0} events per batch, {:.2} ms per batch",
-        sample("notify_batch_size_sum") / batches,
-        1000.0 * sample("notify_batch_seconds_sum") / batches,
+        sample("chat_notify_batch_size_sum") / batches,
+        1000.0 * sample("chat_notify_batch_seconds_sum") / batches,
     );
     println!(
         "direct {DIRECT_MESSAGES} events into the stream ({:.0} events/s published), {USERS} members: all {DIRECT_MESSAGES} notifications on NATS in {total:?}: {:.0} notifications/s",

@@ -171,7 +171,7 @@ async fn metrics_parse_and_move_and_readiness_follows_nats() {
     let (status, text) = http_get(admin, "/metrics").await.unwrap();
     assert_eq!(status, 200);
     let after = parse_metrics(&text);
-    let key = "edge_frames_in_total{type=\"send\"}";
+    let key = "chat_edge_frames_in_total{type=\"send\"}";
     assert!(
         after[key] >= before.get(key).copied().unwrap_or(0.0) + 2.0,
         "{key} moved"
@@ -179,9 +179,9 @@ async fn metrics_parse_and_move_and_readiness_follows_nats() {
     assert!(
         after
             .keys()
-            .any(|k| k.starts_with("edge_send_ack_seconds_bucket"))
+            .any(|k| k.starts_with("chat_edge_send_ack_seconds_bucket"))
     );
-    assert!(after.keys().any(|k| k.starts_with("edge_connections")));
+    assert!(after.keys().any(|k| k.starts_with("chat_edge_connections")));
     assert_eq!(http_get(admin, "/healthz").await.unwrap().0, 200);
     assert_eq!(http_get(admin, "/readyz").await.unwrap().0, 200);
 
@@ -262,4 +262,152 @@ async fn chat_edge_refuses_to_start_without_a_real_secret() {
             "the secret was echoed: {stderr}"
         );
     }
+}
+
+/// The metric names a Prometheus text exposition declares (`# TYPE name kind`), each with
+/// whether it has `# HELP`.
+fn declared_metrics(text: &str) -> HashMap<String, bool> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap_or_default().to_owned();
+            out.entry(name).or_insert(false);
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default().to_owned();
+            out.insert(name, true);
+        }
+    }
+    out
+}
+
+/// Every `chat_…` / `process_…` identifier in `text` (a PromQL expression, a rules file).
+fn queried_metrics(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|t| t.starts_with("chat_") || t.starts_with("process_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Issue 17: every metric the Grafana dashboard and the alert rules query is one the services
+/// really export (scraped from a running stack of the four programs), every exported metric
+/// has `# HELP` and the project's `chat_` prefix, and the consumer lag is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_and_alerts_query_only_exported_metrics() {
+    let nats = NatsServer::start().await;
+    let db = fresh_database().await;
+    let env: HashMap<String, String> = [
+        ("NATS_URL", nats.url.as_str()),
+        ("DATABASE_URL", db.as_str()),
+        ("CHAT_JWT_SECRET", SECRET),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let procs = [
+        Proc::start("chat-history", &env).await,
+        Proc::start("chat-notify", &env).await,
+        Proc::start("chat-presence", &env).await,
+        Proc::start("chat-edge", &env).await,
+    ];
+    let edge = &procs[3];
+
+    // What makes the labelled series appear: frames in and out, an error, a close by the
+    // server (a bad token: 4001), a mention notification, a history page.
+    let mut stranger = WsClient::connect(&edge.ws_url(), None).await.unwrap();
+    stranger
+        .send(json!({"type": "auth", "token": "not a token"}))
+        .await;
+    assert_eq!(stranger.expect_close().await, Some(4001));
+    let (mut carol, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "carol", 600)).await;
+    join(&mut carol, "ops").await;
+    carol.close().await;
+    let (mut alice, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
+    join(&mut alice, "ops").await;
+    send(&mut alice, "ops", "hello @carol", "o1").await;
+    alice.send(json!({"type": "nonsense"})).await;
+    assert_eq!(
+        alice.recv_type("error").await.unwrap()["code"],
+        "unknown_type"
+    );
+    let page = alice
+        .request(json!({"type": "history", "room": "ops", "limit": 10}), "h")
+        .await;
+    assert_eq!(page["type"], "history", "{page}");
+
+    let mut exported: HashMap<String, bool> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        exported.clear();
+        for p in &procs {
+            let (status, text) = http_get(p.admin_port, "/metrics").await.unwrap();
+            assert_eq!(status, 200, "{}", p.name);
+            let declared = declared_metrics(&text);
+            assert!(
+                declared.contains_key("chat_build_info"),
+                "{}: no build info",
+                p.name
+            );
+            exported.extend(declared);
+        }
+        let wanted = [
+            "chat_consumer_pending",
+            "chat_consumer_lag_seconds",
+            "chat_notify_notifications_total",
+            "chat_history_batch_size",
+            "chat_history_page_seconds",
+        ];
+        if wanted.iter().all(|m| exported.contains_key(*m)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still missing after 20 s: {:?}",
+            wanted
+                .iter()
+                .filter(|m| !exported.contains_key(**m))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for (name, has_help) in &exported {
+        assert!(*has_help, "{name} has no # HELP");
+        assert!(
+            name.starts_with("chat_") || name.starts_with("process_"),
+            "{name} lacks the chat_ prefix"
+        );
+    }
+
+    let root = chat_testkit::workspace_root();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/chat-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            queried.extend(queried_metrics(target["expr"].as_str().unwrap_or_default()));
+        }
+    }
+    let dashboard_count = queried.len();
+    assert!(
+        dashboard_count > 20,
+        "the dashboard's queries were not found"
+    );
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
+    queried.extend(queried_metrics(&rules));
+    assert!(
+        queried.len() > dashboard_count,
+        "the alert rules' queries were not found"
+    );
+    let unknown: Vec<_> = queried
+        .iter()
+        .filter(|q| {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| q.strip_suffix(s))
+                .unwrap_or(q);
+            !exported.contains_key(q.as_str()) && !exported.contains_key(base)
+        })
+        .collect();
+    assert!(unknown.is_empty(), "queried but not exported: {unknown:?}");
 }

@@ -25,8 +25,8 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// Histogram buckets of counts (`history_batch_size`: events per archive write, up to
-/// `HISTORY_BATCH_MAX`).
+/// Histogram buckets of counts, for every `…_batch_size` (events per archive write, up to
+/// `HISTORY_BATCH_MAX`; events per notify batch).
 const COUNT_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
 ];
@@ -38,7 +38,7 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         let builder = PrometheusBuilder::new()
             .set_buckets(SECONDS_BUCKETS)
             .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full("history_batch_size".into()), COUNT_BUCKETS)
+                b.set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), COUNT_BUCKETS)
             })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         match builder.install_recorder() {
@@ -60,7 +60,13 @@ pub fn router(ready: ReadinessCheck) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|| async { metrics_handle().render() }))
+        .route(
+            "/metrics",
+            get(|| async {
+                crate::metrics::update_process();
+                metrics_handle().render()
+            }),
+        )
         .with_state(AdminState { ready })
 }
 
@@ -103,6 +109,7 @@ pub async fn upkeep(shutdown: CancellationToken) {
 /// memory bounded ([`upkeep`]).
 pub async fn serve(listener: TcpListener, ready: ReadinessCheck, shutdown: CancellationToken) {
     let upkeep = tokio::spawn(upkeep(shutdown.clone()));
+    let readiness = tokio::spawn(export_readiness(ready.clone(), shutdown.clone()));
     let app = router(ready);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -111,6 +118,23 @@ pub async fn serve(listener: TcpListener, ready: ReadinessCheck, shutdown: Cance
         tracing::error!(error = %e, "admin server failed");
     }
     upkeep.abort();
+    readiness.abort();
+}
+
+/// Sets `chat_ready` to 1 or 0 from `ready` every [`UPKEEP_EVERY`], so that an alert can see a
+/// service that is up but not ready (its `/readyz` is what a load balancer sees).
+async fn export_readiness(ready: ReadinessCheck, shutdown: CancellationToken) {
+    let gauge = metrics::gauge!("chat_ready");
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ok = tokio::time::timeout(UPKEEP_EVERY, ready()).await;
+        gauge.set(if matches!(ok, Ok(Ok(()))) { 1.0 } else { 0.0 });
+    }
 }
 
 /// A readiness check that passes while `client` is connected to NATS.
@@ -153,7 +177,7 @@ mod tests {
     #[test]
     fn batch_sizes_have_count_buckets_and_latencies_second_buckets() {
         let handle = metrics_handle();
-        metrics::histogram!("history_batch_size").record(37.0);
+        metrics::histogram!("chat_history_batch_size").record(37.0);
         metrics::histogram!("test_latency_seconds").record(0.003);
         let text = handle.render();
         if text.is_empty() {
@@ -161,15 +185,15 @@ mod tests {
             return;
         }
         assert!(
-            text.contains(r#"history_batch_size_bucket{le="50"} 1"#),
+            text.contains(r#"chat_history_batch_size_bucket{le="50"} 1"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"history_batch_size_bucket{le="2000"} 1"#),
+            text.contains(r#"chat_history_batch_size_bucket{le="2000"} 1"#),
             "{text}"
         );
         assert!(
-            !text.contains(r#"history_batch_size_bucket{le="0.0001"}"#),
+            !text.contains(r#"chat_history_batch_size_bucket{le="0.0001"}"#),
             "{text}"
         );
         assert!(

@@ -214,7 +214,7 @@ where
         if !trusted_reply_subject(&reply) {
             // CONTRACT §3: answering `$KV.…` or `chat.…` would publish into a bucket or a
             // stream with this service's permissions.
-            metrics::counter!("nats_requests_dropped_total", "reason" => "reply_subject")
+            metrics::counter!("chat_nats_requests_dropped_total", "reason" => "reply_subject")
                 .increment(1);
             tracing::debug!(subject, reply = %reply, "request with a foreign reply subject dropped");
             continue;
@@ -223,7 +223,8 @@ where
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                metrics::counter!("nats_requests_waited_total", "subject" => subject).increment(1);
+                metrics::counter!("chat_nats_requests_waited_total", "subject" => subject)
+                    .increment(1);
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     slot = slots.clone().acquire_owned() => match slot {
@@ -242,7 +243,7 @@ where
                 let payload = match tokio::time::timeout(limits.deadline, handle(msg)).await {
                     Ok(payload) => payload,
                     Err(_) => {
-                        metrics::counter!("nats_requests_timed_out_total", "subject" => subject)
+                        metrics::counter!("chat_nats_requests_timed_out_total", "subject" => subject)
                             .increment(1);
                         tracing::warn!(
                             deadline_ms = limits.deadline.as_millis() as u64,

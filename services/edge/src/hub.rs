@@ -44,7 +44,7 @@ impl SessionHandle {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.overflow.is_cancelled() {
-                    metrics::counter!("edge_slow_consumers_total").increment(1);
+                    metrics::counter!("chat_edge_slow_consumers_total").increment(1);
                 }
                 self.overflow.cancel();
                 false
@@ -241,7 +241,7 @@ impl Hub {
             tokio::spawn(room_presence(presence, sessions.clone())),
         ];
         rooms.insert(room.clone(), Entry { sessions, tasks });
-        metrics::gauge!("edge_rooms").set(rooms.len() as f64);
+        metrics::gauge!("chat_edge_rooms").set(rooms.len() as f64);
         Ok(())
     }
 
@@ -254,7 +254,7 @@ impl Hub {
         };
         if empty {
             rooms.remove(room);
-            metrics::gauge!("edge_rooms").set(rooms.len() as f64);
+            metrics::gauge!("chat_edge_rooms").set(rooms.len() as f64);
         }
     }
 
@@ -345,7 +345,7 @@ async fn room_feed(
     sessions: Arc<Sessions>,
 ) {
     let shared = Arc::new(room.clone());
-    let deliveries = metrics::counter!("edge_fanout_deliveries_total");
+    let deliveries = metrics::counter!("chat_edge_fanout_deliveries_total");
     // The last stored entry seen, valid or not.
     let mut last_entry: Option<u64> = None;
     // The last valid event's seq, once known: the next event's prev_seq.
@@ -378,7 +378,7 @@ async fn room_feed(
         let event = match checked {
             Ok(event) => event,
             Err(invalid) => {
-                metrics::counter!("edge_feed_invalid_entries_total").increment(1);
+                metrics::counter!("chat_edge_feed_invalid_entries_total").increment(1);
                 tracing::debug!(%room, seq = entry.seq, reason = %invalid, "entry that is not an event skipped");
                 continue;
             }
@@ -439,7 +439,7 @@ async fn fill_gap(
     after: u64,
     before: u64,
 ) -> (Vec<ChatMessage>, bool) {
-    metrics::counter!("edge_feed_gaps_total").increment(1);
+    metrics::counter!("chat_edge_feed_gaps_total").increment(1);
     let mut missed = Vec::new();
     let mut cursor = after;
     loop {
@@ -454,7 +454,7 @@ async fn fill_gap(
         {
             Ok(page) => page,
             Err(e) => {
-                metrics::counter!("edge_feed_gaps_unfilled_total").increment(1);
+                metrics::counter!("chat_edge_feed_gaps_unfilled_total").increment(1);
                 tracing::warn!(%room, after, before, error = %e, "gap in the live feed left for clients to fill");
                 return (missed, false);
             }

@@ -144,9 +144,9 @@ impl JwksCache {
             }
             if last.is_none_or(|t| t.elapsed() >= self.min_refetch) {
                 *last = Some(Instant::now());
-                metrics::counter!("edge_jwks_fetches_total").increment(1);
+                metrics::counter!("chat_edge_jwks_fetches_total").increment(1);
                 if let Err(e) = self.fetch_and_store().await {
-                    metrics::counter!("edge_jwks_fetch_failures_total").increment(1);
+                    metrics::counter!("chat_edge_jwks_fetch_failures_total").increment(1);
                     tracing::warn!(error = %format!("{e:#}"), "JWKS fetch failed; keeping the cached keys");
                 }
             }
@@ -155,7 +155,7 @@ impl JwksCache {
             Some(k) => Some(k),
             None => {
                 if known.is_none() && current.keys.contains_key(kid) {
-                    metrics::counter!("edge_jwks_stale_refusals_total").increment(1);
+                    metrics::counter!("chat_edge_jwks_stale_refusals_total").increment(1);
                 }
                 // `known` was usable a moment ago; the copy does not age past it mid-call.
                 known

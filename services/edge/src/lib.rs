@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod headers;
 pub mod hub;
 pub mod jwks;
+pub mod metrics_catalogue;
 pub mod ratelimit;
 pub mod search;
 pub mod session;
@@ -207,6 +208,8 @@ impl App {
             tls,
         } = self;
         let shutdown = edge.shutdown.clone();
+        chat_runtime::metrics::install("edge", metrics_catalogue::CATALOGUE);
+        metrics::gauge!("chat_edge_max_connections").set(edge.config.max_connections as f64);
         let admin_task = tokio::spawn(admin::serve(
             admin,
             admin::nats_ready(edge.nats.clone()),
@@ -330,7 +333,7 @@ async fn ws_upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     if !origin_allowed(&headers, &edge.config.allowed_origins) {
-        metrics::counter!("edge_origin_refused_total").increment(1);
+        metrics::counter!("chat_edge_origin_refused_total").increment(1);
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     if edge.shutdown.is_cancelled() {
@@ -371,7 +374,7 @@ async fn ws_upgrade(
         None => match admission::Slot::try_take(
             &edge.pending,
             edge.config.max_unauthenticated,
-            "edge_unauthenticated_connections",
+            "chat_edge_unauthenticated_connections",
         ) {
             Some(slot) => session::Admitted::Pending {
                 header_token: token,
@@ -410,7 +413,7 @@ async fn ws_upgrade(
 
 /// 503 with Retry-After, counted by reason.
 fn busy(why: &'static str, retry_s: u64) -> Response {
-    metrics::counter!("edge_admission_refused_total", "why" => why).increment(1);
+    metrics::counter!("chat_edge_admission_refused_total", "why" => why).increment(1);
     let mut r = (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     r.headers_mut()
         .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_s));

@@ -100,14 +100,16 @@ pub enum Refused {
 /// of the edge's authenticated connections.
 pub fn admit_session(edge: &Edge, identity: &Identity) -> Result<SessionSlots, Refused> {
     let Some(user) = edge.user_sessions.try_take(&identity.user) else {
-        metrics::counter!("edge_admission_refused_total", "why" => "sessions of the user")
+        metrics::counter!("chat_edge_admission_refused_total", "why" => "sessions of the user")
             .increment(1);
         return Err(Refused::UserSessions);
     };
-    let Some(connection) =
-        Slot::try_take(&edge.open, edge.config.max_connections, "edge_connections")
-    else {
-        metrics::counter!("edge_admission_refused_total", "why" => "too many connections")
+    let Some(connection) = Slot::try_take(
+        &edge.open,
+        edge.config.max_connections,
+        "chat_edge_connections",
+    ) else {
+        metrics::counter!("chat_edge_admission_refused_total", "why" => "too many connections")
             .increment(1);
         return Err(Refused::Connections);
     };
@@ -206,7 +208,7 @@ where
         expiry_changed: false,
         cleaned_up: false,
         _slots: slots,
-        messages_out: metrics::counter!("edge_frames_out_total", "type" => "message"),
+        messages_out: metrics::counter!("chat_edge_frames_out_total", "type" => "message"),
         ping_due: false,
         sends: futures::stream::FuturesOrdered::new(),
     };
@@ -215,7 +217,7 @@ where
         .await;
     if served.is_err() {
         // The panic message went to the panic hook (stderr); the session is cleaned up as usual.
-        metrics::counter!("edge_session_panics_total").increment(1);
+        metrics::counter!("chat_edge_session_panics_total").increment(1);
         tracing::error!(session = %name, "session task panicked; closing it with 1011");
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
@@ -235,9 +237,9 @@ async fn send_frame<S>(socket: &mut S, frame: &ServerFrame) -> bool
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
-    metrics::counter!("edge_frames_out_total", "type" => frame.type_name()).increment(1);
+    metrics::counter!("chat_edge_frames_out_total", "type" => frame.type_name()).increment(1);
     if let ServerFrame::Error { code, .. } = frame {
-        metrics::counter!("edge_errors_total", "code" => code.as_str()).increment(1);
+        metrics::counter!("chat_edge_errors_total", "code" => code.as_str()).increment(1);
     }
     socket
         .send(Message::Text(frame.to_json().into()))
@@ -249,7 +251,7 @@ async fn close_with<S>(socket: &mut S, code: u16, reason: &'static str)
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
-    metrics::counter!("edge_closes_total", "code" => code.to_string()).increment(1);
+    metrics::counter!("chat_edge_closes_total", "code" => code.to_string()).increment(1);
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
             code,
@@ -358,7 +360,7 @@ where
     match edge.auth.verify(&token).await {
         Ok(id) => Some(id),
         Err(e) => {
-            metrics::counter!("edge_auth_failures_total").increment(1);
+            metrics::counter!("chat_edge_auth_failures_total").increment(1);
             let code = if e == AuthError::Expired {
                 ErrorCode::TokenExpired
             } else {
@@ -607,7 +609,7 @@ where
                     _ = ping.tick() => {
                         self.ping_due = true;
                         if started.elapsed() >= stall {
-                            metrics::counter!("edge_slow_consumers_total").increment(1);
+                            metrics::counter!("chat_edge_slow_consumers_total").increment(1);
                             overflow.cancel();
                             break None;
                         }
@@ -862,17 +864,17 @@ where
             Action::Close(code, reason) => Flow::Close(code, reason),
             Action::Refuse(refusal) => {
                 if refusal.code == ErrorCode::RateLimited {
-                    metrics::counter!("edge_rate_limited_total").increment(1);
+                    metrics::counter!("chat_edge_rate_limited_total").increment(1);
                 }
                 if let Some(ty) = refusal.frame_type {
-                    metrics::counter!("edge_frames_in_total", "type" => ty).increment(1);
+                    metrics::counter!("chat_edge_frames_in_total", "type" => ty).increment(1);
                 }
                 self.send(&refusal.into_frame()).await;
                 Flow::Continue
             }
             Action::Handle(env) => {
                 let ty = env.frame.type_name();
-                metrics::counter!("edge_frames_in_total", "type" => ty).increment(1);
+                metrics::counter!("chat_edge_frames_in_total", "type" => ty).increment(1);
                 let reference = env.reference.clone();
                 match self.handle_frame(env).await {
                     Ok(flow) => flow,
@@ -1158,7 +1160,8 @@ where
                 },
                 Err(e) => Err(e),
             };
-            metrics::histogram!("edge_send_ack_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("chat_edge_send_ack_seconds")
+                .record(started.elapsed().as_secs_f64());
             let (seq, duplicate) = match result {
                 Ok(r) => r,
                 Err(e) => return ServerFrame::error(reference, e.code, e.message),

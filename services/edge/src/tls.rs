@@ -82,12 +82,12 @@ pub async fn serve(
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    metrics::counter!("edge_tls_handshake_failures_total").increment(1);
+                    metrics::counter!("chat_edge_tls_handshake_failures_total").increment(1);
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    metrics::counter!("edge_tls_handshake_failures_total").increment(1);
+                    metrics::counter!("chat_edge_tls_handshake_failures_total").increment(1);
                     return;
                 }
             };

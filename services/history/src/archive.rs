@@ -118,7 +118,7 @@ where
                     if shutdown.is_cancelled() {
                         return;
                     }
-                    metrics::counter!("history_writer_restarts_total").increment(1);
+                    metrics::counter!("chat_history_writer_restarts_total").increment(1);
                     match result {
                         Err(e) if e.is_panic() => {
                             tracing::error!(slot, "archive writer panicked; restarting")
@@ -226,7 +226,7 @@ impl Archive {
                     kept.push(msg);
                 }
                 Err(invalid) => {
-                    metrics::counter!("history_invalid_entries_total", "reason" => invalid.code())
+                    metrics::counter!("chat_history_invalid_entries_total", "reason" => invalid.code())
                         .increment(1);
                     self.dead_letter(&msg, seq, &invalid.reason()).await
                 }
@@ -247,7 +247,7 @@ impl Archive {
                     return;
                 }
                 Err(e) => {
-                    metrics::counter!("history_write_errors_total").increment(1);
+                    metrics::counter!("chat_history_write_errors_total").increment(1);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "archive write failed");
                     if last_progress.elapsed() > self.config.ack_wait / 3 {
                         for m in &kept {
@@ -263,9 +263,9 @@ impl Archive {
                 }
             }
         }
-        metrics::histogram!("history_batch_size").record(rows.len() as f64);
-        metrics::histogram!("history_batch_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("history_archived_total").increment(rows.len() as u64);
+        metrics::histogram!("chat_history_batch_size").record(rows.len() as f64);
+        metrics::histogram!("chat_history_batch_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("chat_history_archived_total").increment(rows.len() as u64);
         for m in &kept {
             if let Err(e) = m.ack().await {
                 tracing::debug!(error = %e, "ack not sent; the event will be redelivered and skipped");
@@ -285,7 +285,7 @@ impl Archive {
             let Ok(info) = msg.info() else { continue };
             let seq = info.stream_sequence;
             if info.delivered > 1 {
-                metrics::counter!("history_redeliveries_total").increment(1);
+                metrics::counter!("chat_history_redeliveries_total").increment(1);
             }
             let checked = event::validate_stored(&msg.subject, &msg.payload)
                 .and_then(|candidate| candidate.resolve(|_| None));
@@ -300,7 +300,7 @@ impl Archive {
             let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
             match insert_rows(&self.pool, self.epoch_id, std::slice::from_ref(&row)).await {
                 Ok(()) => {
-                    metrics::counter!("history_archived_total").increment(1);
+                    metrics::counter!("chat_history_archived_total").increment(1);
                     let _ = msg.ack().await;
                 }
                 Err(e) if is_data_error(&e) && delivered as u64 >= self.config.max_deliver => {
@@ -323,7 +323,7 @@ impl Archive {
     /// Moves an entry to the dead-letter stream with its reason and stops its redelivery; if the
     /// dead-letter stream cannot take it, the entry is redelivered later (nothing is dropped).
     async fn dead_letter(&self, msg: &jetstream::Message, seq: u64, reason: &str) {
-        metrics::counter!("history_dead_letter_total").increment(1);
+        metrics::counter!("chat_history_dead_letter_total").increment(1);
         let reason = event::header_safe(reason, 200);
         tracing::error!(seq, reason, subject = %msg.subject, "entry dead-lettered");
         let headers = dead_letter_headers(msg.headers.as_ref(), seq, &reason, &msg.subject);

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod config;
+pub mod metrics_catalogue;
 pub mod query;
 pub mod rooms;
 pub mod search;
@@ -107,7 +108,16 @@ impl App {
             db::ready(self.pool.clone()),
             writers.readiness(),
         ]);
+        chat_runtime::metrics::install("history", metrics_catalogue::CATALOGUE);
         let admin = tokio::spawn(admin::serve(self.admin, ready, shutdown.clone()));
+        if self.config.archive {
+            tokio::spawn(chat_runtime::metrics::track_consumer_lag(
+                self.stream.clone(),
+                subjects::HISTORY_CONSUMER,
+                chat_runtime::metrics::LAG_EVERY,
+                shutdown.clone(),
+            ));
+        }
 
         let rooms = rooms::Rooms::new(self.pool.clone(), self.nats.clone());
         let rooms_server = serve_requests(
@@ -151,7 +161,7 @@ impl App {
                         Ok(req) => query.page(req).await,
                         Err(e) => Err(e),
                     };
-                    metrics::histogram!("history_page_seconds")
+                    metrics::histogram!("chat_history_page_seconds")
                         .record(started.elapsed().as_secs_f64());
                     encode_reply(&reply)
                 }
@@ -173,7 +183,7 @@ impl App {
                         Ok(req) => search.search(req).await,
                         Err(e) => Err(e),
                     };
-                    metrics::histogram!("history_search_seconds")
+                    metrics::histogram!("chat_history_search_seconds")
                         .record(started.elapsed().as_secs_f64());
                     encode_reply(&reply)
                 }

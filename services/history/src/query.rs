@@ -161,7 +161,7 @@ impl HistoryQuery {
         member?;
         match page {
             Err(e) if e.code == chat_proto::ErrorCode::Unavailable => {
-                metrics::counter!("history_stream_fallback_total").increment(1);
+                metrics::counter!("chat_history_stream_fallback_total").increment(1);
                 let first = match self.stream.get_info().await {
                     Ok(info) => info.state.first_sequence,
                     Err(e) => {
@@ -186,7 +186,7 @@ impl HistoryQuery {
             Ok(true) => Ok(()),
             Ok(false) => Err(ApiError::forbidden("not a member of this room")),
             Err(e) if e.code == chat_proto::ErrorCode::Unavailable => {
-                metrics::counter!("history_membership_unchecked_total").increment(1);
+                metrics::counter!("chat_history_membership_unchecked_total").increment(1);
                 Ok(())
             }
             Err(e) => Err(e),
@@ -208,7 +208,7 @@ impl HistoryQuery {
         };
         let mut messages = chain(run);
         if fit_in_bytes(&mut messages, self.page_max_bytes, keep_oldest) {
-            metrics::counter!("history_pages_cut_to_size_total").increment(1);
+            metrics::counter!("chat_history_pages_cut_to_size_total").increment(1);
             has_more = true;
         }
         Ok(HistoryPage {
@@ -515,7 +515,7 @@ impl HistoryQuery {
 }
 
 fn too_many_invalid(room: &RoomId) -> ApiError {
-    metrics::counter!("history_scan_budget_exceeded_total").increment(1);
+    metrics::counter!("chat_history_scan_budget_exceeded_total").increment(1);
     tracing::warn!(%room, "too many stream entries that are not events in one page");
     ApiError::unavailable()
 }

@@ -246,7 +246,7 @@ impl Search {
 fn search_db_error(e: sqlx::Error) -> ApiError {
     match &e {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
-            metrics::counter!("history_search_timeouts_total").increment(1);
+            metrics::counter!("chat_history_search_timeouts_total").increment(1);
             tracing::warn!(error = %e, "search cancelled");
             ApiError::unavailable()
         }

@@ -183,7 +183,7 @@ impl StreamReader {
                 _ => hi_s = mid - 1,
             }
         }
-        metrics::histogram!("history_stream_bisect_probes").record(f64::from(probes));
+        metrics::histogram!("chat_history_stream_bisect_probes").record(f64::from(probes));
         let b = self.batch(subject, lo_s, n).await?;
         let entries = b.entries.into_iter().filter(|e| below(e.seq)).collect();
         Ok((entries, true))

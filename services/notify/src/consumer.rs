@@ -97,7 +97,7 @@ where
         match op().await {
             Ok(v) => return Some(v),
             Err(e) => {
-                metrics::counter!("notify_errors_total").increment(1);
+                metrics::counter!("chat_notify_errors_total").increment(1);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed");
                 if last_progress.elapsed() > Duration::from_secs(10) {
                     for m in batch {
@@ -142,7 +142,7 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
         let Ok(info) = msg.info() else { continue };
         let seq = info.stream_sequence;
         if info.delivered > 1 {
-            metrics::counter!("notify_redeliveries_total").increment(1);
+            metrics::counter!("chat_notify_redeliveries_total").increment(1);
         }
         // CONTRACT §3: an entry that is not a valid event is never counted or notified.
         let checked = chat_bus::event::validate_stored(&msg.subject, &msg.payload)
@@ -276,8 +276,8 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
             tracing::debug!(error = %e, "ack not sent; the event will be redelivered and skipped");
         }
     }
-    metrics::counter!("notify_events_total").increment(batch.len() as u64);
-    metrics::histogram!("notify_batch_size").record(batch.len() as f64);
-    metrics::histogram!("notify_batch_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("chat_notify_events_total").increment(batch.len() as u64);
+    metrics::histogram!("chat_notify_batch_size").record(batch.len() as f64);
+    metrics::histogram!("chat_notify_batch_seconds").record(started.elapsed().as_secs_f64());
     drop(spans);
 }

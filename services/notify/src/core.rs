@@ -179,7 +179,7 @@ impl Core {
             if read == MAX_STREAM_COUNT {
                 // A consumer this far behind is an outage: what it has stored is counted, the
                 // rest is caught up by the next count asked for.
-                metrics::counter!("notify_unread_inexact_total").increment(1);
+                metrics::counter!("chat_notify_unread_inexact_total").increment(1);
                 tracing::warn!(%room, after, upto, "unread counted from the stream only in part");
                 let tail = store::unread_in_range(&self.pool, user, room, next - 1, upto)
                     .await
@@ -210,7 +210,7 @@ impl Core {
                 count += 1;
             }
         }
-        metrics::counter!("notify_unread_from_stream_total").increment(read as u64);
+        metrics::counter!("chat_notify_unread_from_stream_total").increment(read as u64);
         Ok(count)
     }
 
@@ -248,7 +248,7 @@ impl Core {
                 NotificationKind::Dm => "dm",
                 NotificationKind::Invite => "invite",
             };
-            metrics::counter!("notify_notifications_total", "kind" => kind).increment(1);
+            metrics::counter!("chat_notify_notifications_total", "kind" => kind).increment(1);
             let span =
                 tracing::info_span!(parent: &parent, "notify.notification", user = %n.user, kind);
             let mut headers = async_nats::HeaderMap::new();
@@ -314,7 +314,7 @@ impl Core {
                 _ => return,
             }
             if tokio::time::Instant::now() >= deadline {
-                metrics::counter!("notify_state_stale_total").increment(1);
+                metrics::counter!("chat_notify_state_stale_total").increment(1);
                 tracing::debug!("state answered before the consumer caught up");
                 return;
             }

@@ -13,6 +13,7 @@ pub mod consumer;
 pub mod core;
 pub mod members;
 pub mod mention;
+pub mod metrics_catalogue;
 pub mod store;
 pub mod webhook;
 
@@ -104,7 +105,14 @@ impl App {
             admin::nats_ready(self.nats.clone()),
             db::ready(self.pool.clone()),
         ]);
+        chat_runtime::metrics::install("notify", metrics_catalogue::CATALOGUE);
         let admin = tokio::spawn(admin::serve(self.admin, ready, shutdown.clone()));
+        tokio::spawn(chat_runtime::metrics::track_consumer_lag(
+            self.stream.clone(),
+            subjects::NOTIFY_CONSUMER,
+            chat_runtime::metrics::LAG_EVERY,
+            shutdown.clone(),
+        ));
 
         let (webhooks, webhook_task) = match self.config.webhook.clone() {
             Some(w) => {

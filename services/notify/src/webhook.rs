@@ -313,7 +313,7 @@ async fn dispatch(
             let online = online_users(&nats, &claimed, config.presence_timeout).await;
             for c in claimed {
                 if online.contains(&c.user) {
-                    metrics::counter!("notify_webhook_skipped_total").increment(1);
+                    metrics::counter!("chat_notify_webhook_skipped_total").increment(1);
                     if let Err(e) = store::finish_webhook(&pool, &c.id).await {
                         tracing::debug!(error = %e, "skipped delivery not removed");
                     }
@@ -393,15 +393,15 @@ async fn attempt(
     .await;
     let result = match outcome {
         Ok(()) => {
-            metrics::counter!("notify_webhook_deliveries_total").increment(1);
+            metrics::counter!("chat_notify_webhook_deliveries_total").increment(1);
             store::finish_webhook(pool, &c.id).await
         }
         Err(e) => {
-            metrics::counter!("notify_webhook_failures_total").increment(1);
+            metrics::counter!("chat_notify_webhook_failures_total").increment(1);
             let wait = backoff(c.attempts.max(1) as u32, config.retry_min, config.retry_max);
             let next = now_ms() + wait.as_millis() as i64;
             if !e.retryable() || next > c.created_at + config.give_up.as_millis() as i64 {
-                metrics::counter!("notify_webhook_dropped_total").increment(1);
+                metrics::counter!("chat_notify_webhook_dropped_total").increment(1);
                 tracing::warn!(id = c.id, attempts = c.attempts, error = %e, "webhook delivery abandoned");
                 store::finish_webhook(pool, &c.id).await
             } else {

@@ -19,6 +19,7 @@
 //! frames. `README.md` next to this crate gives the costs, the numbers and the limits.
 
 pub mod config;
+pub mod metrics_catalogue;
 pub mod rooms;
 pub mod state;
 pub mod store;
@@ -139,6 +140,7 @@ impl App {
     /// (as a crash would).
     pub async fn run(self, shutdown: CancellationToken) {
         let p = self.presence;
+        chat_runtime::metrics::install("presence", metrics_catalogue::CATALOGUE);
         let admin = admin::serve(
             self.admin,
             admin::nats_ready(p.nats.clone()),
@@ -229,14 +231,14 @@ impl Lanes {
         (Lanes { senders }, workers)
     }
 
-    /// Queues `job` on the lane of `key`; `presence_events_total{kind}` counts it once done.
+    /// Queues `job` on the lane of `key`; `chat_presence_events_total{kind}` counts it once done.
     async fn submit(&self, key: &str, kind: Kind, job: impl Future<Output = ()> + Send + 'static) {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         let lane = (h.finish() % self.senders.len() as u64) as usize;
         let job = async move {
             job.await;
-            metrics::counter!("presence_events_total", "kind" => kind.name()).increment(1);
+            metrics::counter!("chat_presence_events_total", "kind" => kind.name()).increment(1);
         };
         let _ = self.senders[lane].send(Box::pin(job)).await;
     }
@@ -539,7 +541,7 @@ impl Presence {
     /// Publishes a user's new presence on `presence.user.<user>` and to each of their rooms that
     /// is small enough.
     async fn announce(&self, user: &UserId, record: &UserRecord) {
-        metrics::counter!("presence_changes_total").increment(1);
+        metrics::counter!("chat_presence_changes_total").increment(1);
         let entry = record.entry(user, now_ms());
         let ev = UserPresenceEvent {
             user: user.clone(),
@@ -563,7 +565,7 @@ impl Presence {
                 Ok(size) if size <= self.config.max_room_fanout => {
                     self.publish_room(&room, &entry).await;
                 }
-                Ok(_) => metrics::counter!("presence_fanout_skipped_total").increment(1),
+                Ok(_) => metrics::counter!("chat_presence_fanout_skipped_total").increment(1),
                 Err(e) => tracing::warn!(error = %e, %room, "room size unknown, skipped"),
             }
         }
@@ -597,7 +599,7 @@ impl Presence {
             PresenceRequest::Room { room } => {
                 let mut members = self.rooms.members(&room).await?.members;
                 if members.len() > MAX_SNAPSHOT_USERS {
-                    metrics::counter!("presence_snapshots_truncated_total").increment(1);
+                    metrics::counter!("chat_presence_snapshots_truncated_total").increment(1);
                     members.truncate(MAX_SNAPSHOT_USERS);
                 }
                 members
@@ -657,7 +659,7 @@ impl Presence {
     /// removes a silent edge's liveness record (compare-and-set) takes its users offline; a
     /// heartbeat arriving meanwhile wins, and the edge lives on.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
-        metrics::counter!("presence_sweeps_total").increment(1);
+        metrics::counter!("chat_presence_sweeps_total").increment(1);
         let mut dead = 0;
         for edge in self.alive.keys().await? {
             let (Some(alive), revision) = self.alive.get(&edge).await? else {
@@ -690,7 +692,7 @@ impl Presence {
             // matches the edge's sessions while their users are offline (the edge's next
             // heartbeat, finding no record, brings back the sessions of an edge that lives).
             self.edges.remove(&edge).await?;
-            metrics::counter!("presence_dead_edges_total").increment(1);
+            metrics::counter!("chat_presence_dead_edges_total").increment(1);
             dead += 1;
         }
         Ok(dead)

@@ -125,7 +125,7 @@ where
                     });
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    metrics::counter!("presence_cas_conflicts_total").increment(1);
+                    metrics::counter!("chat_presence_cas_conflicts_total").increment(1);
                     // Spread the retries of racing writers a little.
                     let jitter = u64::from(rand::random::<u8>() % 4) * (attempt.min(8) as u64);
                     if jitter > 0 {
@@ -164,7 +164,7 @@ where
         match self.store.update(key, bytes.into(), revision).await {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                metrics::counter!("presence_cas_conflicts_total").increment(1);
+                metrics::counter!("chat_presence_cas_conflicts_total").increment(1);
                 Ok(false)
             }
             Err(e) => Err(kv_err(e)),

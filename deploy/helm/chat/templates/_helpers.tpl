@@ -187,6 +187,9 @@ upgrades keep it), else a random one. Argument: (dict "root" $ "secret" NAME "ke
   value: {{ printf "0.0.0.0:%v" $c.port | quote }}
 {{- if $v.jwt.jwks }}
 {{- /* With an identity provider, HS256 stays off: no shared secret to leak or guess. */}}
+{{- if not $v.jwt.audience }}
+{{- fail "jwt.audience is required with jwt.jwks: without it the edge accepts tokens the provider issued for any of its clients" }}
+{{- end }}
 - name: CHAT_JWT_JWKS
   value: {{ $v.jwt.jwks | quote }}
 {{- else }}
@@ -195,6 +198,14 @@ upgrades keep it), else a random one. Argument: (dict "root" $ "secret" NAME "ke
     secretKeyRef:
       name: {{ include "chat.jwtSecretName" $root }}
       key: {{ $v.jwt.secretKey }}
+{{- end }}
+{{- with $v.jwt.issuer }}
+- name: CHAT_JWT_ISSUER
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.jwt.audience }}
+- name: CHAT_JWT_AUDIENCE
+  value: {{ . | quote }}
 {{- end }}
 - name: CHAT_ALLOWED_ORIGINS
   value: {{ $v.chat.allowedOrigins | quote }}
