@@ -411,3 +411,68 @@ async fn dashboards_and_alerts_query_only_exported_metrics() {
         .collect();
     assert!(unknown.is_empty(), "queried but not exported: {unknown:?}");
 }
+
+/// Every metric a service's source records is in its catalogue (so it has `# HELP` and the
+/// dashboards' names can be checked), and every catalogue entry is named somewhere else in the
+/// sources (recorded by a macro, or handed to code that records it).
+#[test]
+fn every_recorded_metric_is_in_a_catalogue() {
+    use chat_runtime::metrics::COMMON;
+    let catalogued: Vec<&str> = [
+        chat_edge::metrics_catalogue::CATALOGUE,
+        chat_history::metrics_catalogue::CATALOGUE,
+        chat_notify::metrics_catalogue::CATALOGUE,
+        chat_presence::metrics_catalogue::CATALOGUE,
+        COMMON,
+    ]
+    .iter()
+    .flat_map(|c| c.iter().map(|m| m.name))
+    .collect();
+    let root = chat_testkit::workspace_root();
+    let mut recorded = std::collections::BTreeSet::new();
+    let mut sources = String::new();
+    let mut dirs = vec![root.join("services"), root.join("libs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if !path.ends_with("metrics_catalogue.rs") {
+                    sources.push_str(&text);
+                }
+                // A metric name is a string literal `"chat_…"` or `"process_…"` directly
+                // after a metrics macro, possibly on the next line.
+                for macro_ in ["counter!(", "gauge!(", "histogram!("] {
+                    for (at, _) in text.match_indices(macro_) {
+                        let rest = text[at + macro_.len()..].trim_start();
+                        if let Some(lit) = rest.strip_prefix('"') {
+                            let name = &lit[..lit.find('"').unwrap()];
+                            if !name.starts_with("test_") {
+                                recorded.insert(name.to_owned());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(recorded.len() > 40, "found only {recorded:?}");
+    let missing: Vec<_> = recorded
+        .iter()
+        .filter(|r| !catalogued.contains(&r.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "recorded but not in a catalogue: {missing:?}"
+    );
+    let unused: Vec<_> = catalogued
+        .iter()
+        .filter(|c| !recorded.contains(**c) && !sources.contains(&format!("\"{c}\"")))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "in a catalogue but never recorded: {unused:?}"
+    );
+}
