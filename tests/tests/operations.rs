@@ -141,6 +141,78 @@ async fn a_client_traceparent_makes_the_send_part_of_its_trace() {
     assert_eq!(send.parent_span_id, parent);
 }
 
+/// Issue 17 / CONTRACT §3: with no OTLP endpoint configured, every event still carries a
+/// well-formed `traceparent` (integrators and logs correlate on it), and a client's trace id
+/// is kept in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_carry_a_traceparent_without_an_otlp_endpoint() {
+    use futures::StreamExt as _;
+    let nats = NatsServer::start().await;
+    let db = fresh_database().await;
+    let env: HashMap<String, String> = [
+        ("NATS_URL", nats.url.as_str()),
+        ("DATABASE_URL", db.as_str()),
+        ("CHAT_JWT_SECRET", SECRET),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let _history = Proc::start("chat-history", &env).await;
+    let edge = Proc::start("chat-edge", &env).await;
+    let client = nats.client().await;
+    let mut feed = client.subscribe("chat.fanout.plain").await.unwrap();
+    client.flush().await.unwrap();
+    let (mut alice, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
+    join(&mut alice, "plain").await;
+
+    let well_formed = |tp: &str| {
+        let parts: Vec<&str> = tp.split('-').collect();
+        parts.len() == 4
+            && parts[0] == "00"
+            && parts[1].len() == 32
+            && parts[2].len() == 16
+            && parts[1] != "0".repeat(32)
+            && parts
+                .iter()
+                .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+    };
+    send(&mut alice, "plain", "no trace asked", "p1").await;
+    let event = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let tp = event
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .map(|v| v.as_str().to_owned())
+        .expect("an event without traceparent");
+    assert!(well_formed(&tp), "{tp}");
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = alice
+        .request(
+            json!({"type":"send","room":"plain","body":"traced","client_id":"p2",
+                   "traceparent": format!("00-{trace_id}-00f067aa0ba902b7-01")}),
+            "s",
+        )
+        .await;
+    assert_eq!(r["type"], "ack", "{r}");
+    let event = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let tp = event
+        .headers
+        .as_ref()
+        .unwrap()
+        .get("traceparent")
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(well_formed(&tp) && tp.contains(trace_id), "{tp}");
+}
+
 /// Parses Prometheus text: every sample line is `name{labels} value`.
 fn parse_metrics(text: &str) -> HashMap<String, f64> {
     let mut out = HashMap::new();

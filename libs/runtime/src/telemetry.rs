@@ -1,11 +1,13 @@
 //! Logs and traces. Traces go out over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces
 //! variant) is set: HTTP/protobuf by default, gRPC when `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`;
-//! sampling follows `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`. No endpoint, no export.
+//! sampling follows `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`. No endpoint, no export —
+//! but spans still get W3C trace context, so every event still carries a `traceparent` header
+//! (CONTRACT §3: integrators and logs correlate on it) and a client's trace id is kept.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -141,20 +143,29 @@ pub fn init(env: &Env, service: &str) -> TelemetryGuard {
             .with_filter(tracing_subscriber::filter::filter_fn(secret_safe))
             .boxed()
     };
-    let provider = tracer_provider(env, service);
-    let otel = provider.as_ref().map(|p| {
-        let tracer = p.tracer(service.to_owned());
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_filter(EnvFilter::new(
-                "info,h2=off,hyper=off,tonic=off,tower=off,reqwest=off",
-            ))
-    });
+    let provider = tracer_provider(env, service).unwrap_or_else(context_only_provider);
+    let tracer = provider.tracer(service.to_owned());
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(EnvFilter::new(
+            "info,h2=off,hyper=off,tonic=off,tower=off,reqwest=off",
+        ));
     let _ = tracing_subscriber::registry()
         .with(fmt)
         .with(otel)
         .try_init();
-    TelemetryGuard { provider }
+    TelemetryGuard {
+        provider: Some(provider),
+    }
+}
+
+/// A provider that exports nothing and records nothing of its own (spans are sampled out
+/// unless a remote parent was sampled, and then go nowhere), but gives every span a trace and
+/// span id, so that context is propagated in `traceparent` headers whatever is configured.
+pub fn context_only_provider() -> SdkTracerProvider {
+    SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+        .build()
 }
 
 /// For tests: logs only when `TEST_LOG` is set, so test output stays quiet.
