@@ -34,6 +34,7 @@ pub struct OtlpReceiver {
     pub addr: std::net::SocketAddr,
     spans: Arc<Mutex<Vec<SpanRecord>>>,
     task: tokio::task::JoinHandle<()>,
+    https: bool,
 }
 
 impl Drop for OtlpReceiver {
@@ -104,11 +105,65 @@ impl OtlpReceiver {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        OtlpReceiver { addr, spans, task }
+        OtlpReceiver {
+            addr,
+            spans,
+            task,
+            https: false,
+        }
+    }
+
+    /// The same over https: a certificate for 127.0.0.1 made for this receiver, whose PEM
+    /// (its own CA) is returned for `OTEL_EXPORTER_OTLP_CERTIFICATE`.
+    pub async fn start_tls() -> (OtlpReceiver, String) {
+        use tokio_rustls::rustls;
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let spans: Arc<Mutex<Vec<SpanRecord>>> = Arc::default();
+        let app = axum::Router::new()
+            .route("/v1/traces", post(receive))
+            .with_state(spans.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind OTLP receiver");
+        let addr = listener.local_addr().expect("address");
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        let receiver = OtlpReceiver {
+            addr,
+            spans,
+            task,
+            https: true,
+        };
+        (receiver, certified.cert.pem())
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn spans(&self) -> Vec<SpanRecord> {

@@ -141,6 +141,42 @@ async fn a_client_traceparent_makes_the_send_part_of_its_trace() {
     assert_eq!(send.parent_span_id, parent);
 }
 
+/// Issue 17: traces reach an `https://` collector whose CA the operator gives in
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` (rustls with ring; gRPC is not built in any more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_an_https_collector() {
+    let nats = NatsServer::start().await;
+    let db = fresh_database().await;
+    let (otlp, ca_pem) = OtlpReceiver::start_tls().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let env: HashMap<String, String> = [
+        ("NATS_URL", nats.url.as_str()),
+        ("DATABASE_URL", db.as_str()),
+        ("CHAT_JWT_SECRET", SECRET),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint().as_str()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.to_str().unwrap()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert!(otlp.endpoint().starts_with("https://"));
+    let _history = Proc::start("chat-history", &env).await;
+    let edge = Proc::start("chat-edge", &env).await;
+    let (mut alice, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
+    join(&mut alice, "tls").await;
+    let ack = send(&mut alice, "tls", "over https", "t1").await;
+    let seq = ack["seq"].as_u64().unwrap().to_string();
+    otlp.wait_for(|spans| {
+        spans.iter().any(|s| {
+            s.service == "chat-edge" && s.name == "send" && s.attr("seq") == Some(seq.as_str())
+        })
+    })
+    .await;
+}
+
 /// Issue 17 / CONTRACT §3: with no OTLP endpoint configured, every event still carries a
 /// well-formed `traceparent` (integrators and logs correlate on it), and a client's trace id
 /// is kept in it.

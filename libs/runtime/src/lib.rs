@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod nats;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{ConfigError, Env};
 #[cfg(feature = "db")]

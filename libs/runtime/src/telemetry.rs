@@ -1,11 +1,11 @@
 //! Logs and traces. Traces go out over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces
-//! variant) is set: HTTP/protobuf by default, gRPC when `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`;
+//! variant) is set, over HTTP/protobuf (`http://` or `https://`; gRPC is not built in);
 //! sampling follows `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`. No endpoint, no export —
 //! but spans still get W3C trace context, so every event still carries a `traceparent` header
 //! (CONTRACT §3: integrators and logs correlate on it) and a client's trace id is kept.
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_subscriber::layer::SubscriberExt;
@@ -65,19 +65,25 @@ pub fn otlp_target(env: &Env) -> Option<(String, OtlpProtocol)> {
     Some((url, protocol))
 }
 
-/// Builds the tracer provider for `service`, or `None` when no endpoint is configured.
+/// Builds the tracer provider for `service`, or `None` when no endpoint is configured (or the
+/// configuration cannot work, which is said on stderr: telemetry never stops a service).
 pub fn tracer_provider(env: &Env, service: &str) -> Option<SdkTracerProvider> {
     let (url, protocol) = otlp_target(env)?;
-    let exporter = match protocol {
-        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+    if protocol == OtlpProtocol::Grpc {
+        eprintln!(
+            "OTLP trace export disabled: OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not built in; \
+             use http/protobuf (the collector's port 4318)"
+        );
+        return None;
+    }
+    let exporter = http_client(env).and_then(|client| {
+        opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(client)
             .with_endpoint(url)
-            .build(),
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(url)
-            .build(),
-    };
+            .build()
+            .map_err(|e| e.to_string())
+    });
     let exporter = match exporter {
         Ok(e) => e,
         Err(e) => {
@@ -95,6 +101,28 @@ pub fn tracer_provider(env: &Env, service: &str) -> Option<SdkTracerProvider> {
             .with_resource(resource)
             .build(),
     )
+}
+
+/// The exporter's HTTP client: `https://` with rustls (ring) and Mozilla's roots plus the CA
+/// file of `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` / `OTEL_EXPORTER_OTLP_CERTIFICATE` (the
+/// OTLP exporter spec's variables), 10 s per export.
+fn http_client(env: &Env) -> Result<reqwest::blocking::Client, String> {
+    let ca = env
+        .get("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+        .or_else(|| env.get("OTEL_EXPORTER_OTLP_CERTIFICATE"))
+        .map(std::path::PathBuf::from);
+    let tls = crate::tls::client_config(ca.as_deref())?;
+    // reqwest's blocking client runs a runtime of its own: it is built (and later dropped) off
+    // any async runtime, like the exporter's default client.
+    std::thread::spawn(move || {
+        reqwest::blocking::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+    })
+    .join()
+    .map_err(|_| "building the OTLP HTTP client panicked".to_owned())?
+    .map_err(|e| format!("OTLP HTTP client: {e}"))
 }
 
 /// Libraries that log frame payloads or connection credentials at their most verbose levels
