@@ -33,6 +33,22 @@ where
     }
 }
 
+/// The ack of `frame`, sent again (a retry, same client_id) while it is `unavailable` (a
+/// service starting), for at most 20 s.
+async fn until_acked(c: &mut WsClient, frame: Value) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let reference = frame["client_id"].as_str().unwrap_or("r").to_owned();
+    loop {
+        let answer = c.request(frame.clone(), &reference).await;
+        if answer["type"] == "error" && answer["code"] == "unavailable" {
+            assert!(tokio::time::Instant::now() < deadline, "still {answer}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        return acked(&answer);
+    }
+}
+
 fn seq(v: &Value) -> u64 {
     v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
 }
@@ -412,7 +428,13 @@ async fn state_and_recovery_hold_with_the_archive_writer_stopped() {
         .await;
     bob.close().await;
 
-    let e = acked(&edit(&mut alice, "tail", m1, "one, edited", "a-e").await);
+    // The new process's request servers subscribe as it starts: until then an edit is
+    // `unavailable`, and its retry (same client_id) is the same edit.
+    let e = until_acked(
+        &mut alice,
+        json!({"type":"edit","room":"tail","seq":m1,"body":"one, edited","client_id":"a-e"}),
+    )
+    .await;
     let r = acked(&react(&mut alice, "tail", m1, "🎉", true, "a-r").await);
     let d = acked(&delete(&mut alice, "tail", m2, "a-d").await);
     let m3 = acked(&send(&mut alice, "tail", "three", "a3").await);
