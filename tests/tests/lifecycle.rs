@@ -644,7 +644,10 @@ async fn replays_carry_events_as_sent_and_deleted_text_is_never_served_again() {
     let m2 = acked(&send(&mut alice, "sent", "two as sent", "a2").await);
     let live = recv_event(&mut carol, "message", m2).await;
     assert_eq!(live["body"], "two as sent");
-    assert!(live.get("version").is_none(), "no state on live frames: {live}");
+    assert!(
+        live.get("version").is_none(),
+        "no state on live frames: {live}"
+    );
     let e1 = acked(&edit(&mut alice, "sent", m1, "secret one, edited", "a-e1").await);
     let e2 = acked(&edit(&mut alice, "sent", m2, "two, edited", "a-e2").await);
     let d1 = acked(&delete(&mut alice, "sent", m1, "a-d1").await);
@@ -690,20 +693,35 @@ async fn replays_carry_events_as_sent_and_deleted_text_is_never_served_again() {
     assert_eq!(by_seq(e1)["body"], "");
     assert_eq!(by_seq(late)["body"], "");
     let two = by_seq(m2);
-    assert_eq!(two["body"], "two as sent", "a replay carries the message as sent");
-    assert!(two.get("version").is_none() && two.get("edited").is_none(), "{two}");
+    assert_eq!(
+        two["body"], "two as sent",
+        "a replay carries the message as sent"
+    );
+    assert!(
+        two.get("version").is_none() && two.get("edited").is_none(),
+        "{two}"
+    );
     assert_eq!(by_seq(e2)["body"], "two, edited");
     for f in &frames {
-        assert!(!f.to_string().contains("secret"), "deleted text served: {f}");
+        assert!(
+            !f.to_string().contains("secret"),
+            "deleted text served: {f}"
+        );
     }
 
     // A page: the current state; the late edit changed nothing.
     let page = history(&mut dave, "sent", json!({}), "h").await;
     assert_eq!(page_seqs(&page), vec![m1, m2, e1, e2, d1, late]);
     let one = entry(&page, m1);
-    assert_eq!((one["deleted"].as_bool(), one["version"].as_u64()), (Some(true), Some(d1)));
+    assert_eq!(
+        (one["deleted"].as_bool(), one["version"].as_u64()),
+        (Some(true), Some(d1))
+    );
     let two = entry(&page, m2);
-    assert_eq!((two["body"].as_str(), two["version"].as_u64()), (Some("two, edited"), Some(e2)));
+    assert_eq!(
+        (two["body"].as_str(), two["version"].as_u64()),
+        (Some("two, edited"), Some(e2))
+    );
     assert!(!page.to_string().contains("secret"), "{page}");
     // The same once archived, in PostgreSQL too.
     chat_tests::wait_archived(&stack.db().await, "sent", 6).await;
@@ -751,5 +769,8 @@ async fn only_messages_count_as_unread() {
         .cloned()
         .unwrap();
     assert_eq!(room["last_seq"], d);
-    assert_eq!(room["unread"], 2, "two messages (one deleted since), no changes: {room}");
+    assert_eq!(
+        room["unread"], 2,
+        "two messages (one deleted since), no changes: {room}"
+    );
 }

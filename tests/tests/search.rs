@@ -485,7 +485,10 @@ async fn an_edit_reindexes_and_a_delete_removes_from_results() {
         .await;
     let r_seq = react["seq"].as_u64().unwrap();
     wait_archived(&db, "s-life", 3).await;
-    assert_eq!(found(&search(&mut alice, json!({"query": "walrus"})).await), vec![]);
+    assert_eq!(
+        found(&search(&mut alice, json!({"query": "walrus"})).await),
+        vec![]
+    );
     let r = search(&mut alice, json!({"query": "narwhal"})).await;
     assert_eq!(
         found(&r),
@@ -499,9 +502,14 @@ async fn an_edit_reindexes_and_a_delete_removes_from_results() {
     assert!(e < r_seq);
     // The NATS API sees the same.
     let nats = stack.nats.client().await;
-    let api = nats_search(&nats, "narwhal", Some("alice"), None).await.unwrap();
+    let api = nats_search(&nats, "narwhal", Some("alice"), None)
+        .await
+        .unwrap();
     assert_eq!(bodies(&api), vec!["ship the narwhal release"]);
-    assert_eq!(api.results[0].state.as_ref().map(|s| s.version), Some(r_seq));
+    assert_eq!(
+        api.results[0].state.as_ref().map(|s| s.version),
+        Some(r_seq)
+    );
 
     let del = alice
         .request(
@@ -512,7 +520,11 @@ async fn an_edit_reindexes_and_a_delete_removes_from_results() {
     assert_eq!(del["type"], "ack", "{del}");
     wait_archived(&db, "s-life", 4).await;
     for q in ["narwhal", "walrus", "release"] {
-        assert_eq!(found(&search(&mut alice, json!({ "query": q })).await), vec![], "{q}");
+        assert_eq!(
+            found(&search(&mut alice, json!({ "query": q })).await),
+            vec![],
+            "{q}"
+        );
     }
     assert!(
         nats_search(&nats, "release", None, None)
