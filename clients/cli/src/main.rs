@@ -6,7 +6,15 @@
 //! chat tail    --url ws://HOST/ws --token T --room R [--since SEQ --epoch E] [--count N] [--json]
 //! chat history --url ws://HOST/ws --token T --room R [--before N | --after N] [--limit N] [--json]
 //! chat search  --url ws://HOST/ws --token T --query Q [--room R] [--before SEQ] [--limit N] [--json]
+//! chat edit    --url ws://HOST/ws --token T --room R --seq SEQ --body B [--client-id ID] [--json]
+//! chat delete  --url ws://HOST/ws --token T --room R --seq SEQ [--client-id ID] [--json]
+//! chat react   --url ws://HOST/ws --token T --room R --seq SEQ --emoji E [--off] [--client-id ID] [--json]
+//! chat reply   --url ws://HOST/ws --token T --room R --seq SEQ [--in-thread] --body B [--client-id ID] [--json]
 //! ```
+//! `send` also takes `--reply-to SEQ` and `--thread SEQ`, `history` takes `--thread SEQ` (the
+//! root and its thread's messages). `reply` quotes message SEQ, or with `--in-thread` posts in the
+//! thread of SEQ. `edit`, `delete`, `react` and `reply` print the `ack` (with `--json`, as JSON);
+//! a retry with the same `--client-id` is answered with the original seq (`duplicate`).
 //! `--url` defaults to `$CHAT_URL` (else `ws://127.0.0.1:8080/ws`) and `--token` to `$CHAT_TOKEN`;
 //! `--secret S --user U` instead of `--token` mints a development token on the fly.
 //! `send` without `--body` sends each non-empty line of stdin as one message. `send` and `tail`
@@ -39,10 +47,15 @@ const USAGE: &str = "usage:
   chat tail    [--url URL] (--token T | --secret S --user U) --room R [--since SEQ --epoch E] [--count N] [--json]
   chat history [--url URL] (--token T | --secret S --user U) --room R [--before N | --after N] [--limit N] [--json]
   chat search  [--url URL] (--token T | --secret S --user U) --query Q [--room R] [--before SEQ] [--limit N] [--json]
+  chat edit    [--url URL] (--token T | --secret S --user U) --room R --seq SEQ --body B [--client-id ID] [--json]
+  chat delete  [--url URL] (--token T | --secret S --user U) --room R --seq SEQ [--client-id ID] [--json]
+  chat react   [--url URL] (--token T | --secret S --user U) --room R --seq SEQ --emoji E [--off] [--client-id ID] [--json]
+  chat reply   [--url URL] (--token T | --secret S --user U) --room R --seq SEQ [--in-thread] --body B [--client-id ID] [--json]
+send also takes --reply-to SEQ and --thread SEQ; history takes --thread SEQ.
 --url defaults to $CHAT_URL or ws://127.0.0.1:8080/ws, --token to $CHAT_TOKEN.";
 
 /// Flags that take no value.
-const SWITCHES: &[&str] = &["json", "help"];
+const SWITCHES: &[&str] = &["json", "help", "off", "in-thread"];
 
 /// A wrong command line: usage goes with it, exit code 2.
 #[derive(Debug)]
@@ -431,8 +444,8 @@ async fn send(a: &Args) -> anyhow::Result<()> {
             room: room.clone(),
             body,
             client_id,
-            reply_to: None,
-            thread: None,
+            reply_to: a.num("reply-to")?,
+            thread: a.num("thread")?,
         };
         match request(&mut ws, &frame, &format!("s{i}")).await? {
             ServerFrame::Ack {
@@ -466,6 +479,80 @@ async fn send(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `chat edit`, `delete`, `react` and `reply` (CONTRACT §2 Lifecycle): one frame, its `ack`.
+async fn change(cmd: &str, a: &Args) -> anyhow::Result<()> {
+    let room = a.room()?;
+    let seq = a
+        .num("seq")?
+        .ok_or_else(|| usage("--seq (the message's seq) is required"))?;
+    let token = a.token()?;
+    let client_id = a.opt("client-id").map(str::to_owned).unwrap_or_else(|| {
+        format!(
+            "cli-{}-{}",
+            std::process::id(),
+            now_ms().rem_euclid(1_000_000_000)
+        )
+    });
+    let frame = match cmd {
+        "edit" => ClientFrame::Edit {
+            room,
+            seq,
+            body: a.req("body")?.to_owned(),
+            client_id,
+        },
+        "delete" => ClientFrame::Delete {
+            room,
+            seq,
+            client_id,
+        },
+        "react" => ClientFrame::React {
+            room,
+            seq,
+            emoji: a.req("emoji")?.to_owned(),
+            on: !a.flag("off"),
+            client_id,
+        },
+        _ => {
+            let in_thread = a.flag("in-thread");
+            ClientFrame::Send {
+                room,
+                body: a.req("body")?.to_owned(),
+                client_id,
+                reply_to: (!in_thread).then_some(seq),
+                thread: in_thread.then_some(seq),
+            }
+        }
+    };
+    let (mut ws, hello) = connect_once(&a.url(), &token).await?;
+    match request(&mut ws, &frame, "c").await? {
+        ServerFrame::Ack {
+            room,
+            client_id,
+            seq: event,
+            ts,
+            duplicate,
+            ..
+        } => {
+            if a.flag("json") {
+                println!(
+                    "{}",
+                    json!({"type":"ack","room":room,"client_id":client_id,"seq":event,"ts":ts,
+                           "duplicate":duplicate,"epoch":hello.epoch})
+                );
+            } else {
+                println!(
+                    "{cmd} #{event} of #{seq} in {}{}",
+                    room.as_str(),
+                    if duplicate { " (duplicate)" } else { "" }
+                );
+            }
+        }
+        other => bail!("{cmd} answered {other:?}"),
+    }
+    let _ = ws.close(None).await;
+    Ok(())
+}
+
 async fn history(a: &Args) -> anyhow::Result<()> {
     let room = a.room()?;
     let token = a.token()?;
@@ -480,7 +567,7 @@ async fn history(a: &Args) -> anyhow::Result<()> {
         before,
         after,
         limit,
-        thread: None,
+        thread: a.num("thread")?,
     };
     let (messages, has_more) = match request(&mut ws, &frame, "h").await? {
         ServerFrame::History {
@@ -678,6 +765,7 @@ async fn run() -> anyhow::Result<()> {
         "tail" => tail(&a).await,
         "history" => history(&a).await,
         "search" => search(&a).await,
+        "edit" | "delete" | "react" | "reply" => change(&cmd, &a).await,
         "" => Err(usage("a command is required")),
         other => Err(usage(format!("unknown command {other:?}"))),
     }
