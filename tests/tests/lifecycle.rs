@@ -564,6 +564,10 @@ async fn a_bots_changes_through_jetstream_are_checked_like_anyones() {
         (Some("reaction"), valid),
         "{next}"
     );
+    assert_eq!(
+        next["prev_seq"], m,
+        "the chain skips the invalid entries: {next}"
+    );
     let next = bob
         .recv_until(|f| f["seq"].as_u64().is_some_and(|s| s > valid))
         .await
@@ -578,6 +582,8 @@ async fn a_bots_changes_through_jetstream_are_checked_like_anyones() {
     chat_tests::wait_archived(&stack.db().await, "bots", 3).await;
     let page = history(&mut bob, "bots", json!({}), "h").await;
     assert_eq!(page_seqs(&page), vec![m, valid, reply]);
+    assert_eq!(entry(&page, valid)["prev_seq"], m);
+    assert_eq!(entry(&page, reply)["prev_seq"], valid);
     assert_eq!(entry(&page, m)["reactions"], json!({"🤖": ["bot"]}));
     assert_eq!(entry(&page, m)["body"], "hello");
 
@@ -773,4 +779,65 @@ async fn only_messages_count_as_unread() {
         room["unread"], 2,
         "two messages (one deleted since), no changes: {room}"
     );
+}
+
+/// Measurement, not a check (`--run-ignored only`): the latency of `chat.api.history` pages of
+/// 50 events whose messages carry state (reactions, edits), from PostgreSQL and, with the archive
+/// writer stopped, merged with a stream tail of 300 changes. Prints p50/p99 of 200 pages each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn history_page_latency_with_state() {
+    let mut stack = Stack::start_with(&[("CHAT_RATE_PER_S", "100000")]).await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "lat").await;
+    let seqs = chat_tests::send_many(&mut alice, "lat", "m", 1000).await;
+    let mut n = 1000;
+    for (i, s) in seqs.iter().rev().take(300).enumerate() {
+        let emoji = ["👍", "🎉", "🚀"][i % 3];
+        acked(&react(&mut alice, "lat", *s, emoji, true, &format!("r{i}")).await);
+        n += 1;
+        if i % 3 == 0 {
+            acked(&edit(&mut alice, "lat", *s, "edited", &format!("e{i}")).await);
+            n += 1;
+        }
+    }
+    chat_tests::wait_archived(&stack.db().await, "lat", n).await;
+    let nats = stack.nats.client().await;
+    let measure = |label: &'static str| {
+        let nats = nats.clone();
+        async move {
+            let mut times = Vec::new();
+            for i in 0..200u64 {
+                let before = if i % 2 == 0 { None } else { Some(900 + i) };
+                let started = std::time::Instant::now();
+                let page: chat_bus::api::HistoryPage = chat_tests::nats_request(
+                    &nats,
+                    chat_bus::subjects::API_HISTORY,
+                    &json!({"room":"lat","limit":50,"before":before}),
+                )
+                .await
+                .unwrap();
+                times.push(started.elapsed());
+                assert!(!page.messages.is_empty());
+            }
+            times.sort();
+            println!(
+                "{label}: p50 {:?} p99 {:?} (200 pages of 50)",
+                times[100], times[197]
+            );
+        }
+    };
+    measure("archived").await;
+    stack.histories.remove(0).shutdown().await;
+    stack
+        .add_history_with(&[("HISTORY_ARCHIVE", "false")])
+        .await;
+    for (i, s) in seqs.iter().rev().take(300).enumerate() {
+        until_acked(
+            &mut alice,
+            json!({"type":"react","room":"lat","seq":s,"emoji":"👀","client_id":format!("t{i}")}),
+        )
+        .await;
+    }
+    measure("archive stopped, 300 changes in the tail").await;
 }
