@@ -438,6 +438,15 @@ async fn state_and_recovery_hold_with_the_archive_writer_stopped() {
     let r = acked(&react(&mut alice, "tail", m1, "🎉", true, "a-r").await);
     let d = acked(&delete(&mut alice, "tail", m2, "a-d").await);
     let m3 = acked(&send(&mut alice, "tail", "three", "a3").await);
+    // A thread whose root (m1) is archived and whose message is only in the stream.
+    let t1 = acked(
+        &ask(
+            &mut alice,
+            json!({"type":"send","room":"tail","body":"in m1's thread","client_id":"a-t1","thread":m1}),
+            "a-t1",
+        )
+        .await,
+    );
 
     let (mut bob, _) = stack.login(0, "bob").await;
     let (_messages, joined) = {
@@ -465,13 +474,27 @@ async fn state_and_recovery_hold_with_the_archive_writer_stopped() {
             ("reaction".to_owned(), r),
             ("delete".to_owned(), d),
             ("message".to_owned(), m3),
+            ("message".to_owned(), t1),
         ]
     );
     // Seqs of the replay agree with a plain join_since on the same cursor.
     let (mut carol, _) = stack.login(0, "carol").await;
     join(&mut carol, "tail").await;
     let (seqs, _) = join_since(&mut carol, "tail", e - 1, &epoch).await;
-    assert_eq!(seqs, vec![m3], "join_since's helper counts messages only");
+    assert_eq!(
+        seqs,
+        vec![m3, t1],
+        "join_since's helper counts messages only"
+    );
+    let thread = history(&mut bob, "tail", json!({"thread": m1}), "t").await;
+    assert_eq!(
+        page_seqs(&thread),
+        vec![m1, t1],
+        "a thread page merged from both"
+    );
+    assert_eq!(entry(&thread, m1)["replies"], 1);
+    assert_eq!(entry(&thread, m1)["body"], "one, edited");
+    assert_eq!(entry(&thread, t1)["prev_seq"], m3, "the room's chain");
 
     // The state comes from PostgreSQL (the first reaction) and the stream (everything after).
     let page = history(&mut bob, "tail", json!({}), "h").await;
@@ -488,7 +511,7 @@ async fn state_and_recovery_hold_with_the_archive_writer_stopped() {
 
     // A writer again: the archive catches up and gives the same page.
     stack.add_history().await;
-    chat_tests::wait_archived(&stack.db().await, "tail", 7).await;
+    chat_tests::wait_archived(&stack.db().await, "tail", 8).await;
     let archived = history(&mut bob, "tail", json!({}), "h2").await;
     assert_eq!(archived["messages"], page["messages"]);
     let (body, deleted): (String, bool) = sqlx::query_as(
