@@ -198,3 +198,92 @@ async fn cli_sends_reads_history_and_tails() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `chat edit`, `delete`, `react` and `reply` (issue 13): each is answered with its event's
+/// `ack` (a retry with the same `--client-id` with the original seq), and `history` shows the
+/// state, `history --thread` a thread.
+#[tokio::test]
+async fn cli_edits_deletes_reacts_and_replies() {
+    let stack = Stack::start().await;
+    let url = stack.ws_url(0);
+    let token = run(&["token", "--secret", SECRET, "--user", "alice"], None).await;
+    let token = token.trim();
+    let room = "cli-life";
+    let common = ["--url", url.as_str(), "--token", token, "--room", room];
+    let cmd = |name: &'static str, extra: &[&'static str]| {
+        let mut args = vec![name];
+        args.extend(common);
+        args.extend_from_slice(extra);
+        args.push("--json");
+        args
+    };
+    let seq_of = |out: String| -> u64 {
+        let v = json_lines(&out);
+        assert_eq!(v[0]["type"], "ack", "{v:?}");
+        v[0]["seq"].as_u64().unwrap()
+    };
+    let m = seq_of(run(&cmd("send", &["--body", "first"]), None).await);
+    let gone = seq_of(run(&cmd("send", &["--body", "second"]), None).await);
+    let ms = m.to_string();
+    let gs = gone.to_string();
+    let ms: &'static str = Box::leak(ms.into_boxed_str());
+    let gs: &'static str = Box::leak(gs.into_boxed_str());
+    let e = seq_of(
+        run(
+            &cmd(
+                "edit",
+                &["--seq", ms, "--body", "first!", "--client-id", "e1"],
+            ),
+            None,
+        )
+        .await,
+    );
+    let again = json_lines(
+        &run(
+            &cmd(
+                "edit",
+                &["--seq", ms, "--body", "first!", "--client-id", "e1"],
+            ),
+            None,
+        )
+        .await,
+    );
+    assert_eq!(
+        (again[0]["seq"].as_u64(), again[0]["duplicate"].as_bool()),
+        (Some(e), Some(true))
+    );
+    let r = seq_of(run(&cmd("react", &["--seq", ms, "--emoji", "👍"]), None).await);
+    let q = seq_of(run(&cmd("reply", &["--seq", ms, "--body", "quoted"]), None).await);
+    let t = seq_of(
+        run(
+            &cmd("reply", &["--seq", ms, "--in-thread", "--body", "threaded"]),
+            None,
+        )
+        .await,
+    );
+    let d = seq_of(run(&cmd("delete", &["--seq", gs]), None).await);
+    assert!(m < gone && gone < e && e < r && r < q && q < t && t < d);
+
+    let page = json_lines(&run(&cmd("history", &[]), None).await);
+    let first = page.iter().find(|x| x["seq"] == m).unwrap();
+    assert_eq!(first["body"], "first!");
+    assert_eq!(first["reactions"], serde_json::json!({"👍": ["alice"]}));
+    assert_eq!(first["replies"], 1);
+    assert_eq!(
+        page.iter().find(|x| x["seq"] == gone).unwrap()["deleted"],
+        true
+    );
+    assert_eq!(page.iter().find(|x| x["seq"] == q).unwrap()["reply_to"], m);
+    let thread = json_lines(&run(&cmd("history", &["--thread", ms]), None).await);
+    let seqs: Vec<u64> = thread.iter().map(|x| x["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![m, t]);
+    // The plain-text form says what happened.
+    let mut args = vec!["history"];
+    args.extend(common);
+    let text = run(&args, None).await;
+    assert!(
+        text.contains("first! (edited) [👍 1] [1 in thread]"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("deleted #{gone}")), "{text}");
+}

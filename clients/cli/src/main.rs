@@ -6,7 +6,15 @@
 //! chat tail    --url ws://HOST/ws --token T --room R [--since SEQ --epoch E] [--count N] [--json]
 //! chat history --url ws://HOST/ws --token T --room R [--before N | --after N] [--limit N] [--json]
 //! chat search  --url ws://HOST/ws --token T --query Q [--room R] [--before SEQ] [--limit N] [--json]
+//! chat edit    --url ws://HOST/ws --token T --room R --seq SEQ --body B [--client-id ID] [--json]
+//! chat delete  --url ws://HOST/ws --token T --room R --seq SEQ [--client-id ID] [--json]
+//! chat react   --url ws://HOST/ws --token T --room R --seq SEQ --emoji E [--off] [--client-id ID] [--json]
+//! chat reply   --url ws://HOST/ws --token T --room R --seq SEQ [--in-thread] --body B [--client-id ID] [--json]
 //! ```
+//! `send` also takes `--reply-to SEQ` and `--thread SEQ`, `history` takes `--thread SEQ` (the
+//! root and its thread's messages). `reply` quotes message SEQ, or with `--in-thread` posts in the
+//! thread of SEQ. `edit`, `delete`, `react` and `reply` print the `ack` (with `--json`, as JSON);
+//! a retry with the same `--client-id` is answered with the original seq (`duplicate`).
 //! `--url` defaults to `$CHAT_URL` (else `ws://127.0.0.1:8080/ws`) and `--token` to `$CHAT_TOKEN`;
 //! `--secret S --user U` instead of `--token` mints a development token on the fly.
 //! `send` without `--body` sends each non-empty line of stdin as one message. `send` and `tail`
@@ -22,7 +30,9 @@ use std::io::{BufRead, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
-use chat_proto::{ChatMessage, ClientFrame, ErrorCode, RoomId, RoomSummary, ServerFrame, UserId};
+use chat_proto::{
+    ClientFrame, ErrorCode, RoomEventFrame, RoomId, RoomSummary, ServerFrame, UserId,
+};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -37,10 +47,15 @@ const USAGE: &str = "usage:
   chat tail    [--url URL] (--token T | --secret S --user U) --room R [--since SEQ --epoch E] [--count N] [--json]
   chat history [--url URL] (--token T | --secret S --user U) --room R [--before N | --after N] [--limit N] [--json]
   chat search  [--url URL] (--token T | --secret S --user U) --query Q [--room R] [--before SEQ] [--limit N] [--json]
+  chat edit    [--url URL] (--token T | --secret S --user U) --room R --seq SEQ --body B [--client-id ID] [--json]
+  chat delete  [--url URL] (--token T | --secret S --user U) --room R --seq SEQ [--client-id ID] [--json]
+  chat react   [--url URL] (--token T | --secret S --user U) --room R --seq SEQ --emoji E [--off] [--client-id ID] [--json]
+  chat reply   [--url URL] (--token T | --secret S --user U) --room R --seq SEQ [--in-thread] --body B [--client-id ID] [--json]
+send also takes --reply-to SEQ and --thread SEQ; history takes --thread SEQ.
 --url defaults to $CHAT_URL or ws://127.0.0.1:8080/ws, --token to $CHAT_TOKEN.";
 
 /// Flags that take no value.
-const SWITCHES: &[&str] = &["json", "help"];
+const SWITCHES: &[&str] = &["json", "help", "off", "in-thread"];
 
 /// A wrong command line: usage goes with it, exit code 2.
 #[derive(Debug)]
@@ -325,22 +340,67 @@ fn clock(ts: i64) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
-fn print_message(out: &mut impl Write, m: &ChatMessage, as_json: bool) -> anyhow::Result<()> {
+/// One line per room event: what a person reads, or the live frame's JSON with `--json`.
+fn print_event(out: &mut impl Write, e: &RoomEventFrame, as_json: bool) -> anyhow::Result<()> {
     if as_json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string(&ServerFrame::Message(m.clone()))?
-        )?;
+        writeln!(out, "{}", serde_json::to_string(e)?)?;
     } else {
-        writeln!(
-            out,
-            "#{} {} {}: {}",
-            m.seq,
-            clock(m.ts),
-            m.from.as_str(),
-            m.body
-        )?;
+        let line = match e {
+            RoomEventFrame::Message(m) => {
+                let mut notes = String::new();
+                if let Some(r) = m.reply_to {
+                    notes.push_str(&format!(" (reply to #{r})"));
+                }
+                if let Some(t) = m.thread {
+                    notes.push_str(&format!(" (in thread #{t})"));
+                }
+                let mut body = m.body.clone();
+                if let Some(st) = &m.state {
+                    if st.deleted {
+                        body = "[deleted]".into();
+                    } else if st.edited.is_some() {
+                        body.push_str(" (edited)");
+                    }
+                    for (emoji, users) in &st.reactions {
+                        body.push_str(&format!(" [{emoji} {}]", users.len()));
+                    }
+                    if let Some(n) = st.replies {
+                        body.push_str(&format!(" [{n} in thread]"));
+                    }
+                }
+                format!(
+                    "#{} {} {}{notes}: {body}",
+                    m.seq,
+                    clock(m.ts),
+                    m.from.as_str()
+                )
+            }
+            RoomEventFrame::Edit(x) => format!(
+                "#{} {} {} edited #{}: {}",
+                x.seq,
+                clock(x.ts),
+                x.from.as_str(),
+                x.target,
+                x.body
+            ),
+            RoomEventFrame::Delete(x) => format!(
+                "#{} {} {} deleted #{}",
+                x.seq,
+                clock(x.ts),
+                x.from.as_str(),
+                x.target
+            ),
+            RoomEventFrame::Reaction(x) => format!(
+                "#{} {} {} {} {} #{}",
+                x.seq,
+                clock(x.ts),
+                x.from.as_str(),
+                if x.on { "reacted" } else { "took back" },
+                x.emoji,
+                x.target
+            ),
+        };
+        writeln!(out, "{line}")?;
     }
     out.flush()?;
     Ok(())
@@ -384,6 +444,8 @@ async fn send(a: &Args) -> anyhow::Result<()> {
             room: room.clone(),
             body,
             client_id,
+            reply_to: a.num("reply-to")?,
+            thread: a.num("thread")?,
         };
         match request(&mut ws, &frame, &format!("s{i}")).await? {
             ServerFrame::Ack {
@@ -417,6 +479,80 @@ async fn send(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `chat edit`, `delete`, `react` and `reply` (CONTRACT §2 Lifecycle): one frame, its `ack`.
+async fn change(cmd: &str, a: &Args) -> anyhow::Result<()> {
+    let room = a.room()?;
+    let seq = a
+        .num("seq")?
+        .ok_or_else(|| usage("--seq (the message's seq) is required"))?;
+    let token = a.token()?;
+    let client_id = a.opt("client-id").map(str::to_owned).unwrap_or_else(|| {
+        format!(
+            "cli-{}-{}",
+            std::process::id(),
+            now_ms().rem_euclid(1_000_000_000)
+        )
+    });
+    let frame = match cmd {
+        "edit" => ClientFrame::Edit {
+            room,
+            seq,
+            body: a.req("body")?.to_owned(),
+            client_id,
+        },
+        "delete" => ClientFrame::Delete {
+            room,
+            seq,
+            client_id,
+        },
+        "react" => ClientFrame::React {
+            room,
+            seq,
+            emoji: a.req("emoji")?.to_owned(),
+            on: !a.flag("off"),
+            client_id,
+        },
+        _ => {
+            let in_thread = a.flag("in-thread");
+            ClientFrame::Send {
+                room,
+                body: a.req("body")?.to_owned(),
+                client_id,
+                reply_to: (!in_thread).then_some(seq),
+                thread: in_thread.then_some(seq),
+            }
+        }
+    };
+    let (mut ws, hello) = connect_once(&a.url(), &token).await?;
+    match request(&mut ws, &frame, "c").await? {
+        ServerFrame::Ack {
+            room,
+            client_id,
+            seq: event,
+            ts,
+            duplicate,
+            ..
+        } => {
+            if a.flag("json") {
+                println!(
+                    "{}",
+                    json!({"type":"ack","room":room,"client_id":client_id,"seq":event,"ts":ts,
+                           "duplicate":duplicate,"epoch":hello.epoch})
+                );
+            } else {
+                println!(
+                    "{cmd} #{event} of #{seq} in {}{}",
+                    room.as_str(),
+                    if duplicate { " (duplicate)" } else { "" }
+                );
+            }
+        }
+        other => bail!("{cmd} answered {other:?}"),
+    }
+    let _ = ws.close(None).await;
+    Ok(())
+}
+
 async fn history(a: &Args) -> anyhow::Result<()> {
     let room = a.room()?;
     let token = a.token()?;
@@ -431,6 +567,7 @@ async fn history(a: &Args) -> anyhow::Result<()> {
         before,
         after,
         limit,
+        thread: a.num("thread")?,
     };
     let (messages, has_more) = match request(&mut ws, &frame, "h").await? {
         ServerFrame::History {
@@ -440,7 +577,7 @@ async fn history(a: &Args) -> anyhow::Result<()> {
     };
     let mut out = std::io::stdout().lock();
     for m in &messages {
-        print_message(&mut out, m, a.flag("json"))?;
+        print_event(&mut out, m, a.flag("json"))?;
     }
     eprintln!(
         "{} message(s); {}",
@@ -481,7 +618,7 @@ async fn search(a: &Args) -> anyhow::Result<()> {
         if !as_json {
             write!(out, "{} ", m.room.as_str())?;
         }
-        print_message(&mut out, m, as_json)?;
+        print_event(&mut out, &RoomEventFrame::Message(m.clone()), as_json)?;
     }
     match (has_more, results.last()) {
         (true, Some(last)) => eprintln!(
@@ -531,12 +668,22 @@ async fn tail(a: &Args) -> anyhow::Result<()> {
             backoff = Duration::from_millis(500);
             loop {
                 match next(&mut ws).await? {
-                    ServerFrame::Message(m) if m.room == room => {
-                        if since.is_some_and(|s| m.seq <= s) {
+                    f @ (ServerFrame::Message(_)
+                    | ServerFrame::Edit(_)
+                    | ServerFrame::Delete(_)
+                    | ServerFrame::Reaction(_)) => {
+                        let m = match f {
+                            ServerFrame::Message(m) => RoomEventFrame::Message(m),
+                            ServerFrame::Edit(x) => RoomEventFrame::Edit(x),
+                            ServerFrame::Delete(x) => RoomEventFrame::Delete(x),
+                            ServerFrame::Reaction(x) => RoomEventFrame::Reaction(x),
+                            _ => continue,
+                        };
+                        if *m.room() != room || since.is_some_and(|s| m.seq() <= s) {
                             continue;
                         }
-                        since = Some(m.seq);
-                        print_message(&mut out, &m, as_json).map_err(Closed::Fatal)?;
+                        since = Some(m.seq());
+                        print_event(&mut out, &m, as_json).map_err(Closed::Fatal)?;
                         printed += 1;
                         if count.is_some_and(|c| printed >= c) {
                             return Ok(());
@@ -618,6 +765,7 @@ async fn run() -> anyhow::Result<()> {
         "tail" => tail(&a).await,
         "history" => history(&a).await,
         "search" => search(&a).await,
+        "edit" | "delete" | "react" | "reply" => change(&cmd, &a).await,
         "" => Err(usage("a command is required")),
         other => Err(usage(format!("unknown command {other:?}"))),
     }

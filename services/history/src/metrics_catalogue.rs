@@ -45,6 +45,10 @@ pub const CATALOGUE: &[Metric] = &[
         "Searches stopped at PostgreSQL's statement timeout (answered unavailable).",
     ),
     Metric::counter(
+        "chat_history_tail_too_long_total",
+        "Pages answered unavailable because the room's stream tail above the archive was too long to fold into their state.",
+    ),
+    Metric::counter(
         "chat_history_stream_fallback_total",
         "History pages served from the stream because PostgreSQL is down.",
     ),
