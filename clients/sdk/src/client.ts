@@ -120,6 +120,9 @@ export interface StateEvent {
   reason?: string;
 }
 
+/** A `history` reply as `history()` returns it: every entry a typed room event, messages as held (with state). */
+export type HistoryPage = Omit<HistoryReplyFrame, "messages"> & { messages: RoomEventFrame[] };
+
 export interface RecoveredEvent { room: string; since: number; replayed: number }
 export interface ResetEvent {
   room: string;
@@ -459,7 +462,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
    * messages of the page are merged into the room's held messages (by `version`) and returned as
    * held, so a change that arrived live while the page was on its way is not undone.
    */
-  async history(room: string, query: { before?: number; after?: number; limit?: number; thread?: number } = {}): Promise<HistoryReplyFrame> {
+  async history(room: string, query: { before?: number; after?: number; limit?: number; thread?: number } = {}): Promise<HistoryPage> {
     const frame: OutFrame = { type: "history", room };
     if (query.before !== undefined) frame.before = query.before;
     if (query.after !== undefined) frame.after = query.after;
