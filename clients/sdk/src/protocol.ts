@@ -339,6 +339,18 @@ export const SERVER_FRAME_TYPES: readonly (keyof ServerFrameMap)[] = [
   "pong",
 ];
 
+/** Every client frame type (the Rust side's `CLIENT_TYPES`; test/protocol-sync.test.mjs compares them). */
+export const CLIENT_FRAME_TYPES: readonly ClientFrame["type"][] = [
+  "auth", "join", "leave", "create", "invite", "open_dm", "send", "edit", "delete", "react",
+  "history", "search", "typing", "read", "status", "presence", "ping",
+];
+
+/** Every `error.code`. */
+export const ERROR_CODES: readonly ErrorCode[] = [
+  "bad_request", "unknown_type", "unauthorized", "token_expired", "forbidden", "not_found", "conflict",
+  "too_large", "limit_exceeded", "rate_limited", "unavailable", "internal",
+];
+
 /** Room and user id pattern of CONTRACT §1. */
 /** Longest reaction emoji, in characters (CONTRACT §2 `react`). */
 export const MAX_EMOJI_CHARS = 32;
