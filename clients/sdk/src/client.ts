@@ -1076,11 +1076,12 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   }
 
   /** Hands one event of the ordered stream to the app, and applies it to the held messages. */
-  #deliver(e: RoomEventFrame): void {
+  #deliver(e: RoomEventFrame, pageTop?: number): void {
     this.#cursors.rooms[e.room] = e.seq;
     this.#markDirty();
     if (e.type === "message") {
-      const { message } = this.#log.put(e);
+      // From a page, a root's `replies` already counts the thread's messages up to the page's end.
+      const { message } = this.#log.put(e, pageTop);
       this.emit("message", message as MessageFrame);
       if (e.thread !== undefined) {
         const root = this.#log.countReply(e.room, e.thread, e.seq);
@@ -1154,10 +1155,11 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         continue;
       }
       if (sync.generation !== generation) return;
+      const top = page.messages.reduce((max, entry) => Math.max(max, entry.seq), 0);
       for (const entry of page.messages) {
         const last = this.#cursors.rooms[room];
         if (last !== undefined && entry.seq <= last) continue;
-        this.#deliver(asRoomEvent(entry));
+        this.#deliver(asRoomEvent(entry), top);
       }
       if (!page.has_more || page.messages.length === 0) break;
     }

@@ -249,3 +249,23 @@ describe("unread counts and change events", () => {
     assert.equal(b.c.unread("r1").count, 2, "two messages; the deleted one still counts until read");
   });
 });
+
+describe("thread counts across a gap", () => {
+  test("a root filled from a page with its count is not counted again for the thread messages of the same page", async () => {
+    const { a, b } = await pair();
+    const before = await a.c.send("r1", "before");
+    await waitFor(() => b.c.cursor("r1") === before.seq, { what: "bob is live" });
+    // Bob misses the root and two thread messages; the message after them shows the gap.
+    server.dropDelivery = (s) => s.user === "bob";
+    const root = await a.c.send("r1", "root");
+    await a.c.send("r1", "t1", { thread: root.seq });
+    await a.c.send("r1", "t2", { thread: root.seq });
+    server.dropDelivery = null;
+    const after = await a.c.send("r1", "after");
+    await waitFor(() => b.c.cursor("r1") === after.seq, { what: "gap filled" });
+    assert.equal(b.log.gaps.length, 1);
+    assert.equal(b.c.message("r1", root.seq).replies, 2);
+    await a.c.send("r1", "t3", { thread: root.seq });
+    await waitFor(() => b.c.message("r1", root.seq).replies === 3, { what: "a live reply counts" });
+  });
+});
