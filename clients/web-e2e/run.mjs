@@ -488,6 +488,8 @@ try {
       await carol.page.locator("#join-btn").click();
       await carol.page.locator("#room-title", { hasText: room }).waitFor();
       await carol.page.locator("#join-room").waitFor({ state: "hidden" }); // the drawer closes on choosing a room
+      await alice.page.locator(`#rooms button[data-room="${room}"]`).click();
+      await alice.page.locator("#room-title", { hasText: room }).waitFor();
       await say(carol, `from a phone ${suffix}`);
       await item(carol, `from a phone ${suffix}`).waitFor();
       await item(alice, `from a phone ${suffix}`).waitFor();
