@@ -155,6 +155,8 @@ export interface UpdateEvent {
 type FrameEvents = { [K in keyof ServerFrameMap]: ServerFrameMap[K] };
 
 export interface ChatClientEvents extends FrameEvents {
+  /** A room's messages once each, in seq order, as held (with their state: `StoredMessage`). */
+  message: StoredMessage;
   frame: ServerFrame;
   state: StateEvent;
   recovered: RecoveredEvent;
@@ -1082,10 +1084,10 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     if (e.type === "message") {
       // From a page, a root's `replies` already counts the thread's messages up to the page's end.
       const { message } = this.#log.put(e, pageTop);
-      this.emit("message", message as MessageFrame);
+      this.emit("message", message);
       if (e.thread !== undefined) {
         const root = this.#log.countReply(e.room, e.thread, e.seq);
-        if (root) this.emit("update", { room: e.room, seq: root.seq, message: root, cause: "reply", event: message as MessageFrame });
+        if (root) this.emit("update", { room: e.room, seq: root.seq, message: root, cause: "reply", event: message });
       }
       // CONTRACT §2 Unread: only `message` events count.
       const count = this.#unread.onMessage(e.room, e.seq, e.from, this.#hello?.user ?? null);
