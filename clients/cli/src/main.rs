@@ -22,7 +22,9 @@ use std::io::{BufRead, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
-use chat_proto::{ChatMessage, ClientFrame, ErrorCode, RoomId, RoomSummary, ServerFrame, UserId};
+use chat_proto::{
+    ClientFrame, ErrorCode, RoomEventFrame, RoomId, RoomSummary, ServerFrame, UserId,
+};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -325,22 +327,67 @@ fn clock(ts: i64) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
-fn print_message(out: &mut impl Write, m: &ChatMessage, as_json: bool) -> anyhow::Result<()> {
+/// One line per room event: what a person reads, or the live frame's JSON with `--json`.
+fn print_event(out: &mut impl Write, e: &RoomEventFrame, as_json: bool) -> anyhow::Result<()> {
     if as_json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string(&ServerFrame::Message(m.clone()))?
-        )?;
+        writeln!(out, "{}", serde_json::to_string(e)?)?;
     } else {
-        writeln!(
-            out,
-            "#{} {} {}: {}",
-            m.seq,
-            clock(m.ts),
-            m.from.as_str(),
-            m.body
-        )?;
+        let line = match e {
+            RoomEventFrame::Message(m) => {
+                let mut notes = String::new();
+                if let Some(r) = m.reply_to {
+                    notes.push_str(&format!(" (reply to #{r})"));
+                }
+                if let Some(t) = m.thread {
+                    notes.push_str(&format!(" (in thread #{t})"));
+                }
+                let mut body = m.body.clone();
+                if let Some(st) = &m.state {
+                    if st.deleted {
+                        body = "[deleted]".into();
+                    } else if st.edited.is_some() {
+                        body.push_str(" (edited)");
+                    }
+                    for (emoji, users) in &st.reactions {
+                        body.push_str(&format!(" [{emoji} {}]", users.len()));
+                    }
+                    if let Some(n) = st.replies {
+                        body.push_str(&format!(" [{n} in thread]"));
+                    }
+                }
+                format!(
+                    "#{} {} {}{notes}: {body}",
+                    m.seq,
+                    clock(m.ts),
+                    m.from.as_str()
+                )
+            }
+            RoomEventFrame::Edit(x) => format!(
+                "#{} {} {} edited #{}: {}",
+                x.seq,
+                clock(x.ts),
+                x.from.as_str(),
+                x.target,
+                x.body
+            ),
+            RoomEventFrame::Delete(x) => format!(
+                "#{} {} {} deleted #{}",
+                x.seq,
+                clock(x.ts),
+                x.from.as_str(),
+                x.target
+            ),
+            RoomEventFrame::Reaction(x) => format!(
+                "#{} {} {} {} {} #{}",
+                x.seq,
+                clock(x.ts),
+                x.from.as_str(),
+                if x.on { "reacted" } else { "took back" },
+                x.emoji,
+                x.target
+            ),
+        };
+        writeln!(out, "{line}")?;
     }
     out.flush()?;
     Ok(())
@@ -384,6 +431,8 @@ async fn send(a: &Args) -> anyhow::Result<()> {
             room: room.clone(),
             body,
             client_id,
+            reply_to: None,
+            thread: None,
         };
         match request(&mut ws, &frame, &format!("s{i}")).await? {
             ServerFrame::Ack {
@@ -431,6 +480,7 @@ async fn history(a: &Args) -> anyhow::Result<()> {
         before,
         after,
         limit,
+        thread: None,
     };
     let (messages, has_more) = match request(&mut ws, &frame, "h").await? {
         ServerFrame::History {
@@ -440,7 +490,7 @@ async fn history(a: &Args) -> anyhow::Result<()> {
     };
     let mut out = std::io::stdout().lock();
     for m in &messages {
-        print_message(&mut out, m, a.flag("json"))?;
+        print_event(&mut out, m, a.flag("json"))?;
     }
     eprintln!(
         "{} message(s); {}",
@@ -481,7 +531,7 @@ async fn search(a: &Args) -> anyhow::Result<()> {
         if !as_json {
             write!(out, "{} ", m.room.as_str())?;
         }
-        print_message(&mut out, m, as_json)?;
+        print_event(&mut out, &RoomEventFrame::Message(m.clone()), as_json)?;
     }
     match (has_more, results.last()) {
         (true, Some(last)) => eprintln!(
@@ -531,12 +581,22 @@ async fn tail(a: &Args) -> anyhow::Result<()> {
             backoff = Duration::from_millis(500);
             loop {
                 match next(&mut ws).await? {
-                    ServerFrame::Message(m) if m.room == room => {
-                        if since.is_some_and(|s| m.seq <= s) {
+                    f @ (ServerFrame::Message(_)
+                    | ServerFrame::Edit(_)
+                    | ServerFrame::Delete(_)
+                    | ServerFrame::Reaction(_)) => {
+                        let m = match f {
+                            ServerFrame::Message(m) => RoomEventFrame::Message(m),
+                            ServerFrame::Edit(x) => RoomEventFrame::Edit(x),
+                            ServerFrame::Delete(x) => RoomEventFrame::Delete(x),
+                            ServerFrame::Reaction(x) => RoomEventFrame::Reaction(x),
+                            _ => continue,
+                        };
+                        if *m.room() != room || since.is_some_and(|s| m.seq() <= s) {
                             continue;
                         }
-                        since = Some(m.seq);
-                        print_message(&mut out, &m, as_json).map_err(Closed::Fatal)?;
+                        since = Some(m.seq());
+                        print_event(&mut out, &m, as_json).map_err(Closed::Fatal)?;
                         printed += 1;
                         if count.is_some_and(|c| printed >= c) {
                             return Ok(());

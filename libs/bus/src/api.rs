@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chat_proto::{
-    ChatMessage, ErrorCode, Notification, PresenceEntry, RoomId, RoomKind, Status, UserId,
+    ChatMessage, ErrorCode, Notification, PresenceEntry, RoomEventFrame, RoomId, RoomKind, Status,
+    UserId,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -123,18 +124,28 @@ pub struct HistoryRequest {
     pub after: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
+    /// *(v1.1)* Page the thread of this root: the root and its thread's messages only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<u64>,
     /// On whose behalf the page is asked. chat-edge always names its user, so that chat-history
     /// itself refuses (`forbidden`) a user who is not a member of the room, whatever the edge
     /// checked; an integration that omits it reads as the trusted party it is (CONTRACT §3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<UserId>,
+    /// *(v1.1)* The events as they were sent, as `join{since}` replays them and the live feed
+    /// carried them (`message` objects without state; a deleted message's body and its edits'
+    /// are still ""), instead of the current state of each message. What an integration
+    /// filling a gap in its own copy of the live feed asks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
 }
 
 /// `chat.api.history` reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryPage {
     pub room: RoomId,
-    pub messages: Vec<ChatMessage>,
+    /// Room events of every kind, each with the `type` of its live frame (CONTRACT §2, v1.1).
+    pub messages: Vec<RoomEventFrame>,
     pub has_more: bool,
 }
 
@@ -178,6 +189,24 @@ pub struct SearchRequest {
 pub struct SearchReply {
     pub results: Vec<ChatMessage>,
     pub has_more: bool,
+}
+
+/// Request of [`crate::subjects::HISTORY_MESSAGE`]: the valid message `seq` of `room`; the
+/// reply is a [`MessageInfo`], or `not_found` when there is no such message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageInfoRequest {
+    pub room: RoomId,
+    pub seq: u64,
+}
+
+/// What the edge checks of a message before publishing a change to it, reply or thread message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageInfo {
+    pub from: UserId,
+    /// The root of its thread, if it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<u64>,
+    pub deleted: bool,
 }
 
 /// `chat.api.presence` request: a room's members, or a list of users.

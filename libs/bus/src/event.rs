@@ -12,7 +12,9 @@
 //! An entry failing either step is not an event ([`Invalid`], a header-safe reason).
 
 use async_nats::HeaderMap;
-use chat_proto::{ChatMessage, RoomId, UserId};
+use chat_proto::{
+    ChatMessage, DeleteEvent, EditEvent, ReactionEvent, RoomEventFrame, RoomId, UserId,
+};
 use serde::{Deserialize, Serialize};
 
 /// Header with the JetStream deduplication id `<from>:<client_id>`.
@@ -24,15 +26,53 @@ pub const LAST_SEQUENCE_HEADER: &str = "Nats-Last-Sequence";
 /// Header of a republished event: when it was stored (RFC 3339).
 pub const TIMESTAMP_HEADER: &str = "Nats-Time-Stamp";
 
-/// What kind of event a stored object is; only `message` exists in v1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What kind of event a stored object is (CONTRACT §3; `edit`, `delete`, `reaction` are v1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     Message,
+    Edit,
+    Delete,
+    Reaction,
 }
 
-/// One event as stored in the stream: `{"v":1,"kind":"message","room","from","body","client_id","ts"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+            EventKind::Edit => "edit",
+            EventKind::Delete => "delete",
+            EventKind::Reaction => "reaction",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "message" => Some(EventKind::Message),
+            "edit" => Some(EventKind::Edit),
+            "delete" => Some(EventKind::Delete),
+            "reaction" => Some(EventKind::Reaction),
+            _ => None,
+        }
+    }
+
+    /// Whether events of this kind carry a `body`.
+    pub fn has_body(self) -> bool {
+        matches!(self, EventKind::Message | EventKind::Edit)
+    }
+}
+
+/// One event as stored in the stream (CONTRACT §3):
+/// `{"v":1,"kind":"message","room","from","body","client_id","ts", reply_to?, thread?}`,
+/// `{"v":1,"kind":"edit","room","from","target","body","client_id","ts"}`,
+/// `{"v":1,"kind":"delete","room","from","target","client_id","ts"}`,
+/// `{"v":1,"kind":"reaction","room","from","target","emoji","on","client_id","ts"}`.
+///
+/// One flat shape for every kind, so that the many readers of `from`, `room` and `body` stay
+/// simple; [`RoomEvent::decode`] refuses an object that lacks a field of its kind, and
+/// serialization writes exactly the fields of its kind. `body` is "" for delete and reaction.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "WireEvent")]
 pub struct RoomEvent {
     pub v: u32,
     pub kind: EventKind,
@@ -41,6 +81,153 @@ pub struct RoomEvent {
     pub body: String,
     pub client_id: String,
     pub ts: i64,
+    /// The message a change is about (edit, delete, reaction).
+    pub target: Option<u64>,
+    /// Reaction only.
+    pub emoji: Option<String>,
+    /// Reaction only: add (true) or remove (false).
+    pub on: Option<bool>,
+    /// Message only: the message it quotes.
+    pub reply_to: Option<u64>,
+    /// Message only: the root of its thread.
+    pub thread: Option<u64>,
+}
+
+/// The stored JSON, every field optional, for precise refusals.
+#[derive(Serialize, Deserialize)]
+struct WireEvent {
+    v: u32,
+    kind: EventKind,
+    room: RoomId,
+    from: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    emoji: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    on: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply_to: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    thread: Option<u64>,
+    client_id: String,
+    ts: i64,
+}
+
+/// Borrowed twin of [`WireEvent`] for writing without copying.
+#[derive(Serialize)]
+struct WireEventRef<'a> {
+    v: u32,
+    kind: EventKind,
+    room: &'a RoomId,
+    from: &'a UserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    emoji: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread: Option<u64>,
+    client_id: &'a str,
+    ts: i64,
+}
+
+impl Serialize for RoomEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let is = |k: EventKind| self.kind == k;
+        WireEventRef {
+            v: self.v,
+            kind: self.kind,
+            room: &self.room,
+            from: &self.from,
+            target: if is(EventKind::Message) {
+                None
+            } else {
+                self.target
+            },
+            body: self.kind.has_body().then_some(self.body.as_str()),
+            emoji: if is(EventKind::Reaction) {
+                self.emoji.as_deref()
+            } else {
+                None
+            },
+            on: if is(EventKind::Reaction) {
+                Some(self.on.unwrap_or(true))
+            } else {
+                None
+            },
+            reply_to: if is(EventKind::Message) {
+                self.reply_to
+            } else {
+                None
+            },
+            thread: if is(EventKind::Message) {
+                self.thread
+            } else {
+                None
+            },
+            client_id: &self.client_id,
+            ts: self.ts,
+        }
+        .serialize(s)
+    }
+}
+
+impl TryFrom<WireEvent> for RoomEvent {
+    type Error = String;
+
+    fn try_from(w: WireEvent) -> Result<Self, String> {
+        let kind = w.kind;
+        let need_target = || {
+            w.target
+                .ok_or_else(|| format!("{} without target", kind.as_str()))
+        };
+        let target = match kind {
+            EventKind::Message => None,
+            _ => Some(need_target()?),
+        };
+        let body = match (kind.has_body(), w.body) {
+            (true, Some(b)) => b,
+            (true, None) => return Err(format!("{} without body", kind.as_str())),
+            (false, _) => String::new(),
+        };
+        let (emoji, on) = match kind {
+            EventKind::Reaction => {
+                let emoji = w.emoji.ok_or("reaction without emoji")?;
+                if !chat_proto::valid_emoji(&emoji) {
+                    return Err("reaction with an invalid emoji".into());
+                }
+                // `on` defaults to true, as in the client frame.
+                (Some(emoji), Some(w.on.unwrap_or(true)))
+            }
+            _ => (None, None),
+        };
+        let (reply_to, thread) = match kind {
+            EventKind::Message => (w.reply_to, w.thread),
+            _ => (None, None),
+        };
+        Ok(RoomEvent {
+            v: w.v,
+            kind,
+            room: w.room,
+            from: w.from,
+            body,
+            client_id: w.client_id,
+            ts: w.ts,
+            target,
+            emoji,
+            on,
+            reply_to,
+            thread,
+        })
+    }
 }
 
 impl RoomEvent {
@@ -53,6 +240,28 @@ impl RoomEvent {
             body,
             client_id,
             ts,
+            target: None,
+            emoji: None,
+            on: None,
+            reply_to: None,
+            thread: None,
+        }
+    }
+
+    /// A change of message `target` of `kind` edit/delete/reaction; set `body` (edit) or
+    /// `emoji`/`on` (reaction) on the result.
+    pub fn change(
+        kind: EventKind,
+        room: RoomId,
+        from: UserId,
+        target: u64,
+        client_id: String,
+        ts: i64,
+    ) -> Self {
+        RoomEvent {
+            kind,
+            target: Some(target),
+            ..RoomEvent::message(room, from, String::new(), client_id, ts)
         }
     }
 
@@ -75,15 +284,66 @@ impl RoomEvent {
         Ok(event)
     }
 
+    /// The messages this event refers to: its target, `reply_to` and `thread` (CONTRACT §3: each
+    /// must be a valid message of the room at a lower seq).
+    pub fn references(&self) -> impl Iterator<Item = u64> {
+        [self.target, self.reply_to, self.thread]
+            .into_iter()
+            .flatten()
+    }
+
+    /// The event as clients see it, live or replayed (without state).
+    pub fn into_frame(self, seq: u64, prev_seq: u64) -> RoomEventFrame {
+        let target = self.target.unwrap_or(0);
+        match self.kind {
+            EventKind::Message => RoomEventFrame::Message(self.into_message(seq, prev_seq)),
+            EventKind::Edit => RoomEventFrame::Edit(EditEvent {
+                room: self.room,
+                seq,
+                prev_seq,
+                from: self.from,
+                target,
+                body: self.body,
+                client_id: self.client_id,
+                ts: self.ts,
+            }),
+            EventKind::Delete => RoomEventFrame::Delete(DeleteEvent {
+                room: self.room,
+                seq,
+                prev_seq,
+                from: self.from,
+                target,
+                client_id: self.client_id,
+                ts: self.ts,
+            }),
+            EventKind::Reaction => RoomEventFrame::Reaction(ReactionEvent {
+                room: self.room,
+                seq,
+                prev_seq,
+                from: self.from,
+                target,
+                emoji: self.emoji.unwrap_or_default(),
+                on: self.on.unwrap_or(true),
+                client_id: self.client_id,
+                ts: self.ts,
+            }),
+        }
+    }
+
+    /// A `message` event as a message object (other kinds give their body, if any).
     pub fn into_message(self, seq: u64, prev_seq: u64) -> ChatMessage {
         ChatMessage {
-            room: self.room,
-            seq,
-            prev_seq,
-            from: self.from,
-            body: self.body,
-            client_id: self.client_id,
-            ts: self.ts,
+            reply_to: self.reply_to,
+            thread: self.thread,
+            ..ChatMessage::new(
+                self.room,
+                seq,
+                prev_seq,
+                self.from,
+                self.body,
+                self.client_id,
+                self.ts,
+            )
         }
     }
 }
@@ -95,7 +355,7 @@ pub const MAX_EVENT_BODY_CHARS: usize = 16_384;
 /// Longest `client_id`, in characters (CONTRACT §2 `send`).
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 /// The kinds of event this code knows (CONTRACT §3); any other `kind` is not an event.
-pub const KNOWN_KINDS: &[&str] = &["message"];
+pub const KNOWN_KINDS: &[&str] = &["message", "edit", "delete", "reaction"];
 
 /// Why a stored entry is not an event (CONTRACT §3: never delivered, archived or counted; the
 /// chains of `prev_seq` skip it; dead-lettered with this reason).
@@ -129,6 +389,8 @@ pub enum Invalid {
     NoSuchTarget(&'static str),
     /// `from` may not make this change to its target (only the author edits or deletes).
     NotAllowed,
+    /// The named field holds whitespace where none is allowed (a reaction's `emoji`).
+    Whitespace(&'static str),
 }
 
 impl Invalid {
@@ -152,6 +414,7 @@ impl Invalid {
             Invalid::OutOfRange(_) => "out_of_range",
             Invalid::NoSuchTarget(_) => "no_such_target",
             Invalid::NotAllowed => "not_allowed",
+            Invalid::Whitespace(_) => "whitespace",
         }
     }
 }
@@ -171,6 +434,7 @@ impl std::fmt::Display for Invalid {
             Invalid::OutOfRange(field) => write!(f, "{field} out of range"),
             Invalid::NoSuchTarget(field) => write!(f, "{field} names no such message"),
             Invalid::NotAllowed => f.write_str("change not allowed to its sender"),
+            Invalid::Whitespace(field) => write!(f, "whitespace in {field}"),
         }
     }
 }
@@ -185,37 +449,74 @@ impl std::error::Error for Invalid {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Message(RoomEvent),
+    /// *(v1.1)* Its target is a message of the room by the same author.
+    Edit(RoomEvent),
+    /// *(v1.1)* Its target is a message of the room by the same author.
+    Delete(RoomEvent),
+    /// *(v1.1)* Its target is a message of the room (anyone may react).
+    Reaction(RoomEvent),
 }
 
 impl Event {
-    /// The room the event belongs to (always its subject's room).
-    pub fn room(&self) -> &RoomId {
-        match self {
-            Event::Message(m) => &m.room,
+    fn wrap(event: RoomEvent) -> Event {
+        match event.kind {
+            EventKind::Message => Event::Message(event),
+            EventKind::Edit => Event::Edit(event),
+            EventKind::Delete => Event::Delete(event),
+            EventKind::Reaction => Event::Reaction(event),
         }
     }
 
-    pub fn from(&self) -> &UserId {
+    /// The stored event, whatever its kind.
+    pub fn event(&self) -> &RoomEvent {
         match self {
-            Event::Message(m) => &m.from,
+            Event::Message(e) | Event::Edit(e) | Event::Delete(e) | Event::Reaction(e) => e,
         }
+    }
+
+    pub fn into_event(self) -> RoomEvent {
+        match self {
+            Event::Message(e) | Event::Edit(e) | Event::Delete(e) | Event::Reaction(e) => e,
+        }
+    }
+
+    /// The room the event belongs to (always its subject's room).
+    pub fn room(&self) -> &RoomId {
+        &self.event().room
+    }
+
+    pub fn from(&self) -> &UserId {
+        &self.event().from
     }
 
     /// The kind, as spelled in the stored entry.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Event::Message(_) => "message",
-        }
+        self.event().kind.as_str()
     }
 }
 
 /// What the stateful step needs to know of an earlier event an entry refers to (by seq).
+/// All of it is immutable once the event is in the log, so a lookup may be memoized forever.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// The event is a valid `message` of the same room (not an edit, delete or reaction).
     pub is_message: bool,
     /// Its author.
     pub from: UserId,
+    /// The root of the thread the message belongs to, if any (a thread's root is top-level).
+    pub thread: Option<u64>,
+}
+
+impl Target {
+    /// What a valid event says of itself to later events that refer to it.
+    pub fn of(event: &Event) -> Target {
+        let e = event.event();
+        Target {
+            is_message: matches!(event, Event::Message(_)),
+            from: e.from.clone(),
+            thread: e.thread,
+        }
+    }
 }
 
 /// A stored entry that passed every check needing nothing but the entry and its subject
@@ -227,22 +528,47 @@ pub struct Target {
 pub struct Candidate(Event);
 
 impl Candidate {
-    /// The seqs of the room's earlier events this entry refers to (none for a v1 message).
+    /// The seqs of the room's earlier events this entry refers to: a change's `target`, a
+    /// message's `reply_to` and `thread`.
     pub fn references(&self) -> Vec<u64> {
-        match &self.0 {
-            Event::Message(_) => Vec::new(),
-        }
+        self.0.event().references().collect()
     }
 
     /// The stateful step (CONTRACT §3): checks what the entry says of the events it refers to.
     /// `lookup(seq)` answers with the event `seq` of the same room if it is a valid event
-    /// (`None`: no such event, or not a valid one). Pure: the same answers give the same result,
-    /// so every component that looks up the same log decides the same.
-    pub fn resolve(self, lookup: impl FnMut(u64) -> Option<Target>) -> Result<Event, Invalid> {
-        let _ = lookup;
-        match self.0 {
-            Event::Message(m) => Ok(Event::Message(m)),
+    /// below the entry's own seq (`None`: no such event, or not a valid one). Pure: the same
+    /// answers give the same result, so every component that looks up the same log decides
+    /// the same. A change is valid whatever later happened to its target (a change after a
+    /// delete is an event that changes nothing, CONTRACT §2 Lifecycle).
+    pub fn resolve(self, mut lookup: impl FnMut(u64) -> Option<Target>) -> Result<Event, Invalid> {
+        let e = self.0.event();
+        let mut message = |seq: u64, field: &'static str| match lookup(seq) {
+            Some(t) if t.is_message => Ok(t),
+            _ => Err(Invalid::NoSuchTarget(field)),
+        };
+        match &self.0 {
+            Event::Message(_) => {
+                if let Some(r) = e.reply_to {
+                    message(r, "reply_to")?;
+                }
+                if let Some(t) = e.thread {
+                    // A thread's root is a top-level message.
+                    if message(t, "thread")?.thread.is_some() {
+                        return Err(Invalid::NoSuchTarget("thread"));
+                    }
+                }
+            }
+            Event::Edit(_) | Event::Delete(_) => {
+                let t = message(e.target.unwrap_or(0), "target")?;
+                if t.from != e.from {
+                    return Err(Invalid::NotAllowed);
+                }
+            }
+            Event::Reaction(_) => {
+                message(e.target.unwrap_or(0), "target")?;
+            }
         }
+        Ok(self.0)
     }
 
     /// The event as the entry states it, before the stateful step (for logs and tests).
@@ -262,6 +588,11 @@ struct RawEntry {
     body: Option<String>,
     client_id: Option<String>,
     ts: Option<i64>,
+    target: Option<u64>,
+    emoji: Option<String>,
+    on: Option<bool>,
+    reply_to: Option<u64>,
+    thread: Option<u64>,
 }
 
 /// Just `v` and `kind`, of any type: to name the reason when the whole shape does not decode.
@@ -283,31 +614,60 @@ pub fn validate(payload: &[u8], subject_room: &RoomId) -> Result<Candidate, Inva
     if raw.v != Some(1) {
         return Err(Invalid::UnknownVersion);
     }
-    match raw.kind.as_deref() {
-        Some("message") => {}
-        _ => return Err(Invalid::UnknownKind),
-    }
+    let Some(kind) = raw.kind.as_deref().and_then(EventKind::parse) else {
+        return Err(Invalid::UnknownKind);
+    };
     let room = RoomId::new(required(raw.room, "room")?).map_err(|_| Invalid::InvalidId("room"))?;
     if &room != subject_room {
         return Err(Invalid::RoomMismatch);
     }
     let from = UserId::new(required(raw.from, "from")?).map_err(|_| Invalid::InvalidId("from"))?;
-    let body = required(raw.body, "body")?;
-    check_text(&body, "body", MAX_EVENT_BODY_CHARS, true)?;
+    // Fields of other kinds are ignored, like unknown fields.
+    let target = match kind {
+        EventKind::Message => None,
+        _ => Some(required(raw.target, "target")?),
+    };
+    let body = if kind.has_body() {
+        let body = required(raw.body, "body")?;
+        check_text(&body, "body", MAX_EVENT_BODY_CHARS, true)?;
+        body
+    } else {
+        String::new()
+    };
+    let (emoji, on) = if kind == EventKind::Reaction {
+        let emoji = required(raw.emoji, "emoji")?;
+        check_text(&emoji, "emoji", chat_proto::MAX_EMOJI_CHARS, false)?;
+        if emoji.chars().any(char::is_whitespace) {
+            return Err(Invalid::Whitespace("emoji"));
+        }
+        // `on` defaults to true, as in the client frame (CONTRACT §2 `react`).
+        (Some(emoji), Some(raw.on.unwrap_or(true)))
+    } else {
+        (None, None)
+    };
+    let (reply_to, thread) = match kind {
+        EventKind::Message => (raw.reply_to, raw.thread),
+        _ => (None, None),
+    };
     let client_id = required(raw.client_id, "client_id")?;
     check_text(&client_id, "client_id", MAX_CLIENT_ID_CHARS, false)?;
     let ts = required(raw.ts, "ts")?;
     if ts < 0 {
         return Err(Invalid::OutOfRange("ts"));
     }
-    Ok(Candidate(Event::Message(RoomEvent {
+    Ok(Candidate(Event::wrap(RoomEvent {
         v: 1,
-        kind: EventKind::Message,
+        kind,
         room,
         from,
         body,
         client_id,
         ts,
+        target,
+        emoji,
+        on,
+        reply_to,
+        thread,
     })))
 }
 
@@ -395,11 +755,9 @@ pub fn decode_fanout(
 }
 
 impl Event {
-    /// The live or replayed frame's message of a `message` event with its seq and `prev_seq`.
-    pub fn into_message(self, seq: u64, prev_seq: u64) -> Option<ChatMessage> {
-        match self {
-            Event::Message(m) => Some(m.into_message(seq, prev_seq)),
-        }
+    /// The live or replayed frame of the event with its seq and `prev_seq`, as it was sent.
+    pub fn into_frame(self, seq: u64, prev_seq: u64) -> RoomEventFrame {
+        self.into_event().into_frame(seq, prev_seq)
     }
 }
 
@@ -449,7 +807,9 @@ mod tests {
     #[test]
     fn a_valid_message_is_an_event() {
         let e = check(serde_json::json!({"body": "tab\tand\nnewline ok 😀"})).unwrap();
-        let Event::Message(m) = e;
+        let Event::Message(m) = e else {
+            panic!("not a message: {e:?}")
+        };
         assert_eq!(m.room, lobby());
         assert_eq!(m.body, "tab\tand\nnewline ok 😀");
         // What the edge publishes is valid as it is.
@@ -578,5 +938,144 @@ mod tests {
         let other = RoomId::new("other").unwrap();
         let e = decode_fanout(Some(&h), payload, &other).unwrap();
         assert_eq!(e.candidate, Err(Invalid::RoomMismatch));
+    }
+
+    #[test]
+    fn every_kind_has_the_contract_shape() {
+        let room = RoomId::new("r").unwrap();
+        let a = UserId::new("a").unwrap();
+        let mut m = RoomEvent::message(room.clone(), a.clone(), "hi".into(), "c1".into(), 5);
+        m.reply_to = Some(3);
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["reply_to"], 3);
+        assert!(v.get("thread").is_none() && v.get("target").is_none());
+        assert_eq!(
+            RoomEvent::decode(&serde_json::to_vec(&m).unwrap()).unwrap(),
+            m
+        );
+
+        let mut e = RoomEvent::change(EventKind::Edit, room.clone(), a.clone(), 3, "c2".into(), 6);
+        e.body = "new".into();
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"v":1,"kind":"edit","room":"r","from":"a","target":3,"body":"new","client_id":"c2","ts":6})
+        );
+        let d = RoomEvent::change(
+            EventKind::Delete,
+            room.clone(),
+            a.clone(),
+            3,
+            "c3".into(),
+            7,
+        );
+        assert_eq!(
+            serde_json::to_value(&d).unwrap(),
+            serde_json::json!({"v":1,"kind":"delete","room":"r","from":"a","target":3,"client_id":"c3","ts":7})
+        );
+        let mut r = RoomEvent::change(EventKind::Reaction, room, a, 3, "c4".into(), 8);
+        r.emoji = Some("👍".into());
+        r.on = Some(false);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"v":1,"kind":"reaction","room":"r","from":"a","target":3,"emoji":"👍","on":false,"client_id":"c4","ts":8})
+        );
+        for e in [&e, &d, &r] {
+            assert_eq!(
+                &RoomEvent::decode(&serde_json::to_vec(e).unwrap()).unwrap(),
+                e
+            );
+        }
+        assert_eq!(r.references().collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
+    fn incomplete_changes_do_not_decode() {
+        for bad in [
+            r#"{"v":1,"kind":"edit","room":"r","from":"a","body":"x","client_id":"c","ts":1}"#,
+            r#"{"v":1,"kind":"edit","room":"r","from":"a","target":1,"client_id":"c","ts":1}"#,
+            r#"{"v":1,"kind":"delete","room":"r","from":"a","client_id":"c","ts":1}"#,
+            r#"{"v":1,"kind":"reaction","room":"r","from":"a","target":1,"on":true,"client_id":"c","ts":1}"#,
+            r#"{"v":1,"kind":"reaction","room":"r","from":"a","target":1,"emoji":"a b","client_id":"c","ts":1}"#,
+            r#"{"v":1,"kind":"message","room":"r","from":"a","client_id":"c","ts":1}"#,
+            r#"{"v":1,"kind":"poll","room":"r","from":"a","body":"x","client_id":"c","ts":1}"#,
+        ] {
+            assert!(RoomEvent::decode(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let r = RoomEvent::decode(
+            br#"{"v":1,"kind":"reaction","room":"r","from":"a","target":1,"emoji":"x","client_id":"c","ts":1}"#,
+        )
+        .unwrap();
+        assert_eq!(r.on, Some(true));
+    }
+
+    #[test]
+    fn changes_and_replies_resolve_against_their_targets() {
+        use serde_json::json;
+        let alice = UserId::new("alice").unwrap();
+        // seq 1: alice's top-level message; seq 2: bob's message in 1's thread; 3: an edit.
+        let lookup = |seq: u64| match seq {
+            1 => Some(Target {
+                is_message: true,
+                from: alice.clone(),
+                thread: None,
+            }),
+            2 => Some(Target {
+                is_message: true,
+                from: UserId::new("bob").unwrap(),
+                thread: Some(1),
+            }),
+            3 => Some(Target {
+                is_message: false,
+                from: alice.clone(),
+                thread: None,
+            }),
+            _ => None,
+        };
+        let run = |fields: serde_json::Value| {
+            validate(&entry(fields), &lobby()).and_then(|c| c.resolve(lookup))
+        };
+        let edit = |from: &str, target: u64| json!({"kind": "edit", "from": from, "target": target, "body": "new"});
+        assert!(matches!(run(edit("alice", 1)), Ok(Event::Edit(_))));
+        assert_eq!(run(edit("bob", 1)), Err(Invalid::NotAllowed));
+        assert_eq!(run(edit("alice", 3)), Err(Invalid::NoSuchTarget("target")));
+        assert_eq!(run(edit("alice", 9)), Err(Invalid::NoSuchTarget("target")));
+        assert_eq!(
+            run(json!({"kind": "edit", "from": "alice", "target": 1, "body": null})),
+            Err(Invalid::Missing("body"))
+        );
+        let delete = json!({"kind": "delete", "from": "bob", "target": 2, "body": null});
+        assert!(matches!(run(delete), Ok(Event::Delete(_))));
+        let react = |emoji: &str, target: u64| json!({"kind": "reaction", "from": "carol", "target": target, "emoji": emoji, "on": false, "body": null});
+        assert!(matches!(run(react("👍", 1)), Ok(Event::Reaction(_))));
+        assert_eq!(run(react("a b", 1)), Err(Invalid::Whitespace("emoji")));
+        assert_eq!(run(react("", 1)), Err(Invalid::Empty("emoji")));
+        assert_eq!(run(react("👍", 3)), Err(Invalid::NoSuchTarget("target")));
+        assert_eq!(
+            run(json!({"kind": "reaction", "target": 1, "emoji": null})),
+            Err(Invalid::Missing("emoji"))
+        );
+        assert_eq!(
+            run(json!({"kind": "delete"})),
+            Err(Invalid::Missing("target"))
+        );
+        assert!(matches!(
+            run(json!({"reply_to": 2, "thread": 1})),
+            Ok(Event::Message(_))
+        ));
+        assert_eq!(
+            run(json!({"reply_to": 3})),
+            Err(Invalid::NoSuchTarget("reply_to"))
+        );
+        // A thread's root is a top-level message.
+        assert_eq!(
+            run(json!({"thread": 2})),
+            Err(Invalid::NoSuchTarget("thread"))
+        );
+        assert_eq!(
+            run(json!({"thread": 7})),
+            Err(Invalid::NoSuchTarget("thread"))
+        );
     }
 }

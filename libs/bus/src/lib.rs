@@ -3,12 +3,14 @@
 //! - [`subjects`]: every subject, stream, consumer and queue-group name (no subject literal lives
 //!   anywhere else);
 //! - [`event`]: the room event stored in the `CHAT` stream (CONTRACT §3) and its live copy;
+//! - [`lookup`]: what an event's target, reply_to or thread refers to (event validity);
 //! - [`stream`]: the `CHAT` stream's configuration and its epoch;
 //! - [`api`]: request/reply payloads, public (`chat.api.*`) and internal;
 //! - [`trace`]: W3C trace context carried in NATS headers.
 
 pub mod api;
 pub mod event;
+pub mod lookup;
 pub mod stream;
 pub mod subjects;
 pub mod trace;

@@ -111,6 +111,9 @@ pub const API_PRESENCE: &str = "chat.api.presence";
 /// Public request/reply: full-text search of the archive (CONTRACT §3 `chat.api.search`).
 pub const API_SEARCH: &str = "chat.api.search";
 
+/// Internal request/reply: a message's author, thread and whether it is deleted (chat-history;
+/// CONTRACT §2 Lifecycle checks and the stateful step of event validity).
+pub const HISTORY_MESSAGE: &str = "chat.internal.history.message";
 /// Internal request/reply: rooms and membership (served by chat-history).
 pub const ROOMS: &str = "chat.internal.rooms";
 /// Internal request/reply: read markers, unread counts and pending notifications (chat-notify).

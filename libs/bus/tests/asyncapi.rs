@@ -10,10 +10,11 @@ use chat_bus::api::{
     SearchReply, SearchRequest, TypingEvent, UnreadUpdate, UserNotification, UserPresenceEvent,
     encode_reply,
 };
-use chat_bus::event::RoomEvent;
+use chat_bus::event::{EventKind, RoomEvent};
 use chat_bus::subjects;
 use chat_proto::{
-    ChatMessage, ErrorCode, Notification, NotificationKind, PresenceEntry, RoomId, Status, UserId,
+    ChatMessage, ErrorCode, MessageState, Notification, NotificationKind, PresenceEntry,
+    RoomEventFrame, RoomId, Status, UserId,
 };
 use serde_json::Value;
 
@@ -73,6 +74,20 @@ fn check(doc: &Value, schema: &Value, value: &Value, mode: Sample, at: &str) -> 
     }
     let ty = schema.get("type").and_then(Value::as_str);
     match (ty, value) {
+        (Some("object"), Value::Object(fields)) if schema.get("properties").is_none() => {
+            // A map (`additionalProperties`): every value fits the value schema.
+            let values = &schema["additionalProperties"];
+            assert!(
+                values.is_object(),
+                "{at}: an object schema without properties"
+            );
+            if fields.is_empty() {
+                return Err(format!("{at}: give the sample map at least one entry"));
+            }
+            fields
+                .iter()
+                .try_for_each(|(k, v)| check(doc, values, v, mode, &format!("{at}.{k}")))
+        }
         (Some("object"), Value::Object(fields)) => {
             let props = schema["properties"].as_object().expect("properties");
             let declared: BTreeSet<&str> = props.keys().map(String::as_str).collect();
@@ -127,14 +142,56 @@ fn json<T: serde::Serialize>(v: &T) -> Value {
 /// A sample of each message's payload: (full, minimal) values of the Rust type.
 fn samples() -> BTreeMap<&'static str, Vec<(Value, Sample)>> {
     let event = RoomEvent::message(room(), user("alice"), "hi".into(), "c1".into(), 1);
-    let message = ChatMessage {
+    let mut reply = event.clone();
+    reply.reply_to = Some(2);
+    reply.thread = Some(1);
+    let mut edit = RoomEvent::change(EventKind::Edit, room(), user("alice"), 7, "c2".into(), 2);
+    edit.body = "hello".into();
+    let delete = RoomEvent::change(EventKind::Delete, room(), user("alice"), 7, "c3".into(), 3);
+    let mut reaction =
+        RoomEvent::change(EventKind::Reaction, room(), user("bob"), 7, "c4".into(), 4);
+    reaction.emoji = Some("👍".into());
+    reaction.on = Some(true);
+    let events = vec![
+        (json(&reply), Sample::Full),
+        (json(&event), Sample::Minimal),
+        (json(&edit), Sample::Full),
+        (json(&edit), Sample::Minimal),
+        (json(&delete), Sample::Full),
+        (json(&delete), Sample::Minimal),
+        (json(&reaction), Sample::Full),
+        (json(&reaction), Sample::Minimal),
+    ];
+    let minimal_message = ChatMessage {
+        state: Some(MessageState {
+            version: 7,
+            ..Default::default()
+        }),
+        ..ChatMessage::new(room(), 7, 3, user("alice"), "hi".into(), "c1".into(), 1)
+    };
+    let full_message = ChatMessage {
+        reply_to: Some(2),
+        thread: Some(1),
+        state: Some(MessageState {
+            version: 9,
+            edited: Some(2),
+            deleted: true,
+            reactions: [("👍".to_owned(), vec![user("bob")])].into(),
+            replies: Some(3),
+        }),
+        ..minimal_message.clone()
+    };
+    let changes = [
+        edit.clone().into_frame(8, 7),
+        delete.clone().into_frame(9, 8),
+        reaction.clone().into_frame(10, 9),
+    ];
+    let page = |m: ChatMessage| HistoryPage {
         room: room(),
-        seq: 7,
-        prev_seq: 3,
-        from: user("alice"),
-        body: "hi".into(),
-        client_id: "c1".into(),
-        ts: 1,
+        messages: std::iter::once(RoomEventFrame::Message(m))
+            .chain(changes.iter().cloned())
+            .collect(),
+        has_more: false,
     };
     let notification = UserNotification {
         user: user("bob"),
@@ -153,21 +210,25 @@ fn samples() -> BTreeMap<&'static str, Vec<(Value, Sample)>> {
         before: Some(10),
         after: Some(2),
         limit: Some(50),
+        thread: Some(1),
         user: Some(user("alice")),
+        replay: true,
     };
     let minimal_history = HistoryRequest {
         room: room(),
         before: None,
         after: None,
         limit: None,
+        thread: None,
         user: None,
+        replay: false,
     };
     let both = |v: Value| vec![(v.clone(), Sample::Full), (v, Sample::Minimal)];
     let error: Result<HistoryPage, ApiError> = Err(ApiError::new(ErrorCode::NotFound, "no"));
     let error: Value = serde_json::from_slice(&encode_reply(&error)).unwrap();
     BTreeMap::from([
-        ("roomEvent", both(json(&event))),
-        ("fanoutEvent", both(json(&event))),
+        ("roomEvent", events.clone()),
+        ("fanoutEvent", events),
         (
             "typing",
             both(json(&TypingEvent {
@@ -214,11 +275,10 @@ fn samples() -> BTreeMap<&'static str, Vec<(Value, Sample)>> {
         ),
         (
             "historyPage",
-            both(json(&HistoryPage {
-                room: room(),
-                messages: vec![message.clone()],
-                has_more: false,
-            })),
+            vec![
+                (json(&page(full_message.clone())), Sample::Full),
+                (json(&page(minimal_message.clone())), Sample::Minimal),
+            ],
         ),
         (
             "searchRequest",
@@ -247,10 +307,22 @@ fn samples() -> BTreeMap<&'static str, Vec<(Value, Sample)>> {
         ),
         (
             "searchReply",
-            both(json(&SearchReply {
-                results: vec![message],
-                has_more: true,
-            })),
+            vec![
+                (
+                    json(&SearchReply {
+                        results: vec![full_message.clone()],
+                        has_more: true,
+                    }),
+                    Sample::Full,
+                ),
+                (
+                    json(&SearchReply {
+                        results: vec![minimal_message.clone()],
+                        has_more: false,
+                    }),
+                    Sample::Minimal,
+                ),
+            ],
         ),
         (
             "presenceRequest",

@@ -78,6 +78,34 @@ pub enum ClientFrame {
         room: RoomId,
         body: String,
         client_id: String,
+        /// *(v1.1)* The seq of the message this one quotes (CONTRACT §2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+        /// *(v1.1)* The seq of the top-level message whose thread this one belongs to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread: Option<u64>,
+    },
+    /// *(v1.1)* Replace the body of one's own message `seq`.
+    Edit {
+        room: RoomId,
+        seq: u64,
+        body: String,
+        client_id: String,
+    },
+    /// *(v1.1)* Delete one's own message `seq`.
+    Delete {
+        room: RoomId,
+        seq: u64,
+        client_id: String,
+    },
+    /// *(v1.1)* Add (`on`, the default) or remove one's reaction to message `seq`.
+    React {
+        room: RoomId,
+        seq: u64,
+        emoji: String,
+        #[serde(default = "yes")]
+        on: bool,
+        client_id: String,
     },
     History {
         room: RoomId,
@@ -87,6 +115,9 @@ pub enum ClientFrame {
         after: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<i64>,
+        /// *(v1.1)* Only the root `thread` and the messages of its thread.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread: Option<u64>,
     },
     /// Full-text search of the user's rooms (CONTRACT §2 Search).
     Search {
@@ -114,11 +145,26 @@ pub enum ClientFrame {
     Ping,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// Every `type` a client may send, for telling `unknown_type` from `bad_request`.
 pub const CLIENT_TYPES: &[&str] = &[
-    "auth", "join", "leave", "create", "invite", "open_dm", "send", "history", "search", "typing",
-    "read", "status", "presence", "ping",
+    "auth", "join", "leave", "create", "invite", "open_dm", "send", "edit", "delete", "react",
+    "history", "search", "typing", "read", "status", "presence", "ping",
 ];
+
+/// Longest reaction emoji, in characters (CONTRACT §2 `react`).
+pub const MAX_EMOJI_CHARS: usize = 32;
+
+/// Whether `emoji` may name a reaction: 1..=32 characters, no whitespace and no control
+/// characters (CONTRACT §2 `react`).
+pub fn valid_emoji(emoji: &str) -> bool {
+    let len = crate::char_len(emoji);
+    (1..=MAX_EMOJI_CHARS).contains(&len)
+        && !emoji.chars().any(|c| c.is_whitespace() || c.is_control())
+}
 
 impl ClientFrame {
     /// The first field breaking CONTRACT v1.1 §2 Hostile input (a control character where none
@@ -128,11 +174,27 @@ impl ClientFrame {
         match self {
             ClientFrame::Send {
                 body, client_id, ..
+            }
+            | ClientFrame::Edit {
+                body, client_id, ..
             } => {
                 if crate::has_control(client_id) {
                     Some("client_id must not contain control characters")
                 } else if crate::body_has_control(body) {
                     Some("body must not contain control characters other than tab and newline")
+                } else {
+                    None
+                }
+            }
+            ClientFrame::Delete { client_id, .. } => crate::has_control(client_id)
+                .then_some("client_id must not contain control characters"),
+            ClientFrame::React {
+                client_id, emoji, ..
+            } => {
+                if crate::has_control(client_id) {
+                    Some("client_id must not contain control characters")
+                } else if crate::has_control(emoji) {
+                    Some("emoji must not contain control characters")
                 } else {
                     None
                 }
@@ -164,6 +226,9 @@ impl ClientFrame {
             ClientFrame::Invite { .. } => "invite",
             ClientFrame::OpenDm { .. } => "open_dm",
             ClientFrame::Send { .. } => "send",
+            ClientFrame::Edit { .. } => "edit",
+            ClientFrame::Delete { .. } => "delete",
+            ClientFrame::React { .. } => "react",
             ClientFrame::History { .. } => "history",
             ClientFrame::Search { .. } => "search",
             ClientFrame::Typing { .. } => "typing",
@@ -360,6 +425,190 @@ pub struct ChatMessage {
     pub body: String,
     pub client_id: String,
     pub ts: i64,
+    /// *(v1.1)* The message this one quotes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// *(v1.1)* The root of the thread this message belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<u64>,
+    /// *(v1.1)* Current state, in history pages and search results only (CONTRACT §2 Lifecycle).
+    #[serde(flatten)]
+    pub state: Option<MessageState>,
+}
+
+impl ChatMessage {
+    /// A message as it was sent (no state, no reply, no thread).
+    pub fn new(
+        room: RoomId,
+        seq: u64,
+        prev_seq: u64,
+        from: UserId,
+        body: String,
+        client_id: String,
+        ts: i64,
+    ) -> Self {
+        ChatMessage {
+            room,
+            seq,
+            prev_seq,
+            from,
+            body,
+            client_id,
+            ts,
+            reply_to: None,
+            thread: None,
+            state: None,
+        }
+    }
+}
+
+/// Users who reacted with each emoji, in the order they reacted.
+pub type Reactions = std::collections::BTreeMap<String, Vec<UserId>>;
+
+/// *(v1.1)* A message's current state (CONTRACT §2 Lifecycle): carried by `message` objects in
+/// history pages and search results, never by live frames.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MessageState {
+    /// The highest seq of any event that changed the message; its own seq if none.
+    pub version: u64,
+    /// `ts` of the latest edit; absent if never edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited: Option<i64>,
+    /// Set once deleted (the body is then "" and there are no reactions).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    #[serde(default, skip_serializing_if = "Reactions::is_empty")]
+    pub reactions: Reactions,
+    /// On a thread's root: how many messages the thread holds (deleted ones included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replies: Option<u64>,
+}
+
+/// *(v1.1)* An `edit` room event (CONTRACT §2 Lifecycle).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditEvent {
+    pub room: RoomId,
+    pub seq: u64,
+    pub prev_seq: u64,
+    pub from: UserId,
+    pub target: u64,
+    pub body: String,
+    pub client_id: String,
+    pub ts: i64,
+}
+
+/// *(v1.1)* A `delete` room event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteEvent {
+    pub room: RoomId,
+    pub seq: u64,
+    pub prev_seq: u64,
+    pub from: UserId,
+    pub target: u64,
+    pub client_id: String,
+    pub ts: i64,
+}
+
+/// *(v1.1)* A `reaction` room event: `on` adds the reaction, `!on` removes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionEvent {
+    pub room: RoomId,
+    pub seq: u64,
+    pub prev_seq: u64,
+    pub from: UserId,
+    pub target: u64,
+    pub emoji: String,
+    pub on: bool,
+    pub client_id: String,
+    pub ts: i64,
+}
+
+/// A room event of any kind, as a history page lists it: each entry carries the `type` of its
+/// live frame (CONTRACT §2, v1.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RoomEventFrame {
+    Message(ChatMessage),
+    Edit(EditEvent),
+    Delete(DeleteEvent),
+    Reaction(ReactionEvent),
+}
+
+impl RoomEventFrame {
+    pub fn seq(&self) -> u64 {
+        match self {
+            RoomEventFrame::Message(m) => m.seq,
+            RoomEventFrame::Edit(e) => e.seq,
+            RoomEventFrame::Delete(e) => e.seq,
+            RoomEventFrame::Reaction(e) => e.seq,
+        }
+    }
+
+    pub fn prev_seq(&self) -> u64 {
+        match self {
+            RoomEventFrame::Message(m) => m.prev_seq,
+            RoomEventFrame::Edit(e) => e.prev_seq,
+            RoomEventFrame::Delete(e) => e.prev_seq,
+            RoomEventFrame::Reaction(e) => e.prev_seq,
+        }
+    }
+
+    pub fn set_prev_seq(&mut self, prev: u64) {
+        match self {
+            RoomEventFrame::Message(m) => m.prev_seq = prev,
+            RoomEventFrame::Edit(e) => e.prev_seq = prev,
+            RoomEventFrame::Delete(e) => e.prev_seq = prev,
+            RoomEventFrame::Reaction(e) => e.prev_seq = prev,
+        }
+    }
+
+    pub fn room(&self) -> &RoomId {
+        match self {
+            RoomEventFrame::Message(m) => &m.room,
+            RoomEventFrame::Edit(e) => &e.room,
+            RoomEventFrame::Delete(e) => &e.room,
+            RoomEventFrame::Reaction(e) => &e.room,
+        }
+    }
+
+    pub fn from(&self) -> &UserId {
+        match self {
+            RoomEventFrame::Message(m) => &m.from,
+            RoomEventFrame::Edit(e) => &e.from,
+            RoomEventFrame::Delete(e) => &e.from,
+            RoomEventFrame::Reaction(e) => &e.from,
+        }
+    }
+
+    /// The message a change is about (`None` for a message).
+    pub fn target(&self) -> Option<u64> {
+        match self {
+            RoomEventFrame::Message(_) => None,
+            RoomEventFrame::Edit(e) => Some(e.target),
+            RoomEventFrame::Delete(e) => Some(e.target),
+            RoomEventFrame::Reaction(e) => Some(e.target),
+        }
+    }
+
+    /// The live frame carrying this event.
+    pub fn into_server_frame(self) -> ServerFrame {
+        match self {
+            RoomEventFrame::Message(m) => ServerFrame::Message(m),
+            RoomEventFrame::Edit(e) => ServerFrame::Edit(e),
+            RoomEventFrame::Delete(e) => ServerFrame::Delete(e),
+            RoomEventFrame::Reaction(e) => ServerFrame::Reaction(e),
+        }
+    }
+
+    /// The frame's `type`, for metrics.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            RoomEventFrame::Message(_) => "message",
+            RoomEventFrame::Edit(_) => "edit",
+            RoomEventFrame::Delete(_) => "delete",
+            RoomEventFrame::Reaction(_) => "reaction",
+        }
+    }
 }
 
 /// The limits a client must respect, announced in `hello`.
@@ -387,6 +636,8 @@ pub enum NotificationKind {
     Mention,
     Dm,
     Invite,
+    /// *(v1.1)* A reply to one's message, or a message in one's thread.
+    Reply,
 }
 
 /// A notification (mention, DM, invite), pending until a `read` covers its seq.
@@ -431,6 +682,10 @@ pub enum ServerFrame {
         notifications_total: u64,
     },
     Message(ChatMessage),
+    /// *(v1.1)* Lifecycle events (CONTRACT §2 Lifecycle).
+    Edit(EditEvent),
+    Delete(DeleteEvent),
+    Reaction(ReactionEvent),
     Ack {
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
@@ -470,7 +725,7 @@ pub enum ServerFrame {
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
         room: RoomId,
-        messages: Vec<ChatMessage>,
+        messages: Vec<RoomEventFrame>,
         has_more: bool,
     },
     /// Answer to `search`: message objects, newest first (CONTRACT §2 Search).
@@ -527,6 +782,9 @@ pub enum ServerFrame {
 pub const SERVER_TYPES: &[&str] = &[
     "hello",
     "message",
+    "edit",
+    "delete",
+    "reaction",
     "ack",
     "joined",
     "left",
@@ -566,6 +824,9 @@ impl ServerFrame {
         match self {
             ServerFrame::Hello { .. } => "hello",
             ServerFrame::Message(_) => "message",
+            ServerFrame::Edit(_) => "edit",
+            ServerFrame::Delete(_) => "delete",
+            ServerFrame::Reaction(_) => "reaction",
             ServerFrame::Ack { .. } => "ack",
             ServerFrame::Joined { .. } => "joined",
             ServerFrame::Left { .. } => "left",
@@ -718,15 +979,15 @@ mod tests {
         assert_eq!(v["type"], "ack");
         assert_eq!(v["ref"], "1");
         assert_eq!(v["seq"], 5);
-        let m = ServerFrame::Message(ChatMessage {
-            room: RoomId::new("r").unwrap(),
-            seq: 3,
-            prev_seq: 1,
-            from: UserId::new("a").unwrap(),
-            body: "b".into(),
-            client_id: "c".into(),
-            ts: 1,
-        });
+        let m = ServerFrame::Message(ChatMessage::new(
+            RoomId::new("r").unwrap(),
+            3,
+            1,
+            UserId::new("a").unwrap(),
+            "b".into(),
+            "c".into(),
+            1,
+        ));
         let v: Value = serde_json::from_str(&m.to_json()).unwrap();
         assert_eq!(v["type"], "message");
         assert_eq!(v["prev_seq"], 1);
@@ -734,5 +995,137 @@ mod tests {
         assert_eq!(back, m);
         let e = ServerFrame::error(None, ErrorCode::RateLimited, "slow down");
         assert_eq!(serde_json::to_value(&e).unwrap()["code"], "rate_limited");
+    }
+
+    #[test]
+    fn lifecycle_frames_decode_with_their_defaults() {
+        let env =
+            Envelope::decode(r#"{"type":"react","room":"r","seq":4,"emoji":"👍","client_id":"c"}"#)
+                .unwrap();
+        assert!(matches!(
+            env.frame,
+            ClientFrame::React {
+                on: true,
+                seq: 4,
+                ..
+            }
+        ));
+        let env = Envelope::decode(
+            r#"{"type":"send","room":"r","body":"b","client_id":"c","reply_to":3,"thread":2}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            env.frame,
+            ClientFrame::Send {
+                reply_to: Some(3),
+                thread: Some(2),
+                ..
+            }
+        ));
+        // A v1 send is still a send.
+        let env =
+            Envelope::decode(r#"{"type":"send","room":"r","body":"b","client_id":"c"}"#).unwrap();
+        assert!(matches!(
+            env.frame,
+            ClientFrame::Send {
+                reply_to: None,
+                thread: None,
+                ..
+            }
+        ));
+        assert_eq!(
+            code_of(r#"{"type":"edit","room":"r","seq":1,"client_id":"c"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"type":"delete","room":"r","seq":"x","client_id":"c"}"#),
+            ErrorCode::BadRequest
+        );
+        let env = Envelope::decode(r#"{"type":"history","room":"r","thread":9}"#).unwrap();
+        assert!(matches!(
+            env.frame,
+            ClientFrame::History {
+                thread: Some(9),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn emoji_rules() {
+        assert!(valid_emoji("👍"));
+        assert!(valid_emoji(":+1:"));
+        assert!(valid_emoji(&"x".repeat(32)));
+        assert!(!valid_emoji(&"x".repeat(33)));
+        assert!(!valid_emoji(""));
+        assert!(!valid_emoji("a b"));
+        assert!(!valid_emoji("a\u{3000}"));
+        assert!(!valid_emoji("a\u{7}"));
+        assert!(!valid_emoji("\n"));
+    }
+
+    #[test]
+    fn lifecycle_server_frames_have_the_contract_shape() {
+        let room = RoomId::new("r").unwrap();
+        let a = UserId::new("a").unwrap();
+        let edit = RoomEventFrame::Edit(EditEvent {
+            room: room.clone(),
+            seq: 9,
+            prev_seq: 8,
+            from: a.clone(),
+            target: 3,
+            body: "new".into(),
+            client_id: "c".into(),
+            ts: 5,
+        });
+        let v = serde_json::to_value(&edit).unwrap();
+        assert_eq!(v["type"], "edit");
+        assert_eq!(v["target"], 3);
+        // The entry of a page and the live frame are the same JSON.
+        assert_eq!(
+            serde_json::to_value(edit.clone().into_server_frame()).unwrap(),
+            v
+        );
+        let reaction = ServerFrame::Reaction(ReactionEvent {
+            room: room.clone(),
+            seq: 10,
+            prev_seq: 9,
+            from: a.clone(),
+            target: 3,
+            emoji: "👍".into(),
+            on: false,
+            client_id: "c2".into(),
+            ts: 6,
+        });
+        let v: Value = serde_json::from_str(&reaction.to_json()).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["on"].as_bool()),
+            (Some("reaction"), Some(false))
+        );
+        // A live message carries no state; a history message carries it flat.
+        let mut m = ChatMessage::new(room.clone(), 3, 0, a.clone(), "".into(), "c".into(), 1);
+        let live = serde_json::to_value(RoomEventFrame::Message(m.clone())).unwrap();
+        assert!(live.get("version").is_none() && live.get("reply_to").is_none());
+        m.thread = Some(1);
+        m.state = Some(MessageState {
+            version: 12,
+            edited: Some(7),
+            deleted: true,
+            reactions: Reactions::new(),
+            replies: None,
+        });
+        let page = serde_json::to_value(RoomEventFrame::Message(m.clone())).unwrap();
+        assert_eq!(page["type"], "message");
+        assert_eq!(page["version"], 12);
+        assert_eq!(page["deleted"], true);
+        assert_eq!(page["thread"], 1);
+        assert!(page.get("reactions").is_none());
+        let back: RoomEventFrame = serde_json::from_value(page).unwrap();
+        assert_eq!(back, RoomEventFrame::Message(m));
+        let back: RoomEventFrame = serde_json::from_value(live).unwrap();
+        assert!(matches!(
+            back,
+            RoomEventFrame::Message(ChatMessage { state: None, .. })
+        ));
     }
 }

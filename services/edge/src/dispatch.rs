@@ -141,9 +141,36 @@ fn validate(
             room,
             body,
             client_id,
+            ..
+        }
+        | ClientFrame::Edit {
+            room,
+            body,
+            client_id,
+            ..
         } => {
             member(room)?;
             check_send(body, client_id, limits.max_body)
+        }
+        ClientFrame::Delete {
+            room, client_id, ..
+        } => {
+            member(room)?;
+            check_client_id(client_id)
+        }
+        ClientFrame::React {
+            room,
+            emoji,
+            client_id,
+            ..
+        } => {
+            member(room)?;
+            if !chat_proto::valid_emoji(emoji) {
+                return Err(ApiError::bad_request(
+                    "emoji must be 1 to 32 characters without whitespace or control characters",
+                ));
+            }
+            check_client_id(client_id)
         }
         ClientFrame::History {
             room,
@@ -221,6 +248,11 @@ fn check_send(body: &str, client_id: &str, max_body: usize) -> Result<(), ApiErr
             format!("body is longer than {max_body} characters"),
         ));
     }
+    check_client_id(client_id)
+}
+
+/// A client_id of 1..=64 characters.
+fn check_client_id(client_id: &str) -> Result<(), ApiError> {
     if client_id.is_empty() || chat_proto::char_len(client_id) > MAX_CLIENT_ID_CHARS {
         return Err(ApiError::bad_request(
             "client_id must be 1 to 64 characters",
@@ -328,6 +360,15 @@ mod tests {
             classify(Inbound::Text(&text), now, &limits, &mut bucket, |_| true),
             Action::Handle(_)
         ));
+        let react = r#"{"type":"react","room":"r","seq":1,"emoji":"a b","client_id":"c"}"#;
+        assert_eq!(refusal(run(react, true)).code, ErrorCode::BadRequest);
+        assert_eq!(refusal(run(react, false)).code, ErrorCode::Forbidden);
+        let react = r#"{"type":"react","room":"r","seq":1,"emoji":"👍","client_id":"c"}"#;
+        assert!(matches!(run(react, true), Action::Handle(_)));
+        let edit = r#"{"type":"edit","room":"r","seq":1,"body":"too long","client_id":"c"}"#;
+        assert_eq!(refusal(run(edit, true)).code, ErrorCode::TooLarge);
+        let delete = r#"{"type":"delete","room":"r","seq":1,"client_id":""}"#;
+        assert_eq!(refusal(run(delete, true)).code, ErrorCode::BadRequest);
         let r = refusal(run("[]", true));
         assert_eq!((r.code, r.frame_type), (ErrorCode::BadRequest, None));
     }

@@ -17,7 +17,7 @@ use chat_bus::api::{
     UnreadUpdate, UserNotification,
 };
 use chat_bus::{event, subjects};
-use chat_proto::{ChatMessage, RoomId, ServerFrame, UserId};
+use chat_proto::{RoomEventFrame, RoomId, ServerFrame, UserId};
 use futures::StreamExt;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
@@ -139,6 +139,8 @@ pub struct Hub {
     nats: async_nats::Client,
     /// How long a gap in a room's live feed waits for chat-history to fill it.
     request_timeout: Duration,
+    /// What a live event refers to (the stateful step of event validity, CONTRACT §3).
+    lookup: chat_bus::lookup::TargetLookup,
     rooms: Mutex<HashMap<RoomId, Entry>>,
     /// Local sessions per user, served by one subscription to every user's subject
     /// ([`subjects::USERS_ALL`], started with the first session): a per-user subscription was
@@ -201,10 +203,15 @@ impl TypingThrottle {
 pub const TYPING_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Hub {
-    pub fn new(nats: async_nats::Client, request_timeout: Duration) -> Self {
+    pub fn new(
+        nats: async_nats::Client,
+        request_timeout: Duration,
+        lookup: chat_bus::lookup::TargetLookup,
+    ) -> Self {
         Hub {
             nats,
             request_timeout,
+            lookup,
             rooms: Mutex::new(HashMap::new()),
             users: Arc::new(std::sync::Mutex::new(HashMap::new())),
             users_feed: Mutex::new(None),
@@ -232,6 +239,7 @@ impl Hub {
         let tasks = vec![
             tokio::spawn(room_feed(
                 self.nats.clone(),
+                self.lookup.clone(),
                 self.request_timeout,
                 room.clone(),
                 feed,
@@ -339,6 +347,7 @@ impl Hub {
 /// the feed has seen one (its first entry since subscribing), chat-history tells it.
 async fn room_feed(
     nats: async_nats::Client,
+    lookup: chat_bus::lookup::TargetLookup,
     timeout: Duration,
     room: RoomId,
     mut sub: Subscriber,
@@ -362,7 +371,7 @@ async fn room_feed(
             if entry.last_entry > seen {
                 let (missed, complete) = fill_gap(&nats, timeout, &room, seen, entry.seq).await;
                 for m in missed {
-                    last_event = Some(m.seq);
+                    last_event = Some(m.seq());
                     fan_out(&shared, m, &sessions, None, &deliveries);
                 }
                 if !complete {
@@ -372,9 +381,24 @@ async fn room_feed(
             }
         }
         last_entry = Some(entry.seq);
-        let checked = entry
-            .candidate
-            .and_then(|candidate| candidate.resolve(|_| None));
+        let checked = match entry.candidate {
+            Err(invalid) => Err(invalid),
+            Ok(candidate) if candidate.references().is_empty() => candidate.resolve(|_| None),
+            // A change, reply or thread message (CONTRACT §3's stateful step): what it refers
+            // to is looked up once (memoized) and checked as the archive checks it.
+            Ok(candidate) => {
+                let stated = candidate.peek().clone();
+                match lookup.resolve(&room, entry.seq, candidate).await {
+                    Ok(checked) => checked,
+                    Err(e) => {
+                        // The edge checked what it published itself; the archive decides for
+                        // good (and replays skip what it refuses).
+                        tracing::warn!(%room, seq = entry.seq, error = %e, "targets unreadable; the event is passed on");
+                        Ok(stated)
+                    }
+                }
+            }
+        };
         let event = match checked {
             Ok(event) => event,
             Err(invalid) => {
@@ -388,15 +412,13 @@ async fn room_feed(
             None => previous_event(&nats, timeout, &room, entry.seq, entry.last_entry).await,
         };
         last_event = Some(entry.seq);
-        if let Some(message) = event.into_message(entry.seq, prev) {
-            fan_out(
-                &shared,
-                message,
-                &sessions,
-                msg.headers.as_ref(),
-                &deliveries,
-            );
-        }
+        fan_out(
+            &shared,
+            event.into_frame(entry.seq, prev),
+            &sessions,
+            msg.headers.as_ref(),
+            &deliveries,
+        );
     }
 }
 
@@ -417,10 +439,12 @@ async fn previous_event(
         before: Some(seq),
         after: None,
         limit: Some(1),
+        thread: None,
         user: None,
+        replay: true,
     };
     match api::request::<_, HistoryPage>(nats, subjects::API_HISTORY, &req, timeout).await {
-        Ok(page) => page.messages.last().map_or(0, |m| m.seq),
+        Ok(page) => page.messages.last().map_or(0, |m| m.seq()),
         Err(e) => {
             tracing::warn!(%room, seq, error = %e, "previous event unknown; the raw predecessor is given");
             last_entry
@@ -438,7 +462,7 @@ async fn fill_gap(
     room: &RoomId,
     after: u64,
     before: u64,
-) -> (Vec<ChatMessage>, bool) {
+) -> (Vec<RoomEventFrame>, bool) {
     metrics::counter!("edge_feed_gaps_total").increment(1);
     let mut missed = Vec::new();
     let mut cursor = after;
@@ -448,7 +472,9 @@ async fn fill_gap(
             before: None,
             after: Some(cursor),
             limit: Some(200),
+            thread: None,
             user: None,
+            replay: true,
         };
         let page: HistoryPage = match api::request(nats, subjects::API_HISTORY, &req, timeout).await
         {
@@ -461,10 +487,10 @@ async fn fill_gap(
         };
         let more = page.has_more && !page.messages.is_empty();
         for m in page.messages {
-            if m.seq >= before {
+            if m.seq() >= before {
                 return (missed, true);
             }
-            cursor = m.seq;
+            cursor = m.seq();
             missed.push(m);
         }
         if !more {
@@ -477,17 +503,17 @@ async fn fill_gap(
 /// `edge.deliver` span per edge per event).
 fn fan_out(
     room: &Arc<RoomId>,
-    message: ChatMessage,
+    message: RoomEventFrame,
     sessions: &Sessions,
     headers: Option<&async_nats::HeaderMap>,
     deliveries: &metrics::Counter,
 ) {
-    let seq = message.seq;
+    let seq = message.seq();
     let span =
         tracing::info_span!("edge.deliver", room = %room, seq, sessions = tracing::field::Empty);
     chat_bus::trace::continue_from(&span, headers);
     let _entered = span.enter();
-    let text = Utf8Bytes::from(ServerFrame::Message(message).to_json());
+    let text = Utf8Bytes::from(message.into_server_frame().to_json());
     let targets = sessions.snapshot();
     span.record("sessions", targets.len());
     deliveries.increment(deliver_event(&targets, room, seq, &text));

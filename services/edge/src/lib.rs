@@ -156,7 +156,17 @@ impl App {
             admission::PerAddress::new(config.admission_per_ip_per_s, PER_ADDRESS_CAP);
         let user_sessions = admission::UserSessions::new(config.max_sessions_per_user);
         let edge = Edge(Arc::new(EdgeInner {
-            hub: hub::Hub::new(nats.clone(), config.request_timeout),
+            hub: hub::Hub::new(
+                nats.clone(),
+                config.request_timeout,
+                chat_bus::lookup::TargetLookup::new(
+                    stream.clone(),
+                    Some(chat_bus::lookup::TargetLookup::history_fallback(
+                        nats.clone(),
+                        config.request_timeout,
+                    )),
+                ),
+            ),
             config,
             nats,
             js,

@@ -1,6 +1,8 @@
 //! One client connection, from authentication to close. Written over any `Sink`/`Stream` of
 //! WebSocket messages, so it is the same code in production and in tests.
 
+mod lifecycle;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -920,9 +922,18 @@ where
                 room,
                 body,
                 client_id,
+                reply_to: None,
+                thread: None,
             } => {
                 self.on_send(reference, traceparent, room, body, client_id)
                     .await?;
+                Ok(Flow::Continue)
+            }
+            frame @ (ClientFrame::Send { .. }
+            | ClientFrame::Edit { .. }
+            | ClientFrame::Delete { .. }
+            | ClientFrame::React { .. }) => {
+                lifecycle::handle(self, reference, traceparent, frame).await?;
                 Ok(Flow::Continue)
             }
             ClientFrame::Join { room, since, epoch } => {
@@ -1021,6 +1032,7 @@ where
                 before,
                 after,
                 limit,
+                thread,
             } => {
                 let page: HistoryPage = self
                     .request(
@@ -1030,7 +1042,9 @@ where
                             before,
                             after,
                             limit,
+                            thread,
                             user: Some(self.user().clone()),
+                            replay: false,
                         },
                     )
                     .await?;
@@ -1271,20 +1285,24 @@ where
                         before: None,
                         after: Some(cursor),
                         limit: Some(200),
+                        thread: None,
                         user: Some(self.user().clone()),
+                        // Events as they were sent (CONTRACT §2 Lifecycle), not current state.
+                        replay: true,
                     },
                 )
                 .await?;
             let has_more = page.has_more && !page.messages.is_empty();
             for m in page.messages {
-                cursor = cursor.max(m.seq);
+                let seq = m.seq();
+                cursor = cursor.max(seq);
                 let Some(state) = self.rooms.get_mut(room) else {
                     return Ok(());
                 };
-                let before_live = state.live_from.is_none_or(|first| m.seq < first);
-                if before_live || m.seq > state.delivered {
-                    state.delivered = state.delivered.max(m.seq);
-                    if !self.send(&ServerFrame::Message(m)).await {
+                let before_live = state.live_from.is_none_or(|first| seq < first);
+                if before_live || seq > state.delivered {
+                    state.delivered = state.delivered.max(seq);
+                    if !self.send(&m.into_server_frame()).await {
                         return Ok(());
                     }
                 }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use chat_bus::event::{self, Event, Invalid};
+use chat_bus::event::{self, Event, EventKind, Invalid, RoomEvent, Target};
+use chat_bus::lookup::TargetLookup;
 use chat_bus::{subjects, trace};
 use chat_runtime::admin::ReadinessCheck;
 use sqlx::PgPool;
@@ -148,6 +149,8 @@ pub struct Archive {
     pub js: jetstream::Context,
     pub epoch_id: i32,
     pub config: HistoryConfig,
+    /// What earlier events an entry refers to, when the archive does not hold them yet.
+    pub lookup: TargetLookup,
 }
 
 /// The consumer every chat-history process shares.
@@ -275,20 +278,79 @@ impl Archive {
     }
 
     /// Which entries of a batch are events (CONTRACT §3), in delivery order. A kind whose
-    /// validity depends on earlier events looks them up here (one query per batch).
+    /// validity depends on earlier events looks them up here: in the archive (one query per
+    /// batch), among the batch's own earlier events, then in the stream ([`TargetLookup`]).
+    /// An entry whose targets cannot be looked up now (the stream unreachable) is redelivered
+    /// later rather than judged.
     async fn classify(
         &self,
         batch: Vec<jetstream::Message>,
     ) -> Vec<(jetstream::Message, u64, Result<Event, Invalid>)> {
         let mut out = Vec::with_capacity(batch.len());
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut refs = Vec::new();
         for msg in batch {
             let Ok(info) = msg.info() else { continue };
             let seq = info.stream_sequence;
             if info.delivered > 1 {
                 metrics::counter!("history_redeliveries_total").increment(1);
             }
-            let checked = event::validate_stored(&msg.subject, &msg.payload)
-                .and_then(|candidate| candidate.resolve(|_| None));
+            let candidate = event::validate_stored(&msg.subject, &msg.payload);
+            if let Ok(c) = &candidate {
+                refs.extend(c.references());
+            }
+            pending.push((msg, seq, candidate));
+        }
+        let mut archived = if refs.is_empty() {
+            std::collections::HashMap::new()
+        } else {
+            match archived_targets(&self.pool, self.epoch_id, &refs).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::debug!(error = %e, "archive lookup failed; asking the stream");
+                    std::collections::HashMap::new()
+                }
+            }
+        };
+        for (msg, seq, candidate) in pending {
+            let checked = match candidate {
+                Err(invalid) => Err(invalid),
+                Ok(c) if c.references().is_empty() => c.resolve(|_| None),
+                Ok(c) => {
+                    let room = c.peek().room().clone();
+                    let known = c
+                        .references()
+                        .into_iter()
+                        .all(|r| archived.get(&r).is_some_and(|(r_room, _)| *r_room == room));
+                    if known {
+                        c.resolve(|r| archived.get(&r).map(|(_, t)| t.clone()))
+                    } else {
+                        match self.lookup.resolve(&room, seq, c).await {
+                            Ok(checked) => checked,
+                            Err(e) => {
+                                tracing::warn!(seq, error = %e, "targets not readable now; redelivering");
+                                let _ = msg
+                                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                                    .await;
+                                continue;
+                            }
+                        }
+                    }
+                }
+            };
+            // Later entries of the batch may refer to this one.
+            match &checked {
+                Ok(e) => {
+                    let t = Target::of(e);
+                    self.lookup.remember(e.room(), seq, Some(t.clone()));
+                    archived.insert(seq, (e.room().clone(), t));
+                }
+                Err(_) => {
+                    if let Some(room) = subjects::room_of(&msg.subject) {
+                        self.lookup.remember(&room, seq, None);
+                    }
+                }
+            }
             out.push((msg, seq, checked));
         }
         out
@@ -379,58 +441,240 @@ fn is_data_error(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Writes a batch of valid events; rows already archived are skipped. Each kind of event is
-/// applied by its own step (a `message` is one row of `messages`); all of a batch commits or
-/// none does.
-async fn insert_rows(pool: &PgPool, epoch_id: i32, rows: &[Row]) -> Result<(), sqlx::Error> {
-    let mut messages = MessageColumns::with_capacity(rows.len());
-    for r in rows {
-        match &r.event {
-            Event::Message(m) => messages.push(r.seq, m),
-        }
-    }
-    messages.insert(pool, epoch_id).await
+/// The archived valid messages among `seqs`: their room and what a reference needs of them.
+async fn archived_targets(
+    pool: &PgPool,
+    epoch_id: i32,
+    seqs: &[u64],
+) -> Result<std::collections::HashMap<u64, (chat_proto::RoomId, Target)>, sqlx::Error> {
+    let seqs: Vec<i64> = seqs.iter().map(|&s| s as i64).collect();
+    let rows: Vec<(i64, String, String, Option<i64>)> = sqlx::query_as(
+        "SELECT seq, room, sender, thread FROM messages
+         WHERE epoch_id = $1 AND seq = ANY($2) AND kind = 'message'",
+    )
+    .bind(epoch_id)
+    .bind(&seqs)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(seq, room, sender, thread)| {
+            let room = chat_proto::RoomId::new(room).ok()?;
+            let from = chat_proto::UserId::new(sender).ok()?;
+            let target = Target {
+                is_message: true,
+                from,
+                thread: thread.map(|t| t as u64),
+            };
+            Some((seq as u64, (room, target)))
+        })
+        .collect())
 }
 
-/// The `message` events of a batch, as the columns of one multi-row insert.
+/// Writes a batch of valid events; rows already archived are skipped. Every kind is a row of
+/// `messages`; a change also updates the state of the message it targets (CONTRACT §2
+/// Lifecycle), in the same transaction: all of a batch commits or none does.
+///
+/// The writer loops of every process commit batches concurrently, so a change may commit before
+/// its target (or two changes of one message out of order). Each transaction therefore locks
+/// the rooms it writes (in a fixed order), and recomputes the state of every message it touches
+/// from all its archived changes: the state is the same whatever order the batches commit in.
+async fn insert_rows(pool: &PgPool, epoch_id: i32, rows: &[Row]) -> Result<(), sqlx::Error> {
+    let mut columns = EventColumns::with_capacity(rows.len());
+    let mut rooms: Vec<&str> = Vec::new();
+    let mut changed: Vec<i64> = Vec::new();
+    let mut has_changes = false;
+    for r in rows {
+        let e = r.event.event();
+        columns.push(r.seq, e);
+        rooms.push(e.room.as_str());
+        if let Some(t) = e.target {
+            changed.push(t as i64);
+            has_changes = true;
+        }
+    }
+    let mut tx = pool.begin().await?;
+    rooms.sort_unstable();
+    rooms.dedup();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtext('chat-history:' || r)) FROM UNNEST($1::text[]) AS r",
+    )
+    .bind(&rooms)
+    .execute(&mut *tx)
+    .await?;
+    columns.insert(&mut tx, epoch_id).await?;
+    // Messages of this batch whose changes committed first.
+    let (early,): (Vec<i64>,) = sqlx::query_as(
+        "SELECT COALESCE(array_agg(DISTINCT target), '{}') FROM messages
+         WHERE epoch_id = $1 AND target = ANY($2)",
+    )
+    .bind(epoch_id)
+    .bind(&columns.message_seqs)
+    .fetch_one(&mut *tx)
+    .await?;
+    changed.extend(early);
+    if has_changes || !changed.is_empty() {
+        changed.sort_unstable();
+        changed.dedup();
+        recompute_state(&mut tx, epoch_id, &changed).await?;
+    }
+    tx.commit().await
+}
+
+/// Recomputes the stored state of messages `targets` from every archived change of each.
+async fn recompute_state(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    epoch_id: i32,
+    targets: &[i64],
+) -> Result<(), sqlx::Error> {
+    let bases: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT seq, COALESCE(sent_body, body) FROM messages
+         WHERE epoch_id = $1 AND seq = ANY($2) AND kind = 'message'",
+    )
+    .bind(epoch_id)
+    .bind(targets)
+    .fetch_all(&mut **tx)
+    .await?;
+    if bases.is_empty() {
+        return Ok(());
+    }
+    let found: Vec<i64> = bases.iter().map(|(s, _)| *s).collect();
+    let changes = crate::query::pg_changes(&mut **tx, epoch_id, &found, None).await?;
+    let mut seqs = Vec::with_capacity(bases.len());
+    let mut bodies = Vec::with_capacity(bases.len());
+    let mut deleted = Vec::with_capacity(bases.len());
+    let mut edited = Vec::with_capacity(bases.len());
+    let mut versions = Vec::with_capacity(bases.len());
+    for (seq, body) in bases {
+        let m = crate::state::fold(
+            seq as u64,
+            body,
+            changes.get(&(seq as u64)).into_iter().flatten(),
+        );
+        seqs.push(seq);
+        bodies.push(m.body);
+        deleted.push(m.state.deleted);
+        edited.push(m.state.edited);
+        versions.push(m.state.version as i64);
+    }
+    sqlx::query(
+        "UPDATE messages m SET body = u.body, deleted = u.deleted, edited_ts = u.edited,
+                version = u.version
+         FROM UNNEST($2::bigint[], $3::text[], $4::bool[], $5::bigint[], $6::bigint[])
+              AS u(seq, body, deleted, edited, version)
+         WHERE m.epoch_id = $1 AND m.seq = u.seq",
+    )
+    .bind(epoch_id)
+    .bind(&seqs)
+    .bind(&bodies)
+    .bind(&deleted)
+    .bind(&edited)
+    .bind(&versions)
+    .execute(&mut **tx)
+    .await?;
+    // Nothing of a deleted message's text is kept: neither as sent nor in its edits.
+    let gone: Vec<i64> = seqs
+        .iter()
+        .zip(&deleted)
+        .filter(|(_, d)| **d)
+        .map(|(s, _)| *s)
+        .collect();
+    if !gone.is_empty() {
+        sqlx::query(
+            "UPDATE messages SET sent_body = '', body = ''
+             WHERE epoch_id = $1 AND (seq = ANY($2) OR (kind = 'edit' AND target = ANY($2)))",
+        )
+        .bind(epoch_id)
+        .bind(&gone)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The events of a batch, as the columns of one multi-row insert.
 #[derive(Default)]
-struct MessageColumns<'a> {
+struct EventColumns<'a> {
     seqs: Vec<i64>,
     rooms: Vec<&'a str>,
     senders: Vec<&'a str>,
     bodies: Vec<&'a str>,
+    sent_bodies: Vec<Option<&'a str>>,
     client_ids: Vec<&'a str>,
     tss: Vec<i64>,
+    kinds: Vec<&'static str>,
+    targets: Vec<Option<i64>>,
+    emojis: Vec<Option<&'a str>>,
+    ons: Vec<Option<bool>>,
+    reply_tos: Vec<Option<i64>>,
+    threads: Vec<Option<i64>>,
+    /// The seqs of the batch's `message` events.
+    message_seqs: Vec<i64>,
 }
 
-impl<'a> MessageColumns<'a> {
+impl<'a> EventColumns<'a> {
     fn with_capacity(n: usize) -> Self {
-        MessageColumns {
+        EventColumns {
             seqs: Vec::with_capacity(n),
             rooms: Vec::with_capacity(n),
             senders: Vec::with_capacity(n),
             bodies: Vec::with_capacity(n),
+            sent_bodies: Vec::with_capacity(n),
             client_ids: Vec::with_capacity(n),
             tss: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            targets: Vec::with_capacity(n),
+            emojis: Vec::with_capacity(n),
+            ons: Vec::with_capacity(n),
+            reply_tos: Vec::with_capacity(n),
+            threads: Vec::with_capacity(n),
+            message_seqs: Vec::with_capacity(n),
         }
     }
 
-    fn push(&mut self, seq: i64, m: &'a chat_bus::event::RoomEvent) {
+    fn push(&mut self, seq: i64, e: &'a RoomEvent) {
         self.seqs.push(seq);
-        self.rooms.push(m.room.as_str());
-        self.senders.push(m.from.as_str());
-        self.bodies.push(m.body.as_str());
-        self.client_ids.push(m.client_id.as_str());
-        self.tss.push(m.ts);
+        self.rooms.push(e.room.as_str());
+        self.senders.push(e.from.as_str());
+        let is_message = e.kind == EventKind::Message;
+        // `body` is a message's current text only (a search looks there); an edit's text is
+        // in `sent_body`.
+        self.bodies
+            .push(if is_message { e.body.as_str() } else { "" });
+        self.sent_bodies
+            .push(e.kind.has_body().then_some(e.body.as_str()));
+        self.client_ids.push(e.client_id.as_str());
+        self.tss.push(e.ts);
+        self.kinds.push(e.kind.as_str());
+        self.targets.push(e.target.map(|t| t as i64));
+        self.emojis.push(e.emoji.as_deref());
+        self.ons.push(e.on);
+        self.reply_tos.push(e.reply_to.map(|t| t as i64));
+        self.threads.push(e.thread.map(|t| t as i64));
+        if is_message {
+            self.message_seqs.push(seq);
+        }
     }
 
-    async fn insert(&self, pool: &PgPool, epoch_id: i32) -> Result<(), sqlx::Error> {
+    async fn insert(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        epoch_id: i32,
+    ) -> Result<(), sqlx::Error> {
         if self.seqs.is_empty() {
             return Ok(());
         }
         sqlx::query(
-            "INSERT INTO messages (epoch_id, seq, room, sender, body, client_id, ts)
-             SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+            "INSERT INTO messages (epoch_id, seq, room, sender, body, sent_body, client_id, ts,
+                                   kind, target, emoji, reaction_on, reply_to, thread, version)
+             SELECT $1, u.seq, u.room, u.sender, u.body, u.sent_body, u.client_id, u.ts, u.kind,
+                    u.target, u.emoji, u.reaction_on, u.reply_to, u.thread,
+                    CASE WHEN u.kind = 'message' THEN u.seq END
+             FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::bigint[], $9::text[], $10::bigint[], $11::text[], $12::bool[],
+                         $13::bigint[], $14::bigint[])
+                  AS u(seq, room, sender, body, sent_body, client_id, ts, kind, target, emoji,
+                       reaction_on, reply_to, thread)
              ON CONFLICT (epoch_id, seq) DO NOTHING",
         )
         .bind(epoch_id)
@@ -438,9 +682,16 @@ impl<'a> MessageColumns<'a> {
         .bind(&self.rooms)
         .bind(&self.senders)
         .bind(&self.bodies)
+        .bind(&self.sent_bodies)
         .bind(&self.client_ids)
         .bind(&self.tss)
-        .execute(pool)
+        .bind(&self.kinds)
+        .bind(&self.targets)
+        .bind(&self.emojis)
+        .bind(&self.ons)
+        .bind(&self.reply_tos)
+        .bind(&self.threads)
+        .execute(&mut **tx)
         .await?;
         Ok(())
     }

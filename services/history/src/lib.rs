@@ -7,13 +7,16 @@ pub mod config;
 pub mod query;
 pub mod rooms;
 pub mod search;
+pub mod state;
 pub mod stream_read;
 
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use chat_bus::api::{HistoryRequest, RoomsRequest, SearchRequest, decode_request, encode_reply};
+use chat_bus::api::{
+    HistoryRequest, MessageInfoRequest, RoomsRequest, SearchRequest, decode_request, encode_reply,
+};
 use chat_bus::{stream, subjects};
 use chat_runtime::{admin, db, nats::serve_requests, retry};
 use sqlx::PgPool;
@@ -137,6 +140,24 @@ impl App {
             std::time::Duration::from_secs(5),
         );
         let floor = tokio::spawn(query.clone().track_floor(shutdown.clone()));
+        let info_query = query.clone();
+        let message_server = serve_requests(
+            self.nats.clone(),
+            subjects::HISTORY_MESSAGE,
+            subjects::HISTORY_QUEUE,
+            self.config.nats.serve,
+            shutdown.clone(),
+            move |msg| {
+                let query = info_query.clone();
+                async move {
+                    let reply = match decode_request::<MessageInfoRequest>(&msg.payload) {
+                        Ok(req) => query.message_info(req).await,
+                        Err(e) => Err(e),
+                    };
+                    encode_reply(&reply)
+                }
+            },
+        );
         let history_server = serve_requests(
             self.nats.clone(),
             subjects::API_HISTORY,
@@ -185,6 +206,10 @@ impl App {
             js: self.js.clone(),
             epoch_id: self.epoch_id,
             config: self.config.clone(),
+            lookup: chat_bus::lookup::TargetLookup::new(
+                self.stream.clone(),
+                Some(query::pg_fallback(self.pool.clone(), self.epoch_id)),
+            ),
         };
         let writer = async {
             if self.config.archive {
@@ -193,8 +218,14 @@ impl App {
                 tracing::info!("HISTORY_ARCHIVE=false: this process does not archive");
             }
         };
-        let (r, h, s, ()) = tokio::join!(rooms_server, history_server, search_server, writer);
-        for res in [r, h, s] {
+        let (r, h, s, m, ()) = tokio::join!(
+            rooms_server,
+            history_server,
+            search_server,
+            message_server,
+            writer
+        );
+        for res in [r, h, s, m] {
             if let Err(e) = res {
                 tracing::error!(error = %e, "request server failed");
             }

@@ -14,21 +14,36 @@
 //! page reads one row (or entry) more than it returns, so every `prev_seq` comes from its
 //! neighbour, and entries of the stream that are not events ([`chat_bus::event::validate`]) are
 //! skipped exactly as the archive and the live feed skip them.
+//!
+//! *(v1.1, CONTRACT §2 Lifecycle)* A page holds events of every kind. Its `message` objects carry
+//! their current state: the changes archived at or below the floor, read from PostgreSQL, and
+//! those above it, read from the stream's tail of the room, folded in seq order
+//! ([`crate::state`]), so a page is right from either or both. A replay (`replay`, what
+//! `join{since}` and the edge's gap filling ask) carries the events as they were sent instead.
+//! Either way nothing of a deleted message's text is served: its body and its edits' are "".
+//! Stream entries pass the same two steps of validity as the archive's (the stateful one
+//! through [`TargetLookup`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use chat_bus::api::{ApiError, HistoryPage, HistoryRequest, clamp_limit};
-use chat_bus::event::{self, Event};
+use chat_bus::api::{
+    ApiError, HistoryPage, HistoryRequest, MessageInfo, MessageInfoRequest, clamp_limit,
+};
+use chat_bus::event::{self, EventKind, Target};
+use chat_bus::lookup::TargetLookup;
 use chat_bus::subjects;
-use chat_proto::{ChatMessage, RoomId, UserId};
+use chat_proto::{
+    ChatMessage, DeleteEvent, EditEvent, ErrorCode, ReactionEvent, RoomEventFrame, RoomId, UserId,
+};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::rooms::db_error;
+use crate::state::{Change, fold};
 use crate::stream_read::{Entry, StreamReader};
 
 /// How often the archive's ack floor is refreshed while pages are asked (at least every second).
@@ -40,6 +55,11 @@ pub const DEFAULT_PAGE_MAX_BYTES: usize = 192 * 1024;
 
 /// Most stream entries one page may examine (invalid entries included) beyond the ones it needs.
 const SCAN_SLACK: usize = 256;
+
+/// Most entries of a room's stream tail (above the archive's floor) read for the state of a
+/// page or a thread page: beyond it (an archive writer stopped for that long in one room, or
+/// PostgreSQL down with a long stream), such a page is `unavailable` rather than wrong.
+const TAIL_MAX: usize = 20_000;
 
 /// The archive consumer's ack floor as last seen: every event at or below it is in PostgreSQL.
 #[derive(Debug, Default)]
@@ -58,9 +78,28 @@ pub struct HistoryQuery {
     epoch_id: i32,
     floor: Arc<Floor>,
     page_max_bytes: usize,
+    lookup: TargetLookup,
 }
 
-type PgRow = (i64, String, String, String, i64);
+/// seq, sender, body as sent, client_id, ts, kind, target, emoji, on, reply_to, thread.
+type PgRow = (
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<bool>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// The columns of [`PgRow`] (`m` is the row). The body as sent: `sent_body` (since migration
+/// 0003; "" once deleted), else `body` (rows archived before it hold their body as sent).
+const PG_COLUMNS: &str = "m.seq, m.sender, COALESCE(m.sent_body, m.body), m.client_id, m.ts,
+    m.kind, m.target, m.emoji, m.reaction_on, m.reply_to, m.thread";
 
 /// Where the events of a room are read from: PostgreSQL for seqs up to `floor`, the stream
 /// above; or (PostgreSQL down) the stream alone, which holds seqs from `first` on.
@@ -82,7 +121,7 @@ impl View {
 
 /// A page's events, ascending, with the seq of the event before the first (the chain's anchor).
 struct Run {
-    events: Vec<ChatMessage>,
+    events: Vec<RoomEventFrame>,
     anchor: u64,
 }
 
@@ -102,7 +141,9 @@ impl HistoryQuery {
         } else {
             page_max_bytes
         };
+        let fallback = pg_fallback(pool.clone(), epoch_id);
         HistoryQuery {
+            lookup: TargetLookup::new(stream.clone(), Some(fallback)),
             pool,
             stream,
             reader: StreamReader::new(nats, request_timeout),
@@ -196,17 +237,23 @@ impl HistoryQuery {
     async fn page_in(&self, req: &HistoryRequest, view: View) -> Result<HistoryPage, ApiError> {
         let limit = clamp_limit(req.limit) as usize;
         let room = &req.room;
-        let (run, mut has_more, keep_oldest) = match req.after {
-            Some(after) => {
-                let (run, more) = self.forward(room, after, limit, view).await?;
-                (run, more, true)
+        let keep_oldest = req.after.is_some();
+        let (mut messages, mut has_more) = match (req.thread, req.after) {
+            (Some(root), _) => {
+                self.thread_page(room, root, req.before, req.after, limit, view)
+                    .await?
             }
-            None => {
+            (None, Some(after)) => {
+                let (run, more) = self.forward(room, after, limit, view).await?;
+                (chain(run), more)
+            }
+            (None, None) => {
                 let (run, more) = self.backward(room, req.before, limit, view).await?;
-                (run, more, false)
+                (chain(run), more)
             }
         };
-        let mut messages = chain(run);
+        self.add_state(&mut messages, room, view, req.replay)
+            .await?;
         if fit_in_bytes(&mut messages, self.page_max_bytes, keep_oldest) {
             metrics::counter!("history_pages_cut_to_size_total").increment(1);
             has_more = true;
@@ -293,7 +340,7 @@ impl HistoryQuery {
             }
             self.stream_backward(room, &subject, lo, before, want).await
         };
-        let mut events: VecDeque<ChatMessage> = match view {
+        let mut events: VecDeque<RoomEventFrame> = match view {
             View::Archive { floor } => {
                 let archive_before = before.map_or(floor.saturating_add(1), |b| b.min(floor + 1));
                 let (tail, archived) =
@@ -321,7 +368,7 @@ impl HistoryQuery {
         }
         let more = events.len() > limit;
         let anchor = if more {
-            events.pop_front().map_or(0, |e| e.seq)
+            events.pop_front().map_or(0, |e| e.seq())
         } else {
             0
         };
@@ -332,6 +379,335 @@ impl HistoryQuery {
             },
             more,
         ))
+    }
+
+    /// `chat.internal.history.message`: what the edge checks before publishing a change of
+    /// message `seq`, a reply to it or a message in its thread (CONTRACT §2 Lifecycle): its
+    /// author, thread and whether it is deleted, whether it is archived or only in the stream
+    /// (and, with PostgreSQL down, from the stream alone); `not_found` if it is no valid message.
+    pub async fn message_info(&self, req: MessageInfoRequest) -> Result<MessageInfo, ApiError> {
+        let floor = self.current_floor();
+        let room = &req.room;
+        let subject = subjects::room_msg(room);
+        let row: Result<Option<(String, Option<i64>, bool)>, ApiError> = sqlx::query_as(
+            "SELECT sender, thread, deleted FROM messages
+             WHERE epoch_id = $1 AND room = $2 AND seq = $3 AND kind = 'message'",
+        )
+        .bind(self.epoch_id)
+        .bind(room.as_str())
+        .bind(to_i64(req.seq))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error);
+        let (from, thread, deleted, tail_from) = match row {
+            Ok(Some((from, thread, deleted))) => (
+                UserId::new(from).map_err(|_| ApiError::internal())?,
+                thread.map(|t| t as u64),
+                deleted,
+                // The stored `deleted` covers what is archived; a delete above the floor may
+                // not be yet.
+                req.seq.max(floor),
+            ),
+            Ok(None) => match self.lookup.target(room, req.seq).await? {
+                Some(t) if t.is_message => (t.from, t.thread, false, req.seq),
+                _ => return Err(no_such_message()),
+            },
+            Err(e) if e.code == ErrorCode::Unavailable => {
+                match self.lookup.target(room, req.seq).await? {
+                    Some(t) if t.is_message => (t.from, t.thread, false, req.seq),
+                    _ => return Err(no_such_message()),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let deleted = deleted
+            || self
+                .stream_tail(room, &subject, tail_from)
+                .await?
+                .iter()
+                .any(|e| matches!(e, RoomEventFrame::Delete(d) if d.target == req.seq));
+        Ok(MessageInfo {
+            from,
+            thread,
+            deleted,
+        })
+    }
+
+    /// The stream entry as a page's event, if it is a valid event (CONTRACT §3, both steps);
+    /// `prev_seq` is set by [`chain`].
+    async fn valid_event(
+        &self,
+        room: &RoomId,
+        e: &Entry,
+    ) -> Result<Option<RoomEventFrame>, ApiError> {
+        let Ok(candidate) = event::validate(&e.payload, room) else {
+            return Ok(None);
+        };
+        let checked = if candidate.references().is_empty() {
+            candidate.resolve(|_| None)
+        } else {
+            self.lookup.resolve(room, e.seq, candidate).await?
+        };
+        Ok(checked.ok().map(|ev| ev.into_frame(e.seq, 0)))
+    }
+
+    /// Every valid event of the room's stream with seq > `after` (at most [`TAIL_MAX`] entries
+    /// examined, else `unavailable`), ascending, `prev_seq` unset. Normally the few events the
+    /// archive has not acknowledged yet: one batched get.
+    async fn stream_tail(
+        &self,
+        room: &RoomId,
+        subject: &str,
+        after: u64,
+    ) -> Result<Vec<RoomEventFrame>, ApiError> {
+        let mut cursor = after;
+        let mut out = Vec::new();
+        let mut scanned = 0usize;
+        loop {
+            let batch = self
+                .reader
+                .batch(subject, cursor + 1, crate::stream_read::MAX_BATCH)
+                .await?;
+            let Some(last) = batch.entries.last() else {
+                return Ok(out);
+            };
+            cursor = last.seq;
+            scanned += batch.entries.len();
+            for e in &batch.entries {
+                if let Some(ev) = self.valid_event(room, e).await? {
+                    out.push(ev);
+                }
+            }
+            if batch.pending == 0 {
+                return Ok(out);
+            }
+            if scanned >= TAIL_MAX {
+                metrics::counter!("history_tail_too_long_total").increment(1);
+                tracing::warn!(%room, after, "stream tail too long for a page's state");
+                return Err(ApiError::unavailable());
+            }
+        }
+    }
+
+    /// Gives each `message` of `page` its current state (or, for a replay, its body as sent
+    /// unless deleted), and empties the body of every edit of a deleted message. The changes
+    /// at or below the floor come from PostgreSQL, those above from the stream's tail; every
+    /// change of a message comes after it, so the tail is read from the page's oldest message
+    /// (or edit's target) on, never below the floor.
+    async fn add_state(
+        &self,
+        page: &mut [RoomEventFrame],
+        room: &RoomId,
+        view: View,
+        replay: bool,
+    ) -> Result<(), ApiError> {
+        let mut targets: Vec<u64> = Vec::new();
+        let mut roots: Vec<u64> = Vec::new();
+        for e in page.iter() {
+            match e {
+                RoomEventFrame::Message(m) => {
+                    targets.push(m.seq);
+                    if !replay && m.thread.is_none() {
+                        roots.push(m.seq);
+                    }
+                }
+                RoomEventFrame::Edit(x) => targets.push(x.target),
+                _ => {}
+            }
+        }
+        let Some(&lo) = targets.iter().min() else {
+            return Ok(());
+        };
+        if let View::StreamOnly { first } = view
+            && lo < first
+        {
+            // An edit of a message that left the stream: whether it was deleted is archived.
+            return Err(ApiError::unavailable());
+        }
+        let subject = subjects::room_msg(room);
+        let archived = async {
+            match view {
+                View::Archive { floor } if lo <= floor => {
+                    let old: Vec<i64> = targets
+                        .iter()
+                        .filter(|t| **t <= floor)
+                        .map(|t| to_i64(*t))
+                        .collect();
+                    let old_roots: Vec<i64> = roots
+                        .iter()
+                        .filter(|r| **r <= floor)
+                        .map(|r| to_i64(*r))
+                        .collect();
+                    archived_state(&self.pool, self.epoch_id, &old, &old_roots, Some(floor))
+                        .await
+                        .map_err(db_error)
+                }
+                _ => Ok(Archived::default()),
+            }
+        };
+        let (archived, tail) = tokio::join!(
+            archived,
+            self.stream_tail(room, &subject, lo.max(view.stream_lo()))
+        );
+        let (mut archived, tail) = (archived?, tail?);
+        let wanted: HashSet<u64> = targets.iter().copied().collect();
+        for e in &tail {
+            if let Some(c) = change_of(e) {
+                let target = e.target().unwrap_or(0);
+                if wanted.contains(&target) {
+                    archived.changes.entry(target).or_default().push(c);
+                }
+            } else if let RoomEventFrame::Message(ChatMessage {
+                thread: Some(root), ..
+            }) = e
+            {
+                *archived.replies.entry(*root).or_default() += 1;
+            }
+        }
+        apply_state(page, &archived, replay);
+        Ok(())
+    }
+
+    /// A page of thread `root` (CONTRACT §2 `history{thread}`): only `message` events, the root
+    /// and the messages of its thread, each with its room's `prev_seq`. The archived part comes
+    /// from PostgreSQL (by the thread's index), the part above the floor from the stream's tail.
+    async fn thread_page(
+        &self,
+        room: &RoomId,
+        root: u64,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+        view: View,
+    ) -> Result<(Vec<RoomEventFrame>, bool), ApiError> {
+        let subject = subjects::room_msg(room);
+        let in_thread = |e: &RoomEventFrame| matches!(e, RoomEventFrame::Message(m) if m.seq == root || m.thread == Some(root));
+        // The stream part: the tail above the floor (or, PostgreSQL down, from the root on).
+        let tail_lo = match view {
+            View::Archive { floor } => floor,
+            View::StreamOnly { first } => {
+                if root < first {
+                    return Err(ApiError::unavailable());
+                }
+                root - 1
+            }
+        };
+        let (tail, anchor) = tokio::join!(
+            self.stream_tail(room, &subject, tail_lo),
+            self.last_at_or_below(room, &subject, tail_lo, view)
+        );
+        let mut tail = chain(Run {
+            events: tail?,
+            anchor: anchor?,
+        });
+        tail.retain(in_thread);
+        let floor = match view {
+            View::Archive { floor } => floor,
+            View::StreamOnly { .. } => 0,
+        };
+        let want = limit + 1;
+        let mut rows = match after {
+            Some(after) => {
+                let mut rows = if after < floor {
+                    self.pg_thread(room, root, after, floor + 1, want, true)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                if rows.len() < want {
+                    rows.extend(tail.into_iter().filter(|e| e.seq() > after));
+                }
+                rows.truncate(want);
+                rows
+            }
+            None => {
+                let before = before.unwrap_or(u64::MAX);
+                tail.retain(|e| e.seq() < before);
+                let need = want.saturating_sub(tail.len());
+                let mut rows = if need > 0 && floor > 0 {
+                    self.pg_thread(room, root, 0, before.min(floor + 1), need, false)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                rows.extend(tail);
+                let skip = rows.len().saturating_sub(want);
+                rows.split_off(skip)
+            }
+        };
+        let more = rows.len() > limit;
+        if more {
+            if after.is_some() {
+                rows.truncate(limit);
+            } else {
+                rows.remove(0);
+            }
+        }
+        Ok((rows, more))
+    }
+
+    /// Archived messages of thread `root` (and the root) with `after < seq < before`: the
+    /// oldest `n` (`oldest`) or the newest `n`, ascending, each with its room's `prev_seq`.
+    async fn pg_thread(
+        &self,
+        room: &RoomId,
+        root: u64,
+        after: u64,
+        before: u64,
+        n: usize,
+        oldest: bool,
+    ) -> Result<Vec<RoomEventFrame>, ApiError> {
+        let order = if oldest { "ASC" } else { "DESC" };
+        let sql = format!(
+            "SELECT {PG_COLUMNS},
+                    COALESCE((SELECT max(p.seq) FROM messages p
+                              WHERE p.epoch_id = m.epoch_id AND p.room = m.room
+                                AND p.seq < m.seq), 0)
+             FROM messages m
+             WHERE m.epoch_id = $1 AND m.room = $2 AND m.kind = 'message'
+               AND (m.seq = $3 OR m.thread = $3) AND m.seq > $4 AND m.seq < $5
+             ORDER BY m.seq {order} LIMIT $6"
+        );
+        type ThreadRow = (
+            i64,
+            String,
+            String,
+            String,
+            i64,
+            String,
+            Option<i64>,
+            Option<String>,
+            Option<bool>,
+            Option<i64>,
+            Option<i64>,
+            i64,
+        );
+        let rows: Vec<ThreadRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(self.epoch_id)
+            .bind(room.as_str())
+            .bind(to_i64(root))
+            .bind(to_i64(after))
+            .bind(to_i64(before))
+            .bind(n as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let mut out: Vec<RoomEventFrame> = rows
+            .into_iter()
+            .filter_map(|r| {
+                let prev = r.11 as u64;
+                let mut e = row_to_message(
+                    room,
+                    (r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10),
+                )?;
+                e.set_prev_seq(prev);
+                Some(e)
+            })
+            .collect();
+        if !oldest {
+            out.reverse();
+        }
+        Ok(out)
     }
 
     /// The seq of the last event at or below `seq` (0: none).
@@ -354,7 +730,7 @@ impl HistoryQuery {
             .stream_backward(room, subject, view.stream_lo(), Some(seq + 1), 1)
             .await?;
         if let Some(e) = found.back() {
-            return Ok(e.seq);
+            return Ok(e.seq());
         }
         match view {
             View::Archive { floor } if reached_lo => self.pg_last_at_or_below(room, floor).await,
@@ -371,7 +747,7 @@ impl HistoryQuery {
         after: u64,
         n: usize,
         view: View,
-    ) -> Result<(Vec<ChatMessage>, bool), ApiError> {
+    ) -> Result<(Vec<RoomEventFrame>, bool), ApiError> {
         let mut cursor = after.max(view.stream_lo());
         let mut out = Vec::new();
         let mut scanned = 0usize;
@@ -385,7 +761,11 @@ impl HistoryQuery {
             };
             cursor = last.seq;
             scanned += batch.entries.len();
-            out.extend(batch.entries.iter().filter_map(|e| valid_message(room, e)));
+            for e in &batch.entries {
+                if let Some(ev) = self.valid_event(room, e).await? {
+                    out.push(ev);
+                }
+            }
             if batch.pending == 0 {
                 return Ok((out, true));
             }
@@ -407,7 +787,7 @@ impl HistoryQuery {
         lo: u64,
         before: Option<u64>,
         n: usize,
-    ) -> Result<(VecDeque<ChatMessage>, bool), ApiError> {
+    ) -> Result<(VecDeque<RoomEventFrame>, bool), ApiError> {
         let mut out = VecDeque::new();
         let mut hi = before;
         let mut scanned = 0usize;
@@ -419,10 +799,14 @@ impl HistoryQuery {
             };
             hi = Some(oldest.seq);
             scanned += entries.len();
-            for e in entries.iter().rev() {
-                if let Some(m) = valid_message(room, e) {
-                    out.push_front(m);
+            let mut valid = Vec::with_capacity(entries.len());
+            for e in &entries {
+                if let Some(ev) = self.valid_event(room, e).await? {
+                    valid.push(ev);
                 }
+            }
+            for ev in valid.into_iter().rev() {
+                out.push_front(ev);
             }
             if !more_below {
                 return Ok((out, true));
@@ -444,22 +828,25 @@ impl HistoryQuery {
         after: u64,
         floor: u64,
         n: usize,
-    ) -> Result<(Vec<ChatMessage>, u64), ApiError> {
-        let rows: Vec<PgRow> = sqlx::query_as(
-            "(SELECT seq, ''::text, ''::text, ''::text, 0::bigint FROM messages
+    ) -> Result<(Vec<RoomEventFrame>, u64), ApiError> {
+        let sql = format!(
+            "(SELECT seq, ''::text, ''::text, ''::text, 0::bigint, ''::text, NULL::bigint,
+                     NULL::text, NULL::bool, NULL::bigint, NULL::bigint FROM messages
                WHERE epoch_id = $1 AND room = $2 AND seq <= $3 ORDER BY seq DESC LIMIT 1)
              UNION ALL
-             (SELECT seq, sender, body, client_id, ts FROM messages
-               WHERE epoch_id = $1 AND room = $2 AND seq > $3 AND seq <= $4 ORDER BY seq LIMIT $5)",
-        )
-        .bind(self.epoch_id)
-        .bind(room.as_str())
-        .bind(to_i64(after))
-        .bind(to_i64(floor))
-        .bind(n as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
+             (SELECT {PG_COLUMNS} FROM messages m
+               WHERE m.epoch_id = $1 AND m.room = $2 AND m.seq > $3 AND m.seq <= $4
+               ORDER BY m.seq LIMIT $5)"
+        );
+        let rows: Vec<PgRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(self.epoch_id)
+            .bind(room.as_str())
+            .bind(to_i64(after))
+            .bind(to_i64(floor))
+            .bind(n as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
         let mut anchor = 0;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
@@ -478,20 +865,21 @@ impl HistoryQuery {
         room: &RoomId,
         before: u64,
         n: usize,
-    ) -> Result<Vec<ChatMessage>, ApiError> {
-        let rows: Vec<PgRow> = sqlx::query_as(
-            "SELECT seq, sender, body, client_id, ts FROM messages
-             WHERE epoch_id = $1 AND room = $2 AND seq < $3
-             ORDER BY seq DESC LIMIT $4",
-        )
-        .bind(self.epoch_id)
-        .bind(room.as_str())
-        .bind(to_i64(before))
-        .bind(n as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        let mut out: Vec<ChatMessage> = rows
+    ) -> Result<Vec<RoomEventFrame>, ApiError> {
+        let sql = format!(
+            "SELECT {PG_COLUMNS} FROM messages m
+             WHERE m.epoch_id = $1 AND m.room = $2 AND m.seq < $3
+             ORDER BY m.seq DESC LIMIT $4"
+        );
+        let rows: Vec<PgRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(self.epoch_id)
+            .bind(room.as_str())
+            .bind(to_i64(before))
+            .bind(n as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let mut out: Vec<RoomEventFrame> = rows
             .into_iter()
             .filter_map(|r| row_to_message(room, r))
             .collect();
@@ -520,23 +908,13 @@ fn too_many_invalid(room: &RoomId) -> ApiError {
     ApiError::unavailable()
 }
 
-/// The stream entry as a page's message, if it is a valid event (CONTRACT §3); `prev_seq` is
-/// set by [`chain`].
-fn valid_message(room: &RoomId, e: &Entry) -> Option<ChatMessage> {
-    let checked = event::validate(&e.payload, room).and_then(|c| c.resolve(|_| None));
-    match checked {
-        Ok(Event::Message(m)) => Some(m.into_message(e.seq, 0)),
-        Err(_) => None,
-    }
-}
-
 /// Sets every `prev_seq` of a run from its neighbour: the previous valid event of the room.
-fn chain(run: Run) -> Vec<ChatMessage> {
+fn chain(run: Run) -> Vec<RoomEventFrame> {
     let mut prev = run.anchor;
     let mut events = run.events;
-    for m in &mut events {
-        m.prev_seq = prev;
-        prev = m.seq;
+    for e in &mut events {
+        e.set_prev_seq(prev);
+        prev = e.seq();
     }
     events
 }
@@ -561,7 +939,7 @@ fn json_len<T: serde::Serialize>(value: &T) -> usize {
 /// Cuts `messages` (ascending) to at most `budget` bytes of serialized events, keeping the
 /// oldest (`keep_oldest`, a page `after` a cursor) or the newest ones, and always at least one.
 /// The chain stays exact: a kept event's `prev_seq` is the one it had. True if it cut.
-fn fit_in_bytes(messages: &mut Vec<ChatMessage>, budget: usize, keep_oldest: bool) -> bool {
+fn fit_in_bytes(messages: &mut Vec<RoomEventFrame>, budget: usize, keep_oldest: bool) -> bool {
     let mut total = 0usize;
     let mut keep = 0usize;
     let n = messages.len();
@@ -592,15 +970,248 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn row_to_message(room: &RoomId, (seq, sender, body, client_id, ts): PgRow) -> Option<ChatMessage> {
-    Some(ChatMessage {
-        room: room.clone(),
-        seq: seq as u64,
-        prev_seq: 0,
-        from: UserId::new(sender).ok()?,
-        body,
-        client_id,
+fn no_such_message() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such message in this room")
+}
+
+/// A row of the archive as the event it stores (a message as sent: its state comes later);
+/// `prev_seq` is set by [`chain`].
+fn row_to_message(
+    room: &RoomId,
+    (seq, sender, body, client_id, ts, kind, target, emoji, on, reply_to, thread): PgRow,
+) -> Option<RoomEventFrame> {
+    let seq = seq as u64;
+    let prev_seq = 0;
+    let from = UserId::new(sender).ok()?;
+    let target = target.map_or(0, |t| t as u64);
+    let room = room.clone();
+    Some(match EventKind::parse(&kind)? {
+        EventKind::Message => RoomEventFrame::Message(ChatMessage {
+            reply_to: reply_to.map(|t| t as u64),
+            thread: thread.map(|t| t as u64),
+            ..ChatMessage::new(room, seq, prev_seq, from, body, client_id, ts)
+        }),
+        EventKind::Edit => RoomEventFrame::Edit(EditEvent {
+            room,
+            seq,
+            prev_seq,
+            from,
+            target,
+            body,
+            client_id,
+            ts,
+        }),
+        EventKind::Delete => RoomEventFrame::Delete(DeleteEvent {
+            room,
+            seq,
+            prev_seq,
+            from,
+            target,
+            client_id,
+            ts,
+        }),
+        EventKind::Reaction => RoomEventFrame::Reaction(ReactionEvent {
+            room,
+            seq,
+            prev_seq,
+            from,
+            target,
+            emoji: emoji.unwrap_or_default(),
+            on: on.unwrap_or(true),
+            client_id,
+            ts,
+        }),
+    })
+}
+
+/// A change event as the fold takes it.
+fn change_of(e: &RoomEventFrame) -> Option<Change> {
+    let (seq, kind, from, body, emoji, on, ts) = match e {
+        RoomEventFrame::Message(_) => return None,
+        RoomEventFrame::Edit(x) => (
+            x.seq,
+            EventKind::Edit,
+            &x.from,
+            x.body.as_str(),
+            "",
+            true,
+            x.ts,
+        ),
+        RoomEventFrame::Delete(x) => (x.seq, EventKind::Delete, &x.from, "", "", true, x.ts),
+        RoomEventFrame::Reaction(x) => (
+            x.seq,
+            EventKind::Reaction,
+            &x.from,
+            "",
+            x.emoji.as_str(),
+            x.on,
+            x.ts,
+        ),
+    };
+    Some(Change {
+        seq,
+        kind,
+        from: from.clone(),
+        body: body.to_owned(),
+        emoji: emoji.to_owned(),
+        on,
         ts,
+    })
+}
+
+/// What is known of the state of some messages: their changes by target, and how many
+/// messages the threads of some roots hold.
+#[derive(Debug, Default)]
+pub(crate) struct Archived {
+    pub changes: HashMap<u64, Vec<Change>>,
+    pub replies: HashMap<u64, u64>,
+}
+
+/// Applies `known` to the events of a page (CONTRACT §2 Lifecycle): a message gets its current
+/// body and state, or (`replay`) keeps its body as sent and no state; either way a deleted
+/// message's body is "", and so is the body of each edit of it.
+fn apply_state(page: &mut [RoomEventFrame], known: &Archived, replay: bool) {
+    let deleted: HashSet<u64> = known
+        .changes
+        .iter()
+        .filter(|(_, cs)| cs.iter().any(|c| c.kind == EventKind::Delete))
+        .map(|(t, _)| *t)
+        .collect();
+    for e in page.iter_mut() {
+        match e {
+            RoomEventFrame::Message(m) if replay => {
+                if deleted.contains(&m.seq) {
+                    m.body.clear();
+                }
+            }
+            RoomEventFrame::Message(m) => set_state(m, known),
+            RoomEventFrame::Edit(x) if deleted.contains(&x.target) => x.body.clear(),
+            _ => {}
+        }
+    }
+}
+
+/// Folds the known changes of `m` (sent as `m.body`) into its current body and state.
+pub(crate) fn set_state(m: &mut ChatMessage, known: &Archived) {
+    let body = std::mem::take(&mut m.body);
+    let folded = fold(m.seq, body, known.changes.get(&m.seq).into_iter().flatten());
+    m.body = folded.body;
+    let mut state = folded.state;
+    if m.thread.is_none() {
+        state.replies = known.replies.get(&m.seq).copied().filter(|n| *n > 0);
+    }
+    m.state = Some(state);
+}
+
+/// The archived changes of messages `targets` and the sizes of the threads of `roots`, at or
+/// below `up_to` (everything archived when `None`): two indexed queries.
+pub(crate) async fn archived_state(
+    pool: &PgPool,
+    epoch_id: i32,
+    targets: &[i64],
+    roots: &[i64],
+    up_to: Option<u64>,
+) -> Result<Archived, sqlx::Error> {
+    let changes = async {
+        if targets.is_empty() {
+            return Ok(HashMap::new());
+        }
+        pg_changes(pool, epoch_id, targets, up_to).await
+    };
+    let counts = async {
+        if roots.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT thread, count(*) FROM messages
+             WHERE epoch_id = $1 AND thread = ANY($2) AND kind = 'message'
+               AND ($3::bigint IS NULL OR seq <= $3)
+             GROUP BY thread",
+        )
+        .bind(epoch_id)
+        .bind(roots)
+        .bind(up_to.map(to_i64))
+        .fetch_all(pool)
+        .await
+    };
+    let (changes, counts) = tokio::join!(changes, counts);
+    Ok(Archived {
+        changes: changes?,
+        replies: counts?
+            .into_iter()
+            .map(|(t, n)| (t as u64, n as u64))
+            .collect(),
+    })
+}
+
+/// The archived changes of messages `targets` (at or below `up_to`), by target, in seq order.
+pub(crate) async fn pg_changes<'e, E: sqlx::PgExecutor<'e>>(
+    ex: E,
+    epoch_id: i32,
+    targets: &[i64],
+    up_to: Option<u64>,
+) -> Result<HashMap<u64, Vec<Change>>, sqlx::Error> {
+    type ChangeRow = (
+        i64,
+        i64,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<bool>,
+        i64,
+    );
+    let rows: Vec<ChangeRow> = sqlx::query_as(
+        "SELECT target, seq, kind, sender, sent_body, emoji, reaction_on, ts FROM messages
+         WHERE epoch_id = $1 AND target = ANY($2) AND ($3::bigint IS NULL OR seq <= $3)
+         ORDER BY seq",
+    )
+    .bind(epoch_id)
+    .bind(targets)
+    .bind(up_to.map(to_i64))
+    .fetch_all(ex)
+    .await?;
+    let mut out: HashMap<u64, Vec<Change>> = HashMap::new();
+    for (target, seq, kind, sender, body, emoji, on, ts) in rows {
+        let (Some(kind), Ok(from)) = (EventKind::parse(&kind), UserId::new(sender)) else {
+            continue;
+        };
+        out.entry(target as u64).or_default().push(Change {
+            seq: seq as u64,
+            kind,
+            from,
+            body: body.unwrap_or_default(),
+            emoji: emoji.unwrap_or_default(),
+            on: on.unwrap_or(true),
+            ts,
+        });
+    }
+    Ok(out)
+}
+
+/// Looks up in the archive what the stream no longer holds (valid messages only).
+pub(crate) fn pg_fallback(pool: PgPool, epoch_id: i32) -> chat_bus::lookup::Fallback {
+    Arc::new(move |room: RoomId, seq: u64| {
+        let pool = pool.clone();
+        Box::pin(async move {
+            let row: Option<(String, Option<i64>)> = sqlx::query_as(
+                "SELECT sender, thread FROM messages
+                 WHERE epoch_id = $1 AND room = $2 AND seq = $3 AND kind = 'message'",
+            )
+            .bind(epoch_id)
+            .bind(room.as_str())
+            .bind(to_i64(seq))
+            .fetch_optional(&pool)
+            .await
+            .map_err(db_error)?;
+            Ok(row.and_then(|(from, thread)| {
+                Some(Target {
+                    is_message: true,
+                    from: UserId::new(from).ok()?,
+                    thread: thread.map(|t| t as u64),
+                })
+            }))
+        })
     })
 }
 
@@ -608,16 +1219,16 @@ fn row_to_message(room: &RoomId, (seq, sender, body, client_id, ts): PgRow) -> O
 mod tests {
     use super::*;
 
-    fn msg(seq: u64, body: &str) -> ChatMessage {
-        ChatMessage {
-            room: RoomId::new("r").unwrap(),
+    fn msg(seq: u64, body: &str) -> RoomEventFrame {
+        RoomEventFrame::Message(ChatMessage::new(
+            RoomId::new("r").unwrap(),
             seq,
-            prev_seq: 0,
-            from: UserId::new("a").unwrap(),
-            body: body.into(),
-            client_id: "c".into(),
-            ts: 1,
-        }
+            0,
+            UserId::new("a").unwrap(),
+            body.into(),
+            "c".into(),
+            1,
+        ))
     }
 
     #[test]
@@ -626,7 +1237,7 @@ mod tests {
             events: vec![msg(5, "a"), msg(9, "b"), msg(12, "c")],
             anchor: 3,
         });
-        let links: Vec<(u64, u64)> = out.iter().map(|m| (m.seq, m.prev_seq)).collect();
+        let links: Vec<(u64, u64)> = out.iter().map(|m| (m.seq(), m.prev_seq())).collect();
         assert_eq!(links, vec![(5, 3), (9, 5), (12, 9)]);
     }
 
@@ -637,21 +1248,21 @@ mod tests {
         let body = "\u{1}".repeat(4000);
         let one = json_len(&msg(1, &body));
         assert!(one > 24_000, "{one}");
-        let all: Vec<ChatMessage> = (1..=60).map(|s| msg(s, &body)).collect();
+        let all: Vec<RoomEventFrame> = (1..=60).map(|s| msg(s, &body)).collect();
         let mut newest = chain(Run {
             events: all.clone(),
             anchor: 0,
         });
         assert!(fit_in_bytes(&mut newest, 10 * one, false));
         assert_eq!(newest.len(), 9);
-        assert_eq!((newest[0].seq, newest[0].prev_seq), (52, 51));
+        assert_eq!((newest[0].seq(), newest[0].prev_seq()), (52, 51));
         assert!(json_len(&newest) <= 10 * one);
         let mut oldest = chain(Run {
             events: all,
             anchor: 0,
         });
         assert!(fit_in_bytes(&mut oldest, 10 * one, true));
-        assert_eq!(oldest.last().map(|m| m.seq), Some(9));
+        assert_eq!(oldest.last().map(|m| m.seq()), Some(9));
         // One event is always kept, however small the budget.
         let mut tiny = vec![msg(1, &body)];
         assert!(!fit_in_bytes(&mut tiny, 10, true));

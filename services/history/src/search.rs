@@ -141,7 +141,18 @@ pub struct Search {
     epoch_id: i32,
 }
 
-type Row = (String, i64, String, String, String, i64, i64);
+/// room, seq, sender, body as sent, client_id, ts, prev_seq, reply_to, thread.
+type Row = (
+    String,
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
 
 impl Search {
     /// A search service with its own lazily connecting pool on `url` (schema `schema`): a
@@ -172,11 +183,32 @@ impl Search {
             return Err(ApiError::forbidden("not a member of this room"));
         }
         let tsquery = self.normalize(&parsed).await?;
-        let rows = self
+        let mut rows = self
             .matching(&tsquery, &req, limit + 1)
             .await
             .map_err(search_db_error)?;
+        self.add_state(&mut rows).await.map_err(search_db_error)?;
         Ok(bounded(rows, limit))
+    }
+
+    /// Results carry their current state (CONTRACT §2 Search, Lifecycle), folded from their
+    /// archived changes like a history page's; the body found is the current one.
+    async fn add_state(&self, rows: &mut [ChatMessage]) -> Result<(), sqlx::Error> {
+        let seqs: Vec<i64> = rows.iter().map(|m| m.seq as i64).collect();
+        let roots: Vec<i64> = rows
+            .iter()
+            .filter(|m| m.thread.is_none())
+            .map(|m| m.seq as i64)
+            .collect();
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let known =
+            crate::query::archived_state(&self.pool, self.epoch_id, &seqs, &roots, None).await?;
+        for m in rows.iter_mut() {
+            crate::query::set_state(m, &known);
+        }
+        Ok(())
     }
 
     /// Each term as PostgreSQL normalizes it for the `simple` configuration (what `to_tsvector`
@@ -215,13 +247,15 @@ impl Search {
             .before
             .map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT m.room, m.seq, m.sender, m.body, m.client_id, m.ts,
+            "SELECT m.room, m.seq, m.sender, COALESCE(m.sent_body, m.body), m.client_id, m.ts,
                     COALESCE((SELECT max(p.seq) FROM messages p
-                              WHERE p.epoch_id = m.epoch_id AND p.room = m.room AND p.seq < m.seq), 0)
+                              WHERE p.epoch_id = m.epoch_id AND p.room = m.room AND p.seq < m.seq), 0),
+                    m.reply_to, m.thread
              FROM messages m
              WHERE m.epoch_id = $1
                AND m.search @@ $2::tsquery
                AND NOT m.deleted
+               AND m.kind = 'message'
                AND m.seq < $3
                AND ($4::text IS NULL OR m.room = $4)
                AND ($5::text IS NULL OR m.room = ANY(ARRAY(
@@ -313,15 +347,21 @@ fn json_char_len(c: char) -> usize {
     }
 }
 
-fn row_to_message((room, seq, sender, body, client_id, ts, prev): Row) -> Option<ChatMessage> {
+fn row_to_message(
+    (room, seq, sender, body, client_id, ts, prev, reply_to, thread): Row,
+) -> Option<ChatMessage> {
     Some(ChatMessage {
-        room: RoomId::new(room).ok()?,
-        seq: seq as u64,
-        prev_seq: prev as u64,
-        from: UserId::new(sender).ok()?,
-        body,
-        client_id,
-        ts,
+        reply_to: reply_to.map(|r| r as u64),
+        thread: thread.map(|t| t as u64),
+        ..ChatMessage::new(
+            RoomId::new(room).ok()?,
+            seq as u64,
+            prev as u64,
+            UserId::new(sender).ok()?,
+            body,
+            client_id,
+            ts,
+        )
     })
 }
 
@@ -411,15 +451,15 @@ mod tests {
     }
 
     fn msg(seq: u64, body: String) -> ChatMessage {
-        ChatMessage {
-            room: RoomId::new("r").unwrap(),
+        ChatMessage::new(
+            RoomId::new("r").unwrap(),
             seq,
-            prev_seq: 0,
-            from: UserId::new("a").unwrap(),
+            0,
+            UserId::new("a").unwrap(),
             body,
-            client_id: "c".into(),
-            ts: 1,
-        }
+            "c".into(),
+            1,
+        )
     }
 
     #[test]

@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, AckKind, consumer::pull};
 use chat_bus::api::{ApiError, RoomInfo, UserNotification};
 use chat_bus::event::{Event, RoomEvent};
 use chat_bus::{subjects, trace};
-use chat_proto::{ErrorCode, Notification, RoomId, RoomKind};
+use chat_proto::{ErrorCode, Notification, RoomId, RoomKind, UserId};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Core;
@@ -43,6 +43,8 @@ const MIN_REFRESH_AGE: Duration = Duration::from_millis(500);
 struct Decoded {
     seq: u64,
     event: RoomEvent,
+    /// Authors of the messages it answers (reply_to, thread root): CONTRACT §2 `reply`.
+    answered: Vec<UserId>,
     /// Delivered before: an earlier attempt may have committed and then died before publishing.
     redelivered: bool,
 }
@@ -138,6 +140,7 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
     let mut rows = Vec::with_capacity(batch.len());
     let mut decoded = Vec::with_capacity(batch.len());
     let mut spans: HashMap<u64, tracing::Span> = HashMap::with_capacity(batch.len());
+    let mut deleted: Vec<(RoomId, u64)> = Vec::new();
     for msg in &batch {
         let Ok(info) = msg.info() else { continue };
         let seq = info.stream_sequence;
@@ -145,10 +148,48 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
             metrics::counter!("notify_redeliveries_total").increment(1);
         }
         // CONTRACT §3: an entry that is not a valid event is never counted or notified.
-        let checked = chat_bus::event::validate_stored(&msg.subject, &msg.payload)
-            .and_then(|candidate| candidate.resolve(|_| None));
+        let checked = match chat_bus::event::validate_stored(&msg.subject, &msg.payload) {
+            Ok(c) if !c.references().is_empty() => {
+                let room = c.peek().room().clone();
+                match with_retry("look up what an event refers to", &batch, shutdown, || {
+                    core.lookup.resolve(&room, seq, c.clone())
+                })
+                .await
+                {
+                    Some(checked) => checked,
+                    None => return,
+                }
+            }
+            Ok(c) => c.resolve(|_| None),
+            Err(invalid) => Err(invalid),
+        };
+        if let (Ok(e), Some(room)) = (&checked, subjects::room_of(&msg.subject)) {
+            core.lookup
+                .remember(&room, seq, Some(chat_bus::event::Target::of(e)));
+        }
         match checked {
+            // CONTRACT §2: edits, deletes and reactions are not counted and never notify; a
+            // delete withdraws the deleted message's pending notifications.
+            Ok(Event::Edit(e) | Event::Delete(e) | Event::Reaction(e)) => {
+                if e.kind == chat_bus::event::EventKind::Delete
+                    && let Some(target) = e.target
+                {
+                    deleted.push((e.room.clone(), target));
+                }
+                rows.push(RoomMessage {
+                    room: e.room,
+                    seq,
+                    sender: None,
+                });
+            }
             Ok(Event::Message(event)) => {
+                let mut answered = Vec::new();
+                for r in [event.reply_to, event.thread].into_iter().flatten() {
+                    // Memoized by the resolve above: no second lookup.
+                    if let Ok(Some(t)) = core.lookup.target(&event.room, r).await {
+                        answered.push(t.from);
+                    }
+                }
                 let span = tracing::info_span!("notify.event", room = %event.room, seq);
                 trace::continue_from(&span, msg.headers.as_ref());
                 spans.insert(seq, span);
@@ -160,6 +201,7 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
                 decoded.push(Decoded {
                     seq,
                     event,
+                    answered,
                     redelivered: info.delivered > 1,
                 });
             }
@@ -213,7 +255,13 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
     let mut notes = Vec::new();
     for d in &decoded {
         let info = &rooms[&d.event.room];
-        for p in mention::plan(info.kind, &info.members, &d.event.from, &d.event.body) {
+        for p in mention::plan_with_replies(
+            info.kind,
+            &info.members,
+            &d.event.from,
+            &d.event.body,
+            &d.answered,
+        ) {
             notes.push(NewNotification {
                 notification: Notification {
                     id: mention::message_notification_id(d.seq, &p.user),
@@ -252,6 +300,17 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
             None => return,
         }
     };
+    if with_retry(
+        "withdraw notifications of deleted messages",
+        &batch,
+        shutdown,
+        || store::withdraw(&core.pool, &deleted),
+    )
+    .await
+    .is_none()
+    {
+        return;
+    }
 
     let publish: BTreeSet<String> = publish.into_iter().collect();
     let fresh: Vec<(UserNotification, tracing::Span)> = notes

@@ -69,6 +69,8 @@ pub struct Core {
     pub members: Members,
     pub webhooks: Option<Webhooks>,
     pub config: Arc<NotifyConfig>,
+    /// What a reply or thread message refers to (event validity, and whom it notifies).
+    pub lookup: chat_bus::lookup::TargetLookup,
     locks: Arc<Vec<Mutex<()>>>,
 }
 
@@ -81,7 +83,10 @@ impl Core {
         config: NotifyConfig,
     ) -> Self {
         let members = Members::new(nats.clone(), config.request_timeout, config.members_ttl);
+        let fallback =
+            chat_bus::lookup::TargetLookup::history_fallback(nats.clone(), config.request_timeout);
         Core {
+            lookup: chat_bus::lookup::TargetLookup::new(stream.clone(), Some(fallback)),
             pool,
             nats,
             stream,
@@ -247,6 +252,7 @@ impl Core {
                 NotificationKind::Mention => "mention",
                 NotificationKind::Dm => "dm",
                 NotificationKind::Invite => "invite",
+                NotificationKind::Reply => "reply",
             };
             metrics::counter!("notify_notifications_total", "kind" => kind).increment(1);
             let span =

@@ -136,6 +136,32 @@ pub fn preview(body: &str) -> String {
 
 /// The id of the notification of message `seq` for `user`: deterministic, so that a redelivered
 /// event finds the notification it made the first time instead of making a second one.
+/// [`plan`] plus the `reply` notifications of a message with `reply_to` or in a thread
+/// (CONTRACT §2 Mentions, v1.1): each author of a message it answers (`answered`: the quoted
+/// message's, the thread root's) who is a member, is not the sender and gets no `mention` or
+/// `dm` for it. Still at most one notification per user per message.
+pub fn plan_with_replies(
+    kind: RoomKind,
+    members: &[UserId],
+    sender: &UserId,
+    body: &str,
+    answered: &[UserId],
+) -> Vec<Planned> {
+    let mut planned = plan(kind, members, sender, body);
+    for author in answered {
+        if author != sender
+            && members.contains(author)
+            && !planned.iter().any(|p| p.user == *author)
+        {
+            planned.push(Planned {
+                user: author.clone(),
+                kind: NotificationKind::Reply,
+            });
+        }
+    }
+    planned
+}
+
 pub fn message_notification_id(seq: u64, user: &UserId) -> String {
     format!("m{seq}.{user}")
 }
@@ -276,5 +302,51 @@ mod tests {
             message_notification_id(42, &u("bob")),
             message_notification_id(42, &u("bo"))
         );
+    }
+
+    #[test]
+    fn replies_notify_the_answered_author_once_and_never_the_sender() {
+        let u = |s: &str| UserId::new(s).unwrap();
+        let members = [u("alice"), u("bob"), u("carol")];
+        let kinds = |p: Vec<Planned>| {
+            p.into_iter()
+                .map(|p| (p.user.as_str().to_owned(), p.kind))
+                .collect::<Vec<_>>()
+        };
+        let p = plan_with_replies(RoomKind::Public, &members, &u("bob"), "ok", &[u("alice")]);
+        assert_eq!(
+            kinds(p),
+            vec![("alice".to_owned(), NotificationKind::Reply)]
+        );
+        // Mentioned too: the mention is the one notification.
+        let p = plan_with_replies(
+            RoomKind::Public,
+            &members,
+            &u("bob"),
+            "@alice ok",
+            &[u("alice")],
+        );
+        assert_eq!(
+            kinds(p),
+            vec![("alice".to_owned(), NotificationKind::Mention)]
+        );
+        // One's own message, a quoted and thread author who are the same, a non-member.
+        let p = plan_with_replies(RoomKind::Public, &members, &u("bob"), "x", &[u("bob")]);
+        assert!(p.is_empty());
+        let p = plan_with_replies(
+            RoomKind::Public,
+            &members,
+            &u("bob"),
+            "x",
+            &[u("carol"), u("carol"), u("dave")],
+        );
+        assert_eq!(
+            kinds(p),
+            vec![("carol".to_owned(), NotificationKind::Reply)]
+        );
+        // In a DM the other member gets the dm notification, never a second one.
+        let dm = [u("alice"), u("bob")];
+        let p = plan_with_replies(RoomKind::Dm, &dm, &u("bob"), "x", &[u("alice")]);
+        assert_eq!(kinds(p), vec![("alice".to_owned(), NotificationKind::Dm)]);
     }
 }

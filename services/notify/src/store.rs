@@ -37,6 +37,7 @@ fn kind_str(kind: NotificationKind) -> &'static str {
         NotificationKind::Mention => "mention",
         NotificationKind::Dm => "dm",
         NotificationKind::Invite => "invite",
+        NotificationKind::Reply => "reply",
     }
 }
 
@@ -45,6 +46,7 @@ fn parse_kind(s: &str) -> Option<NotificationKind> {
         "mention" => Some(NotificationKind::Mention),
         "dm" => Some(NotificationKind::Dm),
         "invite" => Some(NotificationKind::Invite),
+        "reply" => Some(NotificationKind::Reply),
         _ => None,
     }
 }
@@ -457,4 +459,32 @@ pub async fn start_marker(
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1 && seq > 0)
+}
+
+/// Withdraws the pending notifications of deleted messages (CONTRACT §2 Lifecycle), with their
+/// webhook deliveries not yet made. `deleted` are (room, seq) of the deleted messages.
+pub async fn withdraw(pool: &PgPool, deleted: &[(RoomId, u64)]) -> Result<u64, sqlx::Error> {
+    if deleted.is_empty() {
+        return Ok(0);
+    }
+    let rooms: Vec<&str> = deleted.iter().map(|(r, _)| r.as_str()).collect();
+    let seqs: Vec<i64> = deleted.iter().map(|(_, s)| *s as i64).collect();
+    let mut tx = pool.begin().await?;
+    let ids: Vec<(String,)> = sqlx::query_as(
+        "DELETE FROM notifications n USING UNNEST($1::text[], $2::bigint[]) AS d(room, seq)
+         WHERE n.room = d.room AND n.seq = d.seq RETURNING n.id",
+    )
+    .bind(&rooms)
+    .bind(&seqs)
+    .fetch_all(&mut *tx)
+    .await?;
+    let ids: Vec<String> = ids.into_iter().map(|(id,)| id).collect();
+    if !ids.is_empty() {
+        sqlx::query("DELETE FROM webhook_outbox WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(ids.len() as u64)
 }

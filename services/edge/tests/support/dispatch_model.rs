@@ -327,6 +327,9 @@ pub fn run_bytes(data: &[u8]) {
 fn room_requiring_membership(frame: &ClientFrame) -> Option<&RoomId> {
     match frame {
         ClientFrame::Send { room, .. }
+        | ClientFrame::Edit { room, .. }
+        | ClientFrame::Delete { room, .. }
+        | ClientFrame::React { room, .. }
         | ClientFrame::History { room, .. }
         | ClientFrame::Invite { room, .. }
         | ClientFrame::Typing { room }
@@ -347,7 +350,24 @@ fn contract_refusal(
         return Some(ErrorCode::Forbidden);
     }
     match frame {
+        ClientFrame::Delete { client_id, .. } => (client_id.is_empty()
+            || client_id.chars().count() > MAX_CLIENT_ID_CHARS)
+            .then_some(ErrorCode::BadRequest),
+        ClientFrame::React {
+            emoji, client_id, ..
+        } => {
+            let n = emoji.chars().count();
+            (n == 0
+                || n > 32
+                || emoji.chars().any(|c| c.is_whitespace() || c.is_control())
+                || client_id.is_empty()
+                || client_id.chars().count() > MAX_CLIENT_ID_CHARS)
+                .then_some(ErrorCode::BadRequest)
+        }
         ClientFrame::Send {
+            body, client_id, ..
+        }
+        | ClientFrame::Edit {
             body, client_id, ..
         } => {
             let n = body.chars().count();
@@ -390,6 +410,9 @@ fn ids(frame: &ClientFrame) -> Vec<&str> {
         ClientFrame::Join { room, .. }
         | ClientFrame::Leave { room }
         | ClientFrame::Send { room, .. }
+        | ClientFrame::Edit { room, .. }
+        | ClientFrame::Delete { room, .. }
+        | ClientFrame::React { room, .. }
         | ClientFrame::History { room, .. }
         | ClientFrame::Typing { room }
         | ClientFrame::Read { room, .. }

@@ -1,0 +1,590 @@
+//! Issue 13: messages that live (CONTRACT v1.1 §2 Lifecycle, §3 event kinds). Edit, delete,
+//! react, replies and threads against real servers: the rules of each frame, retries, state in
+//! history pages (from PostgreSQL and from the stream tail with the archive writer stopped),
+//! recovery across a gap of changes, thread pages, reply notifications, and changes posted by a
+//! bot through JetStream (valid and invalid).
+
+use std::time::Duration;
+
+use chat_testkit::WsClient;
+use chat_tests::{Stack, join, join_since, notify_state, page_seqs, send};
+use serde_json::{Value, json};
+
+async fn ask(c: &mut WsClient, frame: Value, reference: &str) -> Value {
+    c.request(frame, reference).await
+}
+
+/// Polls `f` every 50 ms until it answers, for at most 20 s.
+async fn poll<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn seq(v: &Value) -> u64 {
+    v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
+}
+
+fn code(v: &Value) -> &str {
+    assert_eq!(v["type"], "error", "expected an error, got {v}");
+    v["code"].as_str().unwrap_or("")
+}
+
+fn acked(v: &Value) -> u64 {
+    assert_eq!(v["type"], "ack", "expected an ack, got {v}");
+    seq(v)
+}
+
+async fn edit(c: &mut WsClient, room: &str, target: u64, body: &str, id: &str) -> Value {
+    ask(
+        c,
+        json!({"type":"edit","room":room,"seq":target,"body":body,"client_id":id}),
+        id,
+    )
+    .await
+}
+
+async fn delete(c: &mut WsClient, room: &str, target: u64, id: &str) -> Value {
+    ask(
+        c,
+        json!({"type":"delete","room":room,"seq":target,"client_id":id}),
+        id,
+    )
+    .await
+}
+
+async fn react(
+    c: &mut WsClient,
+    room: &str,
+    target: u64,
+    emoji: &str,
+    on: bool,
+    id: &str,
+) -> Value {
+    ask(
+        c,
+        json!({"type":"react","room":room,"seq":target,"emoji":emoji,"on":on,"client_id":id}),
+        id,
+    )
+    .await
+}
+
+async fn history(c: &mut WsClient, room: &str, extra: Value, reference: &str) -> Value {
+    let mut frame = json!({"type":"history","room":room,"limit":200});
+    for (k, v) in extra.as_object().unwrap() {
+        frame[k] = v.clone();
+    }
+    let page = ask(c, frame, reference).await;
+    assert_eq!(page["type"], "history", "{page}");
+    page
+}
+
+fn entry(page: &Value, s: u64) -> Value {
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| seq(m) == s)
+        .cloned()
+        .unwrap_or_else(|| panic!("seq {s} not in the page {page}"))
+}
+
+/// The frame of `ty` (live or replayed) for the event `s`, skipping others.
+async fn recv_event(c: &mut WsClient, ty: &str, s: u64) -> Value {
+    c.recv_until(|f| f["type"] == ty && f["seq"].as_u64() == Some(s))
+        .await
+        .unwrap_or_else(|e| panic!("no {ty} #{s}: {e:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edit_delete_react_follow_the_rules_and_retries_get_the_original_ack() {
+    let stack = Stack::start().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    // carol only watches: a client that sends requests skips the frames before each reply.
+    let (mut carol, _) = stack.login(0, "carol").await;
+    join(&mut alice, "life").await;
+    join(&mut bob, "life").await;
+    join(&mut carol, "life").await;
+    let m1 = acked(&send(&mut alice, "life", "first", "a1").await);
+    let m2 = acked(&send(&mut alice, "life", "second", "a2").await);
+
+    // Only the author edits; a missing message is not_found.
+    assert_eq!(
+        code(&edit(&mut bob, "life", m1, "hijack", "b-e1").await),
+        "forbidden"
+    );
+    assert_eq!(
+        code(&edit(&mut alice, "life", 9_999_999, "x", "a-e0").await),
+        "not_found"
+    );
+    let e1 = edit(&mut alice, "life", m1, "first, edited", "a-e1").await;
+    let e1_seq = acked(&e1);
+    assert!(e1_seq > m2, "the ack carries the edit event's own seq");
+    assert_eq!(e1["duplicate"], false);
+    let live = recv_event(&mut carol, "edit", e1_seq).await;
+    assert_eq!(live["target"], m1);
+    assert_eq!(live["body"], "first, edited");
+    assert_eq!(live["from"], "alice");
+    assert_eq!(live["prev_seq"], m2, "one chain of prev_seq for every kind");
+
+    // Reactions: anyone, set semantics, bad emoji refused.
+    assert_eq!(
+        code(&react(&mut bob, "life", m2, "a b", true, "b-r0").await),
+        "bad_request"
+    );
+    assert_eq!(
+        code(&react(&mut bob, "life", 9_999_999, "👍", true, "b-r00").await),
+        "not_found"
+    );
+    let r1 = acked(&react(&mut bob, "life", m2, "👍", true, "b-r1").await);
+    let r2 = acked(&react(&mut bob, "life", m2, "👍", true, "b-r2").await);
+    let r3 = acked(&react(&mut alice, "life", m2, "👍", true, "a-r3").await);
+    let r4 = acked(&react(&mut bob, "life", m2, "🎉", false, "b-r4").await);
+    let r5 = acked(&react(&mut bob, "life", m2, "👍", false, "b-r5").await);
+    let live = recv_event(&mut carol, "reaction", r5).await;
+    assert_eq!(
+        (live["emoji"].as_str(), live["on"].as_bool()),
+        (Some("👍"), Some(false))
+    );
+
+    // Delete: author only; then the message is gone for every change.
+    assert_eq!(
+        code(&delete(&mut bob, "life", m1, "b-d1").await),
+        "forbidden"
+    );
+    let d1 = acked(&delete(&mut alice, "life", m1, "a-d1").await);
+    assert_eq!(
+        code(&delete(&mut alice, "life", m1, "a-d2").await),
+        "not_found"
+    );
+    assert_eq!(
+        code(&edit(&mut alice, "life", m1, "again", "a-e2").await),
+        "forbidden"
+    );
+    assert_eq!(
+        code(&react(&mut bob, "life", m1, "👍", true, "b-r6").await),
+        "not_found"
+    );
+    let live = recv_event(&mut carol, "delete", d1).await;
+    assert_eq!(live["target"], m1);
+
+    // Retries of each new frame: the original ack, before any other check (the edit's target
+    // is deleted by now, and the reaction was a no-op).
+    let again = edit(&mut alice, "life", m1, "first, edited", "a-e1").await;
+    assert_eq!(
+        (acked(&again), again["duplicate"].as_bool()),
+        (e1_seq, Some(true))
+    );
+    let again = delete(&mut alice, "life", m1, "a-d1").await;
+    assert_eq!(
+        (acked(&again), again["duplicate"].as_bool()),
+        (d1, Some(true))
+    );
+    let again = react(&mut bob, "life", m2, "👍", true, "b-r2").await;
+    assert_eq!(
+        (acked(&again), again["duplicate"].as_bool()),
+        (r2, Some(true))
+    );
+    // ...and nothing was delivered for them.
+    let marker = acked(&send(&mut alice, "life", "marker", "a-marker").await);
+    let next = carol
+        .recv_until(|f| f["seq"].as_u64().is_some_and(|s| s > d1))
+        .await
+        .unwrap();
+    assert_eq!(seq(&next), marker, "a retry delivers nothing: {next}");
+
+    // History: every kind in seq order, each with its live frame's type; state on messages.
+    let page = history(&mut bob, "life", json!({}), "h1").await;
+    assert_eq!(
+        page_seqs(&page),
+        vec![m1, m2, e1_seq, r1, r2, r3, r4, r5, d1, marker]
+    );
+    let types: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "message", "message", "edit", "reaction", "reaction", "reaction", "reaction",
+            "reaction", "delete", "message"
+        ]
+    );
+    let first = entry(&page, m1);
+    assert_eq!(first["deleted"], true);
+    assert_eq!(first["body"], "");
+    assert_eq!(first["version"], d1);
+    assert!(
+        first
+            .get("reactions")
+            .is_none_or(|r| r.as_object().unwrap().is_empty())
+    );
+    assert_eq!(
+        entry(&page, e1_seq)["body"],
+        "",
+        "a deleted message's edits lose their text"
+    );
+    let second = entry(&page, m2);
+    assert_eq!(second["body"], "second");
+    assert_eq!(second["reactions"], json!({"👍": ["alice"]}));
+    assert_eq!(second["version"], r5);
+    assert!(second.get("edited").is_none() && second.get("deleted").is_none());
+    assert_eq!(entry(&page, marker)["version"], marker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_and_threads_page_and_notify_the_answered_author() {
+    let stack = Stack::start().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    let (mut carol, _) = stack.login(0, "carol").await;
+    join(&mut alice, "talk").await;
+    join(&mut bob, "talk").await;
+    join(&mut carol, "talk").await;
+    let root = acked(&send(&mut alice, "talk", "a question", "a1").await);
+    let other = acked(&send(&mut alice, "talk", "unrelated", "a2").await);
+    let send_ref = |body: &str, id: &str, extra: Value| {
+        let mut f = json!({"type":"send","room":"talk","body":body,"client_id":id});
+        for (k, v) in extra.as_object().unwrap() {
+            f[k] = v.clone();
+        }
+        f
+    };
+    let reply = acked(
+        &ask(
+            &mut bob,
+            send_ref("quoting", "b1", json!({"reply_to": root})),
+            "b1",
+        )
+        .await,
+    );
+    let t1 = acked(
+        &ask(
+            &mut bob,
+            send_ref("in the thread", "b2", json!({"thread": root})),
+            "b2",
+        )
+        .await,
+    );
+    let t2 = acked(
+        &ask(
+            &mut bob,
+            send_ref("@alice again", "b3", json!({"thread": root})),
+            "b3",
+        )
+        .await,
+    );
+    let own = acked(
+        &ask(
+            &mut alice,
+            send_ref("me too", "a3", json!({"thread": root})),
+            "a3",
+        )
+        .await,
+    );
+    // A thread's root is top-level; a reply to nothing is not_found.
+    assert_eq!(
+        code(&ask(&mut bob, send_ref("x", "b4", json!({"thread": t1})), "b4").await),
+        "not_found"
+    );
+    assert_eq!(
+        code(
+            &ask(
+                &mut bob,
+                send_ref("x", "b5", json!({"reply_to": 9_999_999})),
+                "b5"
+            )
+            .await
+        ),
+        "not_found"
+    );
+    let live = recv_event(&mut carol, "message", reply).await;
+    assert_eq!(live["reply_to"], root);
+    let live = recv_event(&mut carol, "message", t1).await;
+    assert_eq!(live["thread"], root);
+
+    // history{thread}: the root and its thread's messages only, with the root's replies.
+    let page = history(&mut bob, "talk", json!({"thread": root}), "t").await;
+    assert_eq!(page_seqs(&page), vec![root, t1, t2, own]);
+    assert_eq!(entry(&page, root)["replies"], 3);
+    assert_eq!(entry(&page, t1)["thread"], root);
+    let full = history(&mut bob, "talk", json!({}), "all").await;
+    assert_eq!(page_seqs(&full), vec![root, other, reply, t1, t2, own]);
+    assert!(entry(&full, other).get("replies").is_none());
+    // chat.api.history{thread} pages the same.
+    let nats = stack.nats.client().await;
+    let api: chat_bus::api::HistoryPage = chat_tests::nats_request(
+        &nats,
+        chat_bus::subjects::API_HISTORY,
+        &json!({"room":"talk","thread":root,"after":t1}),
+    )
+    .await
+    .unwrap();
+    let api_seqs: Vec<u64> = api.messages.iter().map(|m| m.seq()).collect();
+    assert_eq!(api_seqs, vec![t2, own]);
+
+    // Notifications: the reply and the first thread message notify alice (kind reply), the
+    // mention is a mention (not a second one), her own thread message nothing.
+    let kinds = poll("alice's notifications", || async {
+        let kinds: Vec<(u64, Value)> = notify_state(&nats, "alice", &["talk"])
+            .await
+            .notifications
+            .iter()
+            .map(|n| (n.seq, serde_json::to_value(n.kind).unwrap()))
+            .collect();
+        (kinds.len() >= 3).then_some(kinds)
+    })
+    .await;
+    assert_eq!(
+        kinds,
+        vec![
+            (reply, json!("reply")),
+            (t1, json!("reply")),
+            (t2, json!("mention"))
+        ]
+    );
+    // hello lists them too.
+    let (_again, hello) = stack.login(0, "alice").await;
+    let listed = hello["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["seq"].as_u64() == Some(reply))
+        .cloned()
+        .unwrap_or_else(|| panic!("no reply notification in {hello}"));
+    assert_eq!(listed["kind"], "reply");
+
+    // Deleting a message withdraws its pending notification.
+    acked(&delete(&mut bob, "talk", t1, "b-del").await);
+    poll("the withdrawal", || async {
+        let state = notify_state(&nats, "alice", &["talk"]).await;
+        (!state.notifications.iter().any(|n| n.seq == t1)).then_some(())
+    })
+    .await;
+    // Edits and reactions never notify, and nothing counts but messages.
+    acked(&edit(&mut bob, "talk", reply, "@alice edited", "b-ed").await);
+    acked(&react(&mut bob, "talk", root, "👍", true, "b-re").await);
+    let marker = acked(&send(&mut bob, "talk", "marker", "b-marker").await);
+    // alice's unread: bob's reply, thread messages and marker (not the edit or reaction).
+    poll("the marker counted", || async {
+        let state = notify_state(&nats, "alice", &["talk"]).await;
+        state.rooms.iter().any(|r| r.unread == 4).then_some(())
+    })
+    .await;
+    let state = notify_state(&nats, "alice", &["talk"]).await;
+    assert_eq!(state.notifications.len(), 2, "{:?}", state.notifications);
+    let _ = marker;
+}
+
+/// The state is right from the stream tail alone while the archive writer is stopped, and a
+/// `join{since}` across a gap holding every kind of change replays it exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_recovery_hold_with_the_archive_writer_stopped() {
+    let mut stack = Stack::start().await;
+    let (mut alice, hello) = stack.login(0, "alice").await;
+    let epoch = hello["epoch"].as_str().unwrap().to_owned();
+    join(&mut alice, "tail").await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut bob, "tail").await;
+    let m1 = acked(&send(&mut alice, "tail", "one", "a1").await);
+    let m2 = acked(&send(&mut alice, "tail", "two", "a2").await);
+    let r0 = acked(&react(&mut bob, "tail", m1, "👍", true, "b-r1").await);
+    chat_tests::wait_archived(&stack.db().await, "tail", 3).await;
+    // Replace the history process by one that answers requests but does not archive.
+    stack.histories.remove(0).shutdown().await;
+    stack
+        .add_history_with(&[("HISTORY_ARCHIVE", "false")])
+        .await;
+    bob.close().await;
+
+    let e = acked(&edit(&mut alice, "tail", m1, "one, edited", "a-e").await);
+    let r = acked(&react(&mut alice, "tail", m1, "🎉", true, "a-r").await);
+    let d = acked(&delete(&mut alice, "tail", m2, "a-d").await);
+    let m3 = acked(&send(&mut alice, "tail", "three", "a3").await);
+
+    let (mut bob, _) = stack.login(0, "bob").await;
+    let (_messages, joined) = {
+        // Collect every replayed frame of the room, whatever its type.
+        bob.send(json!({"type":"join","room":"tail","since":r0,"epoch":epoch}))
+            .await;
+        let mut got = Vec::new();
+        loop {
+            let f = bob.recv().await.unwrap();
+            if f["room"] == "tail" && f["type"] == "joined" {
+                break (got, f);
+            }
+            if f["room"] == "tail" && f.get("seq").is_some() {
+                got.push((f["type"].as_str().unwrap().to_owned(), seq(&f), f));
+            }
+        }
+    }
+    .clone();
+    assert_eq!(joined["recovered"], true);
+    let replayed: Vec<(String, u64)> = _messages.iter().map(|(t, s, _)| (t.clone(), *s)).collect();
+    assert_eq!(
+        replayed,
+        vec![
+            ("edit".to_owned(), e),
+            ("reaction".to_owned(), r),
+            ("delete".to_owned(), d),
+            ("message".to_owned(), m3),
+        ]
+    );
+    // Seqs of the replay agree with a plain join_since on the same cursor.
+    let (mut carol, _) = stack.login(0, "carol").await;
+    join(&mut carol, "tail").await;
+    let (seqs, _) = join_since(&mut carol, "tail", e - 1, &epoch).await;
+    assert_eq!(seqs, vec![m3], "join_since's helper counts messages only");
+
+    // The state comes from PostgreSQL (the first reaction) and the stream (everything after).
+    let page = history(&mut bob, "tail", json!({}), "h").await;
+    let one = entry(&page, m1);
+    assert_eq!(one["body"], "one, edited");
+    assert_eq!(one["reactions"], json!({"👍": ["bob"], "🎉": ["alice"]}));
+    assert_eq!(one["version"], r);
+    assert!(one["edited"].is_i64());
+    let two = entry(&page, m2);
+    assert_eq!(
+        (two["deleted"].as_bool(), two["body"].as_str()),
+        (Some(true), Some(""))
+    );
+
+    // A writer again: the archive catches up and gives the same page.
+    stack.add_history().await;
+    chat_tests::wait_archived(&stack.db().await, "tail", 7).await;
+    let archived = history(&mut bob, "tail", json!({}), "h2").await;
+    assert_eq!(archived["messages"], page["messages"]);
+    let (body, deleted): (String, bool) = sqlx::query_as(
+        "SELECT body, deleted FROM history.messages WHERE room = 'tail' AND seq = $1",
+    )
+    .bind(m2 as i64)
+    .fetch_one(&stack.db().await)
+    .await
+    .unwrap();
+    assert_eq!(
+        (body.as_str(), deleted),
+        ("", true),
+        "the row holds the current state"
+    );
+}
+
+/// Changes a bot posts through JetStream are checked like anyone's: a valid one is an event
+/// (delivered and archived), an invalid one is not (dead-lettered, never delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bots_changes_through_jetstream_are_checked_like_anyones() {
+    let stack = Stack::start().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut alice, "bots").await;
+    join(&mut bob, "bots").await;
+    let m = acked(&send(&mut alice, "bots", "hello", "a1").await);
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let post = |v: Value| {
+        let js = js.clone();
+        async move {
+            js.publish("chat.room.bots.msg", v.to_string().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .sequence
+        }
+    };
+    let base = json!({"v":1,"room":"bots","ts":1});
+    let with = |extra: Value| {
+        let mut v = base.clone();
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    let forged = post(with(
+        json!({"kind":"edit","from":"mallory","target":m,"body":"pwned","client_id":"x1"}),
+    ))
+    .await;
+    let dangling = post(with(json!({"kind":"reaction","from":"bot","target":m + 1000,"emoji":"👍","on":true,"client_id":"x2"}))).await;
+    let orphan = post(with(
+        json!({"kind":"message","from":"bot","body":"re","reply_to":m + 1000,"client_id":"x3"}),
+    ))
+    .await;
+    let on_a_change = post(with(json!({"kind":"reaction","from":"bot","target":forged,"emoji":"👍","on":true,"client_id":"x4"}))).await;
+    let valid = post(with(
+        json!({"kind":"reaction","from":"bot","target":m,"emoji":"🤖","on":true,"client_id":"x5"}),
+    ))
+    .await;
+    let reply = post(with(
+        json!({"kind":"message","from":"bot","body":"re","reply_to":m,"client_id":"x6"}),
+    ))
+    .await;
+
+    // Only the valid ones reach the members, in order.
+    let next = bob
+        .recv_until(|f| f["seq"].as_u64().is_some_and(|s| s > m))
+        .await
+        .unwrap();
+    assert_eq!(
+        (next["type"].as_str(), seq(&next)),
+        (Some("reaction"), valid),
+        "{next}"
+    );
+    let next = bob
+        .recv_until(|f| f["seq"].as_u64().is_some_and(|s| s > valid))
+        .await
+        .unwrap();
+    assert_eq!(
+        (next["type"].as_str(), seq(&next)),
+        (Some("message"), reply),
+        "{next}"
+    );
+
+    // The archive holds the valid ones; the state shows the bot's reaction.
+    chat_tests::wait_archived(&stack.db().await, "bots", 3).await;
+    let page = history(&mut bob, "bots", json!({}), "h").await;
+    assert_eq!(page_seqs(&page), vec![m, valid, reply]);
+    assert_eq!(entry(&page, m)["reactions"], json!({"🤖": ["bot"]}));
+    assert_eq!(entry(&page, m)["body"], "hello");
+
+    // The invalid ones are dead letters, each with its reason.
+    use futures::StreamExt;
+    let dlq = js.get_stream("CHAT_DLQ").await.unwrap();
+    let consumer = dlq
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut msgs = consumer.messages().await.unwrap();
+    let mut found = std::collections::BTreeMap::new();
+    while found.len() < 4 {
+        let d = tokio::time::timeout(Duration::from_secs(20), msgs.next())
+            .await
+            .expect("dead letters arrive")
+            .unwrap()
+            .unwrap();
+        let h = d.headers.clone().unwrap();
+        let s: u64 = h
+            .get("Chat-Dlq-Stream-Seq")
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        found.insert(s, h.get("Chat-Dlq-Reason").unwrap().as_str().to_owned());
+    }
+    assert_eq!(found[&forged], "change not allowed to its sender");
+    assert_eq!(found[&dangling], "target names no such message");
+    assert_eq!(found[&orphan], "reply_to names no such message");
+    assert_eq!(found[&on_a_change], "target names no such message");
+}
