@@ -17,22 +17,16 @@ function names(enumName) {
 }
 const sorted = (xs) => [...xs].sort();
 
-// The v1.1 lifecycle frames are built in the SDK and the backend at the same time (issue 13): until
-// frames.rs has them, they are the one difference allowed, and only all of them together.
-const lifecycleInRust = names("ServerFrame").has("edit");
-const pending = (xs) => (lifecycleInRust ? new Set() : new Set(xs));
-if (!lifecycleInRust) console.log("# frames.rs has no lifecycle frames yet: edit/delete/react(ion) are allowed on the TypeScript side only");
-
 test("client frame types: CLIENT_TYPES and ClientFrame::type_name of frames.rs", () => {
   const list = rust.match(/pub const CLIENT_TYPES: &\[&str\] = &\[([^\]]*)\]/);
   assert.ok(list, "CLIENT_TYPES not found in frames.rs");
   const declared = new Set([...list[1].matchAll(/"([a-z_]+)"/g)].map((m) => m[1]));
   assert.deepEqual(sorted(names("ClientFrame")), sorted(declared), "frames.rs disagrees with itself");
-  assert.deepEqual(sorted(CLIENT_FRAME_TYPES), sorted(new Set([...declared, ...pending(["edit", "delete", "react"])])));
+  assert.deepEqual(sorted(CLIENT_FRAME_TYPES), sorted(declared));
 });
 
 test("server frame types: ServerFrame::type_name of frames.rs", () => {
-  assert.deepEqual(sorted(SERVER_FRAME_TYPES), sorted(new Set([...names("ServerFrame"), ...pending(["edit", "delete", "reaction"])])));
+  assert.deepEqual(sorted(SERVER_FRAME_TYPES), sorted(names("ServerFrame")));
 });
 
 test("error codes: ErrorCode of frames.rs", () => {
