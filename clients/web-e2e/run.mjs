@@ -32,7 +32,7 @@ const CHECKS = [
   // The message lifecycle (CONTRACT v1.1 §2 Lifecycle: needs a backend that has it) ...
   "edit", "delete", "react", "quote-reply", "thread",
   // ... and the app's own behaviour (any backend).
-  "incremental", "new-messages", "leave-invite", "phone", "no-errors",
+  "incremental", "new-messages", "leave-invite", "phone", "retry", "no-errors",
 ];
 const skip = new Set(
   (process.env.E2E_SKIP ?? "")
@@ -86,13 +86,13 @@ const browser = await chromium
   });
 
 const pageErrors = [];
-async function person(name, contextOptions = { viewport: { width: 1200, height: 800 } }) {
+async function person(name, contextOptions = { viewport: { width: 1200, height: 800 } }, { consoleErrors = true } = {}) {
   const context = await browser.newContext(contextOptions);
   const page = await context.newPage();
   page.setDefaultTimeout(timeout);
   page.on("pageerror", (err) => pageErrors.push(`${name}: ${err.message}`));
   page.on("console", (msg) => {
-    if (msg.type() === "error") pageErrors.push(`${name}: console: ${msg.text()}`);
+    if (consoleErrors && msg.type() === "error") pageErrors.push(`${name}: console: ${msg.text()}`);
   });
   if (process.env.CHAT_E2E_TRACE) {
     page.on("websocket", (ws) => {
@@ -507,6 +507,62 @@ try {
       throw new Error(`${err.message.split("\n")[0]} (screenshot: ${join(artifacts, "phone-carol.png")})`);
     } finally {
       await carol.context.close();
+    }
+  }, both, { critical: false });
+
+  await step("retry", "a refused send offers Retry (same client_id, posted once); while reconnecting, Retry now connects at once", async () => {
+    // dave's WebSocket goes through a route that can refuse a send or be down; the browser's own
+    // console errors for sockets closed on purpose are not the app's (script errors still count).
+    const dave = await person("dave", undefined, { consoleErrors: false });
+    let mode = "pass";
+    const routes = new Set();
+    const sendIds = [];
+    await dave.context.routeWebSocket(/\/ws$/, (ws) => {
+      if (mode === "down") return ws.close({ code: 1012, reason: "e2e: down" });
+      routes.add(ws);
+      const server = ws.connectToServer();
+      ws.onMessage((data) => {
+        const f = JSON.parse(String(data));
+        if (f.type === "send") sendIds.push(f.client_id);
+        if (mode === "refuse" && f.type === "send") {
+          ws.send(JSON.stringify({ type: "error", ref: f.ref, code: "forbidden", message: "e2e: refused once" }));
+          return;
+        }
+        server.send(data);
+      });
+      ws.onClose(() => routes.delete(ws));
+    });
+    try {
+      await signIn(dave, `dave-${suffix}`);
+      await joinRoom(dave, room);
+      await alice.page.locator(`#rooms button[data-room="${room}"]`).click();
+      mode = "refuse";
+      await say(dave, `flaky network ${suffix}`);
+      const failed = dave.page.locator("#message-list li.pending.failed", { hasText: `flaky network ${suffix}` });
+      await failed.locator('button[data-action="retry"]').waitFor();
+      mode = "pass";
+      await failed.locator('button[data-action="retry"]').click();
+      await item(dave, `flaky network ${suffix}`).waitFor();
+      await item(alice, `flaky network ${suffix}`).waitFor();
+      if (new Set(sendIds).size !== 1 || sendIds.length < 2) throw new Error(`the retry used client_ids ${JSON.stringify(sendIds)}`);
+      if ((await item(alice, `flaky network ${suffix}`).count()) !== 1) throw new Error("posted more than once");
+
+      mode = "down";
+      for (const ws of routes) ws.close({ code: 1012, reason: "e2e: down" });
+      // Let the backoff grow until the next try is at least 4 s away.
+      await dave.page.locator("#conn", { hasText: /Reconnecting in ([4-9]|\d\d) s/ }).waitFor({ timeout: timeout * 3 });
+      mode = "pass";
+      await dave.page.locator("#retry-now").click();
+      await dave.page.locator('#conn[data-state="open"]').waitFor({ timeout: 3000 });
+      await dave.page.locator("#retry-now").waitFor({ state: "hidden" });
+      await say(dave, `back again ${suffix}`);
+      await item(alice, `back again ${suffix}`).waitFor();
+    } catch (err) {
+      mkdirSync(artifacts, { recursive: true });
+      await dave.page.screenshot({ path: join(artifacts, "retry-dave.png"), fullPage: true }).catch(() => {});
+      throw new Error(`${err.message.split("\n")[0]} (screenshot: ${join(artifacts, "retry-dave.png")})`);
+    } finally {
+      await dave.context.close();
     }
   }, both, { critical: false });
 
