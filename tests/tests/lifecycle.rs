@@ -33,6 +33,22 @@ where
     }
 }
 
+/// The ack of `frame`, sent again (a retry, same client_id) while it is `unavailable` (a
+/// service starting), for at most 20 s.
+async fn until_acked(c: &mut WsClient, frame: Value) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let reference = frame["client_id"].as_str().unwrap_or("r").to_owned();
+    loop {
+        let answer = c.request(frame.clone(), &reference).await;
+        if answer["type"] == "error" && answer["code"] == "unavailable" {
+            assert!(tokio::time::Instant::now() < deadline, "still {answer}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        return acked(&answer);
+    }
+}
+
 fn seq(v: &Value) -> u64 {
     v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
 }
@@ -412,7 +428,13 @@ async fn state_and_recovery_hold_with_the_archive_writer_stopped() {
         .await;
     bob.close().await;
 
-    let e = acked(&edit(&mut alice, "tail", m1, "one, edited", "a-e").await);
+    // The new process's request servers subscribe as it starts: until then an edit is
+    // `unavailable`, and its retry (same client_id) is the same edit.
+    let e = until_acked(
+        &mut alice,
+        json!({"type":"edit","room":"tail","seq":m1,"body":"one, edited","client_id":"a-e"}),
+    )
+    .await;
     let r = acked(&react(&mut alice, "tail", m1, "🎉", true, "a-r").await);
     let d = acked(&delete(&mut alice, "tail", m2, "a-d").await);
     let m3 = acked(&send(&mut alice, "tail", "three", "a3").await);
@@ -587,4 +609,168 @@ async fn a_bots_changes_through_jetstream_are_checked_like_anyones() {
     assert_eq!(found[&dangling], "target names no such message");
     assert_eq!(found[&orphan], "reply_to names no such message");
     assert_eq!(found[&on_a_change], "target names no such message");
+}
+
+/// Every replayed frame of `room` (any type) up to its `joined`, after `join{since}`.
+async fn replay(c: &mut WsClient, room: &str, since: u64, epoch: &str) -> (Vec<Value>, Value) {
+    c.send(json!({"type":"join","room":room,"since":since,"epoch":epoch}))
+        .await;
+    let mut got = Vec::new();
+    loop {
+        let f = c.recv().await.unwrap();
+        if f["room"] == room && f["type"] == "joined" {
+            return (got, f);
+        }
+        if f["room"] == room && f.get("seq").is_some() {
+            got.push(f);
+        }
+    }
+}
+
+/// Live and replayed frames carry each event as it was sent (a `message` with its original
+/// body, no state), pages the current state; once a message is deleted nothing of its text is
+/// served again, neither its body nor its earlier edits', in pages and in replays. A change
+/// that reaches the log after the delete (a bot's, through JetStream: the race of two sessions)
+/// is an event in the chain that changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_carry_events_as_sent_and_deleted_text_is_never_served_again() {
+    let stack = Stack::start().await;
+    let (mut alice, hello) = stack.login(0, "alice").await;
+    let epoch = hello["epoch"].as_str().unwrap().to_owned();
+    let (mut carol, _) = stack.login(0, "carol").await;
+    join(&mut alice, "sent").await;
+    join(&mut carol, "sent").await;
+    let m1 = acked(&send(&mut alice, "sent", "secret one", "a1").await);
+    let m2 = acked(&send(&mut alice, "sent", "two as sent", "a2").await);
+    let live = recv_event(&mut carol, "message", m2).await;
+    assert_eq!(live["body"], "two as sent");
+    assert!(
+        live.get("version").is_none(),
+        "no state on live frames: {live}"
+    );
+    let e1 = acked(&edit(&mut alice, "sent", m1, "secret one, edited", "a-e1").await);
+    let e2 = acked(&edit(&mut alice, "sent", m2, "two, edited", "a-e2").await);
+    let d1 = acked(&delete(&mut alice, "sent", m1, "a-d1").await);
+    // The race: an edit of m1 that reaches the log after its delete (valid: its author).
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let late = js
+        .publish(
+            "chat.room.sent.msg",
+            json!({"v":1,"kind":"edit","room":"sent","from":"alice","target":m1,"body":"late secret","client_id":"a-late","ts":1})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    let live = recv_event(&mut carol, "edit", late).await;
+    assert_eq!(live["prev_seq"], d1, "in the chain like any other event");
+
+    // A replay from before everything: the events as sent, but m1's text nowhere.
+    let (mut dave, _) = stack.login(0, "dave").await;
+    join(&mut dave, "sent").await;
+    let (frames, joined) = replay(&mut dave, "sent", 0, &epoch).await;
+    assert_eq!(joined["recovered"], true);
+    let got: Vec<(&str, u64)> = frames
+        .iter()
+        .map(|f| (f["type"].as_str().unwrap(), seq(f)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("message", m1),
+            ("message", m2),
+            ("edit", e1),
+            ("edit", e2),
+            ("delete", d1),
+            ("edit", late)
+        ]
+    );
+    let by_seq = |s: u64| frames.iter().find(|f| seq(f) == s).unwrap().clone();
+    assert_eq!(by_seq(m1)["body"], "");
+    assert_eq!(by_seq(e1)["body"], "");
+    assert_eq!(by_seq(late)["body"], "");
+    let two = by_seq(m2);
+    assert_eq!(
+        two["body"], "two as sent",
+        "a replay carries the message as sent"
+    );
+    assert!(
+        two.get("version").is_none() && two.get("edited").is_none(),
+        "{two}"
+    );
+    assert_eq!(by_seq(e2)["body"], "two, edited");
+    for f in &frames {
+        assert!(
+            !f.to_string().contains("secret"),
+            "deleted text served: {f}"
+        );
+    }
+
+    // A page: the current state; the late edit changed nothing.
+    let page = history(&mut dave, "sent", json!({}), "h").await;
+    assert_eq!(page_seqs(&page), vec![m1, m2, e1, e2, d1, late]);
+    let one = entry(&page, m1);
+    assert_eq!(
+        (one["deleted"].as_bool(), one["version"].as_u64()),
+        (Some(true), Some(d1))
+    );
+    let two = entry(&page, m2);
+    assert_eq!(
+        (two["body"].as_str(), two["version"].as_u64()),
+        (Some("two, edited"), Some(e2))
+    );
+    assert!(!page.to_string().contains("secret"), "{page}");
+    // The same once archived, in PostgreSQL too.
+    chat_tests::wait_archived(&stack.db().await, "sent", 6).await;
+    let archived = history(&mut dave, "sent", json!({}), "h2").await;
+    assert_eq!(archived["messages"], page["messages"]);
+    let (_, again) = replay(&mut dave, "sent", 0, &epoch).await;
+    assert_eq!(again["recovered"], true);
+    let texts: Vec<String> = sqlx::query_scalar(
+        "SELECT COALESCE(sent_body, '') || body FROM history.messages WHERE room = 'sent'",
+    )
+    .fetch_all(&stack.db().await)
+    .await
+    .unwrap();
+    assert!(texts.iter().all(|t| !t.contains("secret")), "{texts:?}");
+}
+
+/// Only `message` events count as unread (CONTRACT §2 Unread): `hello` and `joined` count the
+/// messages of others, not their edits, deletes or reactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_messages_count_as_unread() {
+    let stack = Stack::start().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "count").await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut bob, "count").await;
+    bob.close().await;
+    let m1 = acked(&send(&mut alice, "count", "one", "a1").await);
+    let m2 = acked(&send(&mut alice, "count", "two", "a2").await);
+    acked(&edit(&mut alice, "count", m1, "one!", "a3").await);
+    acked(&react(&mut alice, "count", m2, "👍", true, "a4").await);
+    let d = acked(&delete(&mut alice, "count", m2, "a5").await);
+    let nats = stack.nats.client().await;
+    // Counted once notify has seen the last event.
+    poll("notify caught up", || async {
+        let state = notify_state(&nats, "bob", &["count"]).await;
+        state.rooms.iter().any(|r| r.as_of >= d).then_some(())
+    })
+    .await;
+    let (_bob, hello) = stack.login(0, "bob").await;
+    let room = hello["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room"] == "count")
+        .cloned()
+        .unwrap();
+    assert_eq!(room["last_seq"], d);
+    assert_eq!(
+        room["unread"], 2,
+        "two messages (one deleted since), no changes: {room}"
+    );
 }

@@ -452,3 +452,85 @@ async fn results_near_the_byte_budget_reach_the_client() {
         "pong"
     );
 }
+
+/// Issue 14 with issue 13: an edit re-indexes (the message is found by its current body only,
+/// with its state), a delete removes it from the results; both in the archive's own write, so
+/// a search answered after the change is archived never sees the old text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_reindexes_and_a_delete_removes_from_results() {
+    let stack = Stack::start().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    join(&mut alice, "s-life").await;
+    let ack = send(&mut alice, "s-life", "ship the walrus release", "w1").await;
+    let m = ack["seq"].as_u64().unwrap();
+    let db = stack.db().await;
+    wait_archived(&db, "s-life", 1).await;
+    let r = search(&mut alice, json!({"query": "walrus"})).await;
+    assert_eq!(seqs(&r), vec![m]);
+    assert_eq!(r["results"][0]["version"], m, "results carry their state");
+
+    let edit = alice
+        .request(
+            json!({"type":"edit","room":"s-life","seq":m,"body":"ship the narwhal release","client_id":"w2"}),
+            "e",
+        )
+        .await;
+    assert_eq!(edit["type"], "ack", "{edit}");
+    let e = edit["seq"].as_u64().unwrap();
+    let react = alice
+        .request(
+            json!({"type":"react","room":"s-life","seq":m,"emoji":"🚀","client_id":"w3"}),
+            "r",
+        )
+        .await;
+    let r_seq = react["seq"].as_u64().unwrap();
+    wait_archived(&db, "s-life", 3).await;
+    assert_eq!(
+        found(&search(&mut alice, json!({"query": "walrus"})).await),
+        vec![]
+    );
+    let r = search(&mut alice, json!({"query": "narwhal"})).await;
+    assert_eq!(
+        found(&r),
+        vec![("s-life".to_owned(), "ship the narwhal release".to_owned())]
+    );
+    let hit = &r["results"][0];
+    assert_eq!(hit["seq"], m);
+    assert_eq!(hit["version"], r_seq);
+    assert!(hit["edited"].is_i64(), "{hit}");
+    assert_eq!(hit["reactions"], json!({"🚀": ["alice"]}));
+    assert!(e < r_seq);
+    // The NATS API sees the same.
+    let nats = stack.nats.client().await;
+    let api = nats_search(&nats, "narwhal", Some("alice"), None)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&api), vec!["ship the narwhal release"]);
+    assert_eq!(
+        api.results[0].state.as_ref().map(|s| s.version),
+        Some(r_seq)
+    );
+
+    let del = alice
+        .request(
+            json!({"type":"delete","room":"s-life","seq":m,"client_id":"w4"}),
+            "d",
+        )
+        .await;
+    assert_eq!(del["type"], "ack", "{del}");
+    wait_archived(&db, "s-life", 4).await;
+    for q in ["narwhal", "walrus", "release"] {
+        assert_eq!(
+            found(&search(&mut alice, json!({ "query": q })).await),
+            vec![],
+            "{q}"
+        );
+    }
+    assert!(
+        nats_search(&nats, "release", None, None)
+            .await
+            .unwrap()
+            .results
+            .is_empty()
+    );
+}

@@ -1079,12 +1079,8 @@ fn apply_state(page: &mut [RoomEventFrame], known: &Archived, replay: bool) {
         .collect();
     for e in page.iter_mut() {
         match e {
-            RoomEventFrame::Message(m) if replay => {
-                if deleted.contains(&m.seq) {
-                    m.body.clear();
-                }
-            }
-            RoomEventFrame::Message(m) => set_state(m, known),
+            RoomEventFrame::Message(m) if replay && deleted.contains(&m.seq) => m.body.clear(),
+            RoomEventFrame::Message(m) if !replay => set_state(m, known),
             RoomEventFrame::Edit(x) if deleted.contains(&x.target) => x.body.clear(),
             _ => {}
         }
