@@ -9,6 +9,8 @@
 //   unread (chat-notify):     a read of another member's message produces an `unread` frame
 //                             -> else skips "unread"
 //   dm notification:          a DM produces a `notification{kind:"dm"}` -> else skips "dm-notification"
+//   lifecycle (v1.1):         a `react` is acknowledged and history lists the reaction
+//                             -> else skips "edit", "delete", "react", "quote-reply", "thread"
 //
 // Uses the `ws` package from ../sdk/node_modules (scripts/e2e installs it with the SDK).
 
@@ -96,6 +98,19 @@ try {
   a.send({ type: "send", room, body: "probe", client_id: `probe-${tag}`, ref: "s" });
   const ack = await a.wait((f) => f.ref === "s", 10_000);
   if (ack?.type !== "ack") throw new Error(`send answered ${JSON.stringify(ack)}`);
+  // v1.1 lifecycle (chat-edge and chat-history with edit/delete/react): a `react` is acknowledged,
+  // and a history page lists the reaction event.
+  a.send({ type: "react", room, seq: ack.seq, emoji: "👍", client_id: `probe-r-${tag}`, ref: "lc" });
+  const reacted = await a.wait((f) => f.ref === "lc", 10_000);
+  let lifecycle = reacted?.type === "ack";
+  if (lifecycle) {
+    a.send({ type: "history", room, after: ack.seq, ref: "lch" });
+    const page = await a.wait((f) => f.ref === "lch", 10_000);
+    lifecycle = page?.type === "history" && page.messages.some((m) => m.type === "reaction");
+  }
+  console.error(`[probe] lifecycle: ${lifecycle ? "answers" : `no (${reacted ? JSON.stringify(reacted) : "no answer"})`}`);
+  if (!lifecycle) skip.push("edit", "delete", "react", "quote-reply", "thread");
+
   // v1.1: a count is pushed when the read marker moves (not per message).
   b.send({ type: "read", room, seq: ack.seq });
   const unread = await b.wait((f) => f.type === "unread" && f.room === room);

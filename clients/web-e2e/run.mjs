@@ -28,7 +28,11 @@ let stopped = false;
 /** The name of every check, for E2E_SKIP. */
 const CHECKS = [
   "sign-in", "join", "presence", "typing", "message", "reply", "text-not-html", "reload-history",
-  "unread", "status", "dm-notification", "private-room", "bulk", "scroll-back", "search", "no-errors",
+  "unread", "status", "dm-notification", "private-room", "bulk", "scroll-back", "search",
+  // The message lifecycle (CONTRACT v1.1 §2 Lifecycle: needs a backend that has it) ...
+  "edit", "delete", "react", "quote-reply", "thread",
+  // ... and the app's own behaviour (any backend).
+  "incremental", "new-messages", "leave-invite", "phone", "retry", "no-errors",
 ];
 const skip = new Set(
   (process.env.E2E_SKIP ?? "")
@@ -82,13 +86,13 @@ const browser = await chromium
   });
 
 const pageErrors = [];
-async function person(name) {
-  const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
+async function person(name, contextOptions = { viewport: { width: 1200, height: 800 } }, { consoleErrors = true } = {}) {
+  const context = await browser.newContext(contextOptions);
   const page = await context.newPage();
   page.setDefaultTimeout(timeout);
   page.on("pageerror", (err) => pageErrors.push(`${name}: ${err.message}`));
   page.on("console", (msg) => {
-    if (msg.type() === "error") pageErrors.push(`${name}: console: ${msg.text()}`);
+    if (consoleErrors && msg.type() === "error") pageErrors.push(`${name}: console: ${msg.text()}`);
   });
   if (process.env.CHAT_E2E_TRACE) {
     page.on("websocket", (ws) => {
@@ -160,6 +164,23 @@ async function joinRoom(p, id) {
   await p.page.locator("#join-btn").click();
   await p.page.locator(`#rooms button[data-room="${id}"][aria-current="true"]`).waitFor();
   await p.page.locator("#room-title", { hasText: id }).waitFor();
+}
+
+/** A message's list item (not a pending one) by its body text, or by its seq. */
+const item = (p, text) => p.page.locator("#message-list li.message:not(.pending)", { has: p.page.locator(".body", { hasText: text }) });
+const bySeq = (p, seq, list = "#message-list") => p.page.locator(`${list} li[data-seq="${seq}"]`);
+
+/** Says `text` and waits until both see it; returns its seq. */
+async function posted(p, text, others) {
+  await say(p, text);
+  await item(p, text).waitFor();
+  for (const o of others) await item(o, text).waitFor();
+  return item(p, text).getAttribute("data-seq");
+}
+
+async function act(p, li, action) {
+  await li.hover();
+  await li.locator(`button[data-action="${action}"]`).first().click();
 }
 
 async function say(p, text) {
@@ -312,6 +333,237 @@ try {
     if (!visible) throw new Error("the found message is not scrolled into view");
     // bob had this room loaded whole (scroll-back above), so the app shows it at the message
     // rather than a window around it; the window path (a room not loaded) is not exercised here.
+  }, both, { critical: false });
+
+  let edited = null; // seq of alice's edited message, reused by the later checks
+  await step("edit", "alice edits her message; bob sees the new text, marked edited", async () => {
+    const seq = await posted(alice, `typo hree ${suffix}`, [bob]);
+    const mine = bySeq(alice, seq);
+    await act(alice, mine, "edit");
+    await mine.locator(".edit-input").fill(`typo fixed ${suffix}`);
+    await mine.locator(".edit-input").press("Enter");
+    const theirs = bySeq(bob, seq);
+    await theirs.locator(".body", { hasText: `typo fixed ${suffix}` }).waitFor();
+    await theirs.locator(".edited").waitFor();
+    await mine.locator(".edited").waitFor();
+    if ((await theirs.locator(".body").textContent()) !== `typo fixed ${suffix}`) throw new Error("old text still shown");
+    // Only the author is offered edit and delete.
+    if ((await theirs.locator('button[data-action="edit"], button[data-action="delete"]').count()) !== 0) throw new Error("bob is offered to edit alice's message");
+    edited = seq;
+  }, both, { critical: false });
+
+  await step("delete", "alice deletes a message; both see a tombstone and the text is gone", async () => {
+    const text = `regrettable ${suffix}`;
+    const seq = await posted(alice, text, [bob]);
+    await act(alice, bySeq(alice, seq), "delete");
+    await bySeq(alice, seq).locator('button[data-action="confirm-delete"]').click();
+    for (const p of both) {
+      await bySeq(p, seq).locator(".tombstone").waitFor();
+      const shown = await p.page.locator("#message-list").textContent();
+      if (shown.includes(text)) throw new Error(`${p.name} still shows the deleted text`);
+    }
+  }, both, { critical: false });
+
+  await step("react", "bob reacts with the picker; counts and who reacted show on both sides, and toggle", async () => {
+    if (edited === null) edited = await posted(alice, `react to me ${suffix}`, [bob]);
+    const theirs = bySeq(bob, edited);
+    await act(bob, theirs, "picker");
+    await theirs.locator('.picker button[data-emoji="👍"]').click();
+    const chip = (p) => bySeq(p, edited).locator('.reaction[data-emoji="👍"]');
+    await chip(alice).locator(".count", { hasText: "1" }).waitFor();
+    if ((await chip(alice).getAttribute("title")) !== bobId) throw new Error(`who reacted: ${await chip(alice).getAttribute("title")}`);
+    if ((await chip(alice).getAttribute("aria-pressed")) !== "false") throw new Error("alice's chip pressed before she reacted");
+    await chip(alice).click();
+    await chip(bob).locator(".count", { hasText: "2" }).waitFor();
+    if ((await chip(bob).getAttribute("title")) !== `${bobId}, ${aliceId}`) throw new Error(`order of who reacted: ${await chip(bob).getAttribute("title")}`);
+    await chip(bob).click(); // bob takes his back
+    await chip(alice).locator(".count", { hasText: "1" }).waitFor();
+    await bySeq(alice, edited).locator('.reaction[data-emoji="👍"][aria-pressed="true"]').waitFor();
+    if ((await chip(alice).getAttribute("title")) !== aliceId) throw new Error("bob's reaction still listed");
+  }, both, { critical: false });
+
+  await step("quote-reply", "bob replies to alice's message with a quote of it", async () => {
+    const quoted = await posted(alice, `quote me ${suffix}`, [bob]);
+    await act(bob, bySeq(bob, quoted), "reply");
+    await bob.page.locator("#reply-bar:not([hidden])", { hasText: `quote me ${suffix}` }).waitFor();
+    await say(bob, `that is a reply ${suffix}`);
+    const reply = item(alice, `that is a reply ${suffix}`);
+    await reply.waitFor();
+    await reply.locator(".quote", { hasText: `quote me ${suffix}` }).waitFor();
+    await reply.locator(".quote .quote-from", { hasText: aliceId }).waitFor();
+    if (!(await bob.page.locator("#reply-bar").isHidden())) throw new Error("the reply bar stayed after sending");
+  }, both, { critical: false });
+
+  await step("thread", "alice starts a thread in the side panel; bob sees the reply count and opens it", async () => {
+    const root = await posted(alice, `thread root ${suffix}`, [bob]);
+    await act(alice, bySeq(alice, root), "open-thread");
+    await alice.page.locator("#thread-panel:not([hidden])").waitFor();
+    await bySeq(alice, root, "#thread-list").waitFor();
+    await alice.page.locator("#thread-input").fill(`inside the thread ${suffix}`);
+    await alice.page.locator("#thread-input").press("Enter");
+    await alice.page.locator("#thread-list li.message:not(.pending) .body", { hasText: `inside the thread ${suffix}` }).waitFor();
+    const link = bySeq(bob, root).locator(".thread-link", { hasText: "1 reply" });
+    await link.waitFor();
+    await link.click();
+    await bob.page.locator("#thread-list .body", { hasText: `inside the thread ${suffix}` }).waitFor();
+    if ((await item(bob, `inside the thread ${suffix}`).count()) !== 0) throw new Error("a thread message is shown in the main list");
+    await bob.page.locator("#thread-close").click();
+    await alice.page.locator("#thread-close").click();
+    await bob.page.locator("#thread-panel").waitFor({ state: "hidden" });
+  }, both, { critical: false });
+
+  await step("incremental", "a new message leaves the other messages' DOM nodes and a text selection alone", async () => {
+    const text = `select me ${suffix}`;
+    await posted(alice, text, [bob]);
+    await bob.page.evaluate((t) => {
+      const li = [...document.querySelectorAll("#message-list li.message")].find((l) => l.querySelector(".body")?.textContent === t);
+      li.__e2eMark = "kept";
+      const range = document.createRange();
+      range.selectNodeContents(li.querySelector(".body"));
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+    }, text);
+    await posted(alice, `after the selection ${suffix}`, [bob]);
+    await posted(alice, `and one more ${suffix}`, [bob]);
+    const seen = await bob.page.evaluate((t) => {
+      const li = [...document.querySelectorAll("#message-list li.message")].find((l) => l.querySelector(".body")?.textContent === t);
+      return { mark: li?.__e2eMark ?? null, selected: getSelection().toString() };
+    }, text);
+    if (seen.mark !== "kept") throw new Error("the message's node was replaced");
+    if (seen.selected !== text) throw new Error(`the selection became ${JSON.stringify(seen.selected)}`);
+  }, both, { critical: false });
+
+  await step("new-messages", "scrolled up, bob gets a \"new messages\" button that takes him down", async () => {
+    await bob.page.locator("#messages").evaluate((box) => (box.scrollTop = 60));
+    const indicator = bob.page.locator("#new-indicator");
+    if (!(await indicator.isHidden())) throw new Error("indicator shown before any new message");
+    await say(alice, `while bob reads old ones ${suffix}`);
+    await item(bob, `while bob reads old ones ${suffix}`).waitFor({ state: "attached" });
+    await indicator.waitFor({ state: "visible" });
+    await indicator.click();
+    await indicator.waitFor({ state: "hidden" });
+    const inView = await item(bob, `while bob reads old ones ${suffix}`).evaluate((li) => {
+      const box = document.getElementById("messages").getBoundingClientRect();
+      const r = li.getBoundingClientRect();
+      return r.top >= box.top - 1 && r.bottom <= box.bottom + 1;
+    });
+    if (!inView) throw new Error("the new message is not scrolled into view");
+  }, both, { critical: false });
+
+  await step("leave-invite", "alice invites bob to a private room; bob joins, then leaves it", async () => {
+    const inv = `e2e-${suffix}-i`;
+    const details = alice.page.locator("#create-details");
+    if ((await details.getAttribute("open")) === null) await details.locator("summary").click();
+    await alice.page.locator("#create-room").fill(inv);
+    await alice.page.locator("#create-members").fill("");
+    await alice.page.locator("#create-private").check();
+    await alice.page.locator("#create-btn").click();
+    await alice.page.locator(`#rooms button[data-room="${inv}"][aria-current="true"]`).waitFor();
+    const refused = async () => {
+      await bob.page.evaluate(() => (document.getElementById("notice").hidden = true));
+      await bob.page.locator("#join-room").fill(inv);
+      await bob.page.locator("#join-btn").click();
+      await bob.page.locator("#notice.error:not([hidden])", { hasText: "not allowed" }).waitFor();
+    };
+    await refused(); // not invited yet
+    await alice.page.locator("#invite-btn").click();
+    await alice.page.locator("#invite-user").fill(bobId);
+    await alice.page.locator("#invite-send").click();
+    await alice.page.locator("#notice:not([hidden])", { hasText: `Invited ${bobId}` }).waitFor();
+    await joinRoom(bob, inv);
+    await bob.page.locator("#leave-btn").click();
+    await bob.page.locator(`#rooms button[data-room="${inv}"]`).waitFor({ state: "detached" });
+    await refused(); // the membership is gone on the server too
+    await alice.page.locator(`#rooms button[data-room="${inv}"]`).waitFor();
+  }, both, { critical: false });
+
+  await step("phone", "on a phone-width screen carol finds the room in the drawer and talks", async () => {
+    const carol = await person("carol", { viewport: { width: 375, height: 720 }, isMobile: true, hasTouch: true });
+    try {
+      await signIn(carol, `carol-${suffix}`);
+      await carol.page.locator("#composer-input").waitFor();
+      if (await carol.page.locator("#join-room").isVisible()) throw new Error("the room list should be a closed drawer");
+      await carol.page.locator("#menu-btn").click();
+      await carol.page.locator("#join-room").fill(room);
+      await carol.page.locator("#join-btn").click();
+      await carol.page.locator("#room-title", { hasText: room }).waitFor();
+      await carol.page.locator("#join-room").waitFor({ state: "hidden" }); // the drawer closes on choosing a room
+      await alice.page.locator(`#rooms button[data-room="${room}"]`).click();
+      await alice.page.locator("#room-title", { hasText: room }).waitFor();
+      await say(carol, `from a phone ${suffix}`);
+      await item(carol, `from a phone ${suffix}`).waitFor();
+      await item(alice, `from a phone ${suffix}`).waitFor();
+      const layout = await carol.page.evaluate(() => {
+        const input = document.getElementById("composer-input").getBoundingClientRect();
+        const list = document.getElementById("messages").getBoundingClientRect();
+        return { overflow: document.documentElement.scrollWidth - window.innerWidth, inputRight: input.right, listWidth: list.width, width: window.innerWidth };
+      });
+      if (layout.overflow > 0) throw new Error(`the page scrolls sideways by ${layout.overflow}px`);
+      if (layout.inputRight > layout.width) throw new Error("the composer runs off the screen");
+      if (layout.listWidth < layout.width * 0.9) throw new Error(`the conversation gets only ${layout.listWidth}px of ${layout.width}`);
+    } catch (err) {
+      mkdirSync(artifacts, { recursive: true });
+      await carol.page.screenshot({ path: join(artifacts, "phone-carol.png"), fullPage: true }).catch(() => {});
+      throw new Error(`${err.message.split("\n")[0]} (screenshot: ${join(artifacts, "phone-carol.png")})`);
+    } finally {
+      await carol.context.close();
+    }
+  }, both, { critical: false });
+
+  await step("retry", "a refused send offers Retry (same client_id, posted once); while reconnecting, Retry now connects at once", async () => {
+    // dave's WebSocket goes through a route that can refuse a send or be down; the browser's own
+    // console errors for sockets closed on purpose are not the app's (script errors still count).
+    const dave = await person("dave", undefined, { consoleErrors: false });
+    let mode = "pass";
+    const routes = new Set();
+    const sendIds = [];
+    await dave.context.routeWebSocket(/\/ws$/, (ws) => {
+      if (mode === "down") return ws.close({ code: 1012, reason: "e2e: down" });
+      routes.add(ws);
+      const server = ws.connectToServer();
+      ws.onMessage((data) => {
+        const f = JSON.parse(String(data));
+        if (f.type === "send") sendIds.push(f.client_id);
+        if (mode === "refuse" && f.type === "send") {
+          ws.send(JSON.stringify({ type: "error", ref: f.ref, code: "forbidden", message: "e2e: refused once" }));
+          return;
+        }
+        server.send(data);
+      });
+      ws.onClose(() => routes.delete(ws));
+    });
+    try {
+      await signIn(dave, `dave-${suffix}`);
+      await joinRoom(dave, room);
+      await alice.page.locator(`#rooms button[data-room="${room}"]`).click();
+      mode = "refuse";
+      await say(dave, `flaky network ${suffix}`);
+      const failed = dave.page.locator("#message-list li.pending.failed", { hasText: `flaky network ${suffix}` });
+      await failed.locator('button[data-action="retry"]').waitFor();
+      mode = "pass";
+      await failed.locator('button[data-action="retry"]').click();
+      await item(dave, `flaky network ${suffix}`).waitFor();
+      await item(alice, `flaky network ${suffix}`).waitFor();
+      if (new Set(sendIds).size !== 1 || sendIds.length < 2) throw new Error(`the retry used client_ids ${JSON.stringify(sendIds)}`);
+      if ((await item(alice, `flaky network ${suffix}`).count()) !== 1) throw new Error("posted more than once");
+
+      mode = "down";
+      for (const ws of routes) ws.close({ code: 1012, reason: "e2e: down" });
+      // Let the backoff grow until the next try is at least 4 s away.
+      await dave.page.locator("#conn", { hasText: /Reconnecting in ([4-9]|\d\d) s/ }).waitFor({ timeout: timeout * 3 });
+      mode = "pass";
+      await dave.page.locator("#retry-now").click();
+      await dave.page.locator('#conn[data-state="open"]').waitFor({ timeout: 3000 });
+      await dave.page.locator("#retry-now").waitFor({ state: "hidden" });
+      await say(dave, `back again ${suffix}`);
+      await item(alice, `back again ${suffix}`).waitFor();
+    } catch (err) {
+      mkdirSync(artifacts, { recursive: true });
+      await dave.page.screenshot({ path: join(artifacts, "retry-dave.png"), fullPage: true }).catch(() => {});
+      throw new Error(`${err.message.split("\n")[0]} (screenshot: ${join(artifacts, "retry-dave.png")})`);
+    } finally {
+      await dave.context.close();
+    }
   }, both, { critical: false });
 
   await step("no-errors", "no script errors in either page", async () => {

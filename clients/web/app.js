@@ -6,6 +6,8 @@ import { ChatClient, ChatError, LocalStorageCursorStore, decodeJwt, isValidId } 
 const SESSION_KEY = "chat.session";
 const PAGE = 50;
 const TYPING_SHOWN_MS = 5000;
+/** The reaction picker's choices (any emoji can be sent; these are offered). */
+const PICKER = ["👍", "❤️", "😂", "🎉", "😮", "👀"];
 
 // ---- tiny DOM helpers ----
 
@@ -70,6 +72,10 @@ const rooms = new Map(); // room id → RoomView
 const notifications = new Map(); // id → notification
 let current = null;
 const readTimers = new Map(); // room → pending read marker update
+/** The open thread panel: its room, root seq and messages (seq → message). */
+let thread = null;
+/** Transient UI state of the message lists: the message being edited, the open picker, a delete to confirm, the reply. */
+const ui = { editing: null, picker: null, confirmDelete: null, replyTo: null, found: null };
 
 function roomView(id, kind) {
   let r = rooms.get(id);
@@ -88,6 +94,8 @@ function roomView(id, kind) {
       hasMoreBefore: false,
       // After opening a search result: the page around it, with newer messages still to load.
       hasMoreAfter: false,
+      // Seqs of the pages' first and last entries (a page may end in change events, not messages).
+      pageBounds: [],
       members: new Map(), // user → { status, last_seen }
       typing: new Map(), // user → timeout
     };
@@ -220,6 +228,8 @@ function signOut(message) {
   Object.assign(search, { query: "", results: [], hasMore: false });
   renderSearch();
   current = null;
+  closeThread();
+  Object.assign(ui, { editing: null, picker: null, confirmDelete: null, replyTo: null, found: null });
   me = null;
   render();
   showSignIn(message);
@@ -239,6 +249,7 @@ function setConn(ev) {
   conn.dataset.state = ev.state;
   conn.textContent =
     ev.state === "reconnecting" ? `Reconnecting in ${Math.max(1, Math.round((ev.delayMs ?? 0) / 1000))} s…` : labels[ev.state] ?? ev.state;
+  $("retry-now").hidden = ev.state !== "reconnecting";
   updateComposer();
 }
 
@@ -273,18 +284,39 @@ function wire(c) {
     const r = seenRoom(m.room);
     r.pending.delete(m.client_id);
     if (r.loaded || r.loading) r.messages.set(m.seq, m);
+    if (thread && thread.room === m.room && (m.thread === thread.root || m.seq === thread.root)) {
+      thread.messages.set(m.seq, m);
+      renderThread(true);
+    }
     const typing = r.typing.get(m.from);
     if (typing) {
       clearTimeout(typing);
       r.typing.delete(m.from);
     }
     if (m.room === current) {
+      const wasAtBottom = atBottom($("messages"));
       renderMessages(true);
       renderTyping();
       scheduleRead();
+      if (m.from !== me) {
+        // Said once, by a region of its own: the list is not a live region, so nothing is read twice.
+        $("announcer").textContent = `${m.from}${m.thread !== undefined ? " in a thread" : ""}: ${m.body}`;
+        if (!wasAtBottom && m.thread === undefined) $("new-indicator").hidden = false;
+      }
     } else {
       renderRooms();
     }
+  });
+
+  // A held message changed (edit, delete, reaction, or a new reply in its thread).
+  c.on("update", (u) => {
+    const r = rooms.get(u.room);
+    if (r?.messages.has(u.seq)) r.messages.set(u.seq, u.message);
+    if (thread && thread.room === u.room && thread.messages.has(u.seq)) {
+      thread.messages.set(u.seq, u.message);
+      renderThread(false);
+    }
+    if (u.room === current) renderMessages(false);
   });
 
   c.on("ack", (ack) => {
@@ -293,16 +325,22 @@ function wire(c) {
     const p = r.pending.get(ack.client_id);
     if (!p) return;
     r.pending.delete(ack.client_id);
-    if ((r.loaded || r.loading) && !r.messages.has(ack.seq)) {
-      r.messages.set(ack.seq, { room: ack.room, seq: ack.seq, prev_seq: 0, from: me, body: p.body, client_id: ack.client_id, ts: ack.ts });
-    }
+    const m = client?.message(ack.room, ack.seq) ?? {
+      type: "message", room: ack.room, seq: ack.seq, prev_seq: 0, from: me, body: p.body, client_id: ack.client_id, ts: ack.ts,
+      version: ack.seq, reactions: {}, deleted: false, ...(p.replyTo !== undefined ? { reply_to: p.replyTo } : {}), ...(p.thread !== undefined ? { thread: p.thread } : {}),
+    };
+    if ((r.loaded || r.loading) && !r.messages.has(ack.seq)) r.messages.set(ack.seq, m);
+    if (thread && thread.room === ack.room && p.thread === thread.root && !thread.messages.has(ack.seq)) thread.messages.set(ack.seq, m);
     if (ack.room === current) renderMessages(true);
+    if (thread?.room === ack.room) renderThread(true);
   });
 
   c.on("send_failed", ({ room, client_id }) => {
-    const p = rooms.get(room)?.pending.get(client_id);
-    if (p) p.failed = true;
+    const r = rooms.get(room);
+    const p = r?.pending.get(client_id);
+    if (p) r.pending.set(client_id, { ...p, failed: true });
     if (room === current) renderMessages(false);
+    if (thread?.room === room) renderThread(false);
   });
 
   // Live counts: the SDK adds each later message of another user to the server's count
@@ -346,7 +384,12 @@ function wire(c) {
 
   c.on("left", (l) => {
     rooms.delete(l.room);
-    if (current === l.room) current = null;
+    if (thread?.room === l.room) closeThread();
+    if (current === l.room) {
+      current = null;
+      const next = [...rooms.keys()][0];
+      if (next) selectRoom(next);
+    }
     render();
   });
 
@@ -355,8 +398,10 @@ function wire(c) {
     const r = rooms.get(room);
     if (!r) return;
     r.messages.clear();
+    r.pageBounds = [];
     r.loaded = false;
     r.hasMoreBefore = false;
+    if (thread?.room === room) closeThread();
     if (room === current) {
       notice(`The history of ${roomName(r)} was reset on the server; reloading it.`);
       loadLatest(r);
@@ -424,8 +469,15 @@ async function fetchMembers(r, attempt = 0) {
   }
 }
 
-function insertPage(r, messages) {
-  for (const m of messages) r.messages.set(m.seq, { ...m, type: "message" });
+function insertPage(r, entries) {
+  // Pages hold every kind of event (v1.1); the SDK has applied the changes to the messages' state.
+  const messages = entries.filter((m) => m.type === undefined || m.type === "message");
+  for (const m of messages) r.messages.set(m.seq, m);
+  if (entries.length) {
+    const seqs = entries.map((e) => e.seq);
+    const [lo, hi] = r.pageBounds.length ? r.pageBounds : [Infinity, -Infinity];
+    r.pageBounds = [Math.min(lo, ...seqs), Math.max(hi, ...seqs)];
+  }
   if (r.kind === "dm" && !r.label) {
     const other = messages.find((m) => m.from !== me);
     if (other) {
@@ -460,7 +512,7 @@ async function loadLatest(r) {
 async function loadOlder() {
   const r = rooms.get(current);
   if (!r || !r.hasMoreBefore || r.loading || !client) return;
-  const oldest = Math.min(...r.messages.keys());
+  const oldest = Math.min(...r.messages.keys(), ...r.pageBounds);
   if (!Number.isFinite(oldest)) return;
   const box = $("messages");
   const fromBottom = box.scrollHeight - box.scrollTop;
@@ -546,6 +598,7 @@ async function openResult(m) {
       ]);
       // The window replaces what was shown: it may not join up with the newest messages.
       r.messages.clear();
+      r.pageBounds = [];
       insertPage(r, older.messages);
       insertPage(r, newer.messages);
       r.hasMoreBefore = older.has_more;
@@ -564,7 +617,7 @@ async function openResult(m) {
 async function loadNewer() {
   const r = rooms.get(current);
   if (!r || !r.hasMoreAfter || r.loading || !client) return;
-  const newest = Math.max(...r.messages.keys());
+  const newest = Math.max(...r.messages.keys(), ...r.pageBounds);
   if (!Number.isFinite(newest)) return;
   r.loading = (async () => {
     try {
@@ -587,13 +640,12 @@ function selectRoom(id, focusSeq) {
   if (current && current !== id && readTimers.has(current)) flushRead(current, true);
   current = id;
   localStorage.setItem(lastRoomKey(), id);
+  ui.found = focusSeq === undefined ? null : { room: id, seq: focusSeq };
+  $("new-indicator").hidden = true;
+  showSidebar(false);
   render(focusSeq === undefined);
   if (focusSeq !== undefined) {
-    const li = $("message-list").querySelector(`li[data-seq="${focusSeq}"]`);
-    if (li) {
-      li.classList.add("found");
-      li.scrollIntoView({ block: "center" });
-    }
+    $("message-list").querySelector(`li[data-seq="${focusSeq}"]`)?.scrollIntoView({ block: "center" });
   }
   if (!r.loaded) loadLatest(r);
   else scheduleRead();
@@ -622,20 +674,115 @@ function flushRead(id, leaving = false) {
   }
 }
 
-async function sendMessage(body) {
-  const r = rooms.get(current);
+/**
+ * Sends a message (a reply with `replyTo`, a thread message with `thread`). It shows as pending until
+ * acknowledged; a failed one offers a retry with the same client_id (the server answers a retry of
+ * a message it already has with the same seq, so nothing is posted twice).
+ */
+/** @param {string} roomId @param {string} body @param {{ replyTo?: number, thread?: number, clientId?: string }} [options] */
+async function sendMessage(roomId, body, { replyTo, thread: root, clientId } = {}) {
+  const r = rooms.get(roomId);
   if (!r || !client) return;
-  const clientId = client.newClientId();
-  r.pending.set(clientId, { body, failed: false });
-  renderMessages(true, true);
+  const id = clientId ?? client.newClientId();
+  const pending = { body, failed: false, replyTo, thread: root };
+  r.pending.set(id, pending);
+  if (root === undefined) renderMessages(true, true);
+  else renderThread(true);
+  const options = { clientId: id };
+  if (replyTo !== undefined) options.replyTo = replyTo;
+  if (root !== undefined) options.thread = root;
   try {
-    await client.send(r.id, body, { clientId });
+    await client.send(r.id, body, options);
   } catch (err) {
-    const p = r.pending.get(clientId);
-    if (p) p.failed = true;
+    if (r.pending.has(id)) r.pending.set(id, { ...pending, failed: true });
     notice(`Message not sent: ${describeError(err)}`, { error: true });
     if (r.id === current) renderMessages(false);
+    renderThread(false);
   }
+}
+
+function retrySend(roomId, clientId) {
+  const p = rooms.get(roomId)?.pending.get(clientId);
+  if (p) sendMessage(roomId, p.body, { replyTo: p.replyTo, thread: p.thread, clientId });
+}
+
+// ---- message lifecycle (CONTRACT v1.1 §2 Lifecycle) ----
+
+function startReply(roomId, seq) {
+  const m = rooms.get(roomId)?.messages.get(seq);
+  if (!m) return;
+  ui.replyTo = { room: roomId, seq };
+  renderReplyBar();
+  $("composer-input").focus();
+}
+
+function renderReplyBar() {
+  const bar = $("reply-bar");
+  const m = ui.replyTo && ui.replyTo.room === current ? rooms.get(current)?.messages.get(ui.replyTo.seq) : null;
+  bar.hidden = !m;
+  $("reply-text").textContent = m ? `Replying to ${m.from}: ${excerpt(m)}` : "";
+}
+
+function excerpt(m, max = 80) {
+  if (!m) return "an earlier message";
+  if (m.deleted) return "a deleted message";
+  const chars = [...m.body];
+  return chars.length > max ? `${chars.slice(0, max).join("")}…` : m.body;
+}
+
+async function saveEdit(roomId, seq, body) {
+  const m = rooms.get(roomId)?.messages.get(seq) ?? thread?.messages.get(seq);
+  ui.editing = null;
+  refreshLists();
+  if (!client || !m || body === m.body || !body.trim()) return;
+  act(client.edit(roomId, seq, body));
+}
+
+async function deleteMessage(roomId, seq) {
+  ui.confirmDelete = null;
+  refreshLists();
+  if (client) act(client.delete(roomId, seq));
+}
+
+/** Toggles the user's reaction: off if they have it, on if not. */
+function toggleReaction(roomId, seq, emoji) {
+  const m = rooms.get(roomId)?.messages.get(seq) ?? thread?.messages.get(seq);
+  if (!client || !m) return;
+  const mine = (m.reactions?.[emoji] ?? []).includes(me);
+  ui.picker = null;
+  refreshLists();
+  act(client.react(roomId, seq, emoji, !mine));
+}
+
+async function openThread(roomId, root) {
+  const r = rooms.get(roomId);
+  if (!r || !client) return;
+  const c = client;
+  const rootMessage = r.messages.get(root);
+  thread = { room: roomId, root, messages: new Map(rootMessage ? [[root, rootMessage]] : []), loading: true };
+  threadView.reset();
+  $("thread-panel").hidden = false;
+  $("app").classList.add("with-thread");
+  $("thread-title").textContent = `Thread in ${roomName(r)}`;
+  renderThread(true);
+  try {
+    const page = await c.history(roomId, { thread: root, limit: 200 });
+    if (thread?.room !== roomId || thread.root !== root) return;
+    for (const m of page.messages) if (m.type === undefined || m.type === "message") thread.messages.set(m.seq, m);
+  } catch (err) {
+    notice(`Could not load the thread: ${describeError(err)}`, { error: true });
+  } finally {
+    if (thread?.root === root) thread.loading = false;
+  }
+  renderThread(true);
+  $("thread-input").focus();
+}
+
+function closeThread() {
+  thread = null;
+  threadView.reset();
+  $("thread-panel").hidden = true;
+  $("app").classList.remove("with-thread");
 }
 
 function splitUsers(text) {
@@ -696,6 +843,11 @@ function renderHeader() {
   const r = rooms.get(current);
   $("room-title").textContent = r ? roomName(r) : "No room selected";
   $("room-kind").textContent = r ? { public: "public room", private: "private room", dm: "direct message" }[r.kind] ?? "" : "";
+  $("leave-btn").hidden = !r;
+  $("leave-btn").setAttribute("aria-label", r ? `Leave ${roomName(r)}` : "Leave");
+  // Only a member of a private room may invite (CONTRACT §2).
+  $("invite-btn").hidden = !r || r.kind !== "private";
+  if ($("invite-btn").hidden) showInvite(false);
   updateComposer();
 }
 
@@ -713,42 +865,326 @@ function formatTime(ts) {
   return sameDay ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : d.toLocaleString([], { dateStyle: "short", timeStyle: "short" });
 }
 
-function renderMessages(stickToBottom, forceBottom = false) {
-  const box = $("messages");
-  const list = $("message-list");
-  const r = rooms.get(current);
-  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
-  if (!r) {
-    list.replaceChildren();
-    $("older").hidden = true;
-    return;
+// ---- message lists: one DOM node per message, kept across renders, refilled only when it changed ----
+
+const LOADING = Object.freeze({ loading: true });
+
+/**
+ * A list of messages rendered incrementally: each item has a key and a node that stays in the
+ * document while the item is listed, so a text selection, focus or a screen reader's place in
+ * one message survives a new message, a reaction or an edit of another. A node is refilled only
+ * when its item (a new object for every change, from the SDK) or its signature (UI state,
+ * the quoted message's version) changed.
+ */
+class ListView {
+  constructor(listId, inThread) {
+    this.listId = listId;
+    this.inThread = inThread;
+    this.nodes = new Map();
+    this.shown = new Map();
+    this.owner = null;
   }
-  const items = [...r.messages.values()].sort((a, b) => a.seq - b.seq);
-  const nodes = items.map((m) =>
-    el(
-      "li",
-      { class: "message", dataset: { seq: String(m.seq), from: m.from } },
-      el("span", { class: "from" }, m.from),
-      el("time", { datetime: new Date(m.ts).toISOString() }, formatTime(m.ts)),
-      el("div", { class: "body" }, m.body),
-    ),
-  );
-  for (const [clientId, p] of r.pending) {
-    nodes.push(
+
+  reset() {
+    $(this.listId).replaceChildren();
+    this.nodes.clear();
+    this.shown.clear();
+    this.owner = null;
+  }
+
+  /** `items`: [key, kind, item, signature] in display order. */
+  render(owner, items) {
+    if (owner !== this.owner) {
+      this.reset();
+      this.owner = owner;
+    }
+    const list = $(this.listId);
+    const keep = new Set(items.map(([key]) => key));
+    for (const [key, node] of this.nodes) {
+      if (keep.has(key)) continue;
+      node.remove();
+      this.nodes.delete(key);
+      this.shown.delete(key);
+    }
+    let prev = null;
+    for (const [key, kind, item, sig] of items) {
+      let node = this.nodes.get(key);
+      if (!node) {
+        node = document.createElement("li");
+        this.nodes.set(key, node);
+      }
+      const last = this.shown.get(key);
+      if (!last || last.item !== item || last.sig !== sig) {
+        if (kind === "message") fillMessage(node, item, this.inThread);
+        else if (kind === "pending") fillPending(node, item, sig);
+        else {
+          node.className = "message muted";
+          node.textContent = "Loading…";
+        }
+        this.shown.set(key, { item, sig });
+      }
+      const expected = prev ? prev.nextSibling : list.firstChild;
+      if (expected !== node) list.insertBefore(node, expected);
+      prev = node;
+    }
+  }
+}
+
+const mainView = new ListView("message-list", false);
+const threadView = new ListView("thread-list", true);
+
+function atBottom(box) {
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+}
+
+function quotedOf(m) {
+  if (m.reply_to === undefined) return null;
+  return rooms.get(m.room)?.messages.get(m.reply_to) ?? thread?.messages.get(m.reply_to) ?? null;
+}
+
+/** What besides the message itself decides how it is drawn. */
+function signature(m) {
+  const q = quotedOf(m);
+  const here = (x) => (x && x.room === m.room && x.seq === m.seq ? "1" : "0");
+  const quote = q ? `${q.version ?? q.seq}${q.deleted ? "d" : ""}` : m.reply_to === undefined ? "" : "?";
+  return `${quote}|${here(ui.editing)}${here(ui.picker)}${here(ui.confirmDelete)}${here(ui.found)}`;
+}
+
+function button(label, action, extra = {}) {
+  return el("button", { type: "button", class: "link", dataset: { action }, ...extra }, label);
+}
+
+function fillMessage(node, m, inThread) {
+  const mine = m.from === me;
+  const here = (x) => x && x.room === m.room && x.seq === m.seq;
+  const editing = here(ui.editing) && !m.deleted;
+  const classes = ["message"];
+  if (m.deleted) classes.push("deleted");
+  if (mine) classes.push("mine");
+  if (here(ui.found)) classes.push("found");
+  if (inThread && thread && m.seq === thread.root) classes.push("root");
+  node.className = classes.join(" ");
+  node.dataset.seq = String(m.seq);
+  node.dataset.from = m.from;
+  delete node.dataset.clientId;
+  const parts = [];
+  if (m.reply_to !== undefined) {
+    const q = quotedOf(m);
+    parts.push(
       el(
-        "li",
-        { class: p.failed ? "message pending failed" : "message pending", dataset: { clientId } },
-        el("span", { class: "from" }, me ?? ""),
-        el("time", {}, p.failed ? "not sent" : "sending…"),
-        el("div", { class: "body" }, p.body),
+        "button",
+        { type: "button", class: "quote", dataset: { action: "goto-quote", target: String(m.reply_to) }, "aria-label": `In reply to ${q ? q.from : "an earlier message"}: ${excerpt(q)}` },
+        el("span", { class: "quote-from" }, q ? q.from : "↩"),
+        " ",
+        excerpt(q),
       ),
     );
   }
-  if (r.loading && items.length === 0) nodes.push(el("li", { class: "message muted" }, "Loading…"));
-  list.replaceChildren(...nodes);
+  parts.push(el("span", { class: "from" }, m.from), el("time", { datetime: new Date(m.ts).toISOString() }, formatTime(m.ts)));
+  if (m.edited !== undefined && !m.deleted) parts.push(el("span", { class: "edited", title: `edited ${formatTime(m.edited)}` }, "(edited)"));
+  if (m.deleted) {
+    parts.push(el("div", { class: "tombstone" }, "This message was deleted"));
+  } else if (editing) {
+    parts.push(
+      el(
+        "form",
+        { class: "edit-form", dataset: { action: "save-edit" } },
+        el("input", { class: "edit-input", "aria-label": "Edit your message", value: m.body, maxlength: "4000" }),
+        el("button", { type: "submit" }, "Save"),
+        button("Cancel", "cancel-edit"),
+      ),
+    );
+  } else {
+    parts.push(el("div", { class: "body" }, m.body));
+  }
+  const reactions = Object.entries(m.reactions ?? {}).filter(([, users]) => users.length > 0);
+  if (reactions.length && !m.deleted) {
+    parts.push(
+      el(
+        "ul",
+        { class: "reactions", "aria-label": "Reactions" },
+        ...reactions.map(([emoji, users]) =>
+          el(
+            "li",
+            {},
+            el(
+              "button",
+              {
+                type: "button",
+                class: "reaction",
+                dataset: { action: "toggle-reaction", emoji },
+                "aria-pressed": users.includes(me) ? "true" : "false",
+                title: users.join(", "),
+                "aria-label": `${emoji} ${users.length}: ${users.join(", ")}`,
+              },
+              el("span", { class: "emoji" }, emoji),
+              el("span", { class: "count" }, String(users.length)),
+            ),
+          ),
+        ),
+      ),
+    );
+  }
+  if (!inThread && m.thread === undefined && (m.replies ?? 0) > 0) {
+    parts.push(button(`${m.replies} ${m.replies === 1 ? "reply" : "replies"}`, "open-thread", { class: "link thread-link" }));
+  }
+  if (!m.deleted && !editing) {
+    if (here(ui.confirmDelete)) {
+      parts.push(
+        el(
+          "div",
+          { class: "confirm", role: "group", "aria-label": "Confirm the delete" },
+          "Delete this message? ",
+          el("button", { type: "button", class: "danger", dataset: { action: "confirm-delete" } }, "Delete"),
+          button("Cancel", "cancel-delete"),
+        ),
+      );
+    } else {
+      const who = mine ? "your" : `${m.from}'s`;
+      const actions = [button("React", "picker", { "aria-label": `React to ${who} message`, "aria-expanded": here(ui.picker) ? "true" : "false" })];
+      if (!inThread) actions.push(button("Reply", "reply", { "aria-label": `Reply to ${who} message` }));
+      if (!inThread && m.thread === undefined) actions.push(button("Thread", "open-thread", { "aria-label": `Open the thread of ${who} message` }));
+      if (mine) actions.push(button("Edit", "edit", { "aria-label": "Edit your message" }), button("Delete", "delete", { "aria-label": "Delete your message" }));
+      parts.push(el("div", { class: "actions" }, ...actions));
+      if (here(ui.picker)) {
+        parts.push(
+          el(
+            "div",
+            { class: "picker", role: "group", "aria-label": "Pick a reaction" },
+            ...PICKER.map((emoji) => el("button", { type: "button", dataset: { action: "react", emoji }, "aria-label": `React with ${emoji}` }, emoji)),
+          ),
+        );
+      }
+    }
+  }
+  node.replaceChildren(...parts);
+  if (editing) queueMicrotask(() => node.querySelector(".edit-input")?.focus());
+}
+
+function fillPending(node, p, clientId) {
+  node.className = p.failed ? "message pending failed" : "message pending";
+  delete node.dataset.seq;
+  node.dataset.clientId = clientId;
+  node.replaceChildren(
+    el("span", { class: "from" }, me ?? ""),
+    el("time", {}, p.failed ? "not sent" : "sending…"),
+    el("div", { class: "body" }, p.body),
+    p.failed ? el("button", { type: "button", class: "retry", dataset: { action: "retry" } }, "Retry") : null,
+  );
+}
+
+function renderMessages(stickToBottom, forceBottom = false) {
+  const box = $("messages");
+  const r = rooms.get(current);
+  const wasAtBottom = atBottom(box);
+  if (!r) {
+    mainView.render(null, []);
+    $("older").hidden = true;
+    $("newer").hidden = true;
+    $("new-indicator").hidden = true;
+    renderReplyBar();
+    return;
+  }
+  const items = [];
+  const sorted = [...r.messages.values()].filter((m) => m.thread === undefined).sort((a, b) => a.seq - b.seq);
+  for (const m of sorted) items.push([`m${m.seq}`, "message", m, signature(m)]);
+  for (const [clientId, p] of r.pending) if (p.thread === undefined) items.push([`p${clientId}`, "pending", p, clientId]);
+  if (r.loading && items.length === 0) items.push(["loading", "loading", LOADING, ""]);
+  mainView.render(r.id, items);
   $("older").hidden = !r.hasMoreBefore;
   $("newer").hidden = !r.hasMoreAfter;
-  if (forceBottom || (stickToBottom && atBottom)) box.scrollTop = box.scrollHeight;
+  if (forceBottom || (stickToBottom && wasAtBottom)) box.scrollTop = box.scrollHeight;
+  if (atBottom(box)) $("new-indicator").hidden = true;
+  renderReplyBar();
+}
+
+function renderThread(stickToBottom) {
+  if (!thread) return;
+  const box = $("thread-messages");
+  const wasAtBottom = atBottom(box);
+  const r = rooms.get(thread.room);
+  const items = [...thread.messages.values()].sort((a, b) => a.seq - b.seq).map((m) => [`m${m.seq}`, "message", m, signature(m)]);
+  if (r) for (const [clientId, p] of r.pending) if (p.thread === thread.root) items.push([`p${clientId}`, "pending", p, clientId]);
+  if (thread.loading && items.length === 0) items.push(["loading", "loading", LOADING, ""]);
+  threadView.render(`${thread.room}/${thread.root}`, items);
+  if (stickToBottom && wasAtBottom) box.scrollTop = box.scrollHeight;
+}
+
+/** Redraws what UI state changed (only the messages whose signature moved are refilled). */
+function refreshLists() {
+  renderMessages(false);
+  renderThread(false);
+}
+
+/** Clicks, submits and keys on a message list, by `data-action` (one listener per list, not per message). */
+function wireList(listId, roomOf) {
+  const list = $(listId);
+  list.addEventListener("click", (e) => {
+    const target = /** @type {HTMLElement} */ (e.target);
+    const btn = /** @type {HTMLElement | null} */ (target.closest("button[data-action]"));
+    const li = /** @type {HTMLElement | null} */ (target.closest("li[data-seq], li[data-client-id]"));
+    if (!btn || !li) return;
+    const roomId = roomOf();
+    if (!roomId) return;
+    const seq = Number(li.dataset.seq);
+    const at = { room: roomId, seq };
+    switch (btn.dataset.action) {
+      case "retry":
+        return retrySend(roomId, li.dataset.clientId);
+      case "picker":
+        ui.picker = ui.picker && ui.picker.room === roomId && ui.picker.seq === seq ? null : at;
+        refreshLists();
+        list.querySelector(`li[data-seq="${seq}"] .picker button`)?.focus();
+        return;
+      case "react":
+      case "toggle-reaction":
+        return toggleReaction(roomId, seq, btn.dataset.emoji);
+      case "reply":
+        return startReply(roomId, seq);
+      case "open-thread":
+        return openThread(roomId, seq);
+      case "edit":
+        ui.editing = at;
+        ui.picker = null;
+        return refreshLists();
+      case "cancel-edit":
+        ui.editing = null;
+        refreshLists();
+        list.querySelector(`li[data-seq="${seq}"] button[data-action="edit"]`)?.focus();
+        return;
+      case "delete":
+        ui.confirmDelete = at;
+        refreshLists();
+        list.querySelector(`li[data-seq="${seq}"] button[data-action="confirm-delete"]`)?.focus();
+        return;
+      case "cancel-delete":
+        ui.confirmDelete = null;
+        return refreshLists();
+      case "confirm-delete":
+        return deleteMessage(roomId, seq);
+      case "goto-quote": {
+        const quoted = $("message-list").querySelector(`li[data-seq="${btn.dataset.target}"]`);
+        quoted?.scrollIntoView({ block: "center" });
+        return;
+      }
+    }
+  });
+  list.addEventListener("submit", (e) => {
+    const form = /** @type {HTMLElement} */ (e.target);
+    if (form.dataset.action !== "save-edit") return;
+    e.preventDefault();
+    const li = /** @type {HTMLElement | null} */ (form.closest("li[data-seq]"));
+    const roomId = roomOf();
+    const input = /** @type {HTMLInputElement} */ (form.querySelector(".edit-input"));
+    if (li && roomId && input) saveEdit(roomId, Number(li.dataset.seq), input.value);
+  });
+  list.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape") return;
+    if (ui.editing || ui.picker || ui.confirmDelete) {
+      ui.editing = ui.picker = ui.confirmDelete = null;
+      refreshLists();
+    }
+  });
 }
 
 function renderTyping() {
@@ -797,7 +1233,7 @@ function renderNotifications() {
     ...items.map((n) => {
       const r = rooms.get(n.room);
       const where = r ? roomName(r) : n.room;
-      const what = { mention: `${n.from} mentioned you in ${where}`, dm: `${n.from} wrote to you`, invite: `${n.from} invited you to ${where}` }[n.kind] ?? n.kind;
+      const what = { mention: `${n.from} mentioned you in ${where}`, dm: `${n.from} wrote to you`, invite: `${n.from} invited you to ${where}`, reply: `${n.from} replied to you in ${where}` }[n.kind] ?? n.kind;
       return el(
         "li",
         { dataset: { id: n.id, kind: n.kind } },
@@ -810,6 +1246,18 @@ function renderNotifications() {
       );
     }),
   );
+}
+
+/** On a phone-width screen the room list is a drawer over the conversation. */
+function showSidebar(open) {
+  $("app").classList.toggle("show-sidebar", open);
+  $("menu-btn").setAttribute("aria-expanded", open ? "true" : "false");
+}
+
+function showInvite(open) {
+  $("invite-form").hidden = !open;
+  $("invite-btn").setAttribute("aria-expanded", open ? "true" : "false");
+  if (open) $("invite-user").focus();
 }
 
 // ---- UI wiring ----
@@ -896,9 +1344,60 @@ function setup() {
     e.preventDefault();
     const input = $("composer-input");
     const body = input.value;
-    if (!body.trim()) return;
+    if (!body.trim() || !current) return;
     input.value = "";
-    sendMessage(body);
+    const replyTo = ui.replyTo?.room === current ? ui.replyTo.seq : undefined;
+    ui.replyTo = null;
+    sendMessage(current, body, { replyTo });
+  });
+
+  $("reply-cancel").addEventListener("click", () => {
+    ui.replyTo = null;
+    renderReplyBar();
+    $("composer-input").focus();
+  });
+
+  $("thread-composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const input = $("thread-input");
+    const body = input.value;
+    if (!body.trim() || !thread) return;
+    input.value = "";
+    sendMessage(thread.room, body, { thread: thread.root });
+  });
+  $("thread-close").addEventListener("click", () => closeThread());
+
+  wireList("message-list", () => current);
+  wireList("thread-list", () => thread?.room ?? null);
+
+  $("new-indicator").addEventListener("click", () => {
+    const box = $("messages");
+    box.scrollTop = box.scrollHeight;
+    $("new-indicator").hidden = true;
+    $("composer-input").focus();
+  });
+
+  $("retry-now").addEventListener("click", () => client?.reconnect());
+
+  $("menu-btn").addEventListener("click", () => showSidebar(!$("app").classList.contains("show-sidebar")));
+
+  $("leave-btn").addEventListener("click", () => {
+    const r = rooms.get(current);
+    if (r && client) act(client.leave(r.id), () => notice(`You left ${roomName(r)}`));
+  });
+  $("invite-btn").addEventListener("click", () => showInvite($("invite-form").hidden));
+  $("invite-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const user = $("invite-user").value.trim().replace(/^@/, "");
+    const r = rooms.get(current);
+    if (!r || !client) return;
+    if (!isValidId(user)) return notice("Enter a user id", { error: true });
+    act(client.invite(r.id, user), () => {
+      $("invite-user").value = "";
+      showInvite(false);
+      notice(`Invited ${user} to ${roomName(r)}`);
+      fetchMembers(r);
+    });
   });
 
   $("composer-input").addEventListener("input", () => {
@@ -917,7 +1416,10 @@ function setup() {
   $("messages").addEventListener("scroll", () => {
     const box = $("messages");
     if (box.scrollTop < 40) loadOlder();
-    else if (box.scrollHeight - box.scrollTop - box.clientHeight < 40) loadNewer();
+    else if (atBottom(box)) {
+      $("new-indicator").hidden = true;
+      loadNewer();
+    }
   });
 
   document.addEventListener("visibilitychange", () => {

@@ -21,10 +21,13 @@ import { emptyCursorState, MemoryCursorStore, type CursorState, type CursorStore
 import { Emitter } from "./emitter.js";
 import { tokenExpiryMs } from "./jwt.js";
 import { UnreadTracker, type UnreadCount } from "./unread.js";
+import { MessageStore, type StoredMessage } from "./messages.js";
 import {
   CloseCode,
   SERVER_FRAME_TYPES,
+  isValidEmoji,
   type AckFrame,
+  type ChangeEventFrame,
   type ChatMessage,
   type ClientFrame,
   type ErrorCode,
@@ -38,6 +41,7 @@ import {
   type OkFrame,
   type PongFrame,
   type PresenceSnapshotFrame,
+  type RoomEventFrame,
   type ServerFrame,
   type ServerFrameMap,
   type SettableStatus,
@@ -99,6 +103,8 @@ export interface ChatClientOptions {
   rateBudget?: number;
   /** Random source for jitter and client ids (tests). */
   random?: () => number;
+  /** Most messages (with their state) kept per room by `messages()`; the oldest are dropped. Default 5 000. */
+  maxMessagesPerRoom?: number;
 }
 
 export type ConnectionState = "idle" | "connecting" | "authenticating" | "open" | "reconnecting" | "closed";
@@ -114,6 +120,9 @@ export interface StateEvent {
   reason?: string;
 }
 
+/** A `history` reply as `history()` returns it: every entry a typed room event, messages as held (with state). */
+export type HistoryPage = Omit<HistoryReplyFrame, "messages"> & { messages: RoomEventFrame[] };
+
 export interface RecoveredEvent { room: string; since: number; replayed: number }
 export interface ResetEvent {
   room: string;
@@ -128,11 +137,26 @@ export interface ResetEvent {
 export interface GapEvent { room: string; after: number; seenPrevSeq: number }
 export interface AuthErrorEvent { code: string; message: string }
 export interface SyncErrorEvent { room: string; error: ChatError }
-export interface SendFailedEvent { room: string; client_id: string; error: ChatError }
+/** A send, edit, delete or react that will not be acknowledged (its promise is rejected too). */
+export interface SendFailedEvent { room: string; client_id: string; error: ChatError; kind: WriteFrame["type"] }
+/**
+ * A held message's state changed (CONTRACT v1.1 §2 Lifecycle): an edit, delete or reaction from the
+ * ordered stream, or (`reply`) a new message in the thread it is the root of.
+ */
+export interface UpdateEvent {
+  room: string;
+  seq: number;
+  message: StoredMessage;
+  cause: "edit" | "delete" | "reaction" | "reply";
+  /** The event that caused it (for `reply`, the thread's new message). */
+  event: RoomEventFrame;
+}
 
 type FrameEvents = { [K in keyof ServerFrameMap]: ServerFrameMap[K] };
 
 export interface ChatClientEvents extends FrameEvents {
+  /** A room's messages once each, in seq order, as held (with their state: `StoredMessage`). */
+  message: StoredMessage;
   frame: ServerFrame;
   state: StateEvent;
   recovered: RecoveredEvent;
@@ -143,6 +167,7 @@ export interface ChatClientEvents extends FrameEvents {
   sync_error: SyncErrorEvent;
   send_failed: SendFailedEvent;
   unread_count: UnreadCount;
+  update: UpdateEvent;
 }
 
 /** A refused request: a server `error` frame, or `timeout` / `disconnected` / `closed` from the client. */
@@ -177,9 +202,12 @@ interface PendingRequest {
   rateRetries: number;
 }
 
+/** The idempotent writes (retried with one client_id until acknowledged). */
+type WriteFrame = Extract<OutFrame, { type: "send" | "edit" | "delete" | "react" }>;
+
 interface OutboxEntry {
   room: string;
-  body: string;
+  frame: WriteFrame;
   client_id: string;
   firstAt: number;
   attempts: number;
@@ -192,10 +220,17 @@ interface OutboxEntry {
 type SyncMode = "live" | "recovering" | "filling";
 interface RoomSync {
   mode: SyncMode;
-  /** Messages held back while the room is recovered or a gap is filled, by seq. */
-  pending: Map<number, MessageFrame>;
+  /** Events held back while the room is recovered or a gap is filled, by seq. */
+  pending: Map<number, RoomEventFrame>;
   /** Bumped whenever the room's sync is abandoned (disconnect), so stale continuations stop. */
   generation: number;
+}
+
+/** A history entry as a room event (entries of a server before v1.1 have no `type`). */
+function asRoomEvent(entry: RoomEventFrame | ChatMessage): RoomEventFrame {
+  const type = (entry as { type?: unknown }).type;
+  if (type === "edit" || type === "delete" || type === "reaction" || type === "message") return entry as RoomEventFrame;
+  return { ...(entry as ChatMessage), type: "message" };
 }
 
 const RETRYABLE_SEND_ERRORS = new Set<string>(["rate_limited", "unavailable", "internal"]);
@@ -211,7 +246,7 @@ function charCount(s: string): number {
 }
 
 export class ChatClient extends Emitter<ChatClientEvents> {
-  readonly #opts: Required<Omit<ChatClientOptions, "WebSocket" | "cursorStore" | "backoff" | "token">> & {
+  readonly #opts: Required<Omit<ChatClientOptions, "WebSocket" | "cursorStore" | "backoff" | "token" | "maxMessagesPerRoom">> & {
     backoff: BackoffOptions;
   };
   readonly #WebSocket: WebSocketConstructor;
@@ -235,6 +270,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
 
   #hello: HelloFrame | null = null;
   readonly #unread = new UnreadTracker();
+  readonly #log: MessageStore;
   #token: string | null = null;
   #pending = new Map<string, PendingRequest>();
   #outbox = new Map<string, OutboxEntry>();
@@ -262,6 +298,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     if (!WS) throw new Error("ChatClient: no WebSocket in this runtime; pass options.WebSocket (for example npm `ws`)");
     this.#WebSocket = WS;
     this.#store = options.cursorStore ?? new MemoryCursorStore();
+    this.#log = new MessageStore({ maxPerRoom: options.maxMessagesPerRoom ?? 5_000 });
     const token = options.token;
     this.#tokenProvider = typeof token === "string" ? () => token : token;
     this.#opts = {
@@ -310,7 +347,18 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   saveCursors(): void {
     this.#flushCursors();
   }
-  /** Sends not yet acknowledged. */
+  /**
+   * The room's messages held, with their current state, ascending seq: those the ordered stream
+   * delivered and those of history pages (`thread`: only that root and its thread's messages).
+   */
+  messages(room: string, options: { thread?: number } = {}): StoredMessage[] {
+    return this.#log.list(room, options);
+  }
+  /** One held message with its current state. */
+  message(room: string, seq: number): StoredMessage | undefined {
+    return this.#log.get(room, seq);
+  }
+  /** Sends, edits, deletes and reactions not yet acknowledged. */
   get unacknowledged(): number {
     return this.#outbox.size;
   }
@@ -410,13 +458,32 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     return (await this.request({ type: "open_dm", user })) as JoinedFrame;
   }
 
-  /** A page of a room's history; ascending seq. Without cursor: the newest `limit`. */
-  async history(room: string, query: { before?: number; after?: number; limit?: number } = {}): Promise<HistoryReplyFrame> {
+  /**
+   * A page of a room's history; ascending seq. Without cursor: the newest `limit`. With `thread`:
+   * the root and the messages of its thread. Entries are room events of every kind (v1.1); the
+   * messages of the page are merged into the room's held messages (by `version`) and returned as
+   * held, so a change that arrived live while the page was on its way is not undone.
+   */
+  async history(room: string, query: { before?: number; after?: number; limit?: number; thread?: number } = {}): Promise<HistoryPage> {
     const frame: OutFrame = { type: "history", room };
     if (query.before !== undefined) frame.before = query.before;
     if (query.after !== undefined) frame.after = query.after;
     if (query.limit !== undefined) frame.limit = query.limit;
-    return (await this.request(frame)) as HistoryReplyFrame;
+    if (query.thread !== undefined) frame.thread = query.thread;
+    const page = (await this.request(frame)) as HistoryReplyFrame;
+    return { ...page, messages: this.#mergePage(room, page.messages) };
+  }
+
+  /** Merges a page into the held messages; returns its entries, messages as now held. */
+  #mergePage(room: string, entries: (RoomEventFrame | ChatMessage)[]): RoomEventFrame[] {
+    const events = entries.map(asRoomEvent);
+    let top = this.#cursors.rooms[room] ?? 0;
+    for (const e of events) if (e.seq > top) top = e.seq;
+    return events.map((e) => {
+      if (e.type === "message") return this.#log.put(e, top).message;
+      this.#log.apply(e);
+      return e;
+    });
   }
 
   /**
@@ -471,14 +538,57 @@ export class ChatClient extends Emitter<ChatClientEvents> {
    * after each reconnect, until the server acknowledges it; resolves with the `ack`
    * (`duplicate:true` when an earlier try had already been stored).
    */
-  send(room: string, body: string, options: { clientId?: string } = {}): Promise<AckFrame> {
-    const max = this.#hello?.limits.max_body;
-    const length = charCount(body);
-    if (length === 0) return Promise.reject(new ChatError("bad_request", "empty body"));
-    if (max !== undefined && length > max) {
-      return Promise.reject(new ChatError("too_large", `body has ${length} characters, limit ${max}`));
+  send(room: string, body: string, options: { clientId?: string; replyTo?: number; thread?: number } = {}): Promise<AckFrame> {
+    const bad = this.#checkBody(body);
+    if (bad) return Promise.reject(bad);
+    const client_id = options.clientId ?? this.newClientId();
+    const frame: WriteFrame = { type: "send", room, body, client_id };
+    if (options.replyTo !== undefined) frame.reply_to = options.replyTo;
+    if (options.thread !== undefined) frame.thread = options.thread;
+    return this.#write(frame);
+  }
+
+  /**
+   * Replaces the body of one's own message `target` (v1.1). Idempotent like `send` (one client_id,
+   * retried until acknowledged); the ack carries the edit event's own seq. `forbidden`: not the
+   * author, or the message is deleted; `not_found`: no such message.
+   */
+  edit(room: string, target: number, body: string, options: { clientId?: string } = {}): Promise<AckFrame> {
+    const bad = this.#checkBody(body);
+    if (bad) return Promise.reject(bad);
+    const client_id = options.clientId ?? this.newClientId();
+    return this.#write({ type: "edit", room, seq: target, body, client_id });
+  }
+
+  /** Deletes one's own message `target` (v1.1); idempotent like `send`. `not_found` if already deleted. */
+  delete(room: string, target: number, options: { clientId?: string } = {}): Promise<AckFrame> {
+    const client_id = options.clientId ?? this.newClientId();
+    return this.#write({ type: "delete", room, seq: target, client_id });
+  }
+
+  /**
+   * Adds (`on`, the default) or removes the user's `emoji` reaction to message `target` (v1.1): set
+   * semantics, so adding twice or removing an absent one changes nothing. Idempotent like `send`.
+   */
+  react(room: string, target: number, emoji: string, on = true, options: { clientId?: string } = {}): Promise<AckFrame> {
+    if (!isValidEmoji(emoji)) {
+      return Promise.reject(new ChatError("bad_request", "emoji must be 1..=32 characters without whitespace or control characters"));
     }
     const client_id = options.clientId ?? this.newClientId();
+    return this.#write({ type: "react", room, seq: target, emoji, on, client_id });
+  }
+
+  #checkBody(body: string): ChatError | null {
+    const max = this.#hello?.limits.max_body;
+    const length = charCount(body);
+    if (length === 0) return new ChatError("bad_request", "empty body");
+    if (max !== undefined && length > max) return new ChatError("too_large", `body has ${length} characters, limit ${max}`);
+    return null;
+  }
+
+  /** An idempotent write: kept with its client_id and sent until acknowledged (or the deadline). */
+  #write(frame: WriteFrame): Promise<AckFrame> {
+    const { room, client_id } = frame;
     const existing = this.#outbox.get(client_id);
     if (existing) {
       return new Promise((resolve, reject) => {
@@ -489,7 +599,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     }
     return new Promise<AckFrame>((resolve, reject) => {
       const entry: OutboxEntry = {
-        room, body, client_id, firstAt: Date.now(), attempts: 0, timer: null, deadline: null, resolve, reject,
+        room, frame, client_id, firstAt: Date.now(), attempts: 0, timer: null, deadline: null, resolve, reject,
       };
       entry.deadline = setTimeout(() => {
         if (this.#outbox.get(client_id) === entry) {
@@ -722,7 +832,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     const ref = `s${++this.#refSeq}`;
     this.#sendRefs.set(ref, entry.client_id);
     entry.attempts++;
-    this.#transmit({ type: "send", room: entry.room, body: entry.body, client_id: entry.client_id, ref });
+    this.#transmit({ ...entry.frame, ref } as ClientFrame);
     entry.timer = setTimeout(() => {
       entry.timer = null;
       this.#sendRefs.delete(ref);
@@ -742,7 +852,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     if (entry.timer) clearTimeout(entry.timer);
     if (entry.deadline) clearTimeout(entry.deadline);
     this.#outbox.delete(entry.client_id);
-    this.emit("send_failed", { room: entry.room, client_id: entry.client_id, error });
+    this.emit("send_failed", { room: entry.room, client_id: entry.client_id, error, kind: entry.frame.type });
     entry.reject(error);
   }
 
@@ -773,7 +883,10 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         this.#onHello(frame);
         return;
       case "message":
-        this.#onMessage(frame);
+      case "edit":
+      case "delete":
+      case "reaction":
+        this.#onRoomEvent(frame);
         return;
       case "ack":
         this.#onAck(frame);
@@ -792,6 +905,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         break;
       case "left":
         if (this.#unread.forget(frame.room)) this.emit("unread_count", { room: frame.room, count: 0, lastRead: 0 });
+        this.#log.forget(frame.room);
         delete this.#cursors.rooms[frame.room];
         this.#sync.delete(frame.room);
         this.#markDirty();
@@ -919,6 +1033,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       this.#cursors.rooms[room] = joined.last_seq;
       for (const seq of [...sync.pending.keys()]) if (seq <= joined.last_seq) sync.pending.delete(seq);
       this.#markDirty();
+      this.#log.forget(room); // its seqs are of another log now
       this.emit("reset", {
         room,
         reason: previousEpoch !== this.#cursors.epoch ? "epoch_changed" : "not_recovered",
@@ -943,7 +1058,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     }
   }
 
-  #onMessage(m: MessageFrame): void {
+  /** Any room event (message, edit, delete, reaction): one `prev_seq` chain per room covers them all. */
+  #onRoomEvent(m: RoomEventFrame): void {
     const room = m.room;
     const last = this.#cursors.rooms[room];
     if (last !== undefined && m.seq <= last) return; // already delivered
@@ -961,13 +1077,29 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     void this.#fillGap(room);
   }
 
-  #deliver(m: ChatMessage): void {
-    const frame: MessageFrame = { ...m, type: "message" };
-    this.#cursors.rooms[m.room] = m.seq;
+  /** Hands one event of the ordered stream to the app, and applies it to the held messages. */
+  #deliver(e: RoomEventFrame, pageTop?: number): void {
+    this.#cursors.rooms[e.room] = e.seq;
     this.#markDirty();
-    this.emit("message", frame);
-    const count = this.#unread.onMessage(m.room, m.seq, m.from, this.#hello?.user ?? null);
-    if (count) this.emit("unread_count", count);
+    if (e.type === "message") {
+      // From a page, a root's `replies` already counts the thread's messages up to the page's end.
+      const { message } = this.#log.put(e, pageTop);
+      this.emit("message", message);
+      if (e.thread !== undefined) {
+        const root = this.#log.countReply(e.room, e.thread, e.seq);
+        if (root) this.emit("update", { room: e.room, seq: root.seq, message: root, cause: "reply", event: message });
+      }
+      // CONTRACT §2 Unread: only `message` events count.
+      const count = this.#unread.onMessage(e.room, e.seq, e.from, this.#hello?.user ?? null);
+      if (count) this.emit("unread_count", count);
+      return;
+    }
+    const change: ChangeEventFrame = e;
+    const result = this.#log.apply(change);
+    this.emit(change.type, change as never);
+    if (result.status === "applied") {
+      this.emit("update", { room: e.room, seq: change.target, message: result.message, cause: change.type, event: change });
+    }
   }
 
   /** Delivers held-back messages in order until the next gap (which it starts filling). Returns how many. */
@@ -978,7 +1110,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     sync.pending.clear();
     let delivered = 0;
     for (let i = 0; i < held.length; i++) {
-      const m = held[i] as MessageFrame;
+      const m = held[i] as RoomEventFrame;
       const last = this.#cursors.rooms[room];
       if (last !== undefined && m.seq <= last) continue;
       if (last === undefined || m.prev_seq <= last) {
@@ -1025,10 +1157,11 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         continue;
       }
       if (sync.generation !== generation) return;
-      for (const m of page.messages) {
+      const top = page.messages.reduce((max, entry) => Math.max(max, entry.seq), 0);
+      for (const entry of page.messages) {
         const last = this.#cursors.rooms[room];
-        if (last !== undefined && m.seq <= last) continue;
-        this.#deliver(m);
+        if (last !== undefined && entry.seq <= last) continue;
+        this.#deliver(asRoomEvent(entry), top);
       }
       if (!page.has_more || page.messages.length === 0) break;
     }

@@ -43,13 +43,31 @@ export interface LeaveFrame { type: "leave"; room: string; ref?: string }
 export interface CreateFrame { type: "create"; room: string; private: boolean; members: string[]; ref?: string }
 export interface InviteFrame { type: "invite"; room: string; user: string; ref?: string }
 export interface OpenDmFrame { type: "open_dm"; user: string; ref?: string }
-export interface SendFrame { type: "send"; room: string; body: string; client_id: string; ref?: string }
+export interface SendFrame {
+  type: "send";
+  room: string;
+  body: string;
+  client_id: string;
+  /** v1.1: the seq of a `message` of the same room that this one quotes. */
+  reply_to?: number;
+  /** v1.1: the seq of the top-level `message` whose thread this one belongs to. */
+  thread?: number;
+  ref?: string;
+}
+/** v1.1 (CONTRACT §2 Lifecycle): replaces the body of one's own message `seq`. */
+export interface EditFrame { type: "edit"; room: string; seq: number; body: string; client_id: string; ref?: string }
+/** v1.1: deletes one's own message `seq`. */
+export interface DeleteFrame { type: "delete"; room: string; seq: number; client_id: string; ref?: string }
+/** v1.1: adds (`on`, the default) or removes the user's `emoji` reaction to message `seq` (set semantics). */
+export interface ReactFrame { type: "react"; room: string; seq: number; emoji: string; on?: boolean; client_id: string; ref?: string }
 export interface HistoryFrame {
   type: "history";
   room: string;
   before?: number;
   after?: number;
   limit?: number;
+  /** v1.1: only the root `thread` and the messages of its thread (message events only). */
+  thread?: number;
   ref?: string;
 }
 /** Full-text search of the user's rooms (CONTRACT §2 Search): words, `"phrases"`, `-exclusions`. */
@@ -78,6 +96,9 @@ export type ClientFrame =
   | InviteFrame
   | OpenDmFrame
   | SendFrame
+  | EditFrame
+  | DeleteFrame
+  | ReactFrame
   | HistoryFrame
   | SearchFrame
   | TypingFrame
@@ -108,11 +129,64 @@ export interface ChatMessage {
   body: string;
   client_id: string;
   ts: number;
+  /** v1.1: the message this one quotes. */
+  reply_to?: number;
+  /** v1.1: the root of the thread this message belongs to. */
+  thread?: number;
+  // v1.1, in history pages and search results only (CONTRACT §2 Lifecycle): the current state.
+  /** The highest seq of any event that changed the message; its own seq if none. */
+  version?: number;
+  /** `ts` of the latest edit; absent if never edited. */
+  edited?: number;
+  /** True once deleted: `body` is then "" and there are no reactions. */
+  deleted?: boolean;
+  /** `{emoji: [user ids in the order they reacted]}`; absent or empty if none. */
+  reactions?: Reactions;
+  /** On a thread's root: how many messages the thread holds (deleted ones included). */
+  replies?: number;
+}
+
+/** Users who reacted with each emoji, in the order they reacted. */
+export type Reactions = Record<string, string[]>;
+
+/** v1.1: an `edit` room event: `target`'s body is now `body`. */
+export interface EditEvent {
+  room: string;
+  seq: number;
+  prev_seq: number;
+  from: string;
+  target: number;
+  body: string;
+  client_id: string;
+  ts: number;
+}
+/** v1.1: a `delete` room event. */
+export interface DeleteEvent {
+  room: string;
+  seq: number;
+  prev_seq: number;
+  from: string;
+  target: number;
+  client_id: string;
+  ts: number;
+}
+/** v1.1: a `reaction` room event: `on` adds `from`'s `emoji` to `target`, `!on` removes it. */
+export interface ReactionEvent {
+  room: string;
+  seq: number;
+  prev_seq: number;
+  from: string;
+  target: number;
+  emoji: string;
+  on: boolean;
+  client_id: string;
+  ts: number;
 }
 
 export interface NotificationData {
   id: string;
-  kind: "mention" | "dm" | "invite";
+  /** `reply` (v1.1): a reply to one's message, or a message in one's thread. */
+  kind: "mention" | "dm" | "invite" | "reply";
   room: string;
   seq: number;
   from: string;
@@ -136,6 +210,14 @@ export interface HelloFrame {
   notifications_total?: number;
 }
 export interface MessageFrame extends ChatMessage { type: "message" }
+export interface EditEventFrame extends EditEvent { type: "edit" }
+export interface DeleteEventFrame extends DeleteEvent { type: "delete" }
+export interface ReactionEventFrame extends ReactionEvent { type: "reaction" }
+/** A room event of any kind, each with the `type` of its live frame (CONTRACT §2 Lifecycle). */
+export type RoomEventFrame = MessageFrame | EditEventFrame | DeleteEventFrame | ReactionEventFrame;
+/** The room events that change another message (`target`). */
+export type ChangeEventFrame = EditEventFrame | DeleteEventFrame | ReactionEventFrame;
+export const ROOM_EVENT_TYPES: readonly RoomEventFrame["type"][] = ["message", "edit", "delete", "reaction"];
 export interface AckFrame {
   type: "ack";
   ref?: string;
@@ -163,7 +245,11 @@ export interface HistoryReplyFrame {
   type: "history";
   ref?: string;
   room: string;
-  messages: ChatMessage[];
+  /**
+   * Room events of every kind in ascending seq (v1.1: each with its `type`; a server before v1.1
+   * sends messages without one). Messages carry their current state (`version`, …).
+   */
+  messages: (RoomEventFrame | ChatMessage)[];
   has_more: boolean;
 }
 /** Answer to `search`: message objects (with `room`), newest first (descending seq across rooms). */
@@ -193,6 +279,9 @@ export interface PongFrame { type: "pong"; ref?: string }
 export type ServerFrame =
   | HelloFrame
   | MessageFrame
+  | EditEventFrame
+  | DeleteEventFrame
+  | ReactionEventFrame
   | AckFrame
   | JoinedFrame
   | LeftFrame
@@ -211,6 +300,9 @@ export type ServerFrame =
 export interface ServerFrameMap {
   hello: HelloFrame;
   message: MessageFrame;
+  edit: EditEventFrame;
+  delete: DeleteEventFrame;
+  reaction: ReactionEventFrame;
   ack: AckFrame;
   joined: JoinedFrame;
   left: LeftFrame;
@@ -229,6 +321,9 @@ export interface ServerFrameMap {
 export const SERVER_FRAME_TYPES: readonly (keyof ServerFrameMap)[] = [
   "hello",
   "message",
+  "edit",
+  "delete",
+  "reaction",
   "ack",
   "joined",
   "left",
@@ -244,7 +339,27 @@ export const SERVER_FRAME_TYPES: readonly (keyof ServerFrameMap)[] = [
   "pong",
 ];
 
+/** Every client frame type (the Rust side's `CLIENT_TYPES`; test/protocol-sync.test.mjs compares them). */
+export const CLIENT_FRAME_TYPES: readonly ClientFrame["type"][] = [
+  "auth", "join", "leave", "create", "invite", "open_dm", "send", "edit", "delete", "react",
+  "history", "search", "typing", "read", "status", "presence", "ping",
+];
+
+/** Every `error.code`. */
+export const ERROR_CODES: readonly ErrorCode[] = [
+  "bad_request", "unknown_type", "unauthorized", "token_expired", "forbidden", "not_found", "conflict",
+  "too_large", "limit_exceeded", "rate_limited", "unavailable", "internal",
+];
+
 /** Room and user id pattern of CONTRACT §1. */
+/** Longest reaction emoji, in characters (CONTRACT §2 `react`). */
+export const MAX_EMOJI_CHARS = 32;
+/** Whether `emoji` may name a reaction: 1..=32 characters, no whitespace and no control characters. */
+export function isValidEmoji(emoji: string): boolean {
+  const chars = [...emoji];
+  return chars.length >= 1 && chars.length <= MAX_EMOJI_CHARS && !/[\s\p{Cc}]/u.test(emoji);
+}
+
 export const ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 export function isValidId(id: string): boolean {
   return ID_PATTERN.test(id);

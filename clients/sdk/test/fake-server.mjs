@@ -4,7 +4,8 @@
 // It is a fake, not a model of the real server: one process, no NATS, no persistence. It keeps
 // what the tests need to be faithful: per-room seq/prev_seq from one global counter (like the
 // JetStream stream), an epoch, join{since, epoch} replay, history paging, send idempotency per
-// (user, client_id), unread counts, presence and typing. Tests steer it through hooks:
+// (user, client_id), unread counts, presence and typing, and the v1.1 lifecycle (edit, delete,
+// react, reply_to, thread; history pages of every event kind with message state). Tests steer it through hooks:
 // `dropDelivery`, `dropAck`, `replyDelay`, `killUser`, `publish`, `newEpoch`.
 
 import { createHash, randomBytes } from "node:crypto";
@@ -124,9 +125,9 @@ export class FakeServer {
   }
 
   /** Stores a message as if a bot had published it, and delivers it. */
-  publish(room, from, body, clientId = `bot-${randomBytes(6).toString("hex")}`) {
+  publish(room, from, body, clientId = `bot-${randomBytes(6).toString("hex")}`, extra = {}) {
     const r = this.#room(room);
-    return this.#store(r, room, from, body, clientId).message;
+    return this.#store(r, room, from, body, clientId, { type: "message", ...extra }).message;
   }
 
   /** A new incarnation of the log: seqs restart and old cursors mean nothing. */
@@ -405,17 +406,56 @@ export class FakeServer {
         this.#reply(session, f, { type: "joined", room, kind: "dm", last_seq: this.#lastSeq(r), members: [...r.members] });
         return;
       }
-      case "send": {
+      case "send":
+      case "edit":
+      case "delete":
+      case "react": {
         const room = needRoom();
         if (!room) return;
         const r = member(room);
         if (!r) return;
-        if (typeof f.body !== "string" || [...f.body].length < 1) return this.#error(session, f, "bad_request", "body");
-        if ([...f.body].length > this.limits.max_body) return this.#error(session, f, "too_large", "body too long");
         if (typeof f.client_id !== "string" || f.client_id.length < 1 || f.client_id.length > 64) return this.#error(session, f, "bad_request", "client_id");
-        const { message, duplicate } = this.#store(r, room, user, f.body, f.client_id);
+        // Idempotent per (user, client_id), answered before any other check (CONTRACT §2 Lifecycle).
+        const seen = this.dedupe.get(`${user}\n${f.client_id}`);
+        if (seen) {
+          if (this.dropAck?.(session, f)) return;
+          return this.#reply(session, f, { type: "ack", room, client_id: f.client_id, seq: seen.seq, ts: seen.ts, duplicate: true });
+        }
+        if (f.type === "send" || f.type === "edit") {
+          if (typeof f.body !== "string" || [...f.body].length < 1) return this.#error(session, f, "bad_request", "body");
+          if ([...f.body].length > this.limits.max_body) return this.#error(session, f, "too_large", "body too long");
+        }
+        const fields = {};
+        if (f.type === "send") {
+          for (const key of ["reply_to", "thread"]) {
+            if (f[key] === undefined) continue;
+            const target = this.#target(r, f[key]);
+            if (!target || (key === "thread" && target.thread !== undefined)) return this.#error(session, f, "not_found", `${key}: no such message`);
+            fields[key] = f[key];
+          }
+        } else {
+          if (!Number.isInteger(f.seq)) return this.#error(session, f, "bad_request", "seq");
+          const target = this.#target(r, f.seq);
+          if (!target) return this.#error(session, f, "not_found", "no such message");
+          const state = this.stateOf(room, f.seq);
+          if (f.type === "edit") {
+            if (target.from !== user || state.deleted) return this.#error(session, f, "forbidden", "only the author edits, and not a deleted message");
+            Object.assign(fields, { target: f.seq, body: f.body });
+          } else if (f.type === "delete") {
+            if (state.deleted) return this.#error(session, f, "not_found", "already deleted");
+            if (target.from !== user) return this.#error(session, f, "forbidden", "only the author deletes");
+            fields.target = f.seq;
+          } else {
+            const emoji = f.emoji;
+            if (typeof emoji !== "string" || [...emoji].length < 1 || [...emoji].length > 32 || /[\s\p{Cc}]/u.test(emoji)) return this.#error(session, f, "bad_request", "emoji");
+            if (state.deleted) return this.#error(session, f, "not_found", "deleted");
+            Object.assign(fields, { target: f.seq, emoji, on: f.on ?? true });
+          }
+        }
+        const kind = { send: "message", edit: "edit", delete: "delete", react: "reaction" }[f.type];
+        const { message } = this.#store(r, room, user, f.body ?? "", f.client_id, { type: kind, ...fields });
         if (this.dropAck?.(session, f)) return;
-        this.#reply(session, f, { type: "ack", room, client_id: f.client_id, seq: message.seq, ts: message.ts, duplicate });
+        this.#reply(session, f, { type: "ack", room, client_id: f.client_id, seq: message.seq, ts: message.ts, duplicate: false });
         return;
       }
       case "history": {
@@ -427,16 +467,20 @@ export class FakeServer {
         const limit = Math.max(1, Math.min(200, f.limit ?? 50));
         let list;
         let has_more;
+        // Pages carry every kind of event; messages with their current state (CONTRACT §2 Lifecycle).
+        const events = f.thread !== undefined
+          ? r.events.filter((m) => m.type === "message" && (m.seq === f.thread || m.thread === f.thread))
+          : r.events;
         if (f.after !== undefined) {
-          const above = r.events.filter((m) => m.seq > f.after);
+          const above = events.filter((m) => m.seq > f.after);
           list = above.slice(0, limit);
           has_more = above.length > limit;
         } else {
-          const below = f.before !== undefined ? r.events.filter((m) => m.seq < f.before) : r.events;
+          const below = f.before !== undefined ? events.filter((m) => m.seq < f.before) : events;
           list = below.slice(Math.max(0, below.length - limit));
           has_more = below.length > limit;
         }
-        this.#reply(session, f, { type: "history", room, messages: list, has_more });
+        this.#reply(session, f, { type: "history", room, messages: list.map((e) => this.pageEntry(room, e)), has_more });
         return;
       }
       case "typing": {
@@ -493,8 +537,10 @@ export class FakeServer {
         const found = [];
         for (const [room, r] of this.rooms) {
           if (!r.members.has(user) || (f.room !== undefined && room !== f.room)) continue;
-          for (const m of r.events) {
-            if (f.before !== undefined && m.seq >= f.before) continue;
+          for (const e of r.events) {
+            if (e.type !== "message" || (f.before !== undefined && e.seq >= f.before)) continue;
+            const m = this.pageEntry(room, e);
+            if (m.deleted) continue;
             if (terms.every((t) => has(m.body, t.words) !== t.not)) found.push(m);
           }
         }
@@ -523,14 +569,67 @@ export class FakeServer {
   #unread(user, room) {
     const r = this.rooms.get(room);
     const lastRead = this.lastRead.get(`${user}\n${room}`) ?? 0;
-    return r ? r.events.filter((m) => m.seq > lastRead && m.from !== user).length : 0;
+    return r ? r.events.filter((m) => m.type === "message" && m.seq > lastRead && m.from !== user).length : 0;
   }
 
-  #store(r, room, from, body, clientId) {
+  /** The message `seq` of a room (not a change event), or undefined. */
+  #target(r, seq) {
+    return r.events.find((e) => e.seq === seq && e.type === "message");
+  }
+
+  /** A message's current state (CONTRACT §2 Lifecycle), folded from the log. */
+  stateOf(room, seq) {
+    const r = this.rooms.get(room);
+    const m = r?.events.find((e) => e.seq === seq && e.type === "message");
+    if (!m) return null;
+    const out = { ...m, version: m.seq };
+    let deleted = false;
+    let reactions = {};
+    let replies = 0;
+    for (const e of r.events) {
+      if (e.seq <= m.seq) continue;
+      if (e.type === "message" && e.thread === m.seq) replies++;
+      if (e.target !== m.seq || deleted) continue;
+      out.version = e.seq;
+      if (e.type === "edit") Object.assign(out, { body: e.body, edited: e.ts });
+      else if (e.type === "delete") deleted = true;
+      else if (e.type === "reaction") {
+        const users = reactions[e.emoji] ?? [];
+        if (e.on && !users.includes(e.from)) reactions = { ...reactions, [e.emoji]: [...users, e.from] };
+        if (!e.on && users.includes(e.from)) {
+          const left = users.filter((u) => u !== e.from);
+          reactions = { ...reactions };
+          if (left.length) reactions[e.emoji] = left;
+          else delete reactions[e.emoji];
+        }
+      }
+    }
+    if (deleted) Object.assign(out, { body: "", deleted: true });
+    else if (Object.keys(reactions).length) out.reactions = reactions;
+    if (replies) out.replies = replies;
+    return out;
+  }
+
+  /** An entry of a history page: a message with its state; an edit of a deleted message with body "". */
+  pageEntry(room, e) {
+    if (e.type === "message") return this.stateOf(room, e.seq);
+    if (e.type === "edit" && this.stateOf(room, e.target)?.deleted) return { ...e, body: "" };
+    return e;
+  }
+
+  /** Stores a change as if a bot had published it through JetStream, and delivers it. */
+  publishChange(room, from, fields, clientId = `bot-${randomBytes(6).toString("hex")}`) {
+    return this.#store(this.#room(room), room, from, fields.body ?? "", clientId, fields).message;
+  }
+
+  #store(r, room, from, body, clientId, fields = { type: "message" }) {
     const key = `${from}\n${clientId}`;
     const existing = this.dedupe.get(key);
     if (existing) return { message: existing, duplicate: true };
-    const message = { room, seq: ++this.seq, prev_seq: this.#lastSeq(r), from, body, client_id: clientId, ts: Date.now() };
+    const { type, ...rest } = fields;
+    const message = type === "message"
+      ? { type, room, seq: ++this.seq, prev_seq: this.#lastSeq(r), from, body, client_id: clientId, ts: Date.now(), ...rest }
+      : { type, room, seq: ++this.seq, prev_seq: this.#lastSeq(r), from, ...rest, client_id: clientId, ts: Date.now() };
     r.events.push(message);
     this.dedupe.set(key, message);
     for (const s of this.sessions) {
@@ -538,6 +637,7 @@ export class FakeServer {
       if (this.dropDelivery?.(s, message)) continue;
       this.#send(s, { type: "message", ...message });
     }
+    if (type !== "message") return { message, duplicate: false };
     for (const u of r.members) {
       if (u === from) continue;
       const mentioned = new RegExp(`(^|[^A-Za-z0-9_@.-])@${u}(?![A-Za-z0-9_-])`).test(body);

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import WebSocket from "ws";
 
-import { ChatClient } from "../dist/index.js";
+import { ChatClient, toStored } from "../dist/index.js";
 
 const base = process.env.CHAT_REAL_URL?.replace(/\/$/, "");
 const skip = base ? false : "CHAT_REAL_URL not set (a running stack with CHAT_DEV_LOGIN=true)";
@@ -100,6 +100,48 @@ describe("against a real chat-edge", () => {
     assert.equal(second.seq, first.seq);
     const page = await c.history(room);
     assert.equal(page.messages.filter((m) => m.client_id === clientId).length, 1);
+  });
+
+  test("v1.1 lifecycle: changes missed while disconnected are replayed, and the held state equals history's", { skip }, async () => {
+    const room = `sdk-lc-${suffix}`;
+    const g = gate();
+    const alice = connect(`alice-lc-${suffix}`, { gate: g });
+    const bob = connect(`bob-lc-${suffix}`);
+    await alice.c.connect();
+    await bob.c.connect();
+    await alice.c.join(room);
+    await bob.c.join(room);
+    const one = await bob.c.send(room, "one");
+    const two = await bob.c.send(room, "two");
+    await waitFor(() => alice.messages.length === 2, "live messages");
+    const recovered = alice.c.once("recovered");
+    g.close();
+    alice.c.reconnect();
+    await bob.c.edit(room, one.seq, "one, edited");
+    await bob.c.react(room, one.seq, "👍");
+    await bob.c.react(room, one.seq, "🎉");
+    await bob.c.react(room, one.seq, "🎉", false);
+    await bob.c.delete(room, two.seq);
+    const root = await bob.c.send(room, "root");
+    await bob.c.send(room, "in thread", { thread: root.seq });
+    g.open();
+    assert.equal((await recovered).replayed, 7);
+    const held = alice.c.message(room, one.seq);
+    assert.equal(held.body, "one, edited");
+    assert.deepEqual(held.reactions, { "👍": [`bob-lc-${suffix}`] });
+    assert.equal(alice.c.message(room, two.seq).deleted, true);
+    assert.equal(alice.c.message(room, root.seq).replies, 1);
+    // A fresh page from the server says the same, version included.
+    const { c: carol } = connect(`carol-lc-${suffix}`);
+    await carol.connect();
+    await carol.join(room);
+    const page = await carol.history(room);
+    for (const seq of [one.seq, two.seq, root.seq]) {
+      const fromPage = toStored(page.messages.find((m) => m.seq === seq)); // absent fields as held ones
+      const mine = alice.c.message(room, seq);
+      for (const key of ["body", "version", "deleted", "reactions", "replies"]) assert.deepEqual(mine[key], fromPage[key], `${key} of ${seq}`);
+    }
+    assert.deepEqual((await carol.history(room, { thread: root.seq })).messages.map((m) => m.body), ["root", "in thread"]);
   });
 
   test("concurrent requests are matched to their replies by ref", { skip }, async () => {
