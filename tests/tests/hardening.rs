@@ -556,3 +556,178 @@ async fn sigterm_exits_within_the_grace_period_while_nats_is_down() {
         grace.as_millis()
     );
 }
+
+/// `(type, code)` of a reply frame.
+fn kind_code(f: &serde_json::Value) -> (Option<&str>, Option<&str>) {
+    (f["type"].as_str(), f["code"].as_str())
+}
+
+/// Item 9, CONTRACT v1.1 §2 Quotas, enforced where membership is stored (chat-history): with
+/// CHAT_MAX_ROOMS_PER_USER=3 a user in 3 rooms gets `limit_exceeded` for a further `join`,
+/// `create`, `open_dm` and when invited; a `create` listing a member at the quota is refused
+/// whole (the room is not made); a `leave` frees a place. Before, one session joined 1,800 rooms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_per_user_are_capped_where_membership_is_stored() {
+    let stack = Stack::start_with(&[("CHAT_MAX_ROOMS_PER_USER", "3")]).await;
+    let (mut full, _) = stack.login(0, "full").await;
+    let (mut other, _) = stack.login(0, "other").await;
+    for r in ["q1", "q2", "q3"] {
+        chat_tests::join(&mut full, r).await;
+    }
+    let limit = (Some("error"), Some("limit_exceeded"));
+    let r = full
+        .request(json!({"type": "join", "room": "q4"}), "j4")
+        .await;
+    assert_eq!(kind_code(&r), limit, "{r}");
+    let r = full
+        .request(
+            json!({"type": "create", "room": "mine", "private": true, "members": []}),
+            "c1",
+        )
+        .await;
+    assert_eq!(kind_code(&r), limit, "{r}");
+    let r = full
+        .request(json!({"type": "open_dm", "user": "other"}), "d1")
+        .await;
+    assert_eq!(kind_code(&r), limit, "{r}");
+    // Added by others: an open_dm with, an invite of, a create listing the user at the quota.
+    let r = other
+        .request(json!({"type": "open_dm", "user": "full"}), "d2")
+        .await;
+    assert_eq!(kind_code(&r), limit, "{r}");
+    let r = other
+        .request(
+            json!({"type": "create", "room": "team", "private": true, "members": ["full", "x"]}),
+            "c2",
+        )
+        .await;
+    assert_eq!(kind_code(&r), limit, "{r}");
+    let pool = stack.db().await;
+    let (rooms,): (i64,) = sqlx::query_as("SELECT count(*) FROM history.rooms WHERE id = 'team'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rooms, 0, "a refused create leaves no room behind");
+    let r = other
+        .request(
+            json!({"type": "create", "room": "team2", "private": true, "members": []}),
+            "c3",
+        )
+        .await;
+    assert_eq!(r["type"], "joined", "{r}");
+    let r = other
+        .request(
+            json!({"type": "invite", "room": "team2", "user": "full"}),
+            "i1",
+        )
+        .await;
+    assert_eq!(kind_code(&r), limit, "{r}");
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM history.memberships WHERE user_id = 'full'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(n, 3, "still in exactly 3 rooms");
+    // Re-joining a room one is in is no new membership; a leave frees a place.
+    assert_eq!(chat_tests::join(&mut full, "q1").await["type"], "joined");
+    let r = full
+        .request(json!({"type": "leave", "room": "q3"}), "l1")
+        .await;
+    assert_eq!(r["type"], "left", "{r}");
+    let r = other
+        .request(
+            json!({"type": "invite", "room": "team2", "user": "full"}),
+            "i2",
+        )
+        .await;
+    assert_eq!(r["type"], "ok", "{r}");
+    println!(
+        "FIGURES rooms per user: quota 3; 6 attempts past it (join, create, open_dm ×2, create listing, invite) refused with limit_exceeded, 0 memberships over the quota"
+    );
+}
+
+/// Item 9: chat-history itself refuses a `create` of more than 1,000 members (the edge does too,
+/// but any NATS client with the rooms subject could ask history directly; 7,000 took 0.6 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_refuses_a_create_of_more_than_1000_members() {
+    let stack = Stack::start().await;
+    let client = async_nats::connect(stack.nats.url.as_str()).await.unwrap();
+    let members: Vec<chat_proto::UserId> = (0..1001)
+        .map(|i| chat_proto::UserId::new(format!("m{i}")).unwrap())
+        .collect();
+    let req = |room: &str, members: Vec<chat_proto::UserId>| chat_bus::api::RoomsRequest::Create {
+        user: chat_proto::UserId::new("maker").unwrap(),
+        room: chat_proto::RoomId::new(room).unwrap(),
+        private: true,
+        members,
+    };
+    let refused = nats_request::<_, serde_json::Value>(
+        &client,
+        subjects::ROOMS,
+        &req("big", members.clone()),
+    )
+    .await;
+    assert_eq!(
+        refused.err().map(|e| e.code),
+        Some(chat_proto::ErrorCode::LimitExceeded),
+        "1,001 members"
+    );
+    let ok: serde_json::Value = nats_request(
+        &client,
+        subjects::ROOMS,
+        &req("big", members[..1000].to_vec()),
+    )
+    .await
+    .expect("1,000 members are fine");
+    assert_eq!(ok["members"].as_array().map(Vec::len), Some(1001));
+}
+
+/// Item 12: `open_dm` checks that an existing room with the pair's DM id is that pair's DM (a
+/// room of that id made any other way — here written straight into the database, as a
+/// colliding id or an old bug would — is `conflict`, and nobody is added to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_dm_refuses_a_room_that_is_not_the_pairs_dm() {
+    let stack = Stack::start().await;
+    let pool = stack.db().await;
+    let (a, b) = (
+        chat_proto::UserId::new("dma").unwrap(),
+        chat_proto::UserId::new("dmb").unwrap(),
+    );
+    let id = chat_proto::RoomId::dm(&a, &b).unwrap();
+    sqlx::query("INSERT INTO history.rooms (id, kind, created_by, created_at) VALUES ($1, 'private', 'mallory', 0)")
+        .bind(id.as_str())
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO history.memberships (room, user_id, joined_at) VALUES ($1, 'mallory', 0)",
+    )
+    .bind(id.as_str())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (mut ca, _) = stack.login(0, "dma").await;
+    let r = ca
+        .request(json!({"type": "open_dm", "user": "dmb"}), "d")
+        .await;
+    assert_eq!(kind_code(&r), (Some("error"), Some("conflict")), "{r}");
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM history.memberships WHERE room = $1")
+        .bind(id.as_str())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "nobody was added to mallory's room");
+    // A DM with an invalid id is bad_request; the pair's real DM still opens for another pair.
+    let r = ca
+        .request(json!({"type": "open_dm", "user": "a b"}), "d2")
+        .await;
+    assert_eq!(kind_code(&r), (Some("error"), Some("bad_request")), "{r}");
+    let r = ca
+        .request(json!({"type": "open_dm", "user": "dmc"}), "d3")
+        .await;
+    assert_eq!(r["type"], "joined", "{r}");
+    let r = ca
+        .request(json!({"type": "open_dm", "user": "dmc"}), "d4")
+        .await;
+    assert_eq!(r["type"], "joined", "a second open_dm of the real DM: {r}");
+}
