@@ -731,3 +731,56 @@ async fn open_dm_refuses_a_room_that_is_not_the_pairs_dm() {
         .await;
     assert_eq!(r["type"], "joined", "a second open_dm of the real DM: {r}");
 }
+
+/// The value of a Prometheus gauge or counter (no labels) in `/metrics` of `admin`.
+async fn metric(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let (_, text) = chat_tests::procs::http_get(admin.port(), "/metrics")
+        .await
+        .expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Item 12: chat-notify's cache of room members is bounded (it once kept every room ever
+/// posted to): with NOTIFY_MEMBERS_CACHE_MAX=4, mentions in 12 rooms leave at most 4 cached,
+/// every mention is still notified, and a membership change after caching is seen (a user who
+/// joins a cached room is notified of the next mention there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_member_cache_is_bounded_and_sees_membership_changes() {
+    let stack = Stack::start_with(&[("NOTIFY_MEMBERS_CACHE_MAX", "4")]).await;
+    let (mut poster, _) = stack.login(0, "poster").await;
+    let (mut watcher, _) = stack.login(0, "watcher").await;
+    let rooms: Vec<String> = (0..12).map(|i| format!("cache{i}")).collect();
+    for r in &rooms {
+        chat_tests::join(&mut watcher, r).await;
+        chat_tests::join(&mut poster, r).await;
+    }
+    for (i, r) in rooms.iter().enumerate() {
+        chat_tests::send(&mut poster, r, "@watcher look", &format!("w{i}")).await;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < rooms.len() {
+        let n = watcher
+            .recv_type("notification")
+            .await
+            .expect("a notification per room");
+        seen.insert(n["room"].as_str().unwrap().to_owned());
+    }
+    let entries = metric(stack.notifies[0].admin, "notify_member_cache_entries")
+        .await
+        .expect("the cache's size is exported");
+    assert!(entries <= 4.0, "{entries} rooms cached, bound 4");
+    // The newest room is cached; a membership change there is seen by the next message.
+    let last = rooms.last().unwrap();
+    let (mut late, _) = stack.login(0, "late").await;
+    chat_tests::join(&mut late, last).await;
+    chat_tests::send(&mut poster, last, "@late welcome", "late1").await;
+    let n = late
+        .recv_type("notification")
+        .await
+        .expect("late is notified");
+    assert_eq!(n["room"], last.as_str());
+    println!(
+        "FIGURES notify member cache: 12 rooms mentioned, {entries} cached (bound 4), 12 of 12 notified, a join after caching seen"
+    );
+}

@@ -80,7 +80,12 @@ impl Core {
         webhooks: Option<Webhooks>,
         config: NotifyConfig,
     ) -> Self {
-        let members = Members::new(nats.clone(), config.request_timeout, config.members_ttl);
+        let members = Members::new(
+            nats.clone(),
+            config.request_timeout,
+            config.members_ttl,
+            config.members_cache_max,
+        );
         Core {
             pool,
             nats,
