@@ -784,3 +784,87 @@ async fn notify_member_cache_is_bounded_and_sees_membership_changes() {
         "FIGURES notify member cache: 12 rooms mentioned, {entries} cached (bound 4), 12 of 12 notified, a join after caching seen"
     );
 }
+
+/// Item 12: a lost membership announcement is repaired. The announcement
+/// (`chat.user.<user>.membership`, core NATS) is the only thing that told another edge's
+/// session that its user left; lost, that session stayed subscribed and could send for as
+/// long as it lived. Here bob's membership is removed where it is stored (chat-history's
+/// database) with no announcement at all: within CHAT_MEMBERSHIP_RECONCILE his session on the
+/// other edge gets `left`, stops receiving the room and gets `forbidden` on send; a membership
+/// added the same way is joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_leave_announcement_is_reconciled_within_a_bounded_time() {
+    let mut stack = Stack::start_with(&[
+        ("CHAT_HEARTBEAT_MS", "500"),
+        ("CHAT_MEMBERSHIP_RECONCILE", "1s"),
+    ])
+    .await;
+    stack.add_edge().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    let (mut bob, _) = stack.login(1, "bob").await;
+    chat_tests::join(&mut alice, "rec").await;
+    chat_tests::join(&mut bob, "rec").await;
+    chat_tests::join(&mut alice, "rec2").await;
+    chat_tests::send(&mut bob, "rec", "before", "b1").await;
+
+    let pool = stack.db().await;
+    sqlx::query("DELETE FROM history.memberships WHERE user_id = 'bob' AND room = 'rec'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO history.memberships (room, user_id, joined_at) VALUES ('rec2', 'bob', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let removed = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let left = bob
+        .recv_until(|f| {
+            seen.push(f.clone());
+            f["type"] == "left" && f["room"] == "rec"
+        })
+        .await
+        .expect("left within the reconciliation interval");
+    let took = removed.elapsed();
+    assert!(left["ref"].is_null(), "{left}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    bob.send(json!({"type": "send", "room": "rec", "body": "x", "client_id": "b2", "ref": "s"}))
+        .await;
+    let r = bob
+        .recv_until(|f| {
+            seen.push(f.clone());
+            f["ref"] == "s"
+        })
+        .await
+        .expect("an answer to the send");
+    assert_eq!(kind_code(&r), (Some("error"), Some("forbidden")), "{r}");
+    chat_tests::send(&mut alice, "rec", "after", "a1").await;
+    let marker = chat_tests::send(&mut alice, "rec2", "marker", "a2").await;
+    // bob gets rec2 (added behind his session's back) and its marker, never rec's `after`.
+    let mut got_rec2 = seen
+        .iter()
+        .any(|f| f["type"] == "joined" && f["room"] == "rec2");
+    loop {
+        let f = bob.recv().await.expect("the marker reaches bob");
+        assert!(
+            !(f["type"] == "message" && f["room"] == "rec"),
+            "a message of a room bob left: {f}"
+        );
+        if f["type"] == "joined" && f["room"] == "rec2" {
+            got_rec2 = true;
+        }
+        if f["type"] == "message" && f["room"] == "rec2" && f["seq"] == marker["seq"] {
+            break;
+        }
+    }
+    assert!(
+        got_rec2,
+        "the stored membership of rec2 was joined: {seen:?}"
+    );
+    println!(
+        "FIGURES lost membership announcement: a leave and a join written only to the database; reconciled after {} ms (interval 1 s), send forbidden, 0 events of the left room delivered",
+        took.as_millis()
+    );
+}

@@ -54,6 +54,10 @@ pub struct EdgeConfig {
     pub drain_grace: Duration,
     /// `CHAT_REQUEST_TIMEOUT`: how long the edge waits for a service.
     pub request_timeout: Duration,
+    /// `CHAT_MEMBERSHIP_RECONCILE` (60s): how often a session compares its rooms with those
+    /// chat-history stores, so that a lost membership announcement is repaired within it
+    /// (rounded up to whole heartbeats).
+    pub membership_reconcile: Duration,
     /// `CHAT_DEV_LOGIN`: serve `POST /dev/token` (development only).
     pub dev_login: bool,
     /// `CHAT_WEB_DIR`: static web client served at `/`.
@@ -184,6 +188,15 @@ impl EdgeConfig {
         }
     }
 
+    /// `membership_reconcile` in heartbeat ticks (at least 1).
+    pub fn reconcile_ticks(&self) -> u32 {
+        let ticks = self
+            .membership_reconcile
+            .as_millis()
+            .div_ceil(self.heartbeat.as_millis().max(1));
+        ticks.clamp(1, u32::MAX as u128) as u32
+    }
+
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let opt = |k: &str| env.get(k).map(str::to_owned);
         let dev_login = env.bool("CHAT_DEV_LOGIN", false)?;
@@ -211,6 +224,8 @@ impl EdgeConfig {
             auth_timeout: env.duration("CHAT_AUTH_TIMEOUT", Duration::from_secs(10))?,
             drain_grace: env.duration("CHAT_DRAIN_GRACE", Duration::from_secs(20))?,
             request_timeout: env.duration("CHAT_REQUEST_TIMEOUT", Duration::from_secs(5))?,
+            membership_reconcile: env
+                .duration("CHAT_MEMBERSHIP_RECONCILE", Duration::from_secs(60))?,
             dev_login,
             web_dir: PathBuf::from(env.string("CHAT_WEB_DIR", "clients/web")),
             ws_buffer: env.parse("CHAT_WS_BUFFER", 1024usize)?.max(256),
