@@ -367,7 +367,8 @@ async fn integrations_are_scoped_to_their_rooms_and_read_no_dm_or_preview() {
     for room in ["secret1", dm.as_str()] {
         bot.refused_publish(&format!("chat.room.{room}.msg")).await;
         bot.refused_subscribe(&format!("chat.fanout.{room}")).await;
-        bot.refused_subscribe(&format!("chat.room.{room}.typing")).await;
+        bot.refused_subscribe(&format!("chat.room.{room}.typing"))
+            .await;
     }
     bot.refused_subscribe("chat.fanout.>").await;
     bot.refused_subscribe("chat.fanout.*").await;
@@ -391,7 +392,8 @@ async fn integrations_are_scoped_to_their_rooms_and_read_no_dm_or_preview() {
     bot.refused_publish("chat.room.general.typing").await;
     bot.refused_publish("$JS.API.STREAM.INFO.CHAT").await;
     bot.refused_publish("$JS.API.STREAM.MSG.GET.CHAT").await;
-    bot.refused_publish(&format!("$JS.API.DIRECT.GET.CHAT.chat.room.{dm}.msg")).await;
+    bot.refused_publish(&format!("$JS.API.DIRECT.GET.CHAT.chat.room.{dm}.msg"))
+        .await;
     bot.refused_publish("$JS.API.CONSUMER.CREATE.CHAT").await;
     bot.refused_publish("$JS.API.STREAM.PURGE.CHAT").await;
 

@@ -117,11 +117,6 @@ impl Members {
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
         self.inner.cache().remove(room);
     }
-
-    /// How many rooms are cached.
-    pub fn len(&self) -> usize {
-        self.inner.cache().len()
-    }
 }
 
 /// Inserts into a cache of at most `max` entries: when a new room finds it full, the expired
