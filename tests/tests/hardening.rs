@@ -556,3 +556,315 @@ async fn sigterm_exits_within_the_grace_period_while_nats_is_down() {
         grace.as_millis()
     );
 }
+
+/// `(type, code)` of a reply frame.
+fn kind_code(f: &serde_json::Value) -> (Option<&str>, Option<&str>) {
+    (f["type"].as_str(), f["code"].as_str())
+}
+
+/// Item 9, CONTRACT v1.1 §2 Quotas, enforced where membership is stored (chat-history): with
+/// CHAT_MAX_ROOMS_PER_USER=3 a user in 3 rooms gets `limit_exceeded` for a further `join`,
+/// `create`, `open_dm` and when invited; a `create` listing a member at the quota is refused
+/// whole (the room is not made); a `leave` frees a place. Before, one session joined 1,800 rooms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_per_user_are_capped_where_membership_is_stored() {
+    let stack = Stack::start_with(&[("CHAT_MAX_ROOMS_PER_USER", "3")]).await;
+    let (mut full, _) = stack.login(0, "full").await;
+    let (mut other, _) = stack.login(0, "other").await;
+    for r in ["q1", "q2", "q3"] {
+        chat_tests::join(&mut full, r).await;
+    }
+    let limit = (Some("error"), Some("limit_exceeded"));
+    let r = full
+        .request(json!({"type": "join", "room": "q4"}), "j4")
+        .await;
+    assert_eq!(kind_code(&r), limit, "{r}");
+    let r = full
+        .request(
+            json!({"type": "create", "room": "mine", "private": true, "members": []}),
+            "c1",
+        )
+        .await;
+    assert_eq!(kind_code(&r), limit, "{r}");
+    let r = full
+        .request(json!({"type": "open_dm", "user": "other"}), "d1")
+        .await;
+    assert_eq!(kind_code(&r), limit, "{r}");
+    // Added by others: an open_dm with, an invite of, a create listing the user at the quota.
+    let r = other
+        .request(json!({"type": "open_dm", "user": "full"}), "d2")
+        .await;
+    assert_eq!(kind_code(&r), limit, "{r}");
+    let r = other
+        .request(
+            json!({"type": "create", "room": "team", "private": true, "members": ["full", "x"]}),
+            "c2",
+        )
+        .await;
+    assert_eq!(kind_code(&r), limit, "{r}");
+    let pool = stack.db().await;
+    let (rooms,): (i64,) = sqlx::query_as("SELECT count(*) FROM history.rooms WHERE id = 'team'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rooms, 0, "a refused create leaves no room behind");
+    let r = other
+        .request(
+            json!({"type": "create", "room": "team2", "private": true, "members": []}),
+            "c3",
+        )
+        .await;
+    assert_eq!(r["type"], "joined", "{r}");
+    let r = other
+        .request(
+            json!({"type": "invite", "room": "team2", "user": "full"}),
+            "i1",
+        )
+        .await;
+    assert_eq!(kind_code(&r), limit, "{r}");
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM history.memberships WHERE user_id = 'full'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(n, 3, "still in exactly 3 rooms");
+    // Re-joining a room one is in is no new membership; a leave frees a place.
+    assert_eq!(chat_tests::join(&mut full, "q1").await["type"], "joined");
+    let r = full
+        .request(json!({"type": "leave", "room": "q3"}), "l1")
+        .await;
+    assert_eq!(r["type"], "left", "{r}");
+    let r = other
+        .request(
+            json!({"type": "invite", "room": "team2", "user": "full"}),
+            "i2",
+        )
+        .await;
+    assert_eq!(r["type"], "ok", "{r}");
+    println!(
+        "FIGURES rooms per user: quota 3; 6 attempts past it (join, create, open_dm ×2, create listing, invite) refused with limit_exceeded, 0 memberships over the quota"
+    );
+}
+
+/// Item 9: chat-history itself refuses a `create` of more than 1,000 members (the edge does too,
+/// but any NATS client with the rooms subject could ask history directly; 7,000 took 0.6 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_refuses_a_create_of_more_than_1000_members() {
+    let stack = Stack::start().await;
+    let client = async_nats::connect(stack.nats.url.as_str()).await.unwrap();
+    let members: Vec<chat_proto::UserId> = (0..1001)
+        .map(|i| chat_proto::UserId::new(format!("m{i}")).unwrap())
+        .collect();
+    let req = |room: &str, members: Vec<chat_proto::UserId>| chat_bus::api::RoomsRequest::Create {
+        user: chat_proto::UserId::new("maker").unwrap(),
+        room: chat_proto::RoomId::new(room).unwrap(),
+        private: true,
+        members,
+    };
+    let refused = nats_request::<_, serde_json::Value>(
+        &client,
+        subjects::ROOMS,
+        &req("big", members.clone()),
+    )
+    .await;
+    assert_eq!(
+        refused.err().map(|e| e.code),
+        Some(chat_proto::ErrorCode::LimitExceeded),
+        "1,001 members"
+    );
+    let ok: serde_json::Value = nats_request(
+        &client,
+        subjects::ROOMS,
+        &req("big", members[..1000].to_vec()),
+    )
+    .await
+    .expect("1,000 members are fine");
+    assert_eq!(ok["members"].as_array().map(Vec::len), Some(1001));
+}
+
+/// Item 12: `open_dm` checks that an existing room with the pair's DM id is that pair's DM (a
+/// room of that id made any other way — here written straight into the database, as a
+/// colliding id or an old bug would — is `conflict`, and nobody is added to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_dm_refuses_a_room_that_is_not_the_pairs_dm() {
+    let stack = Stack::start().await;
+    let pool = stack.db().await;
+    let (a, b) = (
+        chat_proto::UserId::new("dma").unwrap(),
+        chat_proto::UserId::new("dmb").unwrap(),
+    );
+    let id = chat_proto::RoomId::dm(&a, &b).unwrap();
+    sqlx::query("INSERT INTO history.rooms (id, kind, created_by, created_at) VALUES ($1, 'private', 'mallory', 0)")
+        .bind(id.as_str())
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO history.memberships (room, user_id, joined_at) VALUES ($1, 'mallory', 0)",
+    )
+    .bind(id.as_str())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (mut ca, _) = stack.login(0, "dma").await;
+    let r = ca
+        .request(json!({"type": "open_dm", "user": "dmb"}), "d")
+        .await;
+    assert_eq!(kind_code(&r), (Some("error"), Some("conflict")), "{r}");
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM history.memberships WHERE room = $1")
+        .bind(id.as_str())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "nobody was added to mallory's room");
+    // A DM with an invalid id is bad_request; the pair's real DM still opens for another pair.
+    let r = ca
+        .request(json!({"type": "open_dm", "user": "a b"}), "d2")
+        .await;
+    assert_eq!(kind_code(&r), (Some("error"), Some("bad_request")), "{r}");
+    let r = ca
+        .request(json!({"type": "open_dm", "user": "dmc"}), "d3")
+        .await;
+    assert_eq!(r["type"], "joined", "{r}");
+    let r = ca
+        .request(json!({"type": "open_dm", "user": "dmc"}), "d4")
+        .await;
+    assert_eq!(r["type"], "joined", "a second open_dm of the real DM: {r}");
+}
+
+/// The value of a Prometheus gauge or counter (no labels) in `/metrics` of `admin`.
+async fn metric(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let (_, text) = chat_tests::procs::http_get(admin.port(), "/metrics")
+        .await
+        .expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Item 12: chat-notify's cache of room members is bounded (it once kept every room ever
+/// posted to): with NOTIFY_MEMBERS_CACHE_MAX=4, mentions in 12 rooms leave at most 4 cached,
+/// every mention is still notified, and a membership change after caching is seen (a user who
+/// joins a cached room is notified of the next mention there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_member_cache_is_bounded_and_sees_membership_changes() {
+    let stack = Stack::start_with(&[("NOTIFY_MEMBERS_CACHE_MAX", "4")]).await;
+    let (mut poster, _) = stack.login(0, "poster").await;
+    let (mut watcher, _) = stack.login(0, "watcher").await;
+    let rooms: Vec<String> = (0..12).map(|i| format!("cache{i}")).collect();
+    for r in &rooms {
+        chat_tests::join(&mut watcher, r).await;
+        chat_tests::join(&mut poster, r).await;
+    }
+    for (i, r) in rooms.iter().enumerate() {
+        chat_tests::send(&mut poster, r, "@watcher look", &format!("w{i}")).await;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < rooms.len() {
+        let n = watcher
+            .recv_type("notification")
+            .await
+            .expect("a notification per room");
+        seen.insert(n["room"].as_str().unwrap().to_owned());
+    }
+    let entries = metric(stack.notifies[0].admin, "chat_notify_member_cache_entries")
+        .await
+        .expect("the cache's size is exported");
+    assert!(entries <= 4.0, "{entries} rooms cached, bound 4");
+    // The newest room is cached; a membership change there is seen by the next message.
+    let last = rooms.last().unwrap();
+    let (mut late, _) = stack.login(0, "late").await;
+    chat_tests::join(&mut late, last).await;
+    chat_tests::send(&mut poster, last, "@late welcome", "late1").await;
+    let n = late
+        .recv_type("notification")
+        .await
+        .expect("late is notified");
+    assert_eq!(n["room"], last.as_str());
+    println!(
+        "FIGURES notify member cache: 12 rooms mentioned, {entries} cached (bound 4), 12 of 12 notified, a join after caching seen"
+    );
+}
+
+/// Item 12: a lost membership announcement is repaired. The announcement
+/// (`chat.user.<user>.membership`, core NATS) is the only thing that told another edge's
+/// session that its user left; lost, that session stayed subscribed and could send for as
+/// long as it lived. Here bob's membership is removed where it is stored (chat-history's
+/// database) with no announcement at all: within CHAT_MEMBERSHIP_RECONCILE his session on the
+/// other edge gets `left`, stops receiving the room and gets `forbidden` on send; a membership
+/// added the same way is joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_leave_announcement_is_reconciled_within_a_bounded_time() {
+    let mut stack = Stack::start_with(&[
+        ("CHAT_HEARTBEAT_MS", "500"),
+        ("CHAT_MEMBERSHIP_RECONCILE", "1s"),
+    ])
+    .await;
+    stack.add_edge().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    let (mut bob, _) = stack.login(1, "bob").await;
+    chat_tests::join(&mut alice, "rec").await;
+    chat_tests::join(&mut bob, "rec").await;
+    chat_tests::join(&mut alice, "rec2").await;
+    chat_tests::send(&mut bob, "rec", "before", "b1").await;
+
+    let pool = stack.db().await;
+    sqlx::query("DELETE FROM history.memberships WHERE user_id = 'bob' AND room = 'rec'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO history.memberships (room, user_id, joined_at) VALUES ('rec2', 'bob', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let removed = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let left = bob
+        .recv_until(|f| {
+            seen.push(f.clone());
+            f["type"] == "left" && f["room"] == "rec"
+        })
+        .await
+        .expect("left within the reconciliation interval");
+    let took = removed.elapsed();
+    assert!(left["ref"].is_null(), "{left}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    bob.send(json!({"type": "send", "room": "rec", "body": "x", "client_id": "b2", "ref": "s"}))
+        .await;
+    let r = bob
+        .recv_until(|f| {
+            seen.push(f.clone());
+            f["ref"] == "s"
+        })
+        .await
+        .expect("an answer to the send");
+    assert_eq!(kind_code(&r), (Some("error"), Some("forbidden")), "{r}");
+    chat_tests::send(&mut alice, "rec", "after", "a1").await;
+    let marker = chat_tests::send(&mut alice, "rec2", "marker", "a2").await;
+    // bob gets rec2 (added behind his session's back) and its marker, never rec's `after`.
+    let mut got_rec2 = seen
+        .iter()
+        .any(|f| f["type"] == "joined" && f["room"] == "rec2");
+    loop {
+        let f = bob.recv().await.expect("the marker reaches bob");
+        assert!(
+            !(f["type"] == "message" && f["room"] == "rec"),
+            "a message of a room bob left: {f}"
+        );
+        if f["type"] == "joined" && f["room"] == "rec2" {
+            got_rec2 = true;
+        }
+        if f["type"] == "message" && f["room"] == "rec2" && f["seq"] == marker["seq"] {
+            break;
+        }
+    }
+    assert!(
+        got_rec2,
+        "the stored membership of rec2 was joined: {seen:?}"
+    );
+    println!(
+        "FIGURES lost membership announcement: a leave and a join written only to the database; reconciled after {} ms (interval 1 s), send forbidden, 0 events of the left room delivered",
+        took.as_millis()
+    );
+}

@@ -268,8 +268,14 @@ async fn a_service_user_cannot_answer_on_a_foreign_reply_subject() {
     }
 }
 
+/// Issue 15 item 8: the `integrations` credential of auth.conf is scoped (docs/deploy.md,
+/// "Integrations and scopes"): it posts through JetStream to its rooms (`general`, `alerts`) and
+/// reads their live feed, typing and presence, asks chat.api.presence; it cannot post to or read
+/// any other room — a private room or a DM (`dm-…`) —, read notifications or unread counts
+/// (previews of DMs), ask chat.api.history/search (the room is in the payload, unscoped), or use
+/// the JetStream API. Before, it could post into and read every room and every user's previews.
 #[tokio::test]
-async fn integrations_read_public_subjects_ask_the_api_and_post_through_jetstream() {
+async fn integrations_are_scoped_to_their_rooms_and_read_no_dm_or_preview() {
     let (nats, _logs) = server().await;
     // The edge creates the CHAT stream, as it does at start.
     let edge = Probe::connect(&nats, "edge").await;
@@ -280,23 +286,23 @@ async fn integrations_read_public_subjects_ask_the_api_and_post_through_jetstrea
     .await
     .expect("edge creates the CHAT stream");
 
-    // A chat-history stand-in answers chat.api.history (allow_responses lets it reply).
-    let history = Probe::connect(&nats, "history").await;
-    let mut requests = history
+    // A chat-presence stand-in answers chat.api.presence.
+    let presence = Probe::connect(&nats, "presence").await;
+    let mut requests = presence
         .client
-        .queue_subscribe("chat.api.history", "chat-history".into())
+        .queue_subscribe("chat.api.presence", "chat-presence".into())
         .await
         .unwrap();
-    let responder = history.client.clone();
+    let responder = presence.client.clone();
     tokio::spawn(async move {
         while let Some(m) = requests.next().await {
             if let Some(reply) = m.reply {
-                let page = json!({"room": "general", "messages": [], "has_more": false});
-                let _ = responder.publish(reply, page.to_string().into()).await;
+                let users = json!({"users": []});
+                let _ = responder.publish(reply, users.to_string().into()).await;
             }
         }
     });
-    history.client.flush().await.unwrap();
+    presence.client.flush().await.unwrap();
 
     let mut bot = Probe::connect_with(
         &nats,
@@ -305,25 +311,25 @@ async fn integrations_read_public_subjects_ask_the_api_and_post_through_jetstrea
     )
     .await;
     let mut feed = bot.allowed_subscribe("chat.fanout.general").await;
+    bot.allowed_subscribe("chat.fanout.alerts").await;
     bot.allowed_subscribe("chat.room.general.typing").await;
     bot.allowed_subscribe("chat.room.general.presence").await;
-    bot.allowed_subscribe("chat.user.alice.notify").await;
-    bot.allowed_subscribe("chat.user.alice.unread").await;
     bot.allowed_subscribe("presence.user.>").await;
 
     // Request/reply through its own inbox prefix.
     let reply = bot
         .client
         .request(
-            "chat.api.history",
-            json!({"room": "general"}).to_string().into(),
+            "chat.api.presence",
+            json!({"users": ["alice"]}).to_string().into(),
         )
         .await
-        .expect("chat.api.history answers an integration");
-    let page: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-    assert_eq!(page["has_more"], false);
+        .expect("chat.api.presence answers an integration");
+    let users: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(users["users"].is_array());
 
-    // Posting through JetStream: the PubAck comes back on _INBOX_integrations.
+    // Posting through JetStream to a room of its scope: the PubAck comes back on
+    // _INBOX_integrations.
     let event = chat_bus::event::RoomEvent::message(
         chat_proto::RoomId::new("general").unwrap(),
         chat_proto::UserId::new("bot").unwrap(),
@@ -350,20 +356,45 @@ async fn integrations_read_public_subjects_ask_the_api_and_post_through_jetstrea
         event
     );
     assert!(bot.settle().await.is_empty());
+    bot.allowed_publish("chat.room.alerts.msg").await;
 
-    // Nothing internal: not the services' inboxes, rooms, membership, presence reports or
-    // the JetStream API.
-    bot.refused_subscribe("_INBOX.>").await;
+    // Outside its scope: other rooms, private ones and DMs, to post or to read.
+    let dm = chat_proto::RoomId::dm(
+        &chat_proto::UserId::new("alice").unwrap(),
+        &chat_proto::UserId::new("bob").unwrap(),
+    )
+    .unwrap();
+    for room in ["secret1", dm.as_str()] {
+        bot.refused_publish(&format!("chat.room.{room}.msg")).await;
+        bot.refused_subscribe(&format!("chat.fanout.{room}")).await;
+        bot.refused_subscribe(&format!("chat.room.{room}.typing"))
+            .await;
+    }
+    bot.refused_subscribe("chat.fanout.>").await;
+    bot.refused_subscribe("chat.fanout.*").await;
+    bot.refused_publish("chat.room.*.msg").await;
+    // No notifications (DM previews), unread counts or membership of anyone.
+    bot.refused_subscribe("chat.user.alice.notify").await;
+    bot.refused_subscribe("chat.user.alice.unread").await;
+    bot.refused_subscribe("chat.user.>").await;
     bot.refused_subscribe("chat.user.alice.membership").await;
+    // No unscoped reads: history and search take the room or user in the payload.
+    bot.refused_publish("chat.api.history").await;
+    bot.refused_publish("chat.api.search").await;
+    // Nothing internal: not the services' inboxes, rooms, presence reports, the JetStream API
+    // (no reading the stream's messages of other rooms) or the key-value buckets.
+    bot.refused_subscribe("_INBOX.>").await;
     bot.refused_subscribe("chat.internal.>").await;
     bot.refused_subscribe("chat.api.history").await;
-    bot.refused_subscribe("chat.api.search").await;
-    bot.allowed_publish("chat.api.search").await;
     bot.refused_publish("chat.internal.rooms").await;
     bot.refused_publish("chat.internal.presence.up").await;
     bot.refused_publish("chat.user.alice.notify").await;
     bot.refused_publish("chat.room.general.typing").await;
     bot.refused_publish("$JS.API.STREAM.INFO.CHAT").await;
+    bot.refused_publish("$JS.API.STREAM.MSG.GET.CHAT").await;
+    bot.refused_publish(&format!("$JS.API.DIRECT.GET.CHAT.chat.room.{dm}.msg"))
+        .await;
+    bot.refused_publish("$JS.API.CONSUMER.CREATE.CHAT").await;
     bot.refused_publish("$JS.API.STREAM.PURGE.CHAT").await;
 
     // An integration that forgets the inbox prefix cannot receive replies.
@@ -376,8 +407,8 @@ async fn integrations_read_public_subjects_ask_the_api_and_post_through_jetstrea
     let answer = careless
         .client
         .request(
-            "chat.api.history",
-            json!({"room": "general"}).to_string().into(),
+            "chat.api.presence",
+            json!({"users": ["alice"]}).to_string().into(),
         )
         .await;
     assert!(answer.is_err(), "no reply without the inbox prefix");
@@ -386,6 +417,9 @@ async fn integrations_read_public_subjects_ask_the_api_and_post_through_jetstrea
         v.iter()
             .any(|e| e.contains("Subscription") && e.contains("_INBOX.")),
         "{v:?}"
+    );
+    println!(
+        "FIGURES integration scope: posted and read in its 2 rooms; 2 other rooms (private, DM) refused to post and read, 0 notification/unread/history/JetStream API access"
     );
 }
 

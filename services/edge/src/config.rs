@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chat_bus::event::MAX_EVENT_BODY_CHARS;
 use chat_bus::stream::StreamSettings;
 use chat_runtime::nats::NatsConfig;
 use chat_runtime::{ConfigError, Env};
@@ -54,6 +55,10 @@ pub struct EdgeConfig {
     pub drain_grace: Duration,
     /// `CHAT_REQUEST_TIMEOUT`: how long the edge waits for a service.
     pub request_timeout: Duration,
+    /// `CHAT_MEMBERSHIP_RECONCILE` (60s): how often a session compares its rooms with those
+    /// chat-history stores, so that a lost membership announcement is repaired within it
+    /// (rounded up to whole heartbeats).
+    pub membership_reconcile: Duration,
     /// `CHAT_DEV_LOGIN`: serve `POST /dev/token` (development only).
     pub dev_login: bool,
     /// `CHAT_WEB_DIR`: static web client served at `/`.
@@ -184,6 +189,15 @@ impl EdgeConfig {
         }
     }
 
+    /// `membership_reconcile` in heartbeat ticks (at least 1).
+    pub fn reconcile_ticks(&self) -> u32 {
+        let ticks = self
+            .membership_reconcile
+            .as_millis()
+            .div_ceil(self.heartbeat.as_millis().max(1));
+        ticks.clamp(1, u32::MAX as u128) as u32
+    }
+
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let opt = |k: &str| env.get(k).map(str::to_owned);
         let dev_login = env.bool("CHAT_DEV_LOGIN", false)?;
@@ -192,6 +206,19 @@ impl EdgeConfig {
             env.get("CHAT_JWT_JWKS").is_some(),
             dev_login,
         )?;
+        let max_body = env.parse("CHAT_MAX_BODY", 4000usize)?;
+        if max_body == 0 || max_body > MAX_EVENT_BODY_CHARS {
+            // A larger body would be published but not be a valid event: dead-lettered, never
+            // delivered (CONTRACT v1.1 §3), with an `ack` already sent. Refused at start.
+            return Err(ConfigError {
+                key: "CHAT_MAX_BODY".into(),
+                value: max_body.to_string(),
+                problem: format!(
+                    "must be 1..={MAX_EVENT_BODY_CHARS} characters (the longest body an event \
+                     may carry, chat_bus::event::MAX_EVENT_BODY_CHARS)"
+                ),
+            });
+        }
         Ok(EdgeConfig {
             nats: NatsConfig::from_env(env)?,
             listen: env.addr("EDGE_LISTEN", "0.0.0.0:8080")?,
@@ -203,7 +230,7 @@ impl EdgeConfig {
             jwt_issuer: opt("CHAT_JWT_ISSUER"),
             jwt_audience: opt("CHAT_JWT_AUDIENCE"),
             allowed_origins: env.list("CHAT_ALLOWED_ORIGINS"),
-            max_body: env.parse("CHAT_MAX_BODY", 4000)?,
+            max_body,
             max_frame: env.parse("CHAT_MAX_FRAME", 65_536)?,
             rate_per_s: env.parse("CHAT_RATE_PER_S", 100)?,
             heartbeat: Duration::from_millis(env.parse("CHAT_HEARTBEAT_MS", 5000u64)?.max(100)),
@@ -211,6 +238,8 @@ impl EdgeConfig {
             auth_timeout: env.duration("CHAT_AUTH_TIMEOUT", Duration::from_secs(10))?,
             drain_grace: env.duration("CHAT_DRAIN_GRACE", Duration::from_secs(20))?,
             request_timeout: env.duration("CHAT_REQUEST_TIMEOUT", Duration::from_secs(5))?,
+            membership_reconcile: env
+                .duration("CHAT_MEMBERSHIP_RECONCILE", Duration::from_secs(60))?,
             dev_login,
             web_dir: PathBuf::from(env.string("CHAT_WEB_DIR", "clients/web")),
             ws_buffer: env.parse("CHAT_WS_BUFFER", 1024usize)?.max(256),
@@ -259,6 +288,20 @@ mod tests {
         let c = EdgeConfig::from_env(&dev_short).unwrap();
         assert_eq!(c.jwt_secret.unwrap().as_str(), "short");
         assert!(!format!("{:?}", EdgeConfig::from_env(&dev_short).unwrap()).contains("short"));
+    }
+
+    #[test]
+    fn max_body_above_the_event_ceiling_is_refused() {
+        let env = |v: &str| Env::from_pairs([("CHAT_JWT_SECRET", GOOD), ("CHAT_MAX_BODY", v)]);
+        let max = MAX_EVENT_BODY_CHARS.to_string();
+        assert_eq!(EdgeConfig::from_env(&env(&max)).unwrap().max_body, 16_384);
+        for bad in ["16385", "100000", "0"] {
+            let err = EdgeConfig::from_env(&env(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("CHAT_MAX_BODY") && err.contains("16384"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

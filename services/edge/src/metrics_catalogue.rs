@@ -3,6 +3,10 @@
 use chat_runtime::metrics::Metric;
 
 pub const CATALOGUE: &[Metric] = &[
+    Metric::counter(
+        "chat_edge_membership_reconciled_total",
+        "Membership changes a session learned from reconciling with chat-history (a missed announcement).",
+    ),
     Metric::gauge(
         "chat_edge_connections",
         "Authenticated WebSocket connections open now.",

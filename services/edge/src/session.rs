@@ -213,6 +213,10 @@ where
         messages_out: metrics::counter!("chat_edge_frames_out_total", "type" => "message"),
         ping_due: false,
         sends: futures::stream::FuturesOrdered::new(),
+        rooms_version: 0,
+        // Spread over the interval, so that sessions opened together do not ask together.
+        ticks_to_reconcile: 1 + rand::random::<u32>() % edge.config.reconcile_ticks(),
+        reconciling: None,
     };
     let served = std::panic::AssertUnwindSafe(session.serve(rx))
         .catch_unwind()
@@ -422,6 +426,24 @@ struct Session<S> {
     ping_due: bool,
     /// Sends waiting for their acknowledgement, answered in order.
     sends: futures::stream::FuturesOrdered<SendReply>,
+    /// Bumped by every change of `rooms`: a reconciliation answered across one is dropped.
+    rooms_version: u64,
+    /// Heartbeat ticks until the next reconciliation of `rooms` with chat-history.
+    ticks_to_reconcile: u32,
+    /// A reconciliation in flight: (`rooms_version` when asked, the user's stored rooms).
+    reconciling: Option<(u64, Reconciling)>,
+}
+
+/// The answer of a reconciliation's `UserRooms` request.
+type Reconciling =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<UserRooms, ApiError>> + Send>>;
+
+/// Waits for the reconciliation in flight (never completes when there is none).
+async fn next_reconcile(r: &mut Option<(u64, Reconciling)>) -> (u64, Result<UserRooms, ApiError>) {
+    match r {
+        Some((version, fut)) => (*version, fut.await),
+        None => std::future::pending().await,
+    }
 }
 
 impl<S> Drop for Session<S> {
@@ -512,7 +534,16 @@ where
                     close_with(&mut self.socket, close::UNAUTHORIZED, "token expired").await;
                     return;
                 }
+                (asked_at, stored) = next_reconcile(&mut self.reconciling) => {
+                    self.reconciling = None;
+                    Box::pin(self.reconcile(asked_at, stored)).await;
+                }
                 _ = ping.tick() => {
+                    self.ticks_to_reconcile = self.ticks_to_reconcile.saturating_sub(1);
+                    if self.ticks_to_reconcile == 0 && self.reconciling.is_none() {
+                        self.ticks_to_reconcile = self.edge.config.reconcile_ticks();
+                        self.start_reconcile();
+                    }
                     if self.last_heard.elapsed() > heartbeat * 3 {
                         // A busy edge may not have read the peer's pong yet: read what is
                         // waiting before calling the peer dead.
@@ -776,6 +807,60 @@ where
         .await
     }
 
+    /// Asks chat-history for the user's rooms, to be compared with this session's when answered
+    /// (issue 15 item 12): a membership announcement lost on the way (NATS core, at most once)
+    /// would otherwise leave the session subscribed to a room it left — receiving and able to
+    /// send — or missing one it was added to. One request per session per
+    /// `CHAT_MEMBERSHIP_RECONCILE`, on the heartbeat's ticks: nothing per message.
+    fn start_reconcile(&mut self) {
+        let (nats, timeout) = (self.edge.nats.clone(), self.edge.config.request_timeout);
+        let req = RoomsRequest::UserRooms {
+            user: self.user().clone(),
+        };
+        let fut = async move { api::request(&nats, subjects::ROOMS, &req, timeout).await };
+        self.reconciling = Some((self.rooms_version, Box::pin(fut)));
+    }
+
+    /// Applies a reconciliation's answer: rooms the session has and chat-history does not store
+    /// are left (`left`, unsubscribed: no more events, `send` is `forbidden`), stored rooms it
+    /// lacks are joined, as their announcements would have done. An answer asked before a
+    /// change of the session's rooms may predate it and is dropped; so is a failed request (the
+    /// next tick asks again).
+    async fn reconcile(&mut self, asked_at: u64, stored: Result<UserRooms, ApiError>) {
+        let Ok(stored) = stored else { return };
+        if asked_at != self.rooms_version {
+            return;
+        }
+        let kinds: HashMap<&RoomId, RoomKind> =
+            stored.rooms.iter().map(|m| (&m.room, m.kind)).collect();
+        let mut changes: Vec<MembershipChange> = self
+            .rooms
+            .iter()
+            .filter(|(room, _)| !kinds.contains_key(room))
+            .map(|(room, state)| (room.clone(), state.kind, false))
+            .chain(
+                kinds
+                    .iter()
+                    .filter(|(room, _)| !self.rooms.contains_key(**room))
+                    .map(|(room, kind)| ((*room).clone(), *kind, true)),
+            )
+            .map(|(room, kind, member)| MembershipChange {
+                user: self.handle.user.clone(),
+                room,
+                kind,
+                member,
+                by: self.handle.user.clone(),
+            })
+            .collect();
+        changes.sort_by_key(|c| c.member);
+        for change in changes {
+            tracing::info!(session = %self.handle.name, room = %change.room, member = change.member,
+                "membership reconciled: an announcement was missed");
+            metrics::counter!("chat_edge_membership_reconciled_total").increment(1);
+            self.on_membership(change).await;
+        }
+    }
+
     /// Adds the room to this session (subscribing the hub if needed).
     async fn subscribe(&mut self, room: &RoomId, kind: RoomKind) -> Result<(), ApiError> {
         if let Some(r) = self.rooms.get_mut(room) {
@@ -790,6 +875,7 @@ where
                 tracing::warn!(error = %e, "room subscription failed");
                 ApiError::unavailable()
             })?;
+        self.rooms_version += 1;
         self.rooms.insert(
             room.clone(),
             RoomState {
@@ -803,6 +889,7 @@ where
 
     async fn unsubscribe(&mut self, room: &RoomId) -> bool {
         if self.rooms.remove(room).is_some() {
+            self.rooms_version += 1;
             self.edge.hub.remove_from_room(room, self.handle.id).await;
             true
         } else {

@@ -168,3 +168,49 @@ fn event_headers_regressions_stay_fixed() {
     }
     assert!(seen >= 4);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// The v1.1 sizes and control characters agree between the frame path and the event rules
+    /// (CONTRACT §2 Hostile input, §3): with `max_body` at its ceiling
+    /// (`MAX_EVENT_BODY_CHARS`, the most `CHAT_MAX_BODY` may be), every `send` the edge accepts
+    /// becomes an event that `validate` accepts (else it would be acked, then dead-lettered and
+    /// never delivered), and a body one character over the ceiling is `too_large`.
+    #[test]
+    fn every_accepted_send_is_a_valid_event(
+        len in prop_oneof![1usize..64, 16_370usize..=16_385],
+        fill in prop_oneof![Just('a'), Just('é'), Just('😀'), Just('\t'), Just('\n'), Just('\u{1}'), Just('\u{85}')],
+        client_id in "[ -~]{1,64}",
+    ) {
+        use chat_bus::event::{MAX_EVENT_BODY_CHARS, RoomEvent, validate};
+        let body: String = std::iter::repeat_n(fill, len).collect();
+        let frame = json!({"type": "send", "room": "r1", "body": body, "client_id": client_id});
+        let limits = Limits { max_body: MAX_EVENT_BODY_CHARS, max_frame: 1 << 20, rate_per_s: 100 };
+        let now = Instant::now();
+        let mut bucket = TokenBucket::new(limits.rate_per_s, now);
+        let text = frame.to_string();
+        match classify(Inbound::Text(&text), now, &limits, &mut bucket, |_| true) {
+            Action::Handle(env) => {
+                let chat_proto::ClientFrame::Send { room, body, client_id, .. } = env.frame else {
+                    panic!("a send decoded otherwise");
+                };
+                let event = RoomEvent::message(
+                    room.clone(), chat_proto::UserId::new("alice").unwrap(), body, client_id, 1,
+                );
+                let payload = serde_json::to_vec(&event).unwrap();
+                prop_assert!(validate(&payload, &room).is_ok(), "accepted but not an event: {}", len);
+            }
+            Action::Refuse(r) => {
+                let control = fill.is_control() && fill != '\t' && fill != '\n';
+                let too_long = len > MAX_EVENT_BODY_CHARS;
+                prop_assert!(
+                    (control && r.code == ErrorCode::BadRequest)
+                        || (too_long && r.code == ErrorCode::TooLarge),
+                    "refused {:?} of {} {:?}", r.code, len, fill
+                );
+            }
+            Action::Close(code, _) => prop_assert!(false, "closed {}", code),
+        }
+    }
+}

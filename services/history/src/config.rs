@@ -29,6 +29,9 @@ pub struct HistoryConfig {
     pub ack_wait: Duration,
     /// `HISTORY_WRITERS` (4): concurrent writer loops in this process.
     pub writers: usize,
+    /// `CHAT_MAX_ROOMS_PER_USER` (1000): rooms one user may be a member of (CONTRACT §2 v1.1
+    /// Quotas); a further join, create, open_dm or invite of that user gets `limit_exceeded`.
+    pub max_rooms_per_user: u64,
     /// `HISTORY_ARCHIVE` (true): run the archive writer. Off, the process only answers requests
     /// (history pages, rooms), so readers and writers can be scaled separately.
     pub archive: bool,
@@ -48,6 +51,7 @@ impl HistoryConfig {
             batch_wait: env.duration("HISTORY_BATCH_WAIT", Duration::from_millis(5))?,
             max_deliver: env.parse("HISTORY_MAX_DELIVER", 10)?,
             archive: env.bool("HISTORY_ARCHIVE", true)?,
+            max_rooms_per_user: env.parse("CHAT_MAX_ROOMS_PER_USER", 1000)?,
             writers: env.parse("HISTORY_WRITERS", 4)?,
             page_max_bytes: env
                 .parse(

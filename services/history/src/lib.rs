@@ -122,7 +122,8 @@ impl App {
             ));
         }
 
-        let rooms = rooms::Rooms::new(self.pool.clone(), self.nats.clone());
+        let rooms = rooms::Rooms::new(self.pool.clone(), self.nats.clone())
+            .with_max_rooms(self.config.max_rooms_per_user);
         let rooms_server = serve_requests(
             self.nats.clone(),
             subjects::ROOMS,

@@ -4,6 +4,10 @@ use chat_runtime::metrics::Metric;
 
 pub const CATALOGUE: &[Metric] = &[
     Metric::counter(
+        "chat_history_room_quota_refusals_total",
+        "Joins, creates and invites refused limit_exceeded by CHAT_MAX_ROOMS_PER_USER.",
+    ),
+    Metric::counter(
         "chat_history_archived_total",
         "Room events written to PostgreSQL.",
     ),

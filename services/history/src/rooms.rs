@@ -31,11 +31,16 @@ pub fn db_error(e: sqlx::Error) -> ApiError {
     }
 }
 
+/// Most user ids one `create` may list (CONTRACT §2 v1.1 Quotas).
+pub const MAX_CREATE_MEMBERS: usize = 1_000;
+
 /// The rooms service.
 #[derive(Clone)]
 pub struct Rooms {
     pool: PgPool,
     nats: async_nats::Client,
+    /// `CHAT_MAX_ROOMS_PER_USER`.
+    max_rooms: u64,
 }
 
 /// A reply, JSON-encoded by the caller.
@@ -49,7 +54,53 @@ pub enum RoomsReply {
 
 impl Rooms {
     pub fn new(pool: PgPool, nats: async_nats::Client) -> Self {
-        Rooms { pool, nats }
+        Rooms {
+            pool,
+            nats,
+            max_rooms: 1_000,
+        }
+    }
+
+    /// Sets the quota of rooms per user.
+    pub fn with_max_rooms(mut self, max: u64) -> Self {
+        self.max_rooms = max;
+        self
+    }
+
+    /// Adds `user` to `room` unless they are a member already (false then), refusing with
+    /// `limit_exceeded` a user at the quota. The user's memberships are counted through the
+    /// `memberships_by_user` index (at most the quota's rows) under a per-user transaction lock,
+    /// so two joins racing at the quota cannot both pass.
+    async fn add_within_quota(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        room: &RoomId,
+        user: &UserId,
+    ) -> Result<bool, ApiError> {
+        if is_member(tx, room, user).await? {
+            return Ok(false);
+        }
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('rooms-of:' || $1))")
+            .bind(user.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM (SELECT 1 FROM memberships WHERE user_id = $1 LIMIT $2) r",
+        )
+        .bind(user.as_str())
+        .bind(self.max_rooms as i64)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        if count as u64 >= self.max_rooms {
+            metrics::counter!("chat_history_room_quota_refusals_total").increment(1);
+            return Err(ApiError::new(
+                ErrorCode::LimitExceeded,
+                format!("{user} is in {} rooms, the most allowed", self.max_rooms),
+            ));
+        }
+        add_member(tx, room, user).await
     }
 
     pub async fn handle(&self, req: RoomsRequest) -> Result<RoomsReply, ApiError> {
@@ -89,7 +140,7 @@ impl Rooms {
             }
         };
         let added = match kind {
-            RoomKind::Public => add_member(&mut tx, &room, &user).await?,
+            RoomKind::Public => self.add_within_quota(&mut tx, &room, &user).await?,
             RoomKind::Private | RoomKind::Dm => {
                 if !is_member(&mut tx, &room, &user).await? {
                     return Err(ApiError::forbidden("not a member of this room"));
@@ -142,6 +193,12 @@ impl Rooms {
                 "room ids beginning with dm- are reserved",
             ));
         }
+        if members.len() > MAX_CREATE_MEMBERS {
+            return Err(ApiError::new(
+                ErrorCode::LimitExceeded,
+                format!("a create lists at most {MAX_CREATE_MEMBERS} members"),
+            ));
+        }
         let kind = if private {
             RoomKind::Private
         } else {
@@ -155,8 +212,9 @@ impl Rooms {
             ));
         }
         let everyone: BTreeSet<UserId> = members.into_iter().chain([user.clone()]).collect();
+        // A member at the quota refuses the whole create (the transaction is dropped).
         for m in &everyone {
-            add_member(&mut tx, &room, m).await?;
+            self.add_within_quota(&mut tx, &room, m).await?;
         }
         tx.commit().await.map_err(db_error)?;
         for m in &everyone {
@@ -187,7 +245,7 @@ impl Rooms {
         if !is_member(&mut tx, &room, &user).await? {
             return Err(ApiError::forbidden("only a member may invite to this room"));
         }
-        let added = add_member(&mut tx, &room, &target).await?;
+        let added = self.add_within_quota(&mut tx, &room, &target).await?;
         tx.commit().await.map_err(db_error)?;
         if added {
             self.announce(&target, &room, kind, true, &user).await;
@@ -202,10 +260,35 @@ impl Rooms {
             ));
         };
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        create_room(&mut tx, &room, RoomKind::Dm, &user).await?;
+        if !create_room(&mut tx, &room, RoomKind::Dm, &user).await? {
+            // An existing room with this id must be this pair's DM: a direct-message room,
+            // created by one of the two, with no member but them. Anything else (a room made
+            // some other way, or another pair whose ids collide in the 64-bit id) is refused.
+            let row: Option<(String, String)> =
+                sqlx::query_as("SELECT kind, created_by FROM rooms WHERE id = $1")
+                    .bind(room.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            let pair = [user.as_str(), other.as_str()];
+            let is_dm_of_pair = match row {
+                Some((kind, by)) => {
+                    RoomKind::parse(&kind) == Some(RoomKind::Dm) && pair.contains(&by.as_str())
+                }
+                None => false,
+            };
+            let members = list_members(&mut tx, &room).await?;
+            if !is_dm_of_pair || members.iter().any(|m| !pair.contains(&m.as_str())) {
+                tracing::warn!(%room, "open_dm: the room with this DM id is not the pair's DM");
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "a room with this direct-message id exists and is not this pair's",
+                ));
+            }
+        }
         let mut added = Vec::new();
         for m in [&user, &other] {
-            if add_member(&mut tx, &room, m).await? {
+            if self.add_within_quota(&mut tx, &room, m).await? {
                 added.push(m.clone());
             }
         }

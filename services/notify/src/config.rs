@@ -30,6 +30,8 @@ pub struct NotifyConfig {
     pub request_timeout: Duration,
     /// `NOTIFY_MEMBERS_TTL`: how long a room's member list is trusted without a membership event.
     pub members_ttl: Duration,
+    /// `NOTIFY_MEMBERS_CACHE_MAX` (10000): most rooms whose members are cached.
+    pub members_cache_max: usize,
     /// `NOTIFY_STATE_CATCH_UP`: how long a state request (an edge building `hello`) waits for the
     /// consumer to reach the rooms' last events, so that counts are exact after an outage.
     pub state_catch_up: Duration,
@@ -115,6 +117,7 @@ impl NotifyConfig {
             ack_wait: env.duration("NOTIFY_ACK_WAIT", Duration::from_secs(30))?,
             request_timeout: env.duration("CHAT_REQUEST_TIMEOUT", Duration::from_secs(5))?,
             members_ttl: env.duration("NOTIFY_MEMBERS_TTL", Duration::from_secs(60))?,
+            members_cache_max: env.parse("NOTIFY_MEMBERS_CACHE_MAX", 10_000)?,
             state_catch_up: env.duration("NOTIFY_STATE_CATCH_UP", Duration::from_millis(1500))?,
             webhook,
         })

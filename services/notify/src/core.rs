@@ -82,7 +82,12 @@ impl Core {
         webhooks: Option<Webhooks>,
         config: NotifyConfig,
     ) -> Self {
-        let members = Members::new(nats.clone(), config.request_timeout, config.members_ttl);
+        let members = Members::new(
+            nats.clone(),
+            config.request_timeout,
+            config.members_ttl,
+            config.members_cache_max,
+        );
         let fallback =
             chat_bus::lookup::TargetLookup::history_fallback(nats.clone(), config.request_timeout);
         Core {

@@ -3,6 +3,10 @@
 use chat_runtime::metrics::Metric;
 
 pub const CATALOGUE: &[Metric] = &[
+    Metric::gauge(
+        "chat_notify_member_cache_entries",
+        "Rooms whose member list is cached (at most NOTIFY_MEMBERS_CACHE_MAX).",
+    ),
     Metric::counter("chat_notify_events_total", "Room events processed."),
     Metric::counter(
         "chat_notify_errors_total",
