@@ -623,14 +623,17 @@ async fn trace_path(a: &Args) -> anyhow::Result<()> {
     let mut socks = Vec::new();
     for i in 0..=receivers {
         let mut ws = connect(&url, &secret, &format!("{tag}-u{i}")).await?;
-        ws.send(Message::Text(json!({"type":"join","room": room}).to_string().into()))
-            .await?;
+        ws.send(Message::Text(
+            json!({"type":"join","room": room}).to_string().into(),
+        ))
+        .await?;
         wait_for(&mut ws, "joined").await?;
         socks.push(ws);
     }
     let mut sender = socks.remove(0);
     let hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-    let (mut h_pub, mut h_js, mut h_out, mut h_e2e, mut h_ack) = (hist(), hist(), hist(), hist(), hist());
+    let (mut h_pub, mut h_js, mut h_out, mut h_e2e, mut h_ack) =
+        (hist(), hist(), hist(), hist(), hist());
     let us = |from: u64, to: u64| to.saturating_sub(from) / 1000;
     for i in 0..n {
         tokio::time::sleep(gap).await;
@@ -638,12 +641,22 @@ async fn trace_path(a: &Args) -> anyhow::Result<()> {
         let frame = json!({"type":"send","room": room,"body": format!("t{t0}"),"client_id": format!("p{i}")});
         sender.send(Message::Text(frame.to_string().into())).await?;
         let limit = Duration::from_secs(5);
-        let t1 = tokio::time::timeout(limit, published.next()).await.ok().flatten().map(|_| now_ns());
-        let t2 = tokio::time::timeout(limit, republished.next()).await.ok().flatten().map(|_| now_ns());
+        let t1 = tokio::time::timeout(limit, published.next())
+            .await
+            .ok()
+            .flatten()
+            .map(|_| now_ns());
+        let t2 = tokio::time::timeout(limit, republished.next())
+            .await
+            .ok()
+            .flatten()
+            .map(|_| now_ns());
         let got: Vec<u64> = futures::future::join_all(socks.iter_mut().map(|ws| async move {
             loop {
                 match tokio::time::timeout(limit, ws.next()).await {
-                    Ok(Some(Ok(Message::Text(t)))) if t.contains("\"message\"") => return Some(now_ns()),
+                    Ok(Some(Ok(Message::Text(t)))) if t.contains("\"message\"") => {
+                        return Some(now_ns());
+                    }
                     Ok(Some(Ok(_))) => continue,
                     _ => return None,
                 }
@@ -660,7 +673,9 @@ async fn trace_path(a: &Args) -> anyhow::Result<()> {
                 _ => break None,
             }
         };
-        let (Some(t1), Some(t2)) = (t1, t2) else { bail!("message {i} not seen on NATS") };
+        let (Some(t1), Some(t2)) = (t1, t2) else {
+            bail!("message {i} not seen on NATS")
+        };
         if i == 0 {
             continue; // the room's first event: the edge asks chat-history for its prev_seq
         }
@@ -675,7 +690,12 @@ async fn trace_path(a: &Args) -> anyhow::Result<()> {
         }
     }
     let row = |name: &str, h: &Histogram<u64>| {
-        println!("  {name:<44} p50 {:>8.3} ms  p99 {:>8.3} ms  ({} samples)", pct(h, 0.5), pct(h, 0.99), h.len());
+        println!(
+            "  {name:<44} p50 {:>8.3} ms  p99 {:>8.3} ms  ({} samples)",
+            pct(h, 0.5),
+            pct(h, 0.99),
+            h.len()
+        );
     };
     println!("one message at a time ({n} messages, {gap:?} apart, {receivers} receivers):");
     row("client send -> edge's publish seen on NATS", &h_pub);
