@@ -5,6 +5,7 @@
 //! chat-bench throughput --url ws://127.0.0.1:8080/ws --secret S --rooms 10 --members 100 --senders 2 --rate 5000 --seconds 10
 //! chat-bench nats-floor --nats nats://127.0.0.1:4222 --rate 20000 --seconds 5
 //! chat-bench js-floor   --nats nats://127.0.0.1:4222 --rate 100 --seconds 5
+//! chat-bench trace      --url ws://127.0.0.1:8080/ws --nats nats://127.0.0.1:4222 --secret S --receivers 3 --messages 50
 //! chat-bench history    --nats nats://127.0.0.1:4222 --messages 200000 --rooms 100 --lag-rate 50000 --page-rate 1000
 //! ```
 //! Every sender follows a fixed schedule (constant offered rate) and latency is measured from the
@@ -254,12 +255,21 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
     }
     let start_at = Instant::now() + Duration::from_secs(1);
     let _ = deadline_cell.set(start_at + Duration::from_secs(seconds + 15));
-    for (room, mut sink) in sender_sinks {
+    let all_senders = sender_sinks.len().max(1) as u32;
+    for (k, (room, mut sink)) in sender_sinks.into_iter().enumerate() {
         let n = (per_sender_rate * seconds as f64) as u64;
         let interval = Duration::from_secs_f64(1.0 / per_sender_rate);
+        // Sender k starts k/senders of an interval late, so the senders spread over the
+        // interval as independent clients would (bench/socketio/load.mjs does the same). Without
+        // it every sender fired at the same instant: at 25 msgs/s, a burst of 20 messages (2,000
+        // deliveries) every 0.8 s, whose draining was most of the latency measured (issue 12).
+        let start_at = start_at + interval * k as u32 / all_senders;
         sender_tasks.push(tokio::spawn(async move {
             let base_ns = now_ns() + start_at.saturating_duration_since(Instant::now()).as_nanos() as u64;
             tokio::time::sleep_until(start_at.into()).await;
+            // How late each send left (written and flushed) against its schedule: what the
+            // load generator itself adds to every latency it reports.
+            let mut late = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             for i in 0..n {
                 let due = start_at + interval * i as u32;
                 tokio::time::sleep_until(due.into()).await;
@@ -268,13 +278,17 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
                 if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
                     break;
                 }
+                let _ = late.record(now_ns().saturating_sub(scheduled) / 1000);
             }
-            n
+            (n, late)
         }));
     }
     let mut sent = 0;
+    let mut late = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for t in sender_tasks {
-        sent += t.await?;
+        let (n, l) = t.await?;
+        sent += n;
+        late.add(l)?;
     }
     let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut acks = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -301,12 +315,18 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
         pct(&acks, 0.99)
     );
     println!(
+        "sends left the load generator late by ms p50 {:.3} p99 {:.3} (scheduled -> written)",
+        pct(&late, 0.5),
+        pct(&late, 0.99)
+    );
+    println!(
         "{}",
         json!({"bench":"throughput","rooms":rooms,"members":members,"senders":senders,"offered_msgs_per_s":rate,
                "seconds":seconds,"sent":sent,"delivered":delivered,"expected_deliveries":expected_deliveries,
                "deliveries_per_s": delivered as f64 / elapsed,
                "e2e_ms":{"p50":pct(&lat,0.5),"p99":pct(&lat,0.99),"p999":pct(&lat,0.999)},
-               "ack_ms":{"p50":pct(&acks,0.5),"p99":pct(&acks,0.99)}})
+               "ack_ms":{"p50":pct(&acks,0.5),"p99":pct(&acks,0.99)},
+               "send_late_ms":{"p50":pct(&late,0.5),"p99":pct(&late,0.99)}})
     );
     Ok(())
 }
@@ -582,6 +602,119 @@ async fn history(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One message at a time through the whole stack, at near-zero load, with the time of each hop
+/// as seen from outside the server: the send frame leaves the client (t0); the edge's publish
+/// reaches NATS (`chat.room.<room>.msg`, seen by a core subscriber: t1); the stream's republish
+/// (`chat.fanout.<room>`: t2); the sender's `ack` and each receiver's `message`. Attributes a
+/// low-rate latency to the edge's inbound side, JetStream, or the edge's delivery side.
+async fn trace_path(a: &Args) -> anyhow::Result<()> {
+    let url = a.get("url", "ws://127.0.0.1:8080/ws");
+    let nats = a.get("nats", "nats://127.0.0.1:4222");
+    let secret = a.get("secret", "local-dev-secret-at-least-32-bytes");
+    let receivers = a.num("receivers", 3) as usize;
+    let n = a.num("messages", 50);
+    let gap = Duration::from_millis(a.num("gap-ms", 100));
+    let tag = format!("t{}", now_ns() % 1_000_000);
+    let room = format!("{tag}-room");
+    let client = async_nats::connect(&nats).await?;
+    let mut published = client.subscribe(format!("chat.room.{room}.msg")).await?;
+    let mut republished = client.subscribe(format!("chat.fanout.{room}")).await?;
+    client.flush().await?;
+    let mut socks = Vec::new();
+    for i in 0..=receivers {
+        let mut ws = connect(&url, &secret, &format!("{tag}-u{i}")).await?;
+        ws.send(Message::Text(
+            json!({"type":"join","room": room}).to_string().into(),
+        ))
+        .await?;
+        wait_for(&mut ws, "joined").await?;
+        socks.push(ws);
+    }
+    let mut sender = socks.remove(0);
+    let hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let (mut h_pub, mut h_js, mut h_out, mut h_e2e, mut h_ack) =
+        (hist(), hist(), hist(), hist(), hist());
+    let us = |from: u64, to: u64| to.saturating_sub(from) / 1000;
+    for i in 0..n {
+        tokio::time::sleep(gap).await;
+        let t0 = now_ns();
+        let frame = json!({"type":"send","room": room,"body": format!("t{t0}"),"client_id": format!("p{i}")});
+        sender.send(Message::Text(frame.to_string().into())).await?;
+        let limit = Duration::from_secs(5);
+        let t1 = tokio::time::timeout(limit, published.next())
+            .await
+            .ok()
+            .flatten()
+            .map(|_| now_ns());
+        let t2 = tokio::time::timeout(limit, republished.next())
+            .await
+            .ok()
+            .flatten()
+            .map(|_| now_ns());
+        let got: Vec<u64> = futures::future::join_all(socks.iter_mut().map(|ws| async move {
+            loop {
+                match tokio::time::timeout(limit, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) if t.contains("\"message\"") => {
+                        return Some(now_ns());
+                    }
+                    Ok(Some(Ok(_))) => continue,
+                    _ => return None,
+                }
+            }
+        }))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        let ack = loop {
+            match tokio::time::timeout(limit, sender.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t.contains("\"ack\"") => break Some(now_ns()),
+                Ok(Some(Ok(_))) => continue,
+                _ => break None,
+            }
+        };
+        let (Some(t1), Some(t2)) = (t1, t2) else {
+            bail!("message {i} not seen on NATS")
+        };
+        if i == 0 {
+            continue; // the room's first event: the edge asks chat-history for its prev_seq
+        }
+        let _ = h_pub.record(us(t0, t1));
+        let _ = h_js.record(us(t1, t2));
+        for t in got {
+            let _ = h_out.record(us(t2, t));
+            let _ = h_e2e.record(us(t0, t));
+        }
+        if let Some(ack) = ack {
+            let _ = h_ack.record(us(t0, ack));
+        }
+    }
+    let row = |name: &str, h: &Histogram<u64>| {
+        println!(
+            "  {name:<44} p50 {:>8.3} ms  p99 {:>8.3} ms  ({} samples)",
+            pct(h, 0.5),
+            pct(h, 0.99),
+            h.len()
+        );
+    };
+    println!("one message at a time ({n} messages, {gap:?} apart, {receivers} receivers):");
+    row("client send -> edge's publish seen on NATS", &h_pub);
+    row("publish -> republish (JetStream)", &h_js);
+    row("republish -> receiver's message (edge out)", &h_out);
+    row("client send -> receiver's message (e2e)", &h_e2e);
+    row("client send -> sender's ack", &h_ack);
+    println!(
+        "{}",
+        json!({"bench":"trace","messages":n,"receivers":receivers,
+               "publish_ms":{"p50":pct(&h_pub,0.5),"p99":pct(&h_pub,0.99)},
+               "jetstream_ms":{"p50":pct(&h_js,0.5),"p99":pct(&h_js,0.99)},
+               "deliver_ms":{"p50":pct(&h_out,0.5),"p99":pct(&h_out,0.99)},
+               "e2e_ms":{"p50":pct(&h_e2e,0.5),"p99":pct(&h_e2e,0.99)},
+               "ack_ms":{"p50":pct(&h_ack,0.5),"p99":pct(&h_ack,0.99)}})
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (cmd, args) = Args::parse();
@@ -591,9 +724,10 @@ async fn main() -> anyhow::Result<()> {
         "nats-floor" => nats_floor(&args).await,
         "js-floor" => js_floor(&args).await,
         "history" => history(&args).await,
+        "trace" => trace_path(&args).await,
         _ => {
             eprintln!(
-                "usage: chat-bench idle|throughput|nats-floor|js-floor|history [--flag value …] (see the source header)"
+                "usage: chat-bench idle|throughput|nats-floor|js-floor|history|trace [--flag value …] (see the source header)"
             );
             std::process::exit(2);
         }
