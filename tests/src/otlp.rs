@@ -17,6 +17,8 @@ pub struct SpanRecord {
     pub trace_id: String,
     pub span_id: String,
     pub parent_span_id: String,
+    /// OTLP span kind: 1 internal, 2 server, 3 client, 4 producer, 5 consumer.
+    pub kind: i32,
     pub attributes: Vec<(String, String)>,
 }
 
@@ -73,6 +75,7 @@ async fn receive(State(spans): State<Arc<Mutex<Vec<SpanRecord>>>>, body: Bytes) 
                     trace_id: hex(&s.trace_id),
                     span_id: hex(&s.span_id),
                     parent_span_id: hex(&s.parent_span_id),
+                    kind: s.kind,
                     attributes: s
                         .attributes
                         .iter()

@@ -80,6 +80,53 @@ async fn one_message_is_one_trace_across_edge_history_and_delivery() {
     assert_eq!(root.service, "chat-edge");
     assert_eq!(root.parent_span_id, "", "the send span is the root");
     assert_eq!(root.attr("room"), Some("traced"));
+    // OpenTelemetry messaging semantic conventions: the send is a PRODUCER span, each
+    // processing of the message a CONSUMER span, with the system, destination, operation and
+    // message id (the Nats-Msg-Id) that let Jaeger and Tempo show the message's flow.
+    const PRODUCER: i32 = 4;
+    const CONSUMER: i32 = 5;
+    assert_eq!(root.kind, PRODUCER);
+    assert_eq!(root.attr("messaging.system"), Some("nats"));
+    assert_eq!(root.attr("messaging.operation.type"), Some("send"));
+    assert_eq!(
+        root.attr("messaging.destination.name"),
+        Some("chat.room.traced.msg")
+    );
+    assert_eq!(root.attr("messaging.message.id"), Some("alice:t1"));
+    for (service, name, destination, group) in [
+        (
+            "chat-history",
+            "history.archive",
+            "chat.room.traced.msg",
+            Some("history-archive"),
+        ),
+        (
+            "chat-notify",
+            "notify.event",
+            "chat.room.traced.msg",
+            Some("notify"),
+        ),
+        ("chat-edge", "edge.deliver", "chat.fanout.traced", None),
+    ] {
+        let s = spans
+            .iter()
+            .find(|s| s.trace_id == root.trace_id && s.service == service && s.name == name)
+            .unwrap();
+        assert_eq!(s.kind, CONSUMER, "{name}");
+        assert_eq!(s.attr("messaging.system"), Some("nats"), "{name}");
+        assert_eq!(
+            s.attr("messaging.operation.type"),
+            Some("process"),
+            "{name}"
+        );
+        assert_eq!(
+            s.attr("messaging.destination.name"),
+            Some(destination),
+            "{name}"
+        );
+        assert_eq!(s.attr("messaging.consumer.group.name"), group, "{name}");
+        assert_eq!(s.attr("messaging.message.id"), Some("alice:t1"), "{name}");
+    }
     for s in spans
         .iter()
         .filter(|s| s.trace_id == root.trace_id && s.span_id != root.span_id)

@@ -5,6 +5,20 @@ use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+/// `messaging.system` of every span that sends or processes a NATS message (OpenTelemetry
+/// messaging semantic conventions; the other attributes are set where the span is made:
+/// `otel.kind` producer/consumer/server, `messaging.destination.name`,
+/// `messaging.operation.type` send/process, `messaging.message.id`).
+pub const MESSAGING_SYSTEM: &str = "nats";
+
+/// The `Nats-Msg-Id` of a message (its `messaging.message.id`), "" when it has none.
+pub fn message_id(headers: Option<&HeaderMap>) -> &str {
+    headers
+        .and_then(|h| h.get(crate::event::MSG_ID_HEADER))
+        .map(|v| v.as_str())
+        .unwrap_or("")
+}
+
 struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {

@@ -234,7 +234,14 @@ where
                 }
             }
         };
-        let span = tracing::info_span!("request", subject);
+        let span = tracing::info_span!(
+            "request",
+            otel.kind = "server",
+            messaging.system = chat_bus::trace::MESSAGING_SYSTEM,
+            messaging.operation.type = "process",
+            messaging.destination.name = subject,
+            subject
+        );
         chat_bus::trace::continue_from(&span, msg.headers.as_ref());
         let handle = handle.clone();
         let client = client.clone();

@@ -509,8 +509,17 @@ fn fan_out(
     deliveries: &metrics::Counter,
 ) {
     let seq = message.seq();
-    let span =
-        tracing::info_span!("edge.deliver", room = %room, seq, sessions = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "edge.deliver",
+        otel.kind = "consumer",
+        messaging.system = chat_bus::trace::MESSAGING_SYSTEM,
+        messaging.operation.type = "process",
+        messaging.destination.name = %format_args!("chat.fanout.{room}"),
+        messaging.message.id = chat_bus::trace::message_id(headers),
+        room = %room,
+        seq,
+        sessions = tracing::field::Empty
+    );
     chat_bus::trace::continue_from(&span, headers);
     let _entered = span.enter();
     let text = Utf8Bytes::from(message.into_server_frame().to_json());

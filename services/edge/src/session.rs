@@ -1233,7 +1233,18 @@ where
                 self.send(&reply).await;
             }
         }
-        let span = tracing::info_span!(parent: None, "send", room = %room, user = %self.handle.user, seq = tracing::field::Empty);
+        let span = tracing::info_span!(
+            parent: None,
+            "send",
+            otel.kind = "producer",
+            messaging.system = chat_bus::trace::MESSAGING_SYSTEM,
+            messaging.operation.type = "send",
+            messaging.destination.name = %format_args!("chat.room.{room}.msg"),
+            messaging.message.id = %format_args!("{}:{client_id}", self.handle.user),
+            room = %room,
+            user = %self.handle.user,
+            seq = tracing::field::Empty
+        );
         if let Some(tp) = traceparent.as_deref() {
             let _ = span.set_parent(trace::from_traceparent(tp));
         }

@@ -219,7 +219,17 @@ impl Archive {
         for (msg, seq, checked) in self.classify(batch).await {
             match checked {
                 Ok(event) => {
-                    let span = tracing::info_span!("history.archive", room = %event.room(), seq);
+                    let span = tracing::info_span!(
+                        "history.archive",
+                        otel.kind = "consumer",
+                        messaging.system = trace::MESSAGING_SYSTEM,
+                        messaging.operation.type = "process",
+                        messaging.destination.name = %msg.subject,
+                        messaging.consumer.group.name = subjects::HISTORY_CONSUMER,
+                        messaging.message.id = trace::message_id(msg.headers.as_ref()),
+                        room = %event.room(),
+                        seq
+                    );
                     trace::continue_from(&span, msg.headers.as_ref());
                     spans.push(span);
                     rows.push(Row {

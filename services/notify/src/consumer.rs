@@ -190,7 +190,17 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
                         answered.push(t.from);
                     }
                 }
-                let span = tracing::info_span!("notify.event", room = %event.room, seq);
+                let span = tracing::info_span!(
+                    "notify.event",
+                    otel.kind = "consumer",
+                    messaging.system = trace::MESSAGING_SYSTEM,
+                    messaging.operation.type = "process",
+                    messaging.destination.name = %msg.subject,
+                    messaging.consumer.group.name = subjects::NOTIFY_CONSUMER,
+                    messaging.message.id = trace::message_id(msg.headers.as_ref()),
+                    room = %event.room,
+                    seq
+                );
                 trace::continue_from(&span, msg.headers.as_ref());
                 spans.insert(seq, span);
                 rows.push(RoomMessage {

@@ -108,7 +108,19 @@ where
     let Some(event) = event_of(frame, session.user()) else {
         return Err(ApiError::internal());
     };
-    let span = tracing::info_span!(parent: None, "lifecycle", frame = name, room = %event.room, user = %event.from, seq = tracing::field::Empty);
+    let span = tracing::info_span!(
+        parent: None,
+        "lifecycle",
+        otel.kind = "producer",
+        messaging.system = trace::MESSAGING_SYSTEM,
+        messaging.operation.type = "send",
+        messaging.destination.name = %format_args!("chat.room.{}.msg", event.room),
+        messaging.message.id = %format_args!("{}:{}", event.from, event.client_id),
+        frame = name,
+        room = %event.room,
+        user = %event.from,
+        seq = tracing::field::Empty
+    );
     if let Some(tp) = traceparent.as_deref() {
         let _ = span.set_parent(trace::from_traceparent(tp));
     }
