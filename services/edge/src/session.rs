@@ -965,7 +965,10 @@ where
                 let ty = env.frame.type_name();
                 metrics::counter!("chat_edge_frames_in_total", "type" => ty).increment(1);
                 let reference = env.reference.clone();
-                match self.handle_frame(env).await {
+                // Boxed (one allocation per handled frame, none per delivery): inline, the
+                // largest command's state would be part of every session task's future, idle
+                // or not.
+                match Box::pin(self.handle_frame(env)).await {
                     Ok(flow) => flow,
                     Err(e) => {
                         self.send(&ServerFrame::error(reference, e.code, e.message))
