@@ -1,5 +1,6 @@
 //! Logs and traces. Traces go out over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces
-//! variant) is set, over HTTP/protobuf (`http://` or `https://`; gRPC is not built in);
+//! variant) is set, over HTTP/protobuf (`http://` or `https://`) or, with
+//! `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`, gRPC (plain text only);
 //! sampling follows `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`. No endpoint, no export —
 //! but spans still get W3C trace context, so every event still carries a `traceparent` header
 //! (CONTRACT §3: integrators and logs correlate on it) and a client's trace id is kept.
@@ -69,21 +70,25 @@ pub fn otlp_target(env: &Env) -> Option<(String, OtlpProtocol)> {
 /// configuration cannot work, which is said on stderr: telemetry never stops a service).
 pub fn tracer_provider(env: &Env, service: &str) -> Option<SdkTracerProvider> {
     let (url, protocol) = otlp_target(env)?;
-    if protocol == OtlpProtocol::Grpc {
-        eprintln!(
-            "OTLP trace export disabled: OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not built in; \
-             use http/protobuf (the collector's port 4318)"
-        );
-        return None;
-    }
-    let exporter = http_client(env).and_then(|client| {
-        opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(client)
+    let exporter = match protocol {
+        // gRPC (CONTRACT §4) is plain text: for an https:// collector use http/protobuf.
+        OtlpProtocol::Grpc if url.starts_with("https://") => Err(
+            "OTLP over gRPC has no TLS here: use http/protobuf for an https:// collector".into(),
+        ),
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
             .with_endpoint(url)
             .build()
-            .map_err(|e| e.to_string())
-    });
+            .map_err(|e| e.to_string()),
+        OtlpProtocol::HttpProtobuf => http_client(env).and_then(|client| {
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .with_endpoint(url)
+                .build()
+                .map_err(|e| e.to_string())
+        }),
+    };
     let exporter = match exporter {
         Ok(e) => e,
         Err(e) => {
