@@ -28,6 +28,19 @@ async fn traced_env() -> (NatsServer, OtlpReceiver, HashMap<String, String>) {
     (nats, otlp, env)
 }
 
+/// The environment of service processes on `nats` and `db`, plus `extra`.
+fn service_env(nats: &NatsServer, db: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    [
+        ("NATS_URL", nats.url.as_str()),
+        ("DATABASE_URL", db),
+        ("CHAT_JWT_SECRET", SECRET),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_is_one_trace_across_edge_history_and_delivery() {
     let (_nats, otlp, env) = traced_env().await;
@@ -198,17 +211,15 @@ async fn traces_reach_an_https_collector() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, ca_pem).unwrap();
-    let env: HashMap<String, String> = [
-        ("NATS_URL", nats.url.as_str()),
-        ("DATABASE_URL", db.as_str()),
-        ("CHAT_JWT_SECRET", SECRET),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint().as_str()),
-        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.to_str().unwrap()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let env = service_env(
+        &nats,
+        &db,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint().as_str()),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.to_str().unwrap()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
     assert!(otlp.endpoint().starts_with("https://"));
     let _history = Proc::start("chat-history", &env).await;
     let edge = Proc::start("chat-edge", &env).await;
@@ -232,14 +243,7 @@ async fn events_carry_a_traceparent_without_an_otlp_endpoint() {
     use futures::StreamExt as _;
     let nats = NatsServer::start().await;
     let db = fresh_database().await;
-    let env: HashMap<String, String> = [
-        ("NATS_URL", nats.url.as_str()),
-        ("DATABASE_URL", db.as_str()),
-        ("CHAT_JWT_SECRET", SECRET),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let env = service_env(&nats, &db, &[]);
     let _history = Proc::start("chat-history", &env).await;
     let edge = Proc::start("chat-edge", &env).await;
     let client = nats.client().await;
@@ -450,14 +454,7 @@ fn queried_metrics(text: &str) -> Vec<String> {
 async fn dashboards_and_alerts_query_only_exported_metrics() {
     let nats = NatsServer::start().await;
     let db = fresh_database().await;
-    let env: HashMap<String, String> = [
-        ("NATS_URL", nats.url.as_str()),
-        ("DATABASE_URL", db.as_str()),
-        ("CHAT_JWT_SECRET", SECRET),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let env = service_env(&nats, &db, &[]);
     let procs = [
         Proc::start("chat-history", &env).await,
         Proc::start("chat-notify", &env).await,
