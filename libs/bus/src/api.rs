@@ -301,6 +301,16 @@ pub struct MembershipChange {
     pub by: UserId,
 }
 
+/// Published on `chat.user.<user>.disconnect` ([`crate::subjects::user_disconnect`]): every edge
+/// closes the user's sessions with 4001 (e.g. after a ban).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnect {
+    pub user: UserId,
+    /// Shown to the client in the close frame's reason (at most 120 bytes are sent).
+    #[serde(default)]
+    pub reason: String,
+}
+
 /// Request of [`crate::subjects::NOTIFY_STATE`]: what `hello` lists for a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotifyStateRequest {

@@ -6,9 +6,11 @@
 //! - [`lookup`]: what an event's target, reply_to or thread refers to (event validity);
 //! - [`stream`]: the `CHAT` stream's configuration and its epoch;
 //! - [`api`]: request/reply payloads, public (`chat.api.*`) and internal;
+//! - [`apikey`]: server API keys, their scopes and how they are checked;
 //! - [`trace`]: W3C trace context carried in NATS headers.
 
 pub mod api;
+pub mod apikey;
 pub mod event;
 pub mod lookup;
 pub mod stream;

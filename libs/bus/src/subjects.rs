@@ -79,6 +79,12 @@ pub fn user_membership(user: &UserId) -> String {
     format!("chat.user.{user}.membership")
 }
 
+/// Close every session of a user (internal; chat-api's `disconnect`, `chatctl disconnect`): every
+/// edge closes the user's sessions with 4001. Payload: [`crate::api::Disconnect`].
+pub fn user_disconnect(user: &UserId) -> String {
+    format!("chat.user.{user}.disconnect")
+}
+
 /// Membership changes of every user (chat-notify keeps its member cache fresh with them;
 /// chat-presence announces joiners to their new rooms).
 pub const USER_MEMBERSHIP_ALL: &str = "chat.user.*.membership";
@@ -134,6 +140,9 @@ pub const PRESENCE_STATUS: &str = "chat.internal.presence.status";
 pub const PRESENCE_EVENTS_STREAM: &str = "CHAT_PRESENCE";
 /// Durable consumer every chat-presence instance shares.
 pub const PRESENCE_CONSUMER: &str = "presence";
+/// JetStream KV bucket of server API keys (issue 16): one entry per key id, the value an
+/// [`crate::apikey::ApiKeyRecord`]; chat-api watches it, `chatctl api-key` writes it.
+pub const API_KEYS_BUCKET: &str = "chat_api_keys";
 /// JetStream KV bucket of chat-presence: one key per user (sessions, chosen status, last_seen).
 pub const PRESENCE_USERS_BUCKET: &str = "chat_presence";
 /// JetStream KV bucket of chat-presence: one key per edge (the sessions it holds).
