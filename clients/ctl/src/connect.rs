@@ -1,0 +1,73 @@
+//! Reaching NATS the way the services do: the same `NATS_*` variables ([`NatsConfig`]), each
+//! overridable by a `--nats*` flag. Unlike a service, an operator's command fails fast when the
+//! server is unreachable instead of retrying forever.
+
+use std::time::Duration;
+
+use chat_runtime::Env;
+use chat_runtime::nats::NatsConfig;
+
+use crate::args::Args;
+
+/// The flags that override the environment, and the variable each one stands for.
+pub const NATS_FLAGS: &[(&str, &str)] = &[
+    ("nats", "NATS_URL"),
+    ("nats-user", "NATS_USER"),
+    ("nats-password", "NATS_PASSWORD"),
+    ("nats-token", "NATS_TOKEN"),
+    ("nats-creds", "NATS_CREDS"),
+    ("nats-tls-ca", "NATS_TLS_CA"),
+    ("nats-tls-cert", "NATS_TLS_CERT"),
+    ("nats-tls-key", "NATS_TLS_KEY"),
+];
+
+/// The NATS settings of `env` with the command line's flags on top.
+pub fn nats_config(env: Env, args: &Args) -> anyhow::Result<NatsConfig> {
+    let mut env = env;
+    for (flag, var) in NATS_FLAGS {
+        if let Some(v) = args.value(flag) {
+            env = env.with(*var, v);
+        }
+    }
+    Ok(NatsConfig::from_env(&env)?)
+}
+
+/// Connects once, within `timeout`; an unreachable server or refused credentials are an error
+/// naming the URL (never the credentials).
+pub async fn connect(cfg: &NatsConfig, timeout: Duration) -> anyhow::Result<async_nats::Client> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("chatctl")
+        .connection_timeout(timeout)
+        .request_timeout(Some(timeout))
+        .max_reconnects(Some(3));
+    if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
+        opts = opts.user_and_password(u.clone(), p.clone());
+    }
+    if let Some(t) = &cfg.token {
+        opts = opts.token(t.clone());
+    }
+    if let Some(c) = &cfg.creds {
+        opts = opts
+            .credentials_file(c)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read NATS credentials {}: {e}", c.display()))?;
+    }
+    if let Some(ca) = &cfg.tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    let servers = cfg
+        .servers()
+        .map_err(|e| anyhow::anyhow!("invalid NATS URL {:?}: {e}", cfg.url))?;
+    match tokio::time::timeout(timeout + Duration::from_secs(1), opts.connect(servers)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(anyhow::anyhow!("cannot connect to NATS at {}: {e}", cfg.url)),
+        Err(_) => Err(anyhow::anyhow!(
+            "cannot connect to NATS at {}: no answer within {}s",
+            cfg.url,
+            timeout.as_secs()
+        )),
+    }
+}
