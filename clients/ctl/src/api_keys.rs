@@ -207,7 +207,9 @@ pub async fn records(ctx: &Ctx) -> anyhow::Result<Vec<ApiKeyRecord>> {
         }
         match serde_json::from_slice::<ApiKeyRecord>(&entry.value) {
             Ok(r) => out.push(r),
-            Err(e) => eprintln!("chatctl: entry {id} of the bucket is not a key record ({e}); skipped"),
+            Err(e) => {
+                eprintln!("chatctl: entry {id} of the bucket is not a key record ({e}); skipped")
+            }
         }
     }
     out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));

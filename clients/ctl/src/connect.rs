@@ -63,7 +63,10 @@ pub async fn connect(cfg: &NatsConfig, timeout: Duration) -> anyhow::Result<asyn
         .map_err(|e| anyhow::anyhow!("invalid NATS URL {:?}: {e}", cfg.url))?;
     match tokio::time::timeout(timeout + Duration::from_secs(1), opts.connect(servers)).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(anyhow::anyhow!("cannot connect to NATS at {}: {e}", cfg.url)),
+        Ok(Err(e)) => Err(anyhow::anyhow!(
+            "cannot connect to NATS at {}: {e}",
+            cfg.url
+        )),
         Err(_) => Err(anyhow::anyhow!(
             "cannot connect to NATS at {}: no answer within {}s",
             cfg.url,

@@ -348,7 +348,10 @@ pub async fn replay(ctx: &Ctx, seq: Option<u64>, out: &mut String) -> anyhow::Re
         }
     }
     if ctx.json {
-        push_json(out, &serde_json::json!({"replayed": done, "failed": failed}));
+        push_json(
+            out,
+            &serde_json::json!({"replayed": done, "failed": failed}),
+        );
     } else if done.is_empty() && failed.is_empty() {
         out.push_str("no dead letters to replay\n");
     } else {

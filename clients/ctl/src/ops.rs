@@ -30,7 +30,9 @@ impl DisconnectPlan {
             )));
         }
         if reason.chars().any(char::is_control) {
-            return Err(UsageError("--reason must not contain control characters".into()));
+            return Err(UsageError(
+                "--reason must not contain control characters".into(),
+            ));
         }
         Ok(DisconnectPlan { user, reason })
     }
@@ -88,7 +90,10 @@ pub async fn room(ctx: &Ctx, room: RoomId, out: &mut String) -> anyhow::Result<(
         Ok(info) => info,
         Err(e) if e.code == ErrorCode::NotFound => anyhow::bail!("no room {room}"),
         Err(e) if e.code == ErrorCode::Unavailable => {
-            anyhow::bail!("chat-history did not answer on {}: is it running?", subjects::ROOMS)
+            anyhow::bail!(
+                "chat-history did not answer on {}: is it running?",
+                subjects::ROOMS
+            )
         }
         Err(e) => anyhow::bail!("room {room}: {} ({})", e.message, e.code.as_str()),
     };
