@@ -468,7 +468,11 @@ async fn disconnect_publishes_the_disconnect_of_the_user() {
         .subscribe(subjects::user_disconnect(&bob))
         .await
         .unwrap();
-    client.flush().await.unwrap();
+    // A round trip (a flush only writes): the server has the subscription when it answers.
+    jetstream::new(client.clone())
+        .query_account()
+        .await
+        .unwrap();
     let out = ctl(
         &nats.url,
         &["disconnect", "bob", "--reason", "banned for spam"],
