@@ -579,3 +579,170 @@ async fn errors_are_clear_and_exit_non_zero() {
         assert!(!out.stderr.contains("panicked"));
     }
 }
+
+/// The operator user documented in docs/deploy.md ("Permissions"), as there.
+fn documented_operator_user() -> String {
+    let doc = std::fs::read_to_string(chat_testkit::workspace_root().join("docs/deploy.md"))
+        .expect("read docs/deploy.md");
+    let from = doc
+        .find("**Permissions.**")
+        .expect("a Permissions paragraph");
+    let block = &doc[from..];
+    let start = block.find("```json\n").expect("a json block") + "```json\n".len();
+    let end = start + block[start..].find("```").expect("its end");
+    block[start..end]
+        .trim()
+        .replace("$NATS_OPERATOR_PASSWORD", "\"pw-operator\"")
+}
+
+/// chatctl works with exactly the permissions docs/deploy.md gives its operator user: every
+/// command against a server where that is all it may do (the streams, a consumer and a dead
+/// letter made by an unrestricted `setup` user, which also answers `chat.internal.rooms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_operator_permissions_are_enough() {
+    let nats = NatsServer::start_with(chat_testkit::NatsOptions {
+        extra_config: format!(
+            "authorization {{ users: [ {}, {{ user: setup, password: \"pw-setup\" }}, \
+             {{ user: narrow, password: \"pw-narrow\", permissions: {{ \
+             publish: {{ allow: [\"$JS.API.>\"] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }} }} ] }}\n",
+            documented_operator_user()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let setup = async_nats::ConnectOptions::new()
+        .user_and_password("setup".into(), "pw-setup".into())
+        .connect(nats.url.as_str())
+        .await
+        .expect("setup user connects");
+    let js = jetstream::new(setup.clone());
+    chat_bus::stream::ensure_chat_stream(&js, &chat_bus::stream::StreamSettings::default())
+        .await
+        .unwrap();
+    let dlq = chat_bus::stream::ensure_dead_letter_stream(&js, 1)
+        .await
+        .unwrap();
+    js.get_stream(subjects::STREAM)
+        .await
+        .unwrap()
+        .get_or_create_consumer(
+            subjects::HISTORY_CONSUMER,
+            jetstream::consumer::pull::Config {
+                durable_name: Some(subjects::HISTORY_CONSUMER.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let orig = publish_raw(&js, "perm", b"not json".to_vec()).await;
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Chat-Dlq-Reason", "undecodable entry");
+    h.insert("Chat-Dlq-Stream-Seq", orig.to_string().as_str());
+    h.insert("Chat-Dlq-Subject", "chat.room.perm.msg");
+    js.publish_with_headers(
+        subjects::dead_letter(subjects::HISTORY_CONSUMER),
+        h,
+        "not json".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let mut rooms = setup.subscribe(subjects::ROOMS).await.unwrap();
+    let mut disconnects = setup.subscribe("chat.user.*.disconnect").await.unwrap();
+    js.query_account().await.unwrap();
+    let responder = setup.clone();
+    tokio::spawn(async move {
+        while let Some(m) = rooms.next().await {
+            let info = chat_bus::api::RoomInfo {
+                room: chat_proto::RoomId::new("perm").unwrap(),
+                kind: chat_proto::RoomKind::Public,
+                members: vec![],
+            };
+            if let Some(reply) = m.reply {
+                let body = serde_json::to_vec(&info).unwrap();
+                responder.publish(reply, body.into()).await.unwrap();
+            }
+        }
+    });
+
+    let url = nats.url.clone();
+    let as_operator = |args: &[&str]| {
+        let mut all = vec!["--nats-user", "operator", "--nats-password", "pw-operator"];
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| {
+        let url = url.clone();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            ctl_json(&url, &refs).await
+        }
+    };
+    let lags = run(as_operator(&["consumers"])).await;
+    assert_eq!(consumer(&lags, subjects::HISTORY_CONSUMER)["pending"], 1);
+    let letters = run(as_operator(&["dead-letters", "list"])).await;
+    assert_eq!(letters[0]["original_seq"], orig);
+    let d = letters[0]["seq"].as_u64().unwrap().to_string();
+    let shown = run(as_operator(&["dead-letters", "show", &d])).await;
+    assert_eq!(shown["payload_text"], "not json");
+    let r = run(as_operator(&["dead-letters", "replay", "--all"])).await;
+    assert_eq!(r["replayed"][0]["new_seq"], orig + 1, "{r}");
+    assert_eq!(dlq.clone().info().await.unwrap().state.messages, 0);
+    let room = run(as_operator(&["room", "perm"])).await;
+    assert_eq!(
+        (&room["kind"], &room["last_seq"]),
+        (&json!("public"), &json!(orig + 1))
+    );
+    let key = run(as_operator(&[
+        "api-key",
+        "create",
+        "--name",
+        "p",
+        "--scope",
+        "rooms:read",
+    ]))
+    .await;
+    let id = key["id"].as_str().unwrap().to_owned();
+    let listed = run(as_operator(&["api-key", "list"])).await;
+    assert_eq!(listed[0]["id"], id.as_str());
+    run(as_operator(&["api-key", "revoke", &id])).await;
+    run(as_operator(&["disconnect", "mallory", "--reason", "ban"])).await;
+    let m = tokio::time::timeout(Duration::from_secs(5), disconnects.next())
+        .await
+        .expect("the disconnect arrives")
+        .unwrap();
+    assert_eq!(m.subject.as_str(), "chat.user.mallory.disconnect");
+
+    // A user without the permission is told so, with what NATS refused.
+    for args in [
+        &["disconnect", "mallory"][..],
+        &["api-key", "create", "--name", "n", "--scope", "rooms:read"][..],
+    ] {
+        let mut all = vec![
+            "--nats-user",
+            "narrow",
+            "--nats-password",
+            "pw-narrow",
+            "--timeout",
+            "1",
+        ];
+        all.extend_from_slice(args);
+        let out = ctl(&nats.url, &all).await;
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("NATS refused") && out.stderr.contains("Permissions Violation"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+
+    // Without credentials nothing works, and it says why.
+    let refused = ctl(&nats.url, &["consumers"]).await;
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("cannot connect to NATS"),
+        "{}",
+        refused.stderr
+    );
+}

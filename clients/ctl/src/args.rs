@@ -70,7 +70,8 @@ impl Args {
                 }
             };
             let values = out.flags.entry(name.clone()).or_default();
-            if !values.is_empty() && !REPEATED.contains(&name.as_str()) {
+            let switch = SWITCHES.contains(&name.as_str());
+            if !values.is_empty() && !switch && !REPEATED.contains(&name.as_str()) {
                 return Err(UsageError(format!("--{name} given twice")));
             }
             values.push(value);

@@ -2,6 +2,7 @@
 //! overridable by a `--nats*` flag. Unlike a service, an operator's command fails fast when the
 //! server is unreachable instead of retrying forever.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_runtime::Env;
@@ -32,11 +33,58 @@ pub fn nats_config(env: Env, args: &Args) -> anyhow::Result<NatsConfig> {
     Ok(NatsConfig::from_env(&env)?)
 }
 
+/// What the server refused this connection (permission violations), as it said it: NATS reports
+/// them asynchronously, so a command that failed says why through [`Refusals::explain`].
+#[derive(Debug, Clone, Default)]
+pub struct Refusals(Arc<Mutex<Vec<String>>>);
+
+impl Refusals {
+    fn push(&self, what: String) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(what);
+        }
+    }
+
+    pub fn take(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+
+    /// `error` with what the server refused, if it refused something.
+    pub fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+        let refused = self.take();
+        if refused.is_empty() {
+            error
+        } else {
+            anyhow::anyhow!(
+                "{error:#}; NATS refused: {} (check the permissions of the NATS user, \
+                 docs/deploy.md#chatctl)",
+                refused.join("; ")
+            )
+        }
+    }
+}
+
 /// Connects once, within `timeout`; an unreachable server or refused credentials are an error
 /// naming the URL (never the credentials).
-pub async fn connect(cfg: &NatsConfig, timeout: Duration) -> anyhow::Result<async_nats::Client> {
+pub async fn connect(
+    cfg: &NatsConfig,
+    timeout: Duration,
+) -> anyhow::Result<(async_nats::Client, Refusals)> {
+    let refusals = Refusals::default();
+    let seen = refusals.clone();
     let mut opts = async_nats::ConnectOptions::new()
         .name("chatctl")
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    seen.push(e.to_string());
+                }
+            }
+        })
         .connection_timeout(timeout)
         .request_timeout(Some(timeout))
         .max_reconnects(Some(3));
@@ -62,7 +110,7 @@ pub async fn connect(cfg: &NatsConfig, timeout: Duration) -> anyhow::Result<asyn
         .servers()
         .map_err(|e| anyhow::anyhow!("invalid NATS URL {:?}: {e}", cfg.url))?;
     match tokio::time::timeout(timeout + Duration::from_secs(1), opts.connect(servers)).await {
-        Ok(Ok(client)) => Ok(client),
+        Ok(Ok(client)) => Ok((client, refusals)),
         Ok(Err(e)) => Err(anyhow::anyhow!(
             "cannot connect to NATS at {}: {e}",
             cfg.url

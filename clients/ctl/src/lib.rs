@@ -70,6 +70,8 @@ pub struct Ctx {
     pub json: bool,
     pub timeout: Duration,
     pub env: Env,
+    /// What the server refused so far.
+    pub refusals: connect::Refusals,
 }
 
 /// Runs one command line, writing its output to `out`.
@@ -105,7 +107,7 @@ pub async fn run(argv: Vec<String>, env: Env, out: &mut String) -> anyhow::Resul
     };
     let plan = Plan::of(&args)?;
     let cfg = connect::nats_config(env.clone(), &args)?;
-    let nats = connect::connect(&cfg, timeout).await?;
+    let (nats, refusals) = connect::connect(&cfg, timeout).await?;
     let mut js = async_nats::jetstream::new(nats.clone());
     js.set_timeout(timeout);
     let ctx = Ctx {
@@ -114,10 +116,11 @@ pub async fn run(argv: Vec<String>, env: Env, out: &mut String) -> anyhow::Resul
         json: args.switch("json"),
         timeout,
         env,
+        refusals: refusals.clone(),
     };
     let result = plan.apply(&ctx, out).await;
     chat_runtime::nats::flush_within(&ctx.nats).await;
-    result
+    result.map_err(|e| refusals.explain(e))
 }
 
 /// A checked command, ready to run.

@@ -39,8 +39,8 @@ impl DisconnectPlan {
 }
 
 /// Publishes the [`Disconnect`] every edge listens for; edges close the user's sessions with
-/// 4001. Core NATS, fire and forget: the edges do not answer, so this confirms only that the
-/// server took the message.
+/// 4001. Core NATS: the edges do not answer, so this confirms only that the server took the
+/// message (and did not refuse it).
 pub async fn disconnect(ctx: &Ctx, plan: DisconnectPlan, out: &mut String) -> anyhow::Result<()> {
     let subject = subjects::user_disconnect(&plan.user);
     let payload = serde_json::to_vec(&Disconnect {
@@ -55,6 +55,17 @@ pub async fn disconnect(ctx: &Ctx, plan: DisconnectPlan, out: &mut String) -> an
         .await
         .map_err(|_| anyhow::anyhow!("NATS did not take the disconnect in time"))?
         .map_err(|e| anyhow::anyhow!("NATS did not take the disconnect: {e}"))?;
+    // A flush only writes; a round trip after the publish makes a refusal of it (a permission
+    // violation, reported asynchronously) arrive before we say it was sent.
+    let _ = ctx.js.query_account().await;
+    let refused = ctx.refusals.take();
+    if !refused.is_empty() {
+        anyhow::bail!(
+            "NATS refused the disconnect on {subject}: {} (check the permissions of the NATS \
+             user, docs/deploy.md#chatctl)",
+            refused.join("; ")
+        );
+    }
     if ctx.json {
         push_json(
             out,
