@@ -38,19 +38,19 @@ pub struct ConsumerLag {
 }
 
 pub async fn collect(ctx: &Ctx, only: Option<&str>) -> anyhow::Result<Vec<ConsumerLag>> {
-    let names: Vec<String> = match only {
+    let mut names: Vec<String> = match only {
         Some(s) => vec![s.to_owned()],
+        // Key-value and object stores are streams too; their consumers are watchers.
         None => ctx
             .js
             .stream_names()
-            .try_collect()
+            .try_collect::<Vec<String>>()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot list the streams: {e}"))?,
+            .map_err(|e| anyhow::anyhow!("cannot list the streams: {e}"))?
+            .into_iter()
+            .filter(|n| !n.starts_with("KV_") && !n.starts_with("OBJ_"))
+            .collect(),
     };
-    let mut names: Vec<String> = names
-        .into_iter()
-        .filter(|n| !n.starts_with("KV_") && !n.starts_with("OBJ_"))
-        .collect();
     names.sort();
     let mut out = Vec::new();
     for name in names {

@@ -283,7 +283,8 @@ async fn replay_one(
 ) -> anyhow::Result<Replayed> {
     let letter = letter_of(&m);
     let subject = letter.subject.clone();
-    if subject.is_empty() || subject.contains(['*', '>', ' ']) {
+    if subject.is_empty() || subject.contains(['*', '>', ' ']) || subject.contains(char::is_control)
+    {
         anyhow::bail!(
             "dead letter {} has no original subject ({SUBJECT_HEADER}); not replayed",
             m.sequence

@@ -85,19 +85,6 @@ pub async fn run(argv: Vec<String>, env: Env, out: &mut String) -> anyhow::Resul
         out.push('\n');
         return Ok(());
     }
-    let command: Vec<&str> = args.positionals.iter().map(String::as_str).collect();
-    // Check the command line completely before connecting.
-    let known = matches!(
-        command.as_slice(),
-        ["consumers", ..]
-            | ["dead-letters", "list" | "show" | "replay", ..]
-            | ["disconnect", ..]
-            | ["room", ..]
-            | ["api-key", "create" | "list" | "revoke", ..]
-    );
-    if !known {
-        return Err(UsageError(format!("unknown command `{}`", command.join(" "))).into());
-    }
     let timeout = match args.value("timeout") {
         None => Duration::from_secs(5),
         Some(s) => match s.parse::<u64>() {
@@ -105,6 +92,7 @@ pub async fn run(argv: Vec<String>, env: Env, out: &mut String) -> anyhow::Resul
             _ => return Err(UsageError(format!("--timeout {s:?}: give whole seconds")).into()),
         },
     };
+    // The command line is checked completely before connecting.
     let plan = Plan::of(&args)?;
     let cfg = connect::nats_config(env.clone(), &args)?;
     let (nats, refusals) = connect::connect(&cfg, timeout).await?;
@@ -189,7 +177,12 @@ impl Plan {
                 let id = &args.operands(2, 1)?[0];
                 Plan::KeyRevoke(api_keys::check_id(id)?)
             }
-            _ => return Err(UsageError("unknown command".into())),
+            _ => {
+                return Err(UsageError(format!(
+                    "unknown command `{}`",
+                    args.positionals.join(" ")
+                )));
+            }
         })
     }
 
