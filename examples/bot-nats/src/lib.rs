@@ -64,7 +64,8 @@ pub async fn follow(client: async_nats::Client, room: RoomId, bot: UserId) -> an
 }
 
 impl Bot {
-    /// Answers pings until the connection ends or `stop` resolves; returns how many it answered.
+    /// Answers pings until the connection ends or `stop` resolves; returns how many answers
+    /// the stream stored.
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<u64> {
         let mut answered = 0;
         tokio::pin!(stop);
@@ -92,12 +93,21 @@ impl Bot {
             let mut headers = HeaderMap::new();
             headers.insert(event::MSG_ID_HEADER, pong.msg_id().as_str());
             let payload = serde_json::to_vec(&pong)?.into();
-            // Wait for the stream's ack: the answer is stored (and on the feed), or we say so.
-            self.js
+            // Wait for the stream's ack: the answer is stored (and on the feed), or we say so
+            // and go on (a refusal, e.g. 403 for a `from` that is not one of the credential's
+            // bots, would repeat for every ping: fix the configuration).
+            let stored = match self
+                .js
                 .publish_with_headers(subjects::room_msg(&self.room), headers, payload)
-                .await?
-                .await?;
-            answered += 1;
+                .await
+            {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match stored {
+                Ok(()) => answered += 1,
+                Err(e) => eprintln!("bot-nats: the pong to seq {seq} was not stored: {e}"),
+            }
         }
     }
 }

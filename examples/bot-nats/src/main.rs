@@ -1,7 +1,8 @@
 //! `bot-nats`: answers `!ping` with `pong` in one room. `NATS_URL` (nats://127.0.0.1:4222),
 //! `NATS_USER` + `NATS_PASSWORD` (e.g. deploy/nats/auth.conf's `integrations`), `NATS_INBOX_PREFIX`
-//! (`_INBOX_integrations`: the reply subjects that user may receive, where JetStream acks come),
-//! `BOT_ROOM` (required), `BOT_USER` (bot-ping). Stops on Ctrl-C.
+//! (optional: reply subjects, where JetStream acks come, for a client configured that way),
+//! `BOT_ROOM` (required), `BOT_USER` (bot-ping: in a secured deployment, one of the credential's
+//! bot identities). Stops on Ctrl-C.
 
 use chat_proto::{RoomId, UserId};
 
@@ -14,11 +15,10 @@ async fn main() -> anyhow::Result<()> {
     let room = RoomId::new(&room).map_err(|e| anyhow::anyhow!("BOT_ROOM {room:?}: {e}"))?;
     let bot = var("BOT_USER").unwrap_or_else(|| "bot-ping".into());
     let bot = UserId::new(&bot).map_err(|e| anyhow::anyhow!("BOT_USER {bot:?}: {e}"))?;
-    let mut opts = async_nats::ConnectOptions::new()
-        .name("bot-nats")
-        .custom_inbox_prefix(
-            var("NATS_INBOX_PREFIX").unwrap_or_else(|| "_INBOX_integrations".into()),
-        );
+    let mut opts = async_nats::ConnectOptions::new().name("bot-nats");
+    if let Some(prefix) = var("NATS_INBOX_PREFIX") {
+        opts = opts.custom_inbox_prefix(prefix);
+    }
     if let (Some(user), Some(password)) = (var("NATS_USER"), var("NATS_PASSWORD")) {
         opts = opts.user_and_password(user, password);
     }
