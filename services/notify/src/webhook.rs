@@ -23,7 +23,7 @@ use std::time::Duration;
 use chat_bus::api::{self, PresenceReply, PresenceRequest};
 use chat_bus::{now_ms, subjects};
 use chat_proto::{Status, UserId};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use sqlx::PgPool;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
