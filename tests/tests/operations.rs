@@ -571,6 +571,7 @@ async fn dashboards_and_alerts_query_only_exported_metrics() {
 fn every_recorded_metric_is_in_a_catalogue() {
     use chat_runtime::metrics::COMMON;
     let catalogued: Vec<&str> = [
+        chat_api::metrics_catalogue::CATALOGUE,
         chat_edge::metrics_catalogue::CATALOGUE,
         chat_history::metrics_catalogue::CATALOGUE,
         chat_notify::metrics_catalogue::CATALOGUE,

@@ -281,7 +281,10 @@ pub enum RoomsRequest {
     /// *(issue 16, trusted)* Removes a member, announced as their `leave` is (every edge stops
     /// delivering the room to their sessions); `not_found` for an unknown room. The reply is a
     /// [`RoomInfo`].
-    RemoveMember { room: RoomId, user: UserId },
+    RemoveMember {
+        room: RoomId,
+        user: UserId,
+    },
 }
 
 /// A room and (for private rooms and DMs) its members.

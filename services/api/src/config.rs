@@ -80,7 +80,10 @@ mod tests {
         let c = ApiConfig::from_env(&Env::default()).unwrap();
         assert_eq!(c.listen.port(), 8090);
         assert_eq!(c.admin_listen.port(), 9105);
-        assert_eq!((c.max_body, c.max_request, c.rate_per_key), (4000, 65_536, 100));
+        assert_eq!(
+            (c.max_body, c.max_request, c.rate_per_key),
+            (4000, 65_536, 100)
+        );
         assert!(c.keys_file.is_none());
         let err = ApiConfig::from_env(&Env::from_pairs([("CHAT_MAX_BODY", "0")])).unwrap_err();
         assert!(err.to_string().contains("CHAT_MAX_BODY"));

@@ -237,7 +237,13 @@ mod tests {
         let e: HttpError = ApiError::new(ErrorCode::Internal, "pg: relation x").into();
         let resp = e.into_response();
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(status_of(ErrorCode::LimitExceeded), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(status_of(ErrorCode::TooLarge), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            status_of(ErrorCode::LimitExceeded),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            status_of(ErrorCode::TooLarge),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 }

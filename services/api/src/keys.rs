@@ -47,7 +47,10 @@ impl KeyRing {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("read CHAT_API_KEYS_FILE {}: {e}", path.display()))?;
             let records: Vec<ApiKeyRecord> = serde_json::from_str(&text).map_err(|e| {
-                anyhow::anyhow!("CHAT_API_KEYS_FILE {}: not a JSON array of key records: {e}", path.display())
+                anyhow::anyhow!(
+                    "CHAT_API_KEYS_FILE {}: not a JSON array of key records: {e}",
+                    path.display()
+                )
             })?;
             for r in records {
                 file.insert(r.id.clone(), Arc::new(r));
@@ -195,7 +198,9 @@ mod tests {
         let ring = KeyRing::with_file(Some(&dir)).unwrap();
         let _ = std::fs::remove_file(&dir);
         assert_eq!(
-            ring.authenticate(Some(&format!("Bearer {key}"))).unwrap().id,
+            ring.authenticate(Some(&format!("Bearer {key}")))
+                .unwrap()
+                .id,
             rec.id
         );
         assert_eq!(ring.authenticate(None).unwrap_err(), KeyRefused::Missing);

@@ -34,12 +34,28 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/api/v1/rooms", "createRoom"),
     ("get", "/api/v1/rooms/{room}", "getRoom"),
     ("put", "/api/v1/rooms/{room}/members/{user}", "addMember"),
-    ("delete", "/api/v1/rooms/{room}/members/{user}", "removeMember"),
+    (
+        "delete",
+        "/api/v1/rooms/{room}/members/{user}",
+        "removeMember",
+    ),
     ("post", "/api/v1/rooms/{room}/messages", "postMessage"),
     ("get", "/api/v1/rooms/{room}/messages", "getHistory"),
-    ("patch", "/api/v1/rooms/{room}/messages/{seq}", "editMessage"),
-    ("delete", "/api/v1/rooms/{room}/messages/{seq}", "deleteMessage"),
-    ("post", "/api/v1/rooms/{room}/messages/{seq}/reactions", "react"),
+    (
+        "patch",
+        "/api/v1/rooms/{room}/messages/{seq}",
+        "editMessage",
+    ),
+    (
+        "delete",
+        "/api/v1/rooms/{room}/messages/{seq}",
+        "deleteMessage",
+    ),
+    (
+        "post",
+        "/api/v1/rooms/{room}/messages/{seq}/reactions",
+        "react",
+    ),
     ("get", "/api/v1/rooms/{room}/presence", "roomPresence"),
     ("get", "/api/v1/search", "search"),
     ("get", "/api/v1/presence", "usersPresence"),
@@ -283,7 +299,11 @@ fn list<T>(
     what: &str,
     parse: impl Fn(&str) -> Result<T, HttpError>,
 ) -> Result<Vec<T>, HttpError> {
-    let items: Vec<&str> = s.split(',').map(str::trim).filter(|x| !x.is_empty()).collect();
+    let items: Vec<&str> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .collect();
     if items.len() > max {
         return Err(ApiError::new(
             ErrorCode::LimitExceeded,
@@ -314,8 +334,11 @@ impl Api {
 
     /// A room's kind and members (`404 not_found` for an unknown room).
     async fn room(&self, room: &RoomId) -> Result<RoomInfo, HttpError> {
-        self.request(subjects::ROOMS, &RoomsRequest::Members { room: room.clone() })
-            .await
+        self.request(
+            subjects::ROOMS,
+            &RoomsRequest::Members { room: room.clone() },
+        )
+        .await
     }
 
     /// Whether `bot` is a member of `room`, from a cache of each bot's rooms kept
@@ -333,7 +356,10 @@ impl Api {
             Some(m) => m,
             None => {
                 let rooms: UserRooms = self
-                    .request(subjects::ROOMS, &RoomsRequest::UserRooms { user: bot.clone() })
+                    .request(
+                        subjects::ROOMS,
+                        &RoomsRequest::UserRooms { user: bot.clone() },
+                    )
                     .await?;
                 let set: BTreeSet<RoomId> = rooms.rooms.into_iter().map(|m| m.room).collect();
                 let member = set.contains(room);
@@ -408,18 +434,25 @@ async fn post_message(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let target = Target::room(&room);
-    call(&api, &headers, "post_message", Scope::MessagesWrite, target, |api, key| async move {
-        let room = room_id(&room)?;
-        let m: PostMessage = json_body(body, None)?;
-        let frame = ClientFrame::Send {
-            room,
-            body: m.body,
-            client_id: m.client_id,
-            reply_to: m.reply_to,
-            thread: m.thread,
-        };
-        api.post_frame(&key, m.from, frame).await
-    })
+    call(
+        &api,
+        &headers,
+        "post_message",
+        Scope::MessagesWrite,
+        target,
+        |api, key| async move {
+            let room = room_id(&room)?;
+            let m: PostMessage = json_body(body, None)?;
+            let frame = ClientFrame::Send {
+                room,
+                body: m.body,
+                client_id: m.client_id,
+                reply_to: m.reply_to,
+                thread: m.thread,
+            };
+            api.post_frame(&key, m.from, frame).await
+        },
+    )
     .await
 }
 
@@ -430,17 +463,24 @@ async fn edit_message(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let target = Target::room(&room);
-    call(&api, &headers, "edit_message", Scope::MessagesWrite, target, |api, key| async move {
-        let (room, seq) = (room_id(&room)?, seq_of(&seq)?);
-        let m: EditMessage = json_body(body, None)?;
-        let frame = ClientFrame::Edit {
-            room,
-            seq,
-            body: m.body,
-            client_id: m.client_id,
-        };
-        api.post_frame(&key, m.from, frame).await
-    })
+    call(
+        &api,
+        &headers,
+        "edit_message",
+        Scope::MessagesWrite,
+        target,
+        |api, key| async move {
+            let (room, seq) = (room_id(&room)?, seq_of(&seq)?);
+            let m: EditMessage = json_body(body, None)?;
+            let frame = ClientFrame::Edit {
+                room,
+                seq,
+                body: m.body,
+                client_id: m.client_id,
+            };
+            api.post_frame(&key, m.from, frame).await
+        },
+    )
     .await
 }
 
@@ -451,16 +491,23 @@ async fn delete_message(
     uri: Uri,
 ) -> Response {
     let target = Target::room(&room);
-    call(&api, &headers, "delete_message", Scope::MessagesWrite, target, |api, key| async move {
-        let (room, seq) = (room_id(&room)?, seq_of(&seq)?);
-        let q: DeleteMessage = query(&uri)?;
-        let frame = ClientFrame::Delete {
-            room,
-            seq,
-            client_id: q.client_id,
-        };
-        api.post_frame(&key, q.from, frame).await
-    })
+    call(
+        &api,
+        &headers,
+        "delete_message",
+        Scope::MessagesWrite,
+        target,
+        |api, key| async move {
+            let (room, seq) = (room_id(&room)?, seq_of(&seq)?);
+            let q: DeleteMessage = query(&uri)?;
+            let frame = ClientFrame::Delete {
+                room,
+                seq,
+                client_id: q.client_id,
+            };
+            api.post_frame(&key, q.from, frame).await
+        },
+    )
     .await
 }
 
@@ -471,18 +518,25 @@ async fn react(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let target = Target::room(&room);
-    call(&api, &headers, "react", Scope::MessagesWrite, target, |api, key| async move {
-        let (room, seq) = (room_id(&room)?, seq_of(&seq)?);
-        let m: React = json_body(body, None)?;
-        let frame = ClientFrame::React {
-            room,
-            seq,
-            emoji: m.emoji,
-            on: m.on,
-            client_id: m.client_id,
-        };
-        api.post_frame(&key, m.from, frame).await
-    })
+    call(
+        &api,
+        &headers,
+        "react",
+        Scope::MessagesWrite,
+        target,
+        |api, key| async move {
+            let (room, seq) = (room_id(&room)?, seq_of(&seq)?);
+            let m: React = json_body(body, None)?;
+            let frame = ClientFrame::React {
+                room,
+                seq,
+                emoji: m.emoji,
+                on: m.on,
+                client_id: m.client_id,
+            };
+            api.post_frame(&key, m.from, frame).await
+        },
+    )
     .await
 }
 
@@ -491,31 +545,45 @@ async fn create_room(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    call(&api, &headers, "create_room", Scope::RoomsWrite, Target::default(), |api, _| async move {
-        let c: CreateRoom = json_body(body, None)?;
-        if c.members.len() > MAX_CREATE_MEMBERS {
-            return Err(ApiError::new(
-                ErrorCode::LimitExceeded,
-                format!("a room is created with at most {MAX_CREATE_MEMBERS} members"),
-            )
-            .into());
-        }
-        let info: RoomInfo = api
-            .request(
-                subjects::ROOMS,
-                &RoomsRequest::CreateRoom {
-                    room: c.room,
-                    private: c.private,
-                    members: c.members,
-                    by: c.by,
-                },
-            )
-            .await?;
-        for m in &info.members {
-            api.forget_rooms(m);
-        }
-        Ok((StatusCode::CREATED, info))
-    })
+    // The audit line names the room asked for, if the body names one.
+    let target = body
+        .as_ref()
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v["room"].as_str().map(Target::room))
+        .unwrap_or_default();
+    call(
+        &api,
+        &headers,
+        "create_room",
+        Scope::RoomsWrite,
+        target,
+        |api, _| async move {
+            let c: CreateRoom = json_body(body, None)?;
+            if c.members.len() > MAX_CREATE_MEMBERS {
+                return Err(ApiError::new(
+                    ErrorCode::LimitExceeded,
+                    format!("a room is created with at most {MAX_CREATE_MEMBERS} members"),
+                )
+                .into());
+            }
+            let info: RoomInfo = api
+                .request(
+                    subjects::ROOMS,
+                    &RoomsRequest::CreateRoom {
+                        room: c.room,
+                        private: c.private,
+                        members: c.members,
+                        by: c.by,
+                    },
+                )
+                .await?;
+            for m in &info.members {
+                api.forget_rooms(m);
+            }
+            Ok((StatusCode::CREATED, info))
+        },
+    )
     .await
 }
 
@@ -525,10 +593,17 @@ async fn get_room(
     headers: HeaderMap,
 ) -> Response {
     let target = Target::room(&room);
-    call(&api, &headers, "get_room", Scope::RoomsRead, target, |api, _| async move {
-        let info = api.room(&room_id(&room)?).await?;
-        Ok((StatusCode::OK, info))
-    })
+    call(
+        &api,
+        &headers,
+        "get_room",
+        Scope::RoomsRead,
+        target,
+        |api, _| async move {
+            let info = api.room(&room_id(&room)?).await?;
+            Ok((StatusCode::OK, info))
+        },
+    )
     .await
 }
 
@@ -538,21 +613,28 @@ async fn add_member(
     headers: HeaderMap,
 ) -> Response {
     let target = Target::room_user(&room, &user);
-    call(&api, &headers, "add_member", Scope::RoomsWrite, target, |api, _| async move {
-        let (room, user) = (room_id(&room)?, user_id(&user)?);
-        let info: RoomInfo = api
-            .request(
-                subjects::ROOMS,
-                &RoomsRequest::AddMember {
-                    room,
-                    user: user.clone(),
-                    by: None,
-                },
-            )
-            .await?;
-        api.forget_rooms(&user);
-        Ok((StatusCode::OK, info))
-    })
+    call(
+        &api,
+        &headers,
+        "add_member",
+        Scope::RoomsWrite,
+        target,
+        |api, _| async move {
+            let (room, user) = (room_id(&room)?, user_id(&user)?);
+            let info: RoomInfo = api
+                .request(
+                    subjects::ROOMS,
+                    &RoomsRequest::AddMember {
+                        room,
+                        user: user.clone(),
+                        by: None,
+                    },
+                )
+                .await?;
+            api.forget_rooms(&user);
+            Ok((StatusCode::OK, info))
+        },
+    )
     .await
 }
 
@@ -562,20 +644,27 @@ async fn remove_member(
     headers: HeaderMap,
 ) -> Response {
     let target = Target::room_user(&room, &user);
-    call(&api, &headers, "remove_member", Scope::RoomsWrite, target, |api, _| async move {
-        let (room, user) = (room_id(&room)?, user_id(&user)?);
-        let info: RoomInfo = api
-            .request(
-                subjects::ROOMS,
-                &RoomsRequest::RemoveMember {
-                    room,
-                    user: user.clone(),
-                },
-            )
-            .await?;
-        api.forget_rooms(&user);
-        Ok((StatusCode::OK, info))
-    })
+    call(
+        &api,
+        &headers,
+        "remove_member",
+        Scope::RoomsWrite,
+        target,
+        |api, _| async move {
+            let (room, user) = (room_id(&room)?, user_id(&user)?);
+            let info: RoomInfo = api
+                .request(
+                    subjects::ROOMS,
+                    &RoomsRequest::RemoveMember {
+                        room,
+                        user: user.clone(),
+                    },
+                )
+                .await?;
+            api.forget_rooms(&user);
+            Ok((StatusCode::OK, info))
+        },
+    )
     .await
 }
 
@@ -586,53 +675,67 @@ async fn history(
     uri: Uri,
 ) -> Response {
     let target = Target::room(&room);
-    call(&api, &headers, "history", Scope::HistoryRead, target, |api, _| async move {
-        let room = room_id(&room)?;
-        let q: HistoryQuery = query(&uri)?;
-        if q.before.is_some() && q.after.is_some() {
-            return Err(bad("give before or after, not both"));
-        }
-        if q.user.is_none() {
-            // A trusted reader of a room that does not exist is told so.
-            api.room(&room).await?;
-        }
-        let page: HistoryPage = api
-            .request(
-                subjects::API_HISTORY,
-                &HistoryRequest {
-                    room,
-                    before: q.before,
-                    after: q.after,
-                    limit: q.limit,
-                    thread: q.thread,
-                    user: q.user,
-                    replay: q.replay.unwrap_or(false),
-                },
-            )
-            .await?;
-        Ok((StatusCode::OK, page))
-    })
+    call(
+        &api,
+        &headers,
+        "history",
+        Scope::HistoryRead,
+        target,
+        |api, _| async move {
+            let room = room_id(&room)?;
+            let q: HistoryQuery = query(&uri)?;
+            if q.before.is_some() && q.after.is_some() {
+                return Err(bad("give before or after, not both"));
+            }
+            if q.user.is_none() {
+                // A trusted reader of a room that does not exist is told so.
+                api.room(&room).await?;
+            }
+            let page: HistoryPage = api
+                .request(
+                    subjects::API_HISTORY,
+                    &HistoryRequest {
+                        room,
+                        before: q.before,
+                        after: q.after,
+                        limit: q.limit,
+                        thread: q.thread,
+                        user: q.user,
+                        replay: q.replay.unwrap_or(false),
+                    },
+                )
+                .await?;
+            Ok((StatusCode::OK, page))
+        },
+    )
     .await
 }
 
 async fn search(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Response {
-    call(&api, &headers, "search", Scope::HistoryRead, Target::default(), |api, _| async move {
-        let q: SearchQuery = query(&uri)?;
-        post::check_query(&q.query)?;
-        let reply: SearchReply = api
-            .request(
-                subjects::API_SEARCH,
-                &SearchRequest {
-                    query: q.query,
-                    user: q.user,
-                    room: q.room,
-                    limit: q.limit,
-                    before: q.before,
-                },
-            )
-            .await?;
-        Ok((StatusCode::OK, reply))
-    })
+    call(
+        &api,
+        &headers,
+        "search",
+        Scope::HistoryRead,
+        Target::default(),
+        |api, _| async move {
+            let q: SearchQuery = query(&uri)?;
+            post::check_query(&q.query)?;
+            let reply: SearchReply = api
+                .request(
+                    subjects::API_SEARCH,
+                    &SearchRequest {
+                        query: q.query,
+                        user: q.user,
+                        room: q.room,
+                        limit: q.limit,
+                        before: q.before,
+                    },
+                )
+                .await?;
+            Ok((StatusCode::OK, reply))
+        },
+    )
     .await
 }
 
@@ -642,28 +745,42 @@ async fn room_presence(
     headers: HeaderMap,
 ) -> Response {
     let target = Target::room(&room);
-    call(&api, &headers, "room_presence", Scope::PresenceRead, target, |api, _| async move {
-        let room = room_id(&room)?;
-        let reply: PresenceReply = api
-            .request(subjects::API_PRESENCE, &PresenceRequest::Room { room })
-            .await?;
-        Ok((StatusCode::OK, reply))
-    })
+    call(
+        &api,
+        &headers,
+        "room_presence",
+        Scope::PresenceRead,
+        target,
+        |api, _| async move {
+            let room = room_id(&room)?;
+            let reply: PresenceReply = api
+                .request(subjects::API_PRESENCE, &PresenceRequest::Room { room })
+                .await?;
+            Ok((StatusCode::OK, reply))
+        },
+    )
     .await
 }
 
 async fn users_presence(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Response {
-    call(&api, &headers, "users_presence", Scope::PresenceRead, Target::default(), |api, _| async move {
-        let q: PresenceQuery = query(&uri)?;
-        let users = list(&q.users, MAX_PRESENCE_USERS, "users", user_id)?;
-        if users.is_empty() {
-            return Err(bad("users must name at least one user"));
-        }
-        let reply: PresenceReply = api
-            .request(subjects::API_PRESENCE, &PresenceRequest::Users { users })
-            .await?;
-        Ok((StatusCode::OK, reply))
-    })
+    call(
+        &api,
+        &headers,
+        "users_presence",
+        Scope::PresenceRead,
+        Target::default(),
+        |api, _| async move {
+            let q: PresenceQuery = query(&uri)?;
+            let users = list(&q.users, MAX_PRESENCE_USERS, "users", user_id)?;
+            if users.is_empty() {
+                return Err(bad("users must name at least one user"));
+            }
+            let reply: PresenceReply = api
+                .request(subjects::API_PRESENCE, &PresenceRequest::Users { users })
+                .await?;
+            Ok((StatusCode::OK, reply))
+        },
+    )
     .await
 }
 
@@ -674,33 +791,40 @@ async fn disconnect(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let target = Target::user(&user);
-    call(&api, &headers, "disconnect", Scope::UsersDisconnect, target, |api, _| async move {
-        let user = user_id(&user)?;
-        let d: DisconnectUser = json_body(body, Some(DisconnectUser::default()))?;
-        if chat_proto::has_control(&d.reason) {
-            return Err(bad("reason must not contain control characters"));
-        }
-        let payload = serde_json::to_vec(&Disconnect {
-            user: user.clone(),
-            reason: d.reason,
-        })
-        .map_err(|_| HttpError::from(ApiError::internal()))?;
-        let published = async {
-            api.nats
-                .publish(subjects::user_disconnect(&user), payload.into())
-                .await?;
-            api.nats.flush().await?;
-            Ok::<_, async_nats::Error>(())
-        };
-        match tokio::time::timeout(api.config.request_timeout, published).await {
-            Ok(Ok(())) => Ok((StatusCode::ACCEPTED, Disconnected { user })),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "disconnect not published");
-                Err(ApiError::unavailable().into())
+    call(
+        &api,
+        &headers,
+        "disconnect",
+        Scope::UsersDisconnect,
+        target,
+        |api, _| async move {
+            let user = user_id(&user)?;
+            let d: DisconnectUser = json_body(body, Some(DisconnectUser::default()))?;
+            if chat_proto::has_control(&d.reason) {
+                return Err(bad("reason must not contain control characters"));
             }
-            Err(_) => Err(ApiError::unavailable().into()),
-        }
-    })
+            let payload = serde_json::to_vec(&Disconnect {
+                user: user.clone(),
+                reason: d.reason,
+            })
+            .map_err(|_| HttpError::from(ApiError::internal()))?;
+            let published = async {
+                api.nats
+                    .publish(subjects::user_disconnect(&user), payload.into())
+                    .await?;
+                api.nats.flush().await?;
+                Ok::<_, async_nats::Error>(())
+            };
+            match tokio::time::timeout(api.config.request_timeout, published).await {
+                Ok(Ok(())) => Ok((StatusCode::ACCEPTED, Disconnected { user })),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "disconnect not published");
+                    Err(ApiError::unavailable().into())
+                }
+                Err(_) => Err(ApiError::unavailable().into()),
+            }
+        },
+    )
     .await
 }
 
@@ -711,30 +835,40 @@ async fn unread(
     uri: Uri,
 ) -> Response {
     let target = Target::user(&user);
-    call(&api, &headers, "unread", Scope::UnreadRead, target, |api, _| async move {
-        let user = user_id(&user)?;
-        let q: UnreadQuery = query(&uri)?;
-        let rooms = match q.rooms.as_deref() {
-            Some(list_) => list(list_, MAX_UNREAD_ROOMS, "rooms", room_id)?,
-            None => {
-                let rooms: UserRooms = api
-                    .request(subjects::ROOMS, &RoomsRequest::UserRooms { user: user.clone() })
-                    .await?;
-                rooms.rooms.into_iter().map(|m| m.room).collect()
-            }
-        };
-        let state: NotifyState = api
-            .request(
-                subjects::NOTIFY_STATE,
-                &NotifyStateRequest {
-                    user,
-                    rooms,
-                    last_seqs: Vec::new(),
-                },
-            )
-            .await?;
-        Ok((StatusCode::OK, state))
-    })
+    call(
+        &api,
+        &headers,
+        "unread",
+        Scope::UnreadRead,
+        target,
+        |api, _| async move {
+            let user = user_id(&user)?;
+            let q: UnreadQuery = query(&uri)?;
+            let rooms = match q.rooms.as_deref() {
+                Some(list_) => list(list_, MAX_UNREAD_ROOMS, "rooms", room_id)?,
+                None => {
+                    let rooms: UserRooms = api
+                        .request(
+                            subjects::ROOMS,
+                            &RoomsRequest::UserRooms { user: user.clone() },
+                        )
+                        .await?;
+                    rooms.rooms.into_iter().map(|m| m.room).collect()
+                }
+            };
+            let state: NotifyState = api
+                .request(
+                    subjects::NOTIFY_STATE,
+                    &NotifyStateRequest {
+                        user,
+                        rooms,
+                        last_seqs: Vec::new(),
+                    },
+                )
+                .await?;
+            Ok((StatusCode::OK, state))
+        },
+    )
     .await
 }
 
@@ -752,22 +886,46 @@ fn decodes<T: DeserializeOwned>(v: &serde_json::Value) -> Result<(), String> {
 /// query string), the success response's.
 pub fn example_types() -> HashMap<&'static str, (Option<Decoder>, Decoder)> {
     let mut m: HashMap<&'static str, (Option<Decoder>, Decoder)> = HashMap::new();
-    m.insert("createRoom", (Some(decodes::<CreateRoom>), decodes::<RoomInfo>));
+    m.insert(
+        "createRoom",
+        (Some(decodes::<CreateRoom>), decodes::<RoomInfo>),
+    );
     m.insert("getRoom", (None, decodes::<RoomInfo>));
     m.insert("addMember", (None, decodes::<RoomInfo>));
     m.insert("removeMember", (None, decodes::<RoomInfo>));
-    m.insert("postMessage", (Some(decodes::<PostMessage>), decodes::<Posted>));
-    m.insert("getHistory", (Some(decodes::<HistoryQuery>), decodes::<HistoryPage>));
-    m.insert("editMessage", (Some(decodes::<EditMessage>), decodes::<Posted>));
-    m.insert("deleteMessage", (Some(decodes::<DeleteMessage>), decodes::<Posted>));
+    m.insert(
+        "postMessage",
+        (Some(decodes::<PostMessage>), decodes::<Posted>),
+    );
+    m.insert(
+        "getHistory",
+        (Some(decodes::<HistoryQuery>), decodes::<HistoryPage>),
+    );
+    m.insert(
+        "editMessage",
+        (Some(decodes::<EditMessage>), decodes::<Posted>),
+    );
+    m.insert(
+        "deleteMessage",
+        (Some(decodes::<DeleteMessage>), decodes::<Posted>),
+    );
     m.insert("react", (Some(decodes::<React>), decodes::<Posted>));
     m.insert("roomPresence", (None, decodes::<PresenceReply>));
-    m.insert("search", (Some(decodes::<SearchQuery>), decodes::<SearchReply>));
-    m.insert("usersPresence", (Some(decodes::<PresenceQuery>), decodes::<PresenceReply>));
+    m.insert(
+        "search",
+        (Some(decodes::<SearchQuery>), decodes::<SearchReply>),
+    );
+    m.insert(
+        "usersPresence",
+        (Some(decodes::<PresenceQuery>), decodes::<PresenceReply>),
+    );
     m.insert(
         "disconnectUser",
         (Some(decodes::<DisconnectUser>), decodes::<Disconnected>),
     );
-    m.insert("getUnread", (Some(decodes::<UnreadQuery>), decodes::<NotifyState>));
+    m.insert(
+        "getUnread",
+        (Some(decodes::<UnreadQuery>), decodes::<NotifyState>),
+    );
     m
 }

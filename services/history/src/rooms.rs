@@ -184,10 +184,9 @@ impl Rooms {
                 .create_room(room, private, members, by)
                 .await
                 .map(RoomsReply::Room),
-            RoomsRequest::AddMember { room, user, by } => self
-                .add_member(room, user, by)
-                .await
-                .map(RoomsReply::Room),
+            RoomsRequest::AddMember { room, user, by } => {
+                self.add_member(room, user, by).await.map(RoomsReply::Room)
+            }
             RoomsRequest::RemoveMember { room, user } => {
                 self.remove_member(room, user).await.map(RoomsReply::Room)
             }
