@@ -33,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{ApiConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_API_ADDR};
 
+/// Each bot's rooms and when they were asked.
+type BotRooms = HashMap<UserId, (Instant, Arc<BTreeSet<RoomId>>)>;
+
 /// chat-api's state, shared by every request: cheap to clone.
 #[derive(Clone)]
 pub struct Api(Arc<Inner>);
@@ -45,7 +48,7 @@ pub struct Inner {
     pub keys: keys::KeyRing,
     rates: http::Rates,
     /// Each bot's rooms, as last asked of chat-history, and when.
-    bot_rooms: Mutex<HashMap<UserId, (Instant, Arc<BTreeSet<RoomId>>)>>,
+    bot_rooms: Mutex<BotRooms>,
 }
 
 impl std::ops::Deref for Api {
