@@ -703,6 +703,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_kick_keeps_its_first_reason_bounded_and_printable() {
+        let k = Kick::default();
+        assert_eq!(k.reason(), "");
+        k.kick(&format!("banned\n{}", "é".repeat(100)));
+        let r = k.reason();
+        assert!(
+            r.len() <= MAX_KICK_REASON_BYTES && r.starts_with("banned "),
+            "{r:?}"
+        );
+        k.kick("second");
+        assert!(k.reason().starts_with("banned"), "the first reason wins");
+        assert!(futures::FutureExt::now_or_never(k.requested()).is_some());
+        let quiet = Kick::default();
+        quiet.kick("  ");
+        assert_eq!(quiet.reason(), "disconnected by the server");
+    }
+
+    #[test]
     fn typing_is_throttled_per_user_and_room_with_bounded_memory() {
         let t0 = Instant::now();
         let mut t = TypingThrottle::new(t0);
