@@ -1,5 +1,5 @@
 //! The routes under `/api/v1` and the JSON they take and give (docs/openapi.json describes the
-//! same, and `tests/openapi.rs` checks the two agree). Every handler is the same few steps:
+//! same, and `tests/tests/api.rs (`openapi_document_matches_the_router`)` checks the two agree). Every handler is the same few steps:
 //! [`http::call`] checks the key, its scope and its rate; the handler checks its input with the
 //! edge's rules ([`chat_bus::post`]) and asks the service that owns the answer over NATS.
 
@@ -13,7 +13,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use chat_bus::api::{
     self, ApiError, Disconnect, HistoryPage, HistoryRequest, NotifyState, NotifyStateRequest,
     PresenceReply, PresenceRequest, RoomInfo, RoomsRequest, SearchReply, SearchRequest, UserRooms,
@@ -28,65 +28,98 @@ use serde::{Deserialize, Serialize};
 use crate::Api;
 use crate::http::{HttpError, Target, call, no_route};
 
-/// Every route: (method, path in OpenAPI's template syntax, operationId). The router below and
-/// docs/openapi.json must list exactly these (tests/openapi.rs).
-pub const ROUTES: &[(&str, &str, &str)] = &[
-    ("post", "/api/v1/rooms", "createRoom"),
-    ("get", "/api/v1/rooms/{room}", "getRoom"),
-    ("put", "/api/v1/rooms/{room}/members/{user}", "addMember"),
-    (
-        "delete",
-        "/api/v1/rooms/{room}/members/{user}",
-        "removeMember",
-    ),
-    ("post", "/api/v1/rooms/{room}/messages", "postMessage"),
-    ("get", "/api/v1/rooms/{room}/messages", "getHistory"),
-    (
-        "patch",
-        "/api/v1/rooms/{room}/messages/{seq}",
-        "editMessage",
-    ),
-    (
-        "delete",
-        "/api/v1/rooms/{room}/messages/{seq}",
-        "deleteMessage",
-    ),
-    (
-        "post",
-        "/api/v1/rooms/{room}/messages/{seq}/reactions",
-        "react",
-    ),
-    ("get", "/api/v1/rooms/{room}/presence", "roomPresence"),
-    ("get", "/api/v1/search", "search"),
-    ("get", "/api/v1/presence", "usersPresence"),
-    ("post", "/api/v1/users/{user}/disconnect", "disconnectUser"),
-    ("get", "/api/v1/users/{user}/unread", "getUnread"),
-];
+/// Every route: (method, path in OpenAPI's template syntax, operationId, handler). The router is
+/// built from this table only, and docs/openapi.json must list exactly its routes (tests/tests/api.rs,
+/// `openapi_document_matches_the_router`, which also calls each one to see that its method is the
+/// one served).
+fn table() -> Vec<(&'static str, &'static str, &'static str, MethodRouter<Api>)> {
+    vec![
+        ("post", "/api/v1/rooms", "createRoom", post(create_room)),
+        ("get", "/api/v1/rooms/{room}", "getRoom", get(get_room)),
+        (
+            "put",
+            "/api/v1/rooms/{room}/members/{user}",
+            "addMember",
+            put(add_member),
+        ),
+        (
+            "delete",
+            "/api/v1/rooms/{room}/members/{user}",
+            "removeMember",
+            delete(remove_member),
+        ),
+        (
+            "post",
+            "/api/v1/rooms/{room}/messages",
+            "postMessage",
+            post(post_message),
+        ),
+        (
+            "get",
+            "/api/v1/rooms/{room}/messages",
+            "getHistory",
+            get(history),
+        ),
+        (
+            "patch",
+            "/api/v1/rooms/{room}/messages/{seq}",
+            "editMessage",
+            patch(edit_message),
+        ),
+        (
+            "delete",
+            "/api/v1/rooms/{room}/messages/{seq}",
+            "deleteMessage",
+            delete(delete_message),
+        ),
+        (
+            "post",
+            "/api/v1/rooms/{room}/messages/{seq}/reactions",
+            "react",
+            post(react),
+        ),
+        (
+            "get",
+            "/api/v1/rooms/{room}/presence",
+            "roomPresence",
+            get(room_presence),
+        ),
+        ("get", "/api/v1/search", "search", get(search)),
+        (
+            "get",
+            "/api/v1/presence",
+            "usersPresence",
+            get(users_presence),
+        ),
+        (
+            "post",
+            "/api/v1/users/{user}/disconnect",
+            "disconnectUser",
+            post(disconnect),
+        ),
+        (
+            "get",
+            "/api/v1/users/{user}/unread",
+            "getUnread",
+            get(unread),
+        ),
+    ]
+}
+
+/// Every route: (method, path, operationId).
+pub fn routes() -> Vec<(&'static str, &'static str, &'static str)> {
+    table().into_iter().map(|(m, p, o, _)| (m, p, o)).collect()
+}
 
 /// The API's router (under `/api/v1`; anything else is a JSON `404 not_found`).
 pub fn router(api: Api) -> Router {
     let limit = api.config.max_request;
-    Router::new()
-        .route("/api/v1/rooms", post(create_room))
-        .route("/api/v1/rooms/{room}", get(get_room))
-        .route(
-            "/api/v1/rooms/{room}/members/{user}",
-            put(add_member).delete(remove_member),
-        )
-        .route(
-            "/api/v1/rooms/{room}/messages",
-            post(post_message).get(history),
-        )
-        .route(
-            "/api/v1/rooms/{room}/messages/{seq}",
-            axum::routing::patch(edit_message).delete(delete_message),
-        )
-        .route("/api/v1/rooms/{room}/messages/{seq}/reactions", post(react))
-        .route("/api/v1/rooms/{room}/presence", get(room_presence))
-        .route("/api/v1/search", get(search))
-        .route("/api/v1/presence", get(users_presence))
-        .route("/api/v1/users/{user}/disconnect", post(disconnect))
-        .route("/api/v1/users/{user}/unread", get(unread))
+    let mut router = Router::new();
+    for (_, path, _, handler) in table() {
+        // Two entries of one path merge into one route with both methods.
+        router = router.route(path, handler);
+    }
+    router
         .fallback(|| async { no_route(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             no_route(
@@ -872,8 +905,7 @@ async fn unread(
     .await
 }
 
-/// Types of the JSON each operation takes and gives, by operationId, for the document check:
-/// (request body or query type, success response type). `None`: no body.
+/// Checks that a JSON example decodes into one handler type.
 pub type Decoder = fn(&serde_json::Value) -> Result<(), String>;
 
 fn decodes<T: DeserializeOwned>(v: &serde_json::Value) -> Result<(), String> {
@@ -883,7 +915,7 @@ fn decodes<T: DeserializeOwned>(v: &serde_json::Value) -> Result<(), String> {
 }
 
 /// What docs/openapi.json's examples must decode into, per operationId: the request's (body or
-/// query string), the success response's.
+/// query string; `None`: the operation takes neither), the success response's.
 pub fn example_types() -> HashMap<&'static str, (Option<Decoder>, Decoder)> {
     let mut m: HashMap<&'static str, (Option<Decoder>, Decoder)> = HashMap::new();
     m.insert(
