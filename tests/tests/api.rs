@@ -322,6 +322,25 @@ async fn messages_as_a_bot_and_every_refusal() {
         &http(api2, "GET", "/api/v1/rooms/ops", Some(&reader), None).await,
         200,
     );
+
+    // With chat-history gone, what needs it is 503 unavailable (no responder: at once).
+    for h in std::mem::take(&mut stack.histories) {
+        h.shutdown().await;
+    }
+    let asked = Instant::now();
+    expect(
+        &http(api, "GET", "/api/v1/rooms/ops", k, None).await,
+        503,
+        "unavailable",
+    );
+    let retry = json!({"from":"bot-a","body":"later","client_id":"late1"});
+    let late = http_json(api, "POST", "/api/v1/rooms/elsewhere/messages", k, &retry).await;
+    expect(&late, 503, "unavailable");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
