@@ -23,7 +23,7 @@ use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream::S
 use async_nats::{HeaderMap, HeaderValue};
 use chat_proto::{ClientFrame, ErrorCode, RoomId, UserId};
 
-use crate::api::{ApiError, MAX_QUERY_CHARS, MessageInfo, MessageInfoRequest};
+use crate::api::{ApiError, MAX_QUERY_CHARS, MessageInfo, MessageInfoRequest, NewReaction};
 use crate::event::{EventKind, MSG_ID_HEADER, RoomEvent};
 use crate::{now_ms, subjects, trace};
 
@@ -246,7 +246,7 @@ fn not_found() -> ApiError {
 /// The checks of CONTRACT §2's client table that need the target's state (step 1). A plain
 /// message (no reply_to, no thread) costs nothing.
 pub async fn check(r: Reader<'_>, event: &RoomEvent) -> Result<(), Refused> {
-    let info = |seq: u64| message_info(r, &event.room, seq);
+    let info = |seq: u64| message_info(r, &event.room, seq, None);
     let deleted = |e: ApiError| Err(Refused::Deleted(e));
     match event.kind {
         EventKind::Message => {
@@ -284,8 +284,23 @@ pub async fn check(r: Reader<'_>, event: &RoomEvent) -> Result<(), Refused> {
             }
         }
         EventKind::Reaction => {
-            if info(event.target.unwrap_or(0)).await?.deleted {
+            let adding = (event.on != Some(false)).then(|| NewReaction {
+                user: event.from.clone(),
+                emoji: event.emoji.clone().unwrap_or_default(),
+            });
+            let m = message_info(r, &event.room, event.target.unwrap_or(0), adding).await?;
+            if m.deleted {
                 deleted(ApiError::new(ErrorCode::NotFound, "the message is deleted"))
+            } else if m.reactions_full {
+                Err(ApiError::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "a message holds at most {} distinct reactions and {} in all",
+                        chat_proto::MAX_REACTION_EMOJI,
+                        chat_proto::MAX_REACTIONS
+                    ),
+                )
+                .into())
             } else {
                 Ok(())
             }
@@ -293,7 +308,12 @@ pub async fn check(r: Reader<'_>, event: &RoomEvent) -> Result<(), Refused> {
     }
 }
 
-async fn message_info(r: Reader<'_>, room: &RoomId, seq: u64) -> Result<MessageInfo, ApiError> {
+async fn message_info(
+    r: Reader<'_>,
+    room: &RoomId,
+    seq: u64,
+    adding: Option<NewReaction>,
+) -> Result<MessageInfo, ApiError> {
     if seq == 0 {
         return Err(not_found());
     }
@@ -303,6 +323,7 @@ async fn message_info(r: Reader<'_>, room: &RoomId, seq: u64) -> Result<MessageI
         &MessageInfoRequest {
             room: room.clone(),
             seq,
+            adding,
         },
         r.timeout,
     )
