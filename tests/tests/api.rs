@@ -839,3 +839,91 @@ async fn openapi_document_matches_the_router() {
     stop.cancel();
     let _ = task.await;
 }
+
+/// The operator's path end to end: a key made by `chatctl api-key create` is accepted by a
+/// running chat-api at once (the bucket's watch), with the scopes it was given, and refused as
+/// soon as `chatctl api-key revoke` deletes it. Only NATS and chat-api run: an accepted key meets
+/// `503 unavailable` (no chat-history), a refused one `401`/`403` before anything is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_from_chatctl_works_until_chatctl_revokes_it() {
+    async fn chatctl(nats: &str, args: &[&str]) -> String {
+        let bin = chat_tests::procs::bin_dir().join("chatctl");
+        assert!(bin.exists(), "build with `cargo build --workspace --bins`");
+        let mut cmd = tokio::process::Command::new(bin);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("NATS_") || k.starts_with("CHAT_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .arg("--nats")
+            .arg(nats)
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "chatctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+    chat_runtime::telemetry::init_for_tests();
+    let nats = NatsServer::start().await;
+    let env = chat_runtime::Env::from_pairs([
+        ("NATS_URL", nats.url.as_str()),
+        ("CHAT_API_ADDR", "127.0.0.1:0"),
+        ("ADMIN_LISTEN", "127.0.0.1:0"),
+        ("CHAT_REQUEST_TIMEOUT", "300ms"),
+    ]);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let app = chat_api::App::build(chat_api::ApiConfig::from_env(&env).unwrap(), &stop)
+        .await
+        .unwrap();
+    let addr = app.local_addr();
+    let task = tokio::spawn(app.run(stop.clone()));
+
+    let key = chatctl(
+        &nats.url,
+        &[
+            "api-key",
+            "create",
+            "--name",
+            "ops",
+            "--scope",
+            "rooms:read",
+        ],
+    )
+    .await;
+    let key = key.trim().to_owned();
+    let (id, _) = chat_bus::apikey::parse_key(&key).expect("chatctl printed a key");
+    let id = id.to_owned();
+    let k = Some(key.as_str());
+    poll(
+        "the new key accepted",
+        Duration::from_secs(5),
+        || async move {
+            let a = http(addr, "GET", "/api/v1/rooms/r", k, None).await;
+            (a.status == 503).then_some(())
+        },
+    )
+    .await;
+    expect(
+        &http(addr, "GET", "/api/v1/presence?users=a", k, None).await,
+        403,
+        "forbidden",
+    );
+    chatctl(&nats.url, &["api-key", "revoke", &id]).await;
+    poll(
+        "the revoked key refused",
+        Duration::from_secs(5),
+        || async move {
+            let a = http(addr, "GET", "/api/v1/rooms/r", k, None).await;
+            (a.status == 401).then_some(())
+        },
+    )
+    .await;
+    stop.cancel();
+    let _ = task.await;
+}

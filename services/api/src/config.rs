@@ -38,7 +38,8 @@ pub struct ApiConfig {
     /// `CHAT_API_KEYS_FILE`: a JSON array of key records loaded at start, besides the bucket
     /// (bootstrap; revoked by editing the file and restarting).
     pub keys_file: Option<PathBuf>,
-    /// `CHAT_API_KV_REPLICAS` (1): replicas of the key bucket when chat-api creates it.
+    /// `CHAT_API_KV_REPLICAS` (`CHAT_STREAM_REPLICAS`, as chatctl): replicas of the key bucket
+    /// when chat-api creates it.
     pub kv_replicas: usize,
 }
 
@@ -52,11 +53,15 @@ impl ApiConfig {
                 problem: format!("must be 1..={MAX_EVENT_BODY_CHARS} characters"),
             });
         }
+        let stream = env.stream_settings()?;
         Ok(ApiConfig {
             nats: NatsConfig::from_env(env)?,
             listen: env.addr("CHAT_API_ADDR", DEFAULT_API_ADDR)?,
             admin_listen: env.addr("ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN)?,
-            stream: env.stream_settings()?,
+            kv_replicas: env
+                .parse("CHAT_API_KV_REPLICAS", stream.replicas)?
+                .clamp(1, 5),
+            stream,
             max_body,
             max_request: env.parse("CHAT_MAX_FRAME", 65_536usize)?.max(1024),
             request_timeout: env.duration("CHAT_REQUEST_TIMEOUT", Duration::from_secs(5))?,
@@ -66,7 +71,6 @@ impl ApiConfig {
                 .get("CHAT_API_KEYS_FILE")
                 .filter(|f| !f.is_empty())
                 .map(PathBuf::from),
-            kv_replicas: env.parse("CHAT_API_KV_REPLICAS", 1usize)?.clamp(1, 5),
         })
     }
 }
