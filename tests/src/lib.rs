@@ -52,6 +52,8 @@ pub struct Stack {
     pub histories: Vec<Running>,
     pub presences: Vec<Running>,
     pub notifies: Vec<Running>,
+    /// chat-api instances (none unless a test adds one: [`Stack::add_api`]).
+    pub apis: Vec<Running>,
     /// Extra environment for services started from now on.
     pub env: Vec<(String, String)>,
 }
@@ -79,6 +81,7 @@ impl Stack {
             histories: Vec::new(),
             presences: Vec::new(),
             notifies: Vec::new(),
+            apis: Vec::new(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -188,6 +191,28 @@ impl Stack {
             admin,
         });
         self.edges.len() - 1
+    }
+
+    /// A chat-api with extra variables; returns its index (its HTTP address is `addr`).
+    pub async fn add_api_with(&mut self, extra: &[(&str, &str)]) -> usize {
+        let mut env = self.service_env().with("CHAT_API_ADDR", "127.0.0.1:0");
+        for (k, v) in extra {
+            env = env.with(*k, *v);
+        }
+        let config = chat_api::ApiConfig::from_env(&env).expect("api config");
+        let stop = CancellationToken::new();
+        let app = chat_api::App::build(config, &stop)
+            .await
+            .expect("start chat-api");
+        let (addr, admin) = (app.local_addr(), app.admin_addr());
+        let task = tokio::spawn(app.run(stop.clone()));
+        self.apis.push(Running {
+            stop,
+            task,
+            addr: Some(addr),
+            admin,
+        });
+        self.apis.len() - 1
     }
 
     /// ws://…/ws of edge `i`.
@@ -573,4 +598,120 @@ pub async fn wait_read_marker(db: &sqlx::PgPool, user: &str, room: &str) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// An HTTP/1.1 answer: status, lowercase header names and values, the body as JSON (`Null` when
+/// empty or not JSON).
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The error code of an error body (`{"error":{"code"}}`).
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`), with `Authorization:
+/// Bearer <key>` when given and a raw body (sent as `application/json`).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&[u8]>,
+) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the HTTP API");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(k) = key {
+        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("write request");
+    // A server may answer (413) before reading a large body and close: a failed write is fine.
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_end(&mut raw),
+    )
+    .await
+    .expect("HTTP answer within 30 s");
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = serde_json::from_str(rest).unwrap_or(Value::Null);
+    HttpAnswer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// [`http`] with a JSON body.
+pub async fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> HttpAnswer {
+    let bytes = serde_json::to_vec(body).expect("json");
+    http(addr, method, path, key, Some(&bytes)).await
+}
+
+/// Stores an API key record in the key bucket, as `chatctl api-key create` does (the bucket is
+/// created by chat-api at start).
+pub async fn put_api_key(client: &async_nats::Client, record: &chat_bus::apikey::ApiKeyRecord) {
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js
+        .get_key_value(chat_bus::subjects::API_KEYS_BUCKET)
+        .await
+        .expect("key bucket");
+    kv.put(&record.id, serde_json::to_vec(record).expect("json").into())
+        .await
+        .expect("put key");
+}
+
+/// Revokes an API key (deletes its entry), as `chatctl api-key revoke` does.
+pub async fn revoke_api_key(client: &async_nats::Client, id: &str) {
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js
+        .get_key_value(chat_bus::subjects::API_KEYS_BUCKET)
+        .await
+        .expect("key bucket");
+    kv.delete(id).await.expect("delete key");
 }

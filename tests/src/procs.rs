@@ -36,7 +36,7 @@ impl Proc {
     /// Starts `name` (chat-edge, chat-history, …) with `env`; waits until its admin port answers.
     pub async fn start(name: &'static str, env: &HashMap<String, String>) -> Proc {
         let admin_port = free_port();
-        let port = (name == "chat-edge").then(free_port);
+        let port = matches!(name, "chat-edge" | "chat-api").then(free_port);
         let bin = bin_dir().join(name);
         assert!(
             bin.exists(),
@@ -72,7 +72,12 @@ impl Proc {
             }
         }
         if let Some(p) = port {
-            cmd.env("EDGE_LISTEN", format!("127.0.0.1:{p}"));
+            let var = if name == "chat-api" {
+                "CHAT_API_ADDR"
+            } else {
+                "EDGE_LISTEN"
+            };
+            cmd.env(var, format!("127.0.0.1:{p}"));
         }
         let child = cmd.spawn().expect("spawn service");
         let proc = Proc {
@@ -103,6 +108,11 @@ impl Proc {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Where chat-api's HTTP API listens.
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port.expect("chat-api has a port")))
     }
 
     pub fn ws_url(&self) -> String {

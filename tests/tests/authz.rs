@@ -790,7 +790,14 @@ async fn the_subjects_the_services_trust_are_closed_to_a_non_service_credential(
 
     let mut conf = std::fs::read_to_string(workspace_root().join("deploy/nats/auth.conf"))
         .expect("deploy/nats/auth.conf");
-    for user in ["edge", "history", "presence", "notify", "integrations"] {
+    for user in [
+        "edge",
+        "history",
+        "presence",
+        "notify",
+        "api",
+        "integrations",
+    ] {
         let var = format!("$NATS_{}_PASSWORD", user.to_ascii_uppercase());
         conf = conf.replace(&var, &format!("\"pw-{user}\""));
     }

@@ -14,7 +14,14 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-const USERS: [&str; 5] = ["edge", "history", "presence", "notify", "integrations"];
+const USERS: [&str; 6] = [
+    "edge",
+    "history",
+    "presence",
+    "notify",
+    "api",
+    "integrations",
+];
 
 fn password(user: &str) -> String {
     format!("pw-{user}-secret")
@@ -578,6 +585,133 @@ async fn the_services_run_end_to_end_with_their_own_nats_users() {
     // And no service ran into a permission it lacks along the way.
     let log = std::fs::read_to_string(logs.path().join("nats.log")).expect("nats-server log");
     assert!(log.contains("Server is ready"), "the log is written");
+    let violations: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("Permissions Violation"))
+        .collect();
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// Issue 16: chat-api runs with only its own NATS user (`api`): it posts as a bot (the publish,
+/// the stream reads of a retry, the target checks through chat-history and the dedup-window
+/// scan of a retried delete), creates rooms and adds members, reads history, presence and unread
+/// state, and disconnects a user through the edges, with no permission violation on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_api_runs_with_its_own_nats_user() {
+    use chat_bus::apikey::{Scope, generate};
+    use chat_tests::{http, http_json};
+    let (nats, logs) = server().await;
+    let db = fresh_database().await;
+    let (key, rec) = generate(
+        "perm",
+        Scope::ALL.to_vec(),
+        vec![chat_proto::UserId::new("bot-perm").unwrap()],
+        1,
+    );
+    let keys = logs.path().join("keys.json");
+    std::fs::write(&keys, serde_json::to_vec(&vec![rec]).unwrap()).unwrap();
+    let base: HashMap<String, String> = [
+        ("NATS_URL", nats.url.as_str()),
+        ("DATABASE_URL", db.as_str()),
+        ("CHAT_JWT_SECRET", SECRET),
+        ("CHAT_API_KEYS_FILE", keys.to_str().unwrap()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let env = |user: &str| {
+        let mut env = base.clone();
+        env.insert("NATS_USER".into(), user.into());
+        env.insert("NATS_PASSWORD".into(), password(user));
+        env
+    };
+    let _history = Proc::start("chat-history", &env("history")).await;
+    let _presence = Proc::start("chat-presence", &env("presence")).await;
+    let _notify = Proc::start("chat-notify", &env("notify")).await;
+    let edge = Proc::start("chat-edge", &env("edge")).await;
+    let api = Proc::start("chat-api", &env("api")).await;
+    let (a, k) = (api.api_addr(), Some(key.as_str()));
+
+    let made = http_json(
+        a,
+        "POST",
+        "/api/v1/rooms",
+        k,
+        &json!({"room":"perm","members":["bot-perm"]}),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{made:?}");
+    let added = http(a, "PUT", "/api/v1/rooms/perm/members/alice", k, None).await;
+    assert_eq!(added.status, 200, "{added:?}");
+    let (mut alice, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
+
+    let msg = json!({"from":"bot-perm","body":"hello","client_id":"m1"});
+    let first = http_json(a, "POST", "/api/v1/rooms/perm/messages", k, &msg).await;
+    assert_eq!(first.status, 201, "{first:?}");
+    let seq = first.body["seq"].as_u64().unwrap();
+    alice.recv_type("message").await.expect("delivered");
+    let again = http_json(a, "POST", "/api/v1/rooms/perm/messages", k, &msg).await;
+    assert_eq!(
+        (again.status, &again.body["ts"]),
+        (200, &first.body["ts"]),
+        "{again:?}"
+    );
+    let edit = json!({"from":"bot-perm","body":"hello!","client_id":"e1"});
+    let e = http_json(
+        a,
+        "PATCH",
+        &format!("/api/v1/rooms/perm/messages/{seq}"),
+        k,
+        &edit,
+    )
+    .await;
+    assert_eq!(e.status, 201, "{e:?}");
+    let del = format!("/api/v1/rooms/perm/messages/{seq}?from=bot-perm&client_id=d1");
+    assert_eq!(http(a, "DELETE", &del, k, None).await.status, 201);
+    let retried = http(a, "DELETE", &del, k, None).await;
+    assert_eq!(
+        (retried.status, &retried.body["duplicate"]),
+        (200, &json!(true)),
+        "{retried:?}"
+    );
+    let page = http(a, "GET", "/api/v1/rooms/perm/messages", k, None).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert_eq!(
+        http(a, "GET", "/api/v1/presence?users=alice", k, None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        http(a, "GET", "/api/v1/rooms/perm/presence", k, None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        http(a, "GET", "/api/v1/users/alice/unread", k, None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        http(a, "GET", "/api/v1/search?query=hello", k, None)
+            .await
+            .status,
+        200
+    );
+    let d = http_json(
+        a,
+        "POST",
+        "/api/v1/users/alice/disconnect",
+        k,
+        &json!({"reason":"bye"}),
+    )
+    .await;
+    assert_eq!(d.status, 202, "{d:?}");
+    assert_eq!(alice.expect_close().await, Some(4001));
+
+    let log = std::fs::read_to_string(logs.path().join("nats.log")).expect("nats-server log");
     let violations: Vec<_> = log
         .lines()
         .filter(|l| l.contains("Permissions Violation"))

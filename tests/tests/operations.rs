@@ -448,7 +448,7 @@ fn queried_metrics(text: &str) -> Vec<String> {
 }
 
 /// Issue 17: every metric the Grafana dashboard and the alert rules query is one the services
-/// really export (scraped from a running stack of the four programs), every exported metric
+/// really export (scraped from a running stack of the five programs), every exported metric
 /// has `# HELP` and the project's `chat_` prefix, and the consumer lag is exported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_and_alerts_query_only_exported_metrics() {
@@ -460,6 +460,7 @@ async fn dashboards_and_alerts_query_only_exported_metrics() {
         Proc::start("chat-notify", &env).await,
         Proc::start("chat-presence", &env).await,
         Proc::start("chat-edge", &env).await,
+        Proc::start("chat-api", &env).await,
     ];
     let edge = &procs[3];
 
@@ -571,6 +572,7 @@ async fn dashboards_and_alerts_query_only_exported_metrics() {
 fn every_recorded_metric_is_in_a_catalogue() {
     use chat_runtime::metrics::COMMON;
     let catalogued: Vec<&str> = [
+        chat_api::metrics_catalogue::CATALOGUE,
         chat_edge::metrics_catalogue::CATALOGUE,
         chat_history::metrics_catalogue::CATALOGUE,
         chat_notify::metrics_catalogue::CATALOGUE,

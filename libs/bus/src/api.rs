@@ -274,6 +274,32 @@ pub enum RoomsRequest {
     Members {
         room: RoomId,
     },
+    /// *(issue 16, trusted: chat-api)* Creates a room whose creator need not be a member;
+    /// `conflict` if it exists. Each member is announced like an invitee (by `by`), or as having
+    /// joined themselves when `by` is absent.
+    CreateRoom {
+        room: RoomId,
+        private: bool,
+        members: Vec<UserId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<UserId>,
+    },
+    /// *(issue 16, trusted)* Adds a member without an inviter's check (the user's room quota
+    /// still applies); `not_found` for an unknown room, `forbidden` for a DM. The reply is a
+    /// [`RoomInfo`].
+    AddMember {
+        room: RoomId,
+        user: UserId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<UserId>,
+    },
+    /// *(issue 16, trusted)* Removes a member, announced as their `leave` is (every edge stops
+    /// delivering the room to their sessions); `not_found` for an unknown room. The reply is a
+    /// [`RoomInfo`].
+    RemoveMember {
+        room: RoomId,
+        user: UserId,
+    },
 }
 
 /// A room and (for private rooms and DMs) its members.

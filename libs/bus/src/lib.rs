@@ -7,12 +7,14 @@
 //! - [`stream`]: the `CHAT` stream's configuration and its epoch;
 //! - [`api`]: request/reply payloads, public (`chat.api.*`) and internal;
 //! - [`apikey`]: server API keys, their scopes and how they are checked;
+//! - [`post`]: the checks and the publish of a room event, shared by chat-edge and chat-api;
 //! - [`trace`]: W3C trace context carried in NATS headers.
 
 pub mod api;
 pub mod apikey;
 pub mod event;
 pub mod lookup;
+pub mod post;
 pub mod stream;
 pub mod subjects;
 pub mod trace;

@@ -5,16 +5,13 @@
 
 use std::time::Instant;
 
-use chat_bus::api::{ApiError, MAX_QUERY_CHARS};
+use chat_bus::api::ApiError;
 use chat_proto::{ClientFrame, Envelope, ErrorCode, Limits, RoomId, ServerFrame, Status, close};
 
 use crate::ratelimit::{TokenBucket, Verdict};
 
-/// Longest `client_id`.
-pub const MAX_CLIENT_ID_CHARS: usize = 64;
-
-/// Most ids a `create` may list in `members` (CONTRACT v1.1 §2 Quotas).
-pub const MAX_CREATE_MEMBERS: usize = 1000;
+pub use chat_bus::post::{MAX_CLIENT_ID_CHARS, MAX_CREATE_MEMBERS};
+use chat_bus::post::{check_client_id, check_emoji, check_query, check_send};
 
 /// A data frame as it came off the socket.
 #[derive(Debug, Clone, Copy)]
@@ -165,11 +162,7 @@ fn validate(
             ..
         } => {
             member(room)?;
-            if !chat_proto::valid_emoji(emoji) {
-                return Err(ApiError::bad_request(
-                    "emoji must be 1 to 32 characters without whitespace or control characters",
-                ));
-            }
+            check_emoji(emoji)?;
             check_client_id(client_id)
         }
         ClientFrame::History {
@@ -213,52 +206,6 @@ fn validate(
         | ClientFrame::OpenDm { .. }
         | ClientFrame::Status { .. } => Ok(()),
     }
-}
-
-/// `search`: a query that is not blank, of at most `MAX_QUERY_CHARS` characters, without control
-/// characters but whitespace. Whether it holds a word to search for is chat-history's to say
-/// (the query language is parsed there, for NATS requests too).
-fn check_query(query: &str) -> Result<(), ApiError> {
-    if query.trim().is_empty() {
-        return Err(ApiError::bad_request("query must not be empty"));
-    }
-    if chat_proto::char_len(query) > MAX_QUERY_CHARS {
-        return Err(ApiError::bad_request(format!(
-            "query is longer than {MAX_QUERY_CHARS} characters"
-        )));
-    }
-    if query.chars().any(|c| c.is_control() && !c.is_whitespace()) {
-        return Err(ApiError::bad_request(
-            "query must not contain control characters",
-        ));
-    }
-    Ok(())
-}
-
-/// `send`: a body of 1..=max_body characters, a client_id of 1..=64 characters. Control
-/// characters (CONTRACT v1.1 §2 Hostile input) are refused by `Envelope::decode` already.
-fn check_send(body: &str, client_id: &str, max_body: usize) -> Result<(), ApiError> {
-    let len = chat_proto::char_len(body);
-    if len == 0 {
-        return Err(ApiError::bad_request("body must not be empty"));
-    }
-    if len > max_body {
-        return Err(ApiError::new(
-            ErrorCode::TooLarge,
-            format!("body is longer than {max_body} characters"),
-        ));
-    }
-    check_client_id(client_id)
-}
-
-/// A client_id of 1..=64 characters.
-fn check_client_id(client_id: &str) -> Result<(), ApiError> {
-    if client_id.is_empty() || chat_proto::char_len(client_id) > MAX_CLIENT_ID_CHARS {
-        return Err(ApiError::bad_request(
-            "client_id must be 1 to 64 characters",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -34,6 +34,51 @@ pub struct SessionHandle {
     pub tx: mpsc::Sender<Outbound>,
     /// Cancelled when the session's queue overflowed: it must close with 4008.
     pub overflow: CancellationToken,
+    /// Set when every session of the user is to close with 4001 (`chat.user.<user>.disconnect`,
+    /// published by chat-api or `chatctl`): not through the queue, so a full queue cannot turn
+    /// it into a 4008 or delay it behind the frames waiting there.
+    pub kick: Arc<Kick>,
+}
+
+/// A request to close a session with 4001, and the reason its close frame carries.
+#[derive(Debug, Default)]
+pub struct Kick {
+    token: CancellationToken,
+    reason: std::sync::OnceLock<String>,
+}
+
+/// The longest close reason sent, in bytes (a close frame's payload is at most 125 bytes).
+pub const MAX_KICK_REASON_BYTES: usize = 120;
+
+impl Kick {
+    /// Asks the session to close; the first reason wins.
+    pub fn kick(&self, reason: &str) {
+        let reason = if reason.trim().is_empty() {
+            "disconnected by the server"
+        } else {
+            reason
+        };
+        let mut end = reason.len().min(MAX_KICK_REASON_BYTES);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let clean: String = reason[..end]
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let _ = self.reason.set(clean);
+        self.token.cancel();
+    }
+
+    /// Completes once the session is asked to close.
+    pub async fn requested(&self) {
+        self.token.cancelled().await
+    }
+
+    /// The close frame's reason.
+    pub fn reason(&self) -> String {
+        self.reason.get().cloned().unwrap_or_default()
+    }
 }
 
 impl SessionHandle {
@@ -622,6 +667,17 @@ async fn users_feed(
             Some("membership") => serde_json::from_slice::<MembershipChange>(&msg.payload)
                 .ok()
                 .map(|c| Outbound::Membership(Box::new(c))),
+            Some("disconnect") => {
+                // Issue 16: every session of the user closes with 4001, whatever it was doing.
+                let reason = serde_json::from_slice::<api::Disconnect>(&msg.payload)
+                    .map(|d| d.reason)
+                    .unwrap_or_default();
+                metrics::counter!("chat_edge_disconnects_total").increment(targets.len() as u64);
+                for s in targets.iter() {
+                    s.kick.kick(&reason);
+                }
+                None
+            }
             _ => None,
         };
         if let Some(item) = item {
@@ -645,6 +701,24 @@ impl Drop for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kick_keeps_its_first_reason_bounded_and_printable() {
+        let k = Kick::default();
+        assert_eq!(k.reason(), "");
+        k.kick(&format!("banned\n{}", "é".repeat(100)));
+        let r = k.reason();
+        assert!(
+            r.len() <= MAX_KICK_REASON_BYTES && r.starts_with("banned "),
+            "{r:?}"
+        );
+        k.kick("second");
+        assert!(k.reason().starts_with("banned"), "the first reason wins");
+        assert!(futures::FutureExt::now_or_never(k.requested()).is_some());
+        let quiet = Kick::default();
+        quiet.kick("  ");
+        assert_eq!(quiet.reason(), "disconnected by the server");
+    }
 
     #[test]
     fn typing_is_throttled_per_user_and_room_with_bounded_memory() {

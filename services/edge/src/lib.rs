@@ -88,6 +88,16 @@ impl Edge {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// What [`chat_bus::post`]'s checks read: chat-history over NATS, the `CHAT` stream.
+    pub fn post_reader(&self) -> chat_bus::post::Reader<'_> {
+        chat_bus::post::Reader {
+            nats: &self.nats,
+            stream: &self.stream,
+            timeout: self.config.request_timeout,
+            window: chat_bus::stream::duplicate_window(&self.config.stream),
+        }
+    }
+
     /// Fire-and-forget publish of a JSON value.
     pub async fn publish_json<T: serde::Serialize>(
         &self,

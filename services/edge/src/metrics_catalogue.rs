@@ -4,6 +4,10 @@ use chat_runtime::metrics::Metric;
 
 pub const CATALOGUE: &[Metric] = &[
     Metric::counter(
+        "chat_edge_disconnects_total",
+        "Sessions closed with 4001 on a disconnect request (chat-api, chatctl).",
+    ),
+    Metric::counter(
         "chat_edge_membership_reconciled_total",
         "Membership changes a session learned from reconciling with chat-history (a missed announcement).",
     ),

@@ -198,6 +198,7 @@ where
         user: identity.user.clone(),
         tx,
         overflow: CancellationToken::new(),
+        kick: Default::default(),
     };
     let mut session = Session {
         edge: edge.clone(),
@@ -253,7 +254,7 @@ where
         .is_ok()
 }
 
-async fn close_with<S>(socket: &mut S, code: u16, reason: &'static str)
+async fn close_with<S>(socket: &mut S, code: u16, reason: impl Into<axum::extract::ws::Utf8Bytes>)
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -513,6 +514,7 @@ where
         tokio::pin!(expiry);
         let shutdown = self.edge.shutdown.clone();
         let overflow = self.handle.overflow.clone();
+        let kick = self.handle.kick.clone();
         let mut read_first = true;
         loop {
             if self.expiry_changed {
@@ -527,6 +529,11 @@ where
                 }
                 _ = overflow.cancelled() => {
                     close_with(&mut self.socket, close::SLOW_CONSUMER, "slow consumer").await;
+                    return;
+                }
+                _ = kick.requested() => {
+                    tracing::info!(session = %self.handle.name, "disconnected on request (4001)");
+                    close_with(&mut self.socket, close::UNAUTHORIZED, kick.reason()).await;
                     return;
                 }
                 _ = &mut expiry => {
@@ -1283,7 +1290,7 @@ where
             };
             tracing::Span::current().record("seq", seq);
             let ts = if duplicate {
-                original_ts(&edge, seq).await.unwrap_or(event.ts)
+                original_ts(&edge.stream, seq).await.unwrap_or(event.ts)
             } else {
                 event.ts
             };
@@ -1300,27 +1307,15 @@ where
         Ok(())
     }
 
-    /// Publishes through JetStream; the stream's acknowledgement is the returned future.
+    /// Publishes through JetStream ([`chat_bus::post::publish`]); the stream's acknowledgement
+    /// is the returned future. Never a panic on a header value (issue 15): dispatch refused
+    /// control characters in client_id already; whatever slipped through is refused there.
     async fn publish(
         &mut self,
         event: &RoomEvent,
         deadline: tokio::time::Instant,
     ) -> Result<async_nats::jetstream::context::PublishAckFuture, ApiError> {
-        let payload = serde_json::to_vec(event).map_err(|_| ApiError::internal())?;
-        // Never a panic on a header value (issue 15): dispatch refused control characters in
-        // client_id already; whatever slipped through is refused here.
-        let headers = crate::headers::event_headers(&event.msg_id(), &trace::current_fields())
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let fut = self.edge.js.publish_with_headers(
-            subjects::room_msg(&event.room),
-            headers,
-            payload.into(),
-        );
-        match tokio::time::timeout_at(deadline, fut).await {
-            Ok(Ok(ack)) => Ok(ack),
-            Ok(Err(e)) => Err(publish_failed(&e)),
-            Err(_) => Err(publish_failed(&"not published in time")),
-        }
+        chat_bus::post::publish(&self.edge.js, event, deadline).await
     }
 
     async fn on_join(
@@ -1425,18 +1420,9 @@ pub const MAX_SENDS_IN_FLIGHT: usize = 64;
 /// The reply to a send, once its acknowledgement came (or did not).
 type SendReply = std::pin::Pin<Box<dyn std::future::Future<Output = ServerFrame> + Send>>;
 
-fn publish_failed(e: &dyn std::fmt::Display) -> ApiError {
-    tracing::warn!(error = %e, "publish failed");
-    ApiError::unavailable()
-}
+use chat_bus::post::{original_ts, publish_failed};
 
 /// The room's newest seq, 0 for a room with no event.
 async fn last_seq(edge: &Edge, room: &RoomId) -> Result<u64, ApiError> {
     chat_bus::stream::last_seq(&edge.stream, room).await
-}
-
-/// The `ts` of the stored event `seq` (the original of a duplicate send).
-async fn original_ts(edge: &Edge, seq: u64) -> Option<i64> {
-    let m = edge.stream.direct_get(seq).await.ok()?;
-    RoomEvent::decode(&m.payload).ok().map(|e| e.ts)
 }

@@ -117,6 +117,7 @@ async fn fan_out_and_batched_writes_allocate_nothing_per_delivery() {
             user: UserId::new(format!("u{i}")).unwrap(),
             tx,
             overflow: CancellationToken::new(),
+            kick: Default::default(),
         });
         sessions.push(Session {
             rx,

@@ -175,6 +175,21 @@ impl Rooms {
             }
             RoomsRequest::UserRooms { user } => self.user_rooms(user).await.map(RoomsReply::Rooms),
             RoomsRequest::Members { room } => self.members(room).await.map(RoomsReply::Room),
+            RoomsRequest::CreateRoom {
+                room,
+                private,
+                members,
+                by,
+            } => self
+                .create_room(room, private, members, by)
+                .await
+                .map(RoomsReply::Room),
+            RoomsRequest::AddMember { room, user, by } => {
+                self.add_member(room, user, by).await.map(RoomsReply::Room)
+            }
+            RoomsRequest::RemoveMember { room, user } => {
+                self.remove_member(room, user).await.map(RoomsReply::Room)
+            }
         }
     }
 
@@ -272,6 +287,110 @@ impl Rooms {
         } else {
             everyone.into_iter().collect()
         };
+        Ok(RoomInfo {
+            room,
+            kind,
+            members,
+        })
+    }
+
+    /// Trusted create (chat-api): as [`Self::create`], with no creator among the members.
+    async fn create_room(
+        &self,
+        room: RoomId,
+        private: bool,
+        members: Vec<UserId>,
+        by: Option<UserId>,
+    ) -> Result<RoomInfo, ApiError> {
+        if room.is_dm() {
+            return Err(ApiError::bad_request(
+                "room ids beginning with dm- are reserved",
+            ));
+        }
+        if members.len() > MAX_CREATE_MEMBERS {
+            return Err(ApiError::new(
+                ErrorCode::LimitExceeded,
+                format!("a create lists at most {MAX_CREATE_MEMBERS} members"),
+            ));
+        }
+        let kind = if private {
+            RoomKind::Private
+        } else {
+            RoomKind::Public
+        };
+        let creator = by.as_ref().map_or(TRUSTED_CREATOR, |b| b.as_str());
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        if !insert_room(&mut tx, &room, kind, creator).await? {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "a room with this id exists",
+            ));
+        }
+        let everyone: BTreeSet<UserId> = members.into_iter().collect();
+        if !everyone.is_empty() {
+            self.add_new_room_members(&mut tx, &room, &everyone).await?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        for m in &everyone {
+            self.announce(m, &room, kind, true, by.as_ref().unwrap_or(m))
+                .await;
+        }
+        Ok(RoomInfo {
+            room,
+            kind,
+            members: everyone.into_iter().collect(),
+        })
+    }
+
+    /// Trusted add (chat-api): no inviter's check; the quota applies.
+    async fn add_member(
+        &self,
+        room: RoomId,
+        user: UserId,
+        by: Option<UserId>,
+    ) -> Result<RoomInfo, ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let Some(kind) = room_kind(&mut tx, &room).await? else {
+            return Err(ApiError::new(ErrorCode::NotFound, "no such room"));
+        };
+        if kind == RoomKind::Dm {
+            return Err(ApiError::forbidden(
+                "the members of a direct-message room do not change",
+            ));
+        }
+        let added = self.add_within_quota(&mut tx, &room, &user).await?;
+        let members = list_members(&mut tx, &room).await?;
+        tx.commit().await.map_err(db_error)?;
+        if added {
+            self.announce(&user, &room, kind, true, by.as_ref().unwrap_or(&user))
+                .await;
+        }
+        Ok(RoomInfo {
+            room,
+            kind,
+            members,
+        })
+    }
+
+    /// Trusted removal (chat-api): announced as the user's `leave` is.
+    async fn remove_member(&self, room: RoomId, user: UserId) -> Result<RoomInfo, ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let Some(kind) = room_kind(&mut tx, &room).await? else {
+            return Err(ApiError::new(ErrorCode::NotFound, "no such room"));
+        };
+        let removed = sqlx::query("DELETE FROM memberships WHERE room = $1 AND user_id = $2")
+            .bind(room.as_str())
+            .bind(user.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected()
+            == 1;
+        let members = list_members(&mut tx, &room).await?;
+        tx.commit().await.map_err(db_error)?;
+        if removed {
+            self.announce(&user, &room, kind, false, &user).await;
+        }
         Ok(RoomInfo {
             room,
             kind,
@@ -428,6 +547,9 @@ async fn room_kind(
     Ok(row.and_then(|(k,)| RoomKind::parse(&k)))
 }
 
+/// `created_by` of a room created through chat-api without naming who for.
+pub const TRUSTED_CREATOR: &str = "chat-api";
+
 /// Inserts a room; false if it existed.
 async fn create_room(
     tx: &mut Transaction<'_, Postgres>,
@@ -435,12 +557,22 @@ async fn create_room(
     kind: RoomKind,
     by: &UserId,
 ) -> Result<bool, ApiError> {
+    insert_room(tx, room, kind, by.as_str()).await
+}
+
+/// Inserts a room created by `by` (a user id, or [`TRUSTED_CREATOR`]); false if it existed.
+async fn insert_room(
+    tx: &mut Transaction<'_, Postgres>,
+    room: &RoomId,
+    kind: RoomKind,
+    by: &str,
+) -> Result<bool, ApiError> {
     let done = sqlx::query(
         "INSERT INTO rooms (id, kind, created_by, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
     )
     .bind(room.as_str())
     .bind(kind.as_str())
-    .bind(by.as_str())
+    .bind(by)
     .bind(now_ms())
     .execute(&mut **tx)
     .await

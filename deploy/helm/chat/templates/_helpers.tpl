@@ -17,9 +17,9 @@
 {{- end }}
 {{- end }}
 
-{{/* The four services, in the order they are rendered. */}}
+{{/* The five services, in the order they are rendered. */}}
 {{- define "chat.components" -}}
-edge history presence notify
+edge history presence notify api
 {{- end }}
 
 {{/* <fullname>-<component>; argument: (dict "root" $ "component" "edge"). */}}
@@ -219,6 +219,14 @@ upgrades keep it), else a random one. Argument: (dict "root" $ "secret" NAME "ke
   value: {{ $v.chat.devLogin | quote }}
 - name: CHAT_WEB_DIR
   value: /app/web
+{{- end }}
+{{- if eq .component "api" }}
+- name: CHAT_API_ADDR
+  value: {{ printf "0.0.0.0:%v" $c.port | quote }}
+- name: CHAT_MAX_BODY
+  value: {{ $v.chat.maxBody | quote }}
+- name: CHAT_MAX_FRAME
+  value: {{ $v.chat.maxFrame | quote }}
 {{- end }}
 {{- if or (eq .component "edge") (eq .component "presence") }}
 - name: CHAT_HEARTBEAT_MS
