@@ -109,6 +109,11 @@ async fn cli_and_bench_speak_wss_with_a_ca_file_and_refuse_an_untrusted_certific
             stderr.contains("TLS: the certificate of localhost is not trusted"),
             "{how}: {stderr}"
         );
+        // rustls says why: UnknownIssuer, or BadSignature for a CA of the same name.
+        assert!(
+            stderr.contains("invalid peer certificate"),
+            "{how}: {stderr}"
+        );
         assert!(!stderr.contains("reconnecting"), "{how}: {stderr}");
         match ca {
             Some(ca) => assert!(stderr.contains(ca), "{how} names the file: {stderr}"),
