@@ -8,6 +8,8 @@
 //! chat-bench trace      --url ws://127.0.0.1:8080/ws --nats nats://127.0.0.1:4222 --secret S --receivers 3 --messages 50
 //! chat-bench history    --nats nats://127.0.0.1:4222 --messages 200000 --rooms 100 --lag-rate 50000 --page-rate 1000
 //! ```
+//! `--url` may be `wss://`: it trusts Mozilla's roots plus the PEM file `--ca FILE` (or
+//! `$CHAT_CA`), for a self-signed development certificate.
 //! Every sender follows a fixed schedule (constant offered rate) and latency is measured from the
 //! scheduled send time, so queueing delay is not hidden. Output: a table and a JSON line.
 
@@ -20,8 +22,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<chat_tls::WsStream>;
 
 struct Args(HashMap<String, String>);
 
@@ -69,10 +70,12 @@ fn token(secret: &str, user: &str) -> String {
     .expect("token")
 }
 
+/// The extra CA file for `wss://` (`--ca`, else `$CHAT_CA`), read once by `main`.
+static CA: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
 async fn connect(url: &str, secret: &str, user: &str) -> anyhow::Result<Ws> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .context("connect")?;
+    let ca = CA.get().and_then(|c| c.as_deref());
+    let mut ws = chat_tls::connect_ws(url, ca).await.context("connect")?;
     ws.send(Message::Text(
         json!({"type":"auth","token": token(secret, user)})
             .to_string()
@@ -718,6 +721,13 @@ async fn trace_path(a: &Args) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (cmd, args) = Args::parse();
+    let ca = args
+        .0
+        .get("ca")
+        .cloned()
+        .or_else(|| std::env::var("CHAT_CA").ok())
+        .filter(|c| !c.is_empty());
+    CA.set(ca.map(std::path::PathBuf::from)).expect("set once");
     match cmd.as_str() {
         "idle" => idle(&args).await,
         "throughput" => throughput(&args).await,

@@ -16,6 +16,8 @@
 //! thread of SEQ. `edit`, `delete`, `react` and `reply` print the `ack` (with `--json`, as JSON);
 //! a retry with the same `--client-id` is answered with the original seq (`duplicate`).
 //! `--url` defaults to `$CHAT_URL` (else `ws://127.0.0.1:8080/ws`) and `--token` to `$CHAT_TOKEN`;
+//! a `wss://` URL trusts Mozilla's roots plus the PEM file `--ca FILE` (or `$CHAT_CA`), for a
+//! private CA or a self-signed development certificate (chat-tls: rustls with ring);
 //! `--secret S --user U` instead of `--token` mints a development token on the fly.
 //! `send` without `--body` sends each non-empty line of stdin as one message. `send` and `tail`
 //! join the room first when the user is not a member yet (an unknown id creates a public room).
@@ -38,8 +40,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<chat_tls::WsStream>;
 
 const USAGE: &str = "usage:
   chat token   --secret S --user U [--ttl 3600] [--iss I] [--aud A]
@@ -52,7 +53,9 @@ const USAGE: &str = "usage:
   chat react   [--url URL] (--token T | --secret S --user U) --room R --seq SEQ --emoji E [--off] [--client-id ID] [--json]
   chat reply   [--url URL] (--token T | --secret S --user U) --room R --seq SEQ [--in-thread] --body B [--client-id ID] [--json]
 send also takes --reply-to SEQ and --thread SEQ; history takes --thread SEQ.
---url defaults to $CHAT_URL or ws://127.0.0.1:8080/ws, --token to $CHAT_TOKEN.";
+--url defaults to $CHAT_URL or ws://127.0.0.1:8080/ws, --token to $CHAT_TOKEN.
+wss:// URLs trust Mozilla's roots; --ca FILE (or $CHAT_CA) adds the PEM certificates of FILE
+(a private CA or a self-signed development certificate).";
 
 /// Flags that take no value.
 const SWITCHES: &[&str] = &["json", "help", "off", "in-thread"];
@@ -131,6 +134,23 @@ impl Args {
             .unwrap_or_else(|| "ws://127.0.0.1:8080/ws".to_owned())
     }
 
+    /// The extra CA file for `wss://`: `--ca`, else `$CHAT_CA` (empty means none).
+    fn ca(&self) -> Option<std::path::PathBuf> {
+        self.opt("ca")
+            .map(str::to_owned)
+            .or_else(|| std::env::var("CHAT_CA").ok())
+            .filter(|c| !c.is_empty())
+            .map(std::path::PathBuf::from)
+    }
+
+    /// Where and how to connect.
+    fn target(&self) -> Target {
+        Target {
+            url: self.url(),
+            ca: self.ca(),
+        }
+    }
+
     fn token(&self) -> anyhow::Result<String> {
         if let Some(t) = self.opt("token") {
             return Ok(t.to_owned());
@@ -170,6 +190,12 @@ fn mint(a: &Args) -> anyhow::Result<String> {
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).context("an empty secret")?,
     )
     .context("sign the token")
+}
+
+/// The server to connect to: its URL and, for `wss://`, an extra CA file to trust.
+struct Target {
+    url: String,
+    ca: Option<std::path::PathBuf>,
 }
 
 /// What `hello` told us.
@@ -236,14 +262,23 @@ fn error_text(code: ErrorCode, message: &str) -> anyhow::Error {
 }
 
 /// Connects, authenticates and waits for `hello`.
-async fn connect(url: &str, token: &str) -> Result<(Ws, Hello), Closed> {
-    let (mut ws, _) = tokio::time::timeout(
+async fn connect(target: &Target, token: &str) -> Result<(Ws, Hello), Closed> {
+    let url = &target.url;
+    let mut ws = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url),
+        chat_tls::connect_ws(url, target.ca.as_deref()),
     )
     .await
     .map_err(|_| Closed::Lost(anyhow!("connecting to {url} timed out")))?
-    .map_err(|e| Closed::Lost(anyhow!("cannot connect to {url}: {e}")))?;
+    .map_err(|e| {
+        let err = anyhow!("cannot connect to {url}: {e}");
+        // An untrusted certificate or a bad CA file does not get better by retrying.
+        if e.is_permanent() {
+            Closed::Fatal(err)
+        } else {
+            Closed::Lost(err)
+        }
+    })?;
     put(
         &mut ws,
         &ClientFrame::Auth {
@@ -268,8 +303,8 @@ async fn connect(url: &str, token: &str) -> Result<(Ws, Hello), Closed> {
 }
 
 /// Connects once; any failure is final (for the one-shot commands).
-async fn connect_once(url: &str, token: &str) -> anyhow::Result<(Ws, Hello)> {
-    connect(url, token).await.map_err(|c| match c {
+async fn connect_once(target: &Target, token: &str) -> anyhow::Result<(Ws, Hello)> {
+    connect(target, token).await.map_err(|c| match c {
         Closed::Fatal(e) | Closed::Lost(e) => e,
     })
 }
@@ -427,7 +462,7 @@ async fn send(a: &Args) -> anyhow::Result<()> {
     if a.opt("client-id").is_some() && bodies.len() > 1 {
         return Err(usage("--client-id goes with a single --body"));
     }
-    let (mut ws, hello) = connect_once(&a.url(), &token).await?;
+    let (mut ws, hello) = connect_once(&a.target(), &token).await?;
     ensure_member(&mut ws, &hello, &room).await?;
     let base = format!(
         "cli-{}-{}",
@@ -523,7 +558,7 @@ async fn change(cmd: &str, a: &Args) -> anyhow::Result<()> {
             }
         }
     };
-    let (mut ws, hello) = connect_once(&a.url(), &token).await?;
+    let (mut ws, hello) = connect_once(&a.target(), &token).await?;
     match request(&mut ws, &frame, "c").await? {
         ServerFrame::Ack {
             room,
@@ -561,7 +596,7 @@ async fn history(a: &Args) -> anyhow::Result<()> {
         return Err(usage("give --before or --after, not both"));
     }
     let limit = a.num("limit")?.map(|l| l as i64);
-    let (mut ws, _hello) = connect_once(&a.url(), &token).await?;
+    let (mut ws, _hello) = connect_once(&a.target(), &token).await?;
     let frame = ClientFrame::History {
         room,
         before,
@@ -599,7 +634,7 @@ async fn search(a: &Args) -> anyhow::Result<()> {
     let token = a.token()?;
     let before = a.num("before")?;
     let limit = a.num("limit")?.map(|l| l as i64);
-    let (mut ws, _hello) = connect_once(&a.url(), &token).await?;
+    let (mut ws, _hello) = connect_once(&a.target(), &token).await?;
     let frame = ClientFrame::Search {
         query,
         room,
@@ -644,13 +679,13 @@ async fn tail(a: &Args) -> anyhow::Result<()> {
             "chat: --since without --epoch cannot recover (the server answers recovered:false); showing live messages"
         );
     }
-    let url = a.url();
+    let target = a.target();
     let mut printed = 0u64;
     let mut backoff = Duration::from_millis(500);
     let mut out = std::io::stdout().lock();
     loop {
         let result = async {
-            let (mut ws, hello) = connect(&url, &token).await?;
+            let (mut ws, hello) = connect(&target, &token).await?;
             if epoch.as_deref().is_some_and(|e| e != hello.epoch) && since.is_some() {
                 eprintln!(
                     "chat: the message log changed (epoch {} is now {}): what was missed cannot be recovered",
