@@ -38,6 +38,8 @@ pub struct HistoryConfig {
     /// `HISTORY_PAGE_MAX_BYTES` (196608): most bytes of serialized events in one history page;
     /// a longer page is cut (`has_more` true) so that its frame always fits (CONTRACT §2 Limits).
     pub page_max_bytes: usize,
+    /// Integration webhooks (`CHAT_INTEGRATION_WEBHOOK*`, [`crate::integration`]).
+    pub integration: crate::integration::IntegrationConfig,
 }
 
 impl HistoryConfig {
@@ -62,6 +64,7 @@ impl HistoryConfig {
             ack_wait: env
                 .duration("HISTORY_ACK_WAIT", Duration::from_secs(10))?
                 .max(Duration::from_secs(1)),
+            integration: crate::integration::IntegrationConfig::from_env(env)?,
         })
     }
 }
