@@ -626,9 +626,16 @@ async fn offline_notifications_reach_the_webhook_once_signed_and_despite_failure
         // Standard Webhooks, verified from the specification: HMAC-SHA256 keyed with the
         // base64-decoded part of the secret, over "<webhook-id>.<webhook-timestamp>.<body>".
         let id = headers["webhook-id"].to_str().unwrap();
-        assert_eq!(id, v["id"].as_str().unwrap(), "webhook-id is the notification id");
+        assert_eq!(
+            id,
+            v["id"].as_str().unwrap(),
+            "webhook-id is the notification id"
+        );
         let secs = headers["webhook-timestamp"].to_str().unwrap();
-        assert_eq!(secs.parse::<i64>().unwrap(), ts.parse::<i64>().unwrap() / 1000);
+        assert_eq!(
+            secs.parse::<i64>().unwrap(),
+            ts.parse::<i64>().unwrap() / 1000
+        );
         let b64 = base64::engine::general_purpose::STANDARD;
         let key = b64.decode(SECRET.strip_prefix("whsec_").unwrap()).unwrap();
         let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();

@@ -20,8 +20,9 @@
 //!    ever attempted, claimed with a lease, so a room's events reach an endpoint in order while
 //!    rooms proceed independently. A failure is retried with exponential backoff and jitter
 //!    (capped at `CHAT_INTEGRATION_WEBHOOK_RETRY_MAX`) for as long as it takes: nothing is dropped.
-//!    The backlog shows in `chat_history_integration_pending` and
-//!    `chat_history_integration_oldest_seconds` (alert `ChatIntegrationWebhooksStuck`).
+//!    The backlog shows in `chat_history_integration_pending` (per endpoint),
+//!    `chat_history_integration_unordered` and `chat_history_integration_oldest_seconds` (alert
+//!    `ChatIntegrationWebhooksStuck`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -147,7 +148,10 @@ impl IntegrationConfig {
                 "CHAT_INTEGRATION_WEBHOOK_RETRY_MIN",
                 Duration::from_millis(500),
             )?,
-            retry_max: env.duration("CHAT_INTEGRATION_WEBHOOK_RETRY_MAX", Duration::from_secs(60))?,
+            retry_max: env.duration(
+                "CHAT_INTEGRATION_WEBHOOK_RETRY_MAX",
+                Duration::from_secs(60),
+            )?,
         })
     }
 }
@@ -198,7 +202,10 @@ pub fn parse_endpoints(text: &str) -> Result<Vec<Endpoint>, String> {
                 .iter()
                 .find(|r| chat_proto::RoomId::new(r.to_string()).is_err())
         {
-            return Err(format!("endpoint {}: rooms: {bad:?} is not a room id", e.id));
+            return Err(format!(
+                "endpoint {}: rooms: {bad:?} is not a room id",
+                e.id
+            ));
         }
         out.push(e);
     }
@@ -693,8 +700,12 @@ impl Integration {
                         let Ok(permit) = permits.clone().acquire_owned().await else {
                             break;
                         };
-                        let (this, tls, endpoints, shutdown) =
-                            (this.clone(), tls.clone(), endpoints.clone(), shutdown.clone());
+                        let (this, tls, endpoints, shutdown) = (
+                            this.clone(),
+                            tls.clone(),
+                            endpoints.clone(),
+                            shutdown.clone(),
+                        );
                         tasks.spawn(async move {
                             tokio::select! {
                                 // Abandoned mid-attempt: the lease runs out, it is tried again.
@@ -841,8 +852,15 @@ impl Integration {
     }
 }
 
-/// Sets the backlog gauges: per endpoint, deliveries waiting and the age of the oldest; events
-/// waiting to be ordered.
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sets the backlog gauges: deliveries waiting per endpoint; events waiting to be ordered; the
+/// age of the oldest event not delivered yet, ordered or not (the alert's measure).
 async fn report(pool: &PgPool) -> Result<(), sqlx::Error> {
     let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
         "SELECT e.id, count(d.pos), min(d.created_at)
@@ -851,19 +869,18 @@ async fn report(pool: &PgPool) -> Result<(), sqlx::Error> {
     )
     .fetch_all(pool)
     .await?;
-    let now = now_ms();
+    let mut oldest_all: Option<i64> = None;
     for (id, n, oldest) in rows {
-        metrics::gauge!("chat_history_integration_pending", "endpoint" => id.clone()).set(n as f64);
-        let age = oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1000.0);
-        metrics::gauge!("chat_history_integration_oldest_seconds", "endpoint" => id).set(age);
+        metrics::gauge!("chat_history_integration_pending", "endpoint" => id).set(n as f64);
+        oldest_all = earliest(oldest_all, oldest);
     }
     let (waiting, oldest): (i64, Option<i64>) =
         sqlx::query_as("SELECT count(*), min(created_at) FROM integration_outbox")
             .fetch_one(pool)
             .await?;
     metrics::gauge!("chat_history_integration_unordered").set(waiting as f64);
-    metrics::gauge!("chat_history_integration_unordered_oldest_seconds")
-        .set(oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1000.0));
+    let age = earliest(oldest_all, oldest).map_or(0.0, |o| (now_ms() - o).max(0) as f64 / 1000.0);
+    metrics::gauge!("chat_history_integration_oldest_seconds").set(age);
     Ok(())
 }
 
@@ -915,21 +932,48 @@ mod tests {
         assert_eq!(e[1].rooms.as_deref(), Some(&["general".to_owned()][..]));
         assert!(!format!("{e:?}").contains("MfKQ9r8"));
         for (bad, says) in [
-            (r#"[{"id":"a b","url":"http://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["*"]}]"#, "endpoint id"),
-            (r#"[{"id":"a","url":"ftp://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["*"]}]"#, "url"),
-            (r#"[{"id":"a","url":"http://x/","secret":"hunter2-plain","events":["*"]}]"#, "secret"),
-            (r#"[{"id":"a","url":"http://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["message.sent"]}]"#, "unknown type"),
-            (r#"[{"id":"a","url":"http://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":[]}]"#, "none listed"),
-            (r#"[{"id":"a","url":"http://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["*"]},{"id":"a","url":"http://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["*"]}]"#, "twice"),
-            (r#"[{"id":"a","url":"http://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["*"],"extra":1}]"#, "unknown field"),
+            (
+                r#"[{"id":"a b","url":"http://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["*"]}]"#,
+                "endpoint id",
+            ),
+            (
+                r#"[{"id":"a","url":"ftp://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["*"]}]"#,
+                "url",
+            ),
+            (
+                r#"[{"id":"a","url":"http://x/","secret":"hunter2-plain","events":["*"]}]"#,
+                "secret",
+            ),
+            (
+                r#"[{"id":"a","url":"http://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["message.sent"]}]"#,
+                "unknown type",
+            ),
+            (
+                r#"[{"id":"a","url":"http://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":[]}]"#,
+                "none listed",
+            ),
+            (
+                r#"[{"id":"a","url":"http://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["*"]},{"id":"a","url":"http://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["*"]}]"#,
+                "twice",
+            ),
+            (
+                r#"[{"id":"a","url":"http://x/","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","events":["*"],"extra":1}]"#,
+                "unknown field",
+            ),
         ] {
             let err = parse_endpoints(bad).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");
             assert!(!err.contains("hunter2"), "{err}");
         }
-        let env = Env::from_pairs([("CHAT_INTEGRATION_WEBHOOKS", r#"[{"id":"a","url":"http://x/","secret":"hunter2","events":["*"]}]"#)]);
+        let env = Env::from_pairs([(
+            "CHAT_INTEGRATION_WEBHOOKS",
+            r#"[{"id":"a","url":"http://x/","secret":"hunter2","events":["*"]}]"#,
+        )]);
         let err = IntegrationConfig::from_env(&env).unwrap_err().to_string();
-        assert!(err.contains("CHAT_INTEGRATION_WEBHOOKS") && !err.contains("hunter2"), "{err}");
+        assert!(
+            err.contains("CHAT_INTEGRATION_WEBHOOKS") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     #[test]

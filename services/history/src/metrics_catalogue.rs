@@ -72,17 +72,12 @@ pub const CATALOGUE: &[Metric] = &[
     )
     .labelled(&["endpoint"]),
     Metric::gauge(
-        "chat_history_integration_oldest_seconds",
-        "Age of the oldest integration event waiting for delivery, by endpoint (0 when none).",
-    )
-    .labelled(&["endpoint"]),
-    Metric::gauge(
         "chat_history_integration_unordered",
         "Integration events in the outbox waiting for the archive's ack floor to be ordered.",
     ),
     Metric::gauge(
-        "chat_history_integration_unordered_oldest_seconds",
-        "Age of the oldest integration event waiting to be ordered (0 when none).",
+        "chat_history_integration_oldest_seconds",
+        "Age of the oldest integration event not delivered yet to every endpoint (0 when none).",
     ),
     Metric::histogram(
         "chat_history_batch_seconds",
