@@ -59,7 +59,10 @@ CREATE INDEX integration_deliveries_heads ON integration_deliveries (endpoint, r
 
 -- Every membership change, whatever code path makes it, queues its event in its own
 -- transaction (only while an endpoint is registered).
-CREATE FUNCTION integration_membership() RETURNS trigger LANGUAGE plpgsql AS $$
+-- `SET search_path FROM CURRENT`: the schema of the migration (history), whatever the session's
+-- search_path (an operator's psql, a test, another tool writing memberships).
+CREATE FUNCTION integration_membership() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 DECLARE
     r     memberships%ROWTYPE;
     v_kind TEXT;
