@@ -608,6 +608,7 @@ async fn recompute_state(
         .bind(&gone)
         .execute(&mut **tx)
         .await?;
+        crate::integration::scrub_deleted(tx, epoch_id, &gone).await?;
     }
     Ok(())
 }

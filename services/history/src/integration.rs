@@ -345,6 +345,41 @@ pub async fn queue_room_events(
     Ok(())
 }
 
+/// Nothing of a deleted message's text is kept (CONTRACT §2 Lifecycle), not even in webhooks
+/// not delivered yet: the `message.created` and `message.edited` events of the messages `gone`
+/// (seqs of epoch `epoch_id`) still waiting get `body` "". Called in the transaction that
+/// archived the delete.
+pub async fn scrub_deleted(
+    tx: &mut Transaction<'_, Postgres>,
+    epoch_id: i32,
+    gone: &[i64],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE integration_outbox SET data = jsonb_set(data::jsonb, '{body}', '\"\"')::text
+         WHERE epoch_id = $1 AND seq IS NOT NULL
+           AND (   (type = 'message.created' AND seq = ANY($2))
+                OR (type = 'message.edited' AND (data::jsonb->>'target')::bigint = ANY($2)))",
+    )
+    .bind(epoch_id)
+    .bind(gone)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE integration_deliveries
+         SET body = jsonb_set(body::jsonb, '{data,body}', '\"\"')::text
+         WHERE event_id LIKE 'evt\\_' || $1::text || '\\_%'
+           AND (   (body::jsonb->>'type' = 'message.created'
+                    AND (body::jsonb->'data'->>'seq')::bigint = ANY($2))
+                OR (body::jsonb->>'type' = 'message.edited'
+                    AND (body::jsonb->'data'->>'target')::bigint = ANY($2)))",
+    )
+    .bind(epoch_id)
+    .bind(gone)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// A row of the outbox being ordered.
 #[derive(Debug, Clone)]
 struct Pending {
