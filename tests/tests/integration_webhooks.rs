@@ -101,6 +101,68 @@ fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), String> 
     }
 }
 
+/// The Python reference library of Standard Webhooks (PyPI `standardwebhooks`), when the
+/// environment names a Python that has it (`CHAT_STANDARDWEBHOOKS_PYTHON`, e.g. a venv made with
+/// `pip install standardwebhooks==1.1.0`): it verifies every request too, and refuses each one
+/// with its body altered. Returns how many it verified (None when not configured).
+fn verify_with_reference_library(requests: &[(&str, &HeaderMap, &Bytes)]) -> Option<usize> {
+    let python = std::env::var("CHAT_STANDARDWEBHOOKS_PYTHON").ok()?;
+    let input: Vec<Value> = requests
+        .iter()
+        .map(|(secret, h, body)| {
+            json!({
+                "secret": secret,
+                "headers": {
+                    "webhook-id": h["webhook-id"].to_str().unwrap(),
+                    "webhook-timestamp": h["webhook-timestamp"].to_str().unwrap(),
+                    "webhook-signature": h["webhook-signature"].to_str().unwrap(),
+                },
+                "body": std::str::from_utf8(body).unwrap(),
+            })
+        })
+        .collect();
+    const SCRIPT: &str = r#"
+import json, sys
+from standardwebhooks import Webhook, WebhookVerificationError
+n = 0
+for r in json.load(sys.stdin):
+    wh = Webhook(r["secret"])
+    wh.verify(r["body"], r["headers"])
+    try:
+        wh.verify(r["body"] + " ", r["headers"])
+        sys.exit("an altered body verified")
+    except WebhookVerificationError:
+        pass
+    n += 1
+print(n)
+"#;
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run CHAT_STANDARDWEBHOOKS_PYTHON");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&input).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the reference library refused a request"
+    );
+    Some(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap(),
+    )
+}
+
 /// A port with nothing listening (connection refused) until the receiver binds it.
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -325,6 +387,23 @@ async fn every_event_type_reaches_the_endpoints_in_order_despite_failures_and_a_
     let joined = all.iter().find(|v| v["type"] == "member.joined").unwrap();
     assert_eq!(joined["data"]["room_kind"], "public");
     assert!(r.refused.load(Ordering::SeqCst) >= 4);
+
+    let accepted = r.accepted.lock().unwrap().clone();
+    let requests: Vec<(&str, &HeaderMap, &Bytes)> = accepted
+        .iter()
+        .map(|(p, h, b)| (if p == "all" { SECRET_ALL } else { SECRET_B }, h, b))
+        .collect();
+    match verify_with_reference_library(&requests) {
+        Some(n) => {
+            assert_eq!(n, requests.len());
+            println!(
+                "FIGURES standardwebhooks (PyPI reference library) verified {n} of {n} requests"
+            );
+        }
+        None => println!(
+            "CHAT_STANDARDWEBHOOKS_PYTHON unset: signatures verified by this test's implementation of the spec only"
+        ),
+    }
 
     // A signature made with another key, or over another body, does not verify.
     let (_, headers, body) = r
