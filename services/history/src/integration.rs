@@ -348,12 +348,20 @@ pub async fn queue_room_events(
 /// Nothing of a deleted message's text is kept (CONTRACT §2 Lifecycle), not even in webhooks
 /// not delivered yet: the `message.created` and `message.edited` events of the messages `gone`
 /// (seqs of epoch `epoch_id`) still waiting get `body` "". Called in the transaction that
-/// archived the delete.
+/// archived the delete. It first takes the sequencer's lock (only while an endpoint is
+/// registered): a round in progress could otherwise copy a row's text into a delivery after
+/// this scrub read the deliveries. No cycle: a round never waits for an archive transaction.
 pub async fn scrub_deleted(
     tx: &mut Transaction<'_, Postgres>,
     epoch_id: i32,
     gone: &[i64],
 ) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtext('chat-history:integration-sequencer'))
+         WHERE EXISTS (SELECT 1 FROM integration_endpoints)",
+    )
+    .execute(&mut **tx)
+    .await?;
     sqlx::query(
         "UPDATE integration_outbox SET data = jsonb_set(data::jsonb, '{body}', '\"\"')::text
          WHERE epoch_id = $1 AND seq IS NOT NULL
@@ -423,20 +431,23 @@ pub struct OrderHint {
 
 impl OrderHint {
     /// Sets the stream's last sequence as the position of the membership changes of `tx`. If
-    /// the stream does not answer at once, nothing is set: the sequencer stamps them a moment
+    /// the stream does not answer within 2 s, nothing is set: the sequencer stamps them a moment
     /// after they commit instead (room events published meanwhile may then precede them).
     pub async fn mark(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
         if !self.enabled.load(AtomicOrdering::Relaxed) {
             return Ok(());
         }
-        let last = match tokio::time::timeout(Duration::from_secs(1), self.stream.get_info()).await
+        let last = match tokio::time::timeout(Duration::from_secs(2), self.stream.get_info()).await
         {
             Ok(Ok(info)) => info.state.last_sequence,
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "stream unreadable: membership event stamped later");
+                tracing::warn!(error = %e, "stream unreadable: membership event ordered later");
                 return Ok(());
             }
-            Err(_) => return Ok(()),
+            Err(_) => {
+                tracing::warn!("stream info too slow: membership event ordered later");
+                return Ok(());
+            }
         };
         sqlx::query(
             "SELECT set_config('chat.integration_after_seq', $1, true),
