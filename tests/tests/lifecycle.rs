@@ -864,3 +864,70 @@ async fn history_page_latency_with_state() {
     }
     measure("archive stopped, 300 changes in the tail").await;
 }
+
+/// CONTRACT §2 Limits: a message holds at most `MAX_REACTION_EMOJI` distinct emoji (and
+/// `MAX_REACTIONS` in all), so one user cannot grow its state without bound: the edge answers
+/// `limit_exceeded`, and an addition that reaches the log anyway (a bot through JetStream)
+/// changes nothing, in pages as in the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_on_a_message_are_bounded() {
+    use chat_proto::MAX_REACTION_EMOJI;
+    let stack = Stack::start().await;
+    let (mut alice, _) = stack.login(0, "alice").await;
+    let (mut bob, _) = stack.login(0, "bob").await;
+    join(&mut alice, "rx").await;
+    join(&mut bob, "rx").await;
+    let m = acked(&send(&mut alice, "rx", "react to me", "m").await);
+    let mut events = 1;
+    for i in 0..MAX_REACTION_EMOJI {
+        acked(
+            &react(
+                &mut alice,
+                "rx",
+                m,
+                &format!("e{i}"),
+                true,
+                &format!("r{i}"),
+            )
+            .await,
+        );
+        events += 1;
+    }
+    let over = react(&mut alice, "rx", m, "e-over", true, "r-over").await;
+    assert_eq!(code(&over), "limit_exceeded", "{over}");
+    assert_eq!(over["ref"], "r-over");
+    // Within the bounds: a reaction the user has (changes nothing), another user on an emoji
+    // the message has; a new emoji only once one is gone.
+    acked(&react(&mut alice, "rx", m, "e0", true, "again").await);
+    acked(&react(&mut bob, "rx", m, "e0", true, "b0").await);
+    let full = react(&mut bob, "rx", m, "b-new", true, "b1").await;
+    assert_eq!(code(&full), "limit_exceeded", "{full}");
+    acked(&react(&mut alice, "rx", m, "e1", false, "off1").await);
+    acked(&react(&mut bob, "rx", m, "b-new", true, "b2").await);
+    events += 4;
+
+    // A bot's addition past the bound reaches the log (it is a valid event) and changes nothing.
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let bot = json!({"v":1,"kind":"reaction","room":"rx","from":"bot","target":m,
+        "emoji":"bot-over","on":true,"client_id":"x","ts":1});
+    let bot_seq = js
+        .publish("chat.room.rx.msg", bot.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    events += 1;
+    recv_event(&mut bob, "reaction", bot_seq).await;
+    chat_tests::wait_archived(&stack.db().await, "rx", events).await;
+    let state = entry(&history(&mut bob, "rx", json!({}), "h").await, m);
+    let reactions = state["reactions"].as_object().unwrap();
+    assert_eq!(reactions.len(), MAX_REACTION_EMOJI, "{state}");
+    assert!(!reactions.contains_key("bot-over") && !reactions.contains_key("e1"));
+    assert_eq!(state["reactions"]["e0"], json!(["alice", "bob"]));
+    assert_eq!(state["reactions"]["b-new"], json!(["bob"]));
+    assert!(
+        state["version"].as_u64().unwrap() < bot_seq,
+        "the refused addition is no change: {state}"
+    );
+}

@@ -175,7 +175,12 @@ async fn each_service_user_may_use_its_subjects_and_nothing_else() {
     history.allowed_subscribe("chat.api.search").await;
     history.allowed_subscribe("chat.internal.rooms").await;
     history.allowed_publish("chat.user.alice.membership").await;
-    history.refused_publish("chat.room.general.msg").await;
+    // It relays integration accounts' events (crate chat_history::intake) and answers them
+    // through their service import.
+    history.allowed_subscribe("chat.integration.*.*.msg").await;
+    history.allowed_publish("chat.room.general.msg").await;
+    history.allowed_publish("_R_.abc.def").await;
+    history.refused_publish("chat.room.general.typing").await;
     history.refused_publish("chat.user.alice.notify").await;
     history.refused_subscribe("chat.fanout.general").await;
     history.refused_subscribe("chat.internal.presence.up").await;
@@ -268,23 +273,31 @@ async fn a_service_user_cannot_answer_on_a_foreign_reply_subject() {
     }
 }
 
-/// Issue 15 item 8: the `integrations` credential of auth.conf is scoped (docs/deploy.md,
-/// "Integrations and scopes"): it posts through JetStream to its rooms (`general`, `alerts`) and
-/// reads their live feed, typing and presence, asks chat.api.presence; it cannot post to or read
-/// any other room — a private room or a DM (`dm-…`) —, read notifications or unread counts
-/// (previews of DMs), ask chat.api.history/search (the room is in the payload, unscoped), or use
-/// the JetStream API. Before, it could post into and read every room and every user's previews.
-#[tokio::test]
-async fn integrations_are_scoped_to_their_rooms_and_read_no_dm_or_preview() {
+/// Issue 15 item 8: the `integrations` credential of auth.conf is an account of its own,
+/// scoped (docs/deploy.md, "Integrations and scopes"): it posts through JetStream to its rooms
+/// (`general`, `alerts`) — as one of its bot identities only: chat-history relays what it
+/// publishes and refuses any other `from` — and reads their live feed, typing and presence, asks
+/// chat.api.presence; it cannot post to or read any other room — a private room or a DM
+/// (`dm-…`) —, read notifications or unread counts (previews of DMs), ask chat.api.history or
+/// search (the room is in the payload, unscoped), use the JetStream API, or see the services'
+/// replies. Before, it could post into and read every room, as anyone, and every user's previews.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrations_are_scoped_to_their_rooms_and_bots_and_read_no_dm_or_preview() {
     let (nats, _logs) = server().await;
-    // The edge creates the CHAT stream, as it does at start.
-    let edge = Probe::connect(&nats, "edge").await;
-    chat_bus::stream::ensure_chat_stream(
-        &async_nats::jetstream::new(edge.client.clone()),
-        &Default::default(),
-    )
-    .await
-    .expect("edge creates the CHAT stream");
+    let db = fresh_database().await;
+    // The real chat-history relays the integration's events, with its own NATS user; the bot
+    // identities of the credential `integrations` are `bot` and `alertbot`.
+    let history_env: HashMap<String, String> = [
+        ("NATS_URL", nats.url.as_str()),
+        ("DATABASE_URL", db.as_str()),
+        ("NATS_USER", "history"),
+        ("NATS_PASSWORD", password("history").as_str()),
+        ("CHAT_INTEGRATION_BOTS", "integrations=bot,alertbot"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let _history = Proc::start("chat-history", &history_env).await;
 
     // A chat-presence stand-in answers chat.api.presence.
     let presence = Probe::connect(&nats, "presence").await;
@@ -304,19 +317,14 @@ async fn integrations_are_scoped_to_their_rooms_and_read_no_dm_or_preview() {
     });
     presence.client.flush().await.unwrap();
 
-    let mut bot = Probe::connect_with(
-        &nats,
-        "integrations",
-        ConnectOptions::new().custom_inbox_prefix("_INBOX_integrations"),
-    )
-    .await;
+    let mut bot = Probe::connect(&nats, "integrations").await;
     let mut feed = bot.allowed_subscribe("chat.fanout.general").await;
     bot.allowed_subscribe("chat.fanout.alerts").await;
     bot.allowed_subscribe("chat.room.general.typing").await;
     bot.allowed_subscribe("chat.room.general.presence").await;
     bot.allowed_subscribe("presence.user.>").await;
 
-    // Request/reply through its own inbox prefix.
+    // Request/reply through the service import.
     let reply = bot
         .client
         .request(
@@ -328,25 +336,43 @@ async fn integrations_are_scoped_to_their_rooms_and_read_no_dm_or_preview() {
     let users: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
     assert!(users["users"].is_array());
 
-    // Posting through JetStream to a room of its scope: the PubAck comes back on
-    // _INBOX_integrations.
-    let event = chat_bus::event::RoomEvent::message(
-        chat_proto::RoomId::new("general").unwrap(),
-        chat_proto::UserId::new("bot").unwrap(),
-        "hello from a bot".into(),
-        "b1".into(),
-        chat_bus::now_ms(),
-    );
-    let ack = async_nats::jetstream::new(bot.client.clone())
-        .publish(
-            "chat.room.general.msg",
-            serde_json::to_vec(&event).unwrap().into(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("PubAck");
-    assert!(ack.sequence > 0);
+    // Posting through JetStream, as CONTRACT §3 says, to a room of its scope and as one of its
+    // bots: chat-history relays it and the ack is the CHAT stream's.
+    let js = async_nats::jetstream::new(bot.client.clone());
+    let post = |from: &str, id: &str| {
+        let event = chat_bus::event::RoomEvent::message(
+            chat_proto::RoomId::new("general").unwrap(),
+            chat_proto::UserId::new(from).unwrap(),
+            format!("hello from {from}"),
+            id.into(),
+            chat_bus::now_ms(),
+        );
+        let js = js.clone();
+        async move {
+            let ack = js
+                .publish(
+                    "chat.room.general.msg",
+                    serde_json::to_vec(&event).unwrap().into(),
+                )
+                .await
+                .expect("publish")
+                .await;
+            (event, ack)
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (event, ack) = loop {
+        // chat-history may still be starting: no responder yet.
+        match post("bot", "b1").await {
+            (e, Ok(ack)) => break (e, ack),
+            (_, Err(e)) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(ack.stream, "CHAT");
+    assert!(ack.sequence > 0 && !ack.duplicate);
     let live = tokio::time::timeout(Duration::from_secs(5), feed.next())
         .await
         .expect("the republished event arrives")
@@ -354,6 +380,29 @@ async fn integrations_are_scoped_to_their_rooms_and_read_no_dm_or_preview() {
     assert_eq!(
         chat_bus::event::RoomEvent::decode(&live.payload).unwrap(),
         event
+    );
+    // A retry is the stream's duplicate; another bot of the credential posts too.
+    let (_, again) = post("bot", "b1").await;
+    let again = again.expect("a retry is acknowledged");
+    assert_eq!((again.sequence, again.duplicate), (ack.sequence, true));
+    let (_, other) = post("alertbot", "a1").await;
+    assert!(other.expect("alertbot is one of its bots").sequence > ack.sequence);
+    // Any other `from` — a person of the room, another credential's bot — is refused, and
+    // nothing is stored.
+    for forged in ["alice", "irc-bridge"] {
+        let (_, refused) = post(forged, "f1").await;
+        let e = refused.expect_err("a from it does not own is refused");
+        assert!(e.to_string().contains("not a bot identity"), "{e}");
+    }
+    let edge = Probe::connect(&nats, "edge").await;
+    let mut chat = async_nats::jetstream::new(edge.client.clone())
+        .get_stream("CHAT")
+        .await
+        .unwrap();
+    assert_eq!(
+        chat.info().await.unwrap().state.messages,
+        2,
+        "only the two bots' events"
     );
     assert!(bot.settle().await.is_empty());
     bot.allowed_publish("chat.room.alerts.msg").await;
@@ -373,6 +422,8 @@ async fn integrations_are_scoped_to_their_rooms_and_read_no_dm_or_preview() {
     bot.refused_subscribe("chat.fanout.>").await;
     bot.refused_subscribe("chat.fanout.*").await;
     bot.refused_publish("chat.room.*.msg").await;
+    bot.refused_publish("chat.integration.integrations.secret1.msg")
+        .await;
     // No notifications (DM previews), unread counts or membership of anyone.
     bot.refused_subscribe("chat.user.alice.notify").await;
     bot.refused_subscribe("chat.user.alice.unread").await;
@@ -381,9 +432,8 @@ async fn integrations_are_scoped_to_their_rooms_and_read_no_dm_or_preview() {
     // No unscoped reads: history and search take the room or user in the payload.
     bot.refused_publish("chat.api.history").await;
     bot.refused_publish("chat.api.search").await;
-    // Nothing internal: not the services' inboxes, rooms, presence reports, the JetStream API
-    // (no reading the stream's messages of other rooms) or the key-value buckets.
-    bot.refused_subscribe("_INBOX.>").await;
+    // Nothing internal: rooms, presence reports, the JetStream API (no reading the stream's
+    // messages of other rooms) or the key-value buckets.
     bot.refused_subscribe("chat.internal.>").await;
     bot.refused_subscribe("chat.api.history").await;
     bot.refused_publish("chat.internal.rooms").await;
@@ -397,29 +447,26 @@ async fn integrations_are_scoped_to_their_rooms_and_read_no_dm_or_preview() {
     bot.refused_publish("$JS.API.CONSUMER.CREATE.CHAT").await;
     bot.refused_publish("$JS.API.STREAM.PURGE.CHAT").await;
 
-    // An integration that forgets the inbox prefix cannot receive replies.
-    let mut careless = Probe::connect_with(
-        &nats,
-        "integrations",
-        ConnectOptions::new().request_timeout(Some(Duration::from_secs(1))),
-    )
-    .await;
-    let answer = careless
+    // The services' replies live in another account: the integration's own `_INBOX.>` never
+    // sees them (here: the edge asking chat-history).
+    let mut inboxes = bot.allowed_subscribe("_INBOX.>").await;
+    let answer = edge
         .client
         .request(
-            "chat.api.presence",
-            json!({"users": ["alice"]}).to_string().into(),
+            "chat.internal.rooms",
+            json!({"op":"user_rooms","user":"alice"}).to_string().into(),
         )
-        .await;
-    assert!(answer.is_err(), "no reply without the inbox prefix");
-    let v = careless.settle().await;
+        .await
+        .expect("chat-history answers the edge");
+    assert!(!answer.payload.is_empty());
+    bot.client.flush().await.unwrap();
+    let leaked = tokio::time::timeout(Duration::from_millis(300), inboxes.next()).await;
     assert!(
-        v.iter()
-            .any(|e| e.contains("Subscription") && e.contains("_INBOX.")),
-        "{v:?}"
+        leaked.is_err(),
+        "a service's reply reached the integration: {leaked:?}"
     );
     println!(
-        "FIGURES integration scope: posted and read in its 2 rooms; 2 other rooms (private, DM) refused to post and read, 0 notification/unread/history/JetStream API access"
+        "FIGURES integration scope: posted as its 2 bots and read in its 2 rooms; 2 forged from refused (0 stored); 2 other rooms (private, DM) refused to post and read, 0 notification/unread/history/JetStream API access"
     );
 }
 

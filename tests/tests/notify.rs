@@ -16,7 +16,7 @@ use chat_bus::api::{self, NotifyState, NotifyStateRequest};
 use chat_bus::subjects;
 use chat_proto::{RoomId, UserId};
 use chat_tests::{Stack, join, notify_state as state, send};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 

@@ -77,7 +77,7 @@ async fn a_provider_token_signs_in_through_a_jwks_file() {
     // An unknown key, and HS256 "signed" with the provider's public key, are refused.
     let (_, stranger) = provider_key("k1");
     refused(&url, &es256("k1", &stranger, "mallory")).await;
-    let public = EncodingKey::from_secret(jwk.to_string().as_bytes());
+    let public = EncodingKey::from_secret(jwk.to_string().as_bytes()).unwrap();
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("k1".into());
     let switched = jsonwebtoken::encode(

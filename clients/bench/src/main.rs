@@ -64,7 +64,7 @@ fn token(secret: &str, user: &str) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &json!({"sub": user, "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("a non-empty secret"),
     )
     .expect("token")
 }

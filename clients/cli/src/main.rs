@@ -167,7 +167,7 @@ fn mint(a: &Args) -> anyhow::Result<String> {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).context("an empty secret")?,
     )
     .context("sign the token")
 }
@@ -807,9 +807,12 @@ mod tests {
         let t = mint(&args("--secret s3 --user alice --ttl 60 --iss me")).expect("token");
         let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         v.set_issuer(&["me"]);
-        let data =
-            jsonwebtoken::decode::<Value>(&t, &jsonwebtoken::DecodingKey::from_secret(b"s3"), &v)
-                .expect("valid");
+        let data = jsonwebtoken::decode::<Value>(
+            &t,
+            &jsonwebtoken::DecodingKey::from_secret(b"s3").unwrap(),
+            &v,
+        )
+        .expect("valid");
         assert_eq!(data.claims["sub"], "alice");
         let exp = data.claims["exp"].as_i64().expect("exp");
         assert!((exp - now_ms() / 1000 - 60).abs() <= 2);

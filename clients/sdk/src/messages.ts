@@ -17,7 +17,7 @@
  * delivered in order. No I/O: `ChatClient` feeds it and emits `update` events.
  */
 
-import type { ChangeEventFrame, ChatMessage, Reactions } from "./protocol.js";
+import { MAX_REACTION_EMOJI, MAX_REACTIONS, type ChangeEventFrame, type ChatMessage, type Reactions } from "./protocol.js";
 
 /** A message as the client holds it: the fields of `message`, with its state always present. */
 export interface StoredMessage extends ChatMessage {
@@ -107,6 +107,12 @@ export function applyChange(m: StoredMessage, e: ChangeEventFrame): StoredMessag
       const users = m.reactions[e.emoji] ?? [];
       const has = users.includes(e.from);
       if (e.on === has) break; // set semantics: nothing to change
+      if (e.on && !has) {
+        // Past a message's bounds an addition changes nothing (as on the server).
+        const total = Object.values(m.reactions).reduce((n, us) => n + us.length, 0);
+        const isNew = !(e.emoji in m.reactions);
+        if ((isNew && Object.keys(m.reactions).length >= MAX_REACTION_EMOJI) || total >= MAX_REACTIONS) break;
+      }
       const reactions = { ...m.reactions };
       if (e.on) reactions[e.emoji] = [...users, e.from];
       else {

@@ -354,6 +354,10 @@ export const ERROR_CODES: readonly ErrorCode[] = [
 /** Room and user id pattern of CONTRACT §1. */
 /** Longest reaction emoji, in characters (CONTRACT §2 `react`). */
 export const MAX_EMOJI_CHARS = 32;
+/** Most distinct emoji on one message (CONTRACT §2 Limits): past it, an addition changes nothing. */
+export const MAX_REACTION_EMOJI = 20;
+/** Most reactions (user and emoji pairs) on one message, the same way. */
+export const MAX_REACTIONS = 5_000;
 /** Whether `emoji` may name a reaction: 1..=32 characters, no whitespace and no control characters. */
 export function isValidEmoji(emoji: string): boolean {
   const chars = [...emoji];

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
-import { MessageStore, isValidEmoji } from "../dist/index.js";
+import { MAX_REACTION_EMOJI, MessageStore, isValidEmoji } from "../dist/index.js";
 
 const R = "room";
 let ts = 1000;
@@ -36,6 +36,18 @@ describe("message state (the version rule)", () => {
     assert.equal(s.apply(edit(3, 1, "first")).status, "stale", "out of order: older than the copy");
     assert.equal(s.get(R, 1).body, "second");
     assert.equal(s.get(R, 1).version, 5);
+  });
+
+  test("past MAX_REACTION_EMOJI distinct emoji an addition changes nothing, as on the server", () => {
+    const s = new MessageStore();
+    s.put(msg(1));
+    let seq = 1;
+    for (let i = 0; i < MAX_REACTION_EMOJI; i++) s.apply(react(++seq, 1, `e${i}`, true, "bob"));
+    s.apply(react(++seq, 1, "one-too-many", true, "carol"));
+    assert.equal(Object.keys(s.get(R, 1).reactions).length, MAX_REACTION_EMOJI);
+    assert.equal(s.get(R, 1).reactions["one-too-many"], undefined);
+    s.apply(react(++seq, 1, "e0", true, "carol"));
+    assert.deepEqual(s.get(R, 1).reactions.e0, ["bob", "carol"], "an emoji it has still takes users");
   });
 
   test("a change before its target is known is held, then applied by the same rule", () => {

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
-import { CLIENT_FRAME_TYPES, ERROR_CODES, SERVER_FRAME_TYPES } from "../dist/index.js";
+import { CLIENT_FRAME_TYPES, ERROR_CODES, MAX_EMOJI_CHARS, MAX_REACTIONS, MAX_REACTION_EMOJI, SERVER_FRAME_TYPES } from "../dist/index.js";
 
 const rust = readFileSync(new URL("../../../libs/proto/src/frames.rs", import.meta.url), "utf8");
 
@@ -31,4 +31,15 @@ test("server frame types: ServerFrame::type_name of frames.rs", () => {
 
 test("error codes: ErrorCode of frames.rs", () => {
   assert.deepEqual(sorted(ERROR_CODES), sorted(names("ErrorCode")));
+});
+
+test("reaction bounds: MAX_EMOJI_CHARS, MAX_REACTION_EMOJI and MAX_REACTIONS of frames.rs", () => {
+  const value = (name) => {
+    const m = rust.match(new RegExp(`pub const ${name}: usize = ([0-9_]+);`));
+    assert.ok(m, `${name} not found in frames.rs`);
+    return Number(m[1].replaceAll("_", ""));
+  };
+  assert.equal(MAX_EMOJI_CHARS, value("MAX_EMOJI_CHARS"));
+  assert.equal(MAX_REACTION_EMOJI, value("MAX_REACTION_EMOJI"));
+  assert.equal(MAX_REACTIONS, value("MAX_REACTIONS"));
 });

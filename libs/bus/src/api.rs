@@ -197,6 +197,17 @@ pub struct SearchReply {
 pub struct MessageInfoRequest {
     pub room: RoomId,
     pub seq: u64,
+    /// A reaction about to be added: the reply says whether it would fit the message's bounds
+    /// (`chat_proto::MAX_REACTION_EMOJI`, `MAX_REACTIONS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adding: Option<NewReaction>,
+}
+
+/// A user's reaction about to be added (see [`MessageInfoRequest::adding`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewReaction {
+    pub user: UserId,
+    pub emoji: String,
 }
 
 /// What the edge checks of a message before publishing a change to it, reply or thread message.
@@ -207,6 +218,10 @@ pub struct MessageInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thread: Option<u64>,
     pub deleted: bool,
+    /// Asked with [`MessageInfoRequest::adding`]: that reaction would pass the message's bounds
+    /// (its addition would change nothing), so it is refused with `limit_exceeded`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reactions_full: bool,
 }
 
 /// `chat.api.presence` request: a room's members, or a list of users.

@@ -129,7 +129,7 @@ pub fn generate(
     bots: Vec<UserId>,
     now_ms: i64,
 ) -> (String, ApiKeyRecord) {
-    use rand::Rng;
+    use rand::RngExt;
     const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     let id: String = (0..12)

@@ -58,7 +58,11 @@ impl TargetLookup {
         Arc::new(move |room, seq| {
             let nats = nats.clone();
             Box::pin(async move {
-                let req = MessageInfoRequest { room, seq };
+                let req = MessageInfoRequest {
+                    room,
+                    seq,
+                    adding: None,
+                };
                 match crate::api::request::<_, MessageInfo>(
                     &nats,
                     subjects::HISTORY_MESSAGE,

@@ -110,6 +110,37 @@ pub fn presence_user(user: &UserId) -> String {
     format!("presence.user.{user}")
 }
 
+/// Where an integration's publish to `chat.room.<room>.msg` arrives, in the chat account, when
+/// the integration has an account of its own (issue 15 item 8, docs/deploy.md *Integrations and
+/// scopes*): its service import maps the contract's subject to this one, which names the
+/// credential, so the publisher's identity is in the subject and cannot be forged. chat-history
+/// relays each valid event whose `from` is one of that credential's bots to the room's subject
+/// and answers with the stream's own acknowledgement.
+pub fn integration_publish(credential: &str, room: &RoomId) -> String {
+    format!("chat.integration.{credential}.{room}.msg")
+}
+
+/// Every integration's publishes (chat-history's relay subscribes to them).
+pub const INTEGRATION_PUBLISH_ALL: &str = "chat.integration.*.*.msg";
+
+/// The credential and room of a `chat.integration.<credential>.<room>.msg` subject.
+pub fn integration_of(subject: &str) -> Option<(&str, RoomId)> {
+    let mut parts = subject.split('.');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("chat"), Some("integration"), Some(cred), Some(room), Some("msg"), None) => {
+            Some((cred, RoomId::new(room).ok()?))
+        }
+        _ => None,
+    }
+}
+
 /// Public request/reply: history pages.
 pub const API_HISTORY: &str = "chat.api.history";
 /// Public request/reply: presence of a room or of users.
@@ -165,5 +196,14 @@ mod tests {
         assert_eq!(user_subject_kind(&user_unread(&user)), Some("unread"));
         assert_eq!(user_of_subject(&user_unread(&user)), Some(user.as_str()));
         assert_eq!(user_of_subject("chat.room.x.msg"), None);
+        let general = RoomId::new("general").unwrap();
+        let s = integration_publish("alerts", &general);
+        assert_eq!(s, "chat.integration.alerts.general.msg");
+        assert_eq!(integration_of(&s), Some(("alerts", general)));
+        assert_eq!(
+            integration_of("chat.integration.alerts.general.msg.x"),
+            None
+        );
+        assert_eq!(integration_of("chat.room.general.msg"), None);
     }
 }

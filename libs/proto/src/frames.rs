@@ -158,6 +158,29 @@ pub const CLIENT_TYPES: &[&str] = &[
 /// Longest reaction emoji, in characters (CONTRACT §2 `react`).
 pub const MAX_EMOJI_CHARS: usize = 32;
 
+/// Most distinct emoji on one message (so also the most reactions one user can add to it): a
+/// `react` adding another gets `limit_exceeded`, and one that reaches the log anyway (a race, an
+/// integration) changes nothing, like adding a reaction the user already has.
+pub const MAX_REACTION_EMOJI: usize = 20;
+
+/// Most reactions (user and emoji pairs) on one message, the same way: with them, a message's
+/// state stays far below what one frame carries (5,000 × a 64-character id ≈ 335 KB, plus a
+/// body of at most 16 KiB), whatever the size of its room.
+pub const MAX_REACTIONS: usize = 5_000;
+
+/// Whether adding `user`'s reaction `emoji` to a message with `reactions` stays within
+/// [`MAX_REACTION_EMOJI`] and [`MAX_REACTIONS`] (a reaction the user has already fits: adding it
+/// changes nothing).
+pub fn reaction_fits(reactions: &Reactions, user: &UserId, emoji: &str) -> bool {
+    match reactions.get(emoji) {
+        Some(users) if users.contains(user) => true,
+        present => {
+            (present.is_some() || reactions.len() < MAX_REACTION_EMOJI)
+                && reactions.values().map(Vec::len).sum::<usize>() < MAX_REACTIONS
+        }
+    }
+}
+
 /// Whether `emoji` may name a reaction: 1..=32 characters, no whitespace and no control
 /// characters (CONTRACT §2 `react`).
 pub fn valid_emoji(emoji: &str) -> bool {

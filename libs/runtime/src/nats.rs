@@ -158,6 +158,12 @@ pub fn is_connected(client: &async_nats::Client) -> bool {
 /// a client's own prefix such as `_INBOX_integrations.…`. Anything else (a stream's subject, a
 /// KV key, another service's subject) is dropped unanswered.
 pub fn trusted_reply_subject(reply: &str) -> bool {
+    // `_R_.<x>.<y>`: the reply subject nats-server gives a request that came through a service
+    // import from another account (an integration's own account, docs/deploy.md). It routes
+    // back to that requester only.
+    if let Some(rest) = reply.strip_prefix("_R_.") {
+        return !rest.is_empty() && !rest.contains(['*', '>']);
+    }
     let Some(rest) = reply.strip_prefix("_INBOX") else {
         return false;
     };
@@ -282,7 +288,12 @@ mod tests {
 
     #[test]
     fn only_inbox_reply_subjects_are_trusted() {
-        for ok in ["_INBOX.abc.1", "_INBOX_integrations.x.y", "_INBOX_a.b"] {
+        for ok in [
+            "_INBOX.abc.1",
+            "_INBOX_integrations.x.y",
+            "_INBOX_a.b",
+            "_R_.abc.def",
+        ] {
             assert!(trusted_reply_subject(ok), "{ok}");
         }
         for bad in [
@@ -295,6 +306,9 @@ mod tests {
             "_INBOX_.a",
             "_INBOX_x",
             "_INBOX.>",
+            "_R_.",
+            "_R_.>",
+            "_R_x.a",
             "",
         ] {
             assert!(!trusted_reply_subject(bad), "{bad}");

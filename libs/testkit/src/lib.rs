@@ -55,7 +55,7 @@ pub mod token {
         encode(
             &Header::new(Algorithm::HS256),
             &claims,
-            &EncodingKey::from_secret(secret.as_bytes()),
+            &EncodingKey::from_secret(secret.as_bytes()).expect("a non-empty secret"),
         )
         .expect("encode token")
     }

@@ -426,7 +426,7 @@ mod tests {
                     let t = sign(
                         alg,
                         Some("r1"),
-                        &EncodingKey::from_secret(secret),
+                        &EncodingKey::from_secret(secret).unwrap(),
                         claims("eve", 60),
                     );
                     assert_eq!(auth.verify(&t).await, Err(AuthError::Invalid), "{alg:?}");
@@ -442,7 +442,7 @@ mod tests {
         let t = sign(
             Algorithm::HS256,
             Some("o1"),
-            &EncodingKey::from_secret(b"shared"),
+            &EncodingKey::from_secret(b"shared").unwrap(),
             claims("eve", 60),
         );
         assert_eq!(auth.verify(&t).await, Err(AuthError::Invalid));
@@ -458,7 +458,7 @@ mod tests {
         let hs = sign(
             Algorithm::HS256,
             None,
-            &EncodingKey::from_secret(b"s3cret"),
+            &EncodingKey::from_secret(b"s3cret").unwrap(),
             claims("carol", 60),
         );
         let es = sign(Algorithm::ES256, Some("e1"), &ec_sign, claims("dave", 60));

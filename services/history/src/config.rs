@@ -38,6 +38,9 @@ pub struct HistoryConfig {
     /// `HISTORY_PAGE_MAX_BYTES` (196608): most bytes of serialized events in one history page;
     /// a longer page is cut (`has_more` true) so that its frame always fits (CONTRACT §2 Limits).
     pub page_max_bytes: usize,
+    /// `CHAT_INTEGRATION_BOTS` (`credential=bot,bot;…`): the bot identities each integration
+    /// account may post as (crate::intake; docs/deploy.md *Integrations and scopes*).
+    pub integration_bots: crate::intake::IntegrationBots,
     /// Integration webhooks (`CHAT_INTEGRATION_WEBHOOK*`, [`crate::integration`]).
     pub integration: crate::integration::IntegrationConfig,
 }
@@ -61,6 +64,14 @@ impl HistoryConfig {
                     crate::query::DEFAULT_PAGE_MAX_BYTES,
                 )?
                 .clamp(64 * 1024, 1024 * 1024),
+            integration_bots: crate::intake::IntegrationBots::parse(
+                env.get("CHAT_INTEGRATION_BOTS").unwrap_or(""),
+            )
+            .map_err(|problem| chat_runtime::ConfigError {
+                key: "CHAT_INTEGRATION_BOTS".into(),
+                value: env.string("CHAT_INTEGRATION_BOTS", ""),
+                problem,
+            })?,
             ack_wait: env
                 .duration("HISTORY_ACK_WAIT", Duration::from_secs(10))?
                 .max(Duration::from_secs(1)),

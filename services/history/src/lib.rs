@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod config;
+pub mod intake;
 pub mod integration;
 pub mod metrics_catalogue;
 pub mod query;
@@ -233,6 +234,26 @@ impl App {
             },
         );
 
+        // Integrations with an account of their own (crate::intake): checked, then relayed.
+        let relay_nats = self.nats.clone();
+        let bots = std::sync::Arc::new(self.config.integration_bots.clone());
+        let limits = self.config.nats.serve;
+        let relay_timeout = limits
+            .deadline
+            .saturating_sub(std::time::Duration::from_millis(250));
+        let intake_server = serve_requests(
+            self.nats.clone(),
+            subjects::INTEGRATION_PUBLISH_ALL,
+            subjects::HISTORY_QUEUE,
+            limits,
+            shutdown.clone(),
+            move |msg| {
+                let nats = relay_nats.clone();
+                let bots = bots.clone();
+                async move { intake::relay(&nats, &bots, relay_timeout, msg).await }
+            },
+        );
+
         let archive = archive::Archive {
             pool: self.pool.clone(),
             js: self.js.clone(),
@@ -258,15 +279,16 @@ impl App {
             enabled: integration_enabled,
         }
         .run(shutdown.clone());
-        let (r, h, s, m, (), ()) = tokio::join!(
+        let (r, h, s, m, i, (), ()) = tokio::join!(
             rooms_server,
             history_server,
             search_server,
             message_server,
+            intake_server,
             writer,
             integration
         );
-        for res in [r, h, s, m] {
+        for res in [r, h, s, m, i] {
             if let Err(e) = res {
                 tracing::error!(error = %e, "request server failed");
             }

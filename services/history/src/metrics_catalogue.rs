@@ -4,6 +4,11 @@ use chat_runtime::metrics::Metric;
 
 pub const CATALOGUE: &[Metric] = &[
     Metric::counter(
+        "chat_history_integration_relayed_total",
+        "Publishes of integrations with an account of their own, by outcome (relayed, forbidden: a from not among the credential's bots, invalid, unavailable).",
+    )
+    .labelled(&["outcome"]),
+    Metric::counter(
         "chat_history_room_quota_refusals_total",
         "Joins, creates and invites refused limit_exceeded by CHAT_MAX_ROOMS_PER_USER.",
     ),

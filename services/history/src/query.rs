@@ -420,17 +420,50 @@ impl HistoryQuery {
             }
             Err(e) => return Err(e),
         };
+        let tail = self.stream_tail(room, &subject, tail_from).await?;
         let deleted = deleted
-            || self
-                .stream_tail(room, &subject, tail_from)
-                .await?
+            || tail
                 .iter()
                 .any(|e| matches!(e, RoomEventFrame::Delete(d) if d.target == req.seq));
+        let reactions_full = match &req.adding {
+            Some(new) if !deleted => !chat_proto::reaction_fits(
+                &self.reactions_of(req.seq, tail_from, &tail).await?,
+                &new.user,
+                &new.emoji,
+            ),
+            _ => false,
+        };
         Ok(MessageInfo {
             from,
             thread,
             deleted,
+            reactions_full,
         })
+    }
+
+    /// The current reactions of message `seq`: its archived changes at or below `tail_from`
+    /// (none when it is only in the stream: then `tail_from` is `seq`) and those of `tail`.
+    async fn reactions_of(
+        &self,
+        seq: u64,
+        tail_from: u64,
+        tail: &[RoomEventFrame],
+    ) -> Result<chat_proto::Reactions, ApiError> {
+        let mut changes = if tail_from > seq {
+            pg_changes(&self.pool, self.epoch_id, &[to_i64(seq)], Some(tail_from))
+                .await
+                .map_err(db_error)?
+                .remove(&seq)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        changes.extend(
+            tail.iter()
+                .filter(|e| matches!(e, RoomEventFrame::Reaction(r) if r.target == seq))
+                .filter_map(change_of),
+        );
+        Ok(fold(seq, String::new(), &changes).state.reactions)
     }
 
     /// The stream entry as a page's event, if it is a valid event (CONTRACT §3, both steps);

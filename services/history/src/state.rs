@@ -58,6 +58,10 @@ impl Folded {
                 self.state.reactions.clear();
             }
             EventKind::Reaction => {
+                // Past the bounds of CONTRACT §2 Limits, an addition changes nothing.
+                if c.on && !chat_proto::reaction_fits(&self.state.reactions, &c.from, &c.emoji) {
+                    return;
+                }
                 let users = self.state.reactions.entry(c.emoji.clone()).or_default();
                 let has = users.contains(&c.from);
                 if c.on == has {
@@ -165,6 +169,41 @@ mod tests {
             &[react(6, "b", "👍", true), react(7, "b", "👍", false)],
         );
         assert!(m.state.reactions.is_empty());
+    }
+
+    #[test]
+    fn reactions_past_the_bounds_change_nothing() {
+        use chat_proto::{MAX_REACTION_EMOJI, MAX_REACTIONS};
+        // One user adds as many distinct emoji as a message may hold, and one more.
+        let mut changes: Vec<Change> = (0..=MAX_REACTION_EMOJI)
+            .map(|i| react(6 + i as u64, "b", &format!("e{i}"), true))
+            .collect();
+        let m = fold(5, "x".into(), &changes);
+        assert_eq!(m.state.reactions.len(), MAX_REACTION_EMOJI);
+        assert!(
+            !m.state
+                .reactions
+                .contains_key(&format!("e{MAX_REACTION_EMOJI}"))
+        );
+        assert_eq!(
+            m.state.version,
+            5 + MAX_REACTION_EMOJI as u64,
+            "the refused one is no change"
+        );
+        // Removing one makes room for another; re-adding one already there still changes nothing.
+        let next = 100;
+        changes.push(react(next, "b", "e0", false));
+        changes.push(react(next + 1, "c", "new", true));
+        changes.push(react(next + 2, "b", "e1", true));
+        let m = fold(5, "x".into(), &changes);
+        assert!(m.state.reactions.contains_key("new") && !m.state.reactions.contains_key("e0"));
+        assert_eq!(m.state.version, next + 1);
+        // Many users on one emoji: at most MAX_REACTIONS in all.
+        let crowd: Vec<Change> = (0..=MAX_REACTIONS)
+            .map(|i| react(6 + i as u64, &format!("u{i}"), "👍", true))
+            .collect();
+        let m = fold(5, "x".into(), &crowd);
+        assert_eq!(m.state.reactions["👍"].len(), MAX_REACTIONS);
     }
 
     #[test]

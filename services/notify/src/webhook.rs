@@ -26,7 +26,7 @@ use chat_bus::api::{self, PresenceReply, PresenceRequest};
 use chat_bus::{now_ms, subjects};
 use chat_proto::{Status, UserId};
 use chat_runtime::webhook::{self, Target, backoff, post_once};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};

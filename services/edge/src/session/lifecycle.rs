@@ -18,7 +18,7 @@
 
 use async_nats::jetstream::consumer;
 use axum::extract::ws::Message;
-use chat_bus::api::{ApiError, MessageInfo, MessageInfoRequest};
+use chat_bus::api::{ApiError, MessageInfo, MessageInfoRequest, NewReaction};
 use chat_bus::event::{EventKind, RoomEvent};
 use chat_bus::{now_ms, subjects, trace};
 use chat_proto::{ClientFrame, ErrorCode, RoomId, ServerFrame};
@@ -248,7 +248,7 @@ impl From<ApiError> for Refused {
 
 /// The checks of CONTRACT §2's client table that need the target's state (step 1).
 async fn check(edge: &Edge, event: &RoomEvent) -> Result<(), Refused> {
-    let info = |seq: u64| message_info(edge, &event.room, seq);
+    let info = |seq: u64| message_info(edge, &event.room, seq, None);
     let deleted = |e: ApiError| Err(Refused::Deleted(e));
     match event.kind {
         EventKind::Message => {
@@ -286,8 +286,23 @@ async fn check(edge: &Edge, event: &RoomEvent) -> Result<(), Refused> {
             }
         }
         EventKind::Reaction => {
-            if info(event.target.unwrap_or(0)).await?.deleted {
+            let adding = (event.on != Some(false)).then(|| NewReaction {
+                user: event.from.clone(),
+                emoji: event.emoji.clone().unwrap_or_default(),
+            });
+            let m = message_info(edge, &event.room, event.target.unwrap_or(0), adding).await?;
+            if m.deleted {
                 deleted(ApiError::new(ErrorCode::NotFound, "the message is deleted"))
+            } else if m.reactions_full {
+                Err(ApiError::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "a message holds at most {} distinct reactions and {} in all",
+                        chat_proto::MAX_REACTION_EMOJI,
+                        chat_proto::MAX_REACTIONS
+                    ),
+                )
+                .into())
             } else {
                 Ok(())
             }
@@ -295,7 +310,12 @@ async fn check(edge: &Edge, event: &RoomEvent) -> Result<(), Refused> {
     }
 }
 
-async fn message_info(edge: &Edge, room: &RoomId, seq: u64) -> Result<MessageInfo, ApiError> {
+async fn message_info(
+    edge: &Edge,
+    room: &RoomId,
+    seq: u64,
+    adding: Option<NewReaction>,
+) -> Result<MessageInfo, ApiError> {
     if seq == 0 {
         return Err(not_found());
     }
@@ -305,6 +325,7 @@ async fn message_info(edge: &Edge, room: &RoomId, seq: u64) -> Result<MessageInf
         &MessageInfoRequest {
             room: room.clone(),
             seq,
+            adding,
         },
         edge.config.request_timeout,
     )
