@@ -474,10 +474,12 @@ async fn webhooks_are_delivered_over_https() {
         request.contains("\"preview\":\"secret plans\""),
         "{request}"
     );
-    assert!(
-        request.to_ascii_lowercase().contains("x-chat-signature:"),
-        "{request}"
-    );
+    let lower = request.to_ascii_lowercase();
+    assert!(lower.contains("x-chat-signature:"), "{request}");
+    // Standard Webhooks headers too (issue 16), over the same TLS client.
+    assert!(lower.contains("\r\nwebhook-signature: v1,"), "{request}");
+    assert!(lower.contains("\r\nwebhook-id: "), "{request}");
+    assert!(lower.contains("\r\nwebhook-timestamp: "), "{request}");
     println!(
         "FIGURES https webhook: 1 DM notification of an offline user POSTed over TLS to a gateway with a private CA, 0 sent in clear text"
     );

@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use base64::Engine as _;
 use chat_bus::api::{self, NotifyState, NotifyStateRequest};
 use chat_bus::subjects;
 use chat_proto::{RoomId, UserId};
@@ -565,7 +566,9 @@ async fn a_pending_webhook_survives_a_restart_of_notify() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_notifications_reach_the_webhook_once_signed_and_despite_failures() {
-    const SECRET: &str = "gateway-secret";
+    // A Standard Webhooks secret: `webhook-signature` is keyed with its decoded bytes, the
+    // deprecated `X-Chat-Signature` with the string as configured.
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let g = Gateway::default();
     let url = start_gateway(&g).await;
 
@@ -620,6 +623,28 @@ async fn offline_notifications_reach_the_webhook_once_signed_and_despite_failure
         let age = chat_bus::now_ms() - ts.parse::<i64>().unwrap();
         assert!((0..60_000).contains(&age), "timestamp is now: {age}");
         let v: Value = serde_json::from_slice(body).unwrap();
+        // Standard Webhooks, verified from the specification: HMAC-SHA256 keyed with the
+        // base64-decoded part of the secret, over "<webhook-id>.<webhook-timestamp>.<body>".
+        let id = headers["webhook-id"].to_str().unwrap();
+        assert_eq!(
+            id,
+            v["id"].as_str().unwrap(),
+            "webhook-id is the notification id"
+        );
+        let secs = headers["webhook-timestamp"].to_str().unwrap();
+        assert_eq!(
+            secs.parse::<i64>().unwrap(),
+            ts.parse::<i64>().unwrap() / 1000
+        );
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let key = b64.decode(SECRET.strip_prefix("whsec_").unwrap()).unwrap();
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{id}.{secs}.").as_bytes());
+        mac.update(body);
+        assert_eq!(
+            headers["webhook-signature"].to_str().unwrap(),
+            format!("v1,{}", b64.encode(mac.finalize().into_bytes()))
+        );
         assert_eq!(v["user"], "bob");
         assert_eq!(v["from"], "alice");
         assert!(

@@ -1,6 +1,6 @@
 //! What every chat service does the same way: read its configuration from the environment,
-//! set up telemetry, connect to NATS, serve `/healthz`, `/readyz` and `/metrics`, and stop on
-//! SIGINT/SIGTERM.
+//! set up telemetry, connect to NATS, serve `/healthz`, `/readyz` and `/metrics`, stop on
+//! SIGINT/SIGTERM, and sign and POST webhooks.
 
 pub mod admin;
 pub mod config;
@@ -9,6 +9,7 @@ pub mod nats;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod webhook;
 
 pub use config::{ConfigError, Env};
 #[cfg(feature = "db")]

@@ -512,7 +512,17 @@ async fn insert_rows(pool: &PgPool, epoch_id: i32, rows: &[Row]) -> Result<(), s
     .bind(&rooms)
     .execute(&mut *tx)
     .await?;
-    columns.insert(&mut tx, epoch_id).await?;
+    let inserted = columns.insert(&mut tx, epoch_id).await?;
+    // Integration webhooks of the events this transaction added (not of a redelivery).
+    if !inserted.is_empty() {
+        let added: std::collections::HashSet<i64> = inserted.into_iter().collect();
+        let events: Vec<(i64, &RoomEvent)> = rows
+            .iter()
+            .filter(|r| added.contains(&r.seq))
+            .map(|r| (r.seq, r.event.event()))
+            .collect();
+        crate::integration::queue_room_events(&mut tx, epoch_id, &events).await?;
+    }
     // Messages of this batch whose changes committed first.
     let (early,): (Vec<i64>,) = sqlx::query_as(
         "SELECT COALESCE(array_agg(DISTINCT target), '{}') FROM messages
@@ -598,6 +608,7 @@ async fn recompute_state(
         .bind(&gone)
         .execute(&mut **tx)
         .await?;
+        crate::integration::scrub_deleted(tx, epoch_id, &gone).await?;
     }
     Ok(())
 }
@@ -670,11 +681,11 @@ impl<'a> EventColumns<'a> {
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         epoch_id: i32,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<Vec<i64>, sqlx::Error> {
         if self.seqs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        sqlx::query(
+        let inserted: Vec<(i64,)> = sqlx::query_as(
             "INSERT INTO messages (epoch_id, seq, room, sender, body, sent_body, client_id, ts,
                                    kind, target, emoji, reaction_on, reply_to, thread, version)
              SELECT $1, u.seq, u.room, u.sender, u.body, u.sent_body, u.client_id, u.ts, u.kind,
@@ -685,7 +696,8 @@ impl<'a> EventColumns<'a> {
                          $13::bigint[], $14::bigint[])
                   AS u(seq, room, sender, body, sent_body, client_id, ts, kind, target, emoji,
                        reaction_on, reply_to, thread)
-             ON CONFLICT (epoch_id, seq) DO NOTHING",
+             ON CONFLICT (epoch_id, seq) DO NOTHING
+             RETURNING seq",
         )
         .bind(epoch_id)
         .bind(&self.seqs)
@@ -701,9 +713,9 @@ impl<'a> EventColumns<'a> {
         .bind(&self.ons)
         .bind(&self.reply_tos)
         .bind(&self.threads)
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
-        Ok(())
+        Ok(inserted.into_iter().map(|(s,)| s).collect())
     }
 }
 

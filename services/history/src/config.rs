@@ -41,6 +41,8 @@ pub struct HistoryConfig {
     /// `CHAT_INTEGRATION_BOTS` (`credential=bot,bot;…`): the bot identities each integration
     /// account may post as (crate::intake; docs/deploy.md *Integrations and scopes*).
     pub integration_bots: crate::intake::IntegrationBots,
+    /// Integration webhooks (`CHAT_INTEGRATION_WEBHOOK*`, [`crate::integration`]).
+    pub integration: crate::integration::IntegrationConfig,
 }
 
 impl HistoryConfig {
@@ -73,6 +75,7 @@ impl HistoryConfig {
             ack_wait: env
                 .duration("HISTORY_ACK_WAIT", Duration::from_secs(10))?
                 .max(Duration::from_secs(1)),
+            integration: crate::integration::IntegrationConfig::from_env(env)?,
         })
     }
 }

@@ -1,10 +1,12 @@
 //! chat-history: archives every event of the `CHAT` stream in PostgreSQL, answers history pages
 //! (`chat.api.history`) that stay complete while the archive lags, searches the archive
-//! (`chat.api.search`), and owns rooms and membership.
+//! (`chat.api.search`), owns rooms and membership, and delivers integration events to the
+//! operator's webhook endpoints ([`integration`]).
 
 pub mod archive;
 pub mod config;
 pub mod intake;
+pub mod integration;
 pub mod metrics_catalogue;
 pub mod query;
 pub mod rooms;
@@ -78,6 +80,13 @@ impl App {
         })
         .await
         .context("stopped during start")?;
+        if let Some(endpoints) = &config.integration.endpoints {
+            retry::until_ok("sync the integration endpoints", shutdown, || {
+                integration::sync_endpoints(&pool, endpoints)
+            })
+            .await
+            .context("stopped during start")?;
+        }
         let search =
             search::Search::new(&config.database_url, SCHEMA, epoch_id).context("DATABASE_URL")?;
         tracing::info!(epoch, "chat-history started");
@@ -123,8 +132,20 @@ impl App {
             ));
         }
 
+        let integration_enabled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+            self.config
+                .integration
+                .endpoints
+                .as_ref()
+                .is_some_and(|e| !e.is_empty()),
+        ));
         let rooms = rooms::Rooms::new(self.pool.clone(), self.nats.clone())
-            .with_max_rooms(self.config.max_rooms_per_user);
+            .with_max_rooms(self.config.max_rooms_per_user)
+            .with_integration(integration::OrderHint {
+                stream: self.stream.clone(),
+                epoch_id: self.epoch_id,
+                enabled: integration_enabled.clone(),
+            });
         let rooms_server = serve_requests(
             self.nats.clone(),
             subjects::ROOMS,
@@ -250,13 +271,22 @@ impl App {
                 tracing::info!("HISTORY_ARCHIVE=false: this process does not archive");
             }
         };
-        let (r, h, s, m, i, ()) = tokio::join!(
+        let integration = integration::Integration {
+            pool: self.pool.clone(),
+            stream: self.stream.clone(),
+            epoch_id: self.epoch_id,
+            config: self.config.integration.clone(),
+            enabled: integration_enabled,
+        }
+        .run(shutdown.clone());
+        let (r, h, s, m, i, (), ()) = tokio::join!(
             rooms_server,
             history_server,
             search_server,
             message_server,
             intake_server,
-            writer
+            writer,
+            integration
         );
         for res in [r, h, s, m, i] {
             if let Err(e) = res {

@@ -61,6 +61,29 @@ pub const CATALOGUE: &[Metric] = &[
         "chat_history_stream_fallback_total",
         "History pages served from the stream because PostgreSQL is down.",
     ),
+    Metric::counter(
+        "chat_history_integration_deliveries_total",
+        "Integration webhook deliveries the endpoint accepted (2xx), by endpoint.",
+    )
+    .labelled(&["endpoint"]),
+    Metric::counter(
+        "chat_history_integration_failures_total",
+        "Integration webhook attempts that failed (retried with backoff, never dropped), by endpoint.",
+    )
+    .labelled(&["endpoint"]),
+    Metric::gauge(
+        "chat_history_integration_pending",
+        "Integration events ordered and waiting for delivery, by endpoint.",
+    )
+    .labelled(&["endpoint"]),
+    Metric::gauge(
+        "chat_history_integration_unordered",
+        "Integration events in the outbox waiting for the archive's ack floor to be ordered.",
+    ),
+    Metric::gauge(
+        "chat_history_integration_oldest_seconds",
+        "Age of the oldest integration event not delivered yet to every endpoint (0 when none).",
+    ),
     Metric::histogram(
         "chat_history_batch_seconds",
         "Time to write one archive batch, in seconds.",

@@ -41,6 +41,8 @@ pub struct Rooms {
     nats: async_nats::Client,
     /// `CHAT_MAX_ROOMS_PER_USER`.
     max_rooms: u64,
+    /// Orders membership changes among room events for integration webhooks.
+    integration: Option<crate::integration::OrderHint>,
 }
 
 /// A reply, JSON-encoded by the caller.
@@ -58,7 +60,24 @@ impl Rooms {
             pool,
             nats,
             max_rooms: 1_000,
+            integration: None,
         }
+    }
+
+    /// Membership changes carry their stream position for integration webhooks.
+    pub fn with_integration(mut self, hint: crate::integration::OrderHint) -> Self {
+        self.integration = Some(hint);
+        self
+    }
+
+    /// A transaction for a membership change (with its stream position, see
+    /// [`crate::integration::OrderHint`]).
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        if let Some(hint) = &self.integration {
+            hint.mark(&mut tx).await.map_err(db_error)?;
+        }
+        Ok(tx)
     }
 
     /// Sets the quota of rooms per user.
@@ -194,7 +213,7 @@ impl Rooms {
     }
 
     async fn join(&self, user: UserId, room: RoomId) -> Result<RoomInfo, ApiError> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin().await?;
         let kind = match room_kind(&mut tx, &room).await? {
             Some(kind) => kind,
             None if room.is_dm() => return Err(ApiError::forbidden("not a member of this room")),
@@ -229,15 +248,17 @@ impl Rooms {
     }
 
     async fn leave(&self, user: UserId, room: RoomId) -> Result<Done, ApiError> {
+        let mut tx = self.begin().await?;
         let removed: Option<(String,)> = sqlx::query_as(
             "DELETE FROM memberships m USING rooms r
              WHERE m.room = $1 AND m.user_id = $2 AND r.id = m.room RETURNING r.kind",
         )
         .bind(room.as_str())
         .bind(user.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
         if let Some((kind,)) = removed {
             let kind = RoomKind::parse(&kind).unwrap_or(RoomKind::Public);
             self.announce(&user, &room, kind, false, &user).await;
@@ -268,7 +289,7 @@ impl Rooms {
         } else {
             RoomKind::Public
         };
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin().await?;
         if !create_room(&mut tx, &room, kind, &user).await? {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
@@ -399,7 +420,7 @@ impl Rooms {
     }
 
     async fn invite(&self, user: UserId, room: RoomId, target: UserId) -> Result<Done, ApiError> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin().await?;
         let Some(kind) = room_kind(&mut tx, &room).await? else {
             return Err(ApiError::new(ErrorCode::NotFound, "no such room"));
         };
@@ -425,7 +446,7 @@ impl Rooms {
                 "a direct-message room needs two different users",
             ));
         };
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin().await?;
         if !create_room(&mut tx, &room, RoomKind::Dm, &user).await? {
             // An existing room with this id must be this pair's DM: a direct-message room,
             // created by one of the two, with no member but them. Anything else (a room made

@@ -67,7 +67,7 @@ impl NotifyConfig {
         let webhook = match env.get("NOTIFY_WEBHOOK_URL") {
             None => None,
             Some(url) => {
-                if crate::webhook::Target::parse(url).is_none() {
+                if chat_runtime::webhook::Target::parse(url).is_none() {
                     return Err(ConfigError {
                         key: "NOTIFY_WEBHOOK_URL".into(),
                         value: url.into(),
@@ -85,7 +85,7 @@ impl NotifyConfig {
                 };
                 let ca = env.get("NOTIFY_WEBHOOK_CA").map(PathBuf::from);
                 if let Some(ca) = &ca
-                    && let Err(e) = crate::webhook::tls_config(Some(ca))
+                    && let Err(e) = chat_runtime::tls::client_config(Some(ca))
                 {
                     return Err(ConfigError {
                         key: "NOTIFY_WEBHOOK_CA".into(),

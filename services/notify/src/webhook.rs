@@ -5,16 +5,18 @@
 //! rows with a lease (safe with several instances) and POSTs them from tasks of its own. The
 //! consumer never waits for a gateway.
 //!
-//! Signature: `X-Chat-Timestamp` is the send time in milliseconds since the Unix epoch and
-//! `X-Chat-Signature` the lowercase hex HMAC-SHA256, keyed with `NOTIFY_WEBHOOK_SECRET`, of
-//! `"<timestamp>.<body>"` (the raw body bytes). A gateway recomputes it over the exact bytes it
-//! received, compares in constant time, and rejects timestamps older than a few minutes (each
-//! retry is signed afresh with a new timestamp). Delivery is at least once: the notification
-//! `id` lets the gateway drop a repeat.
+//! Signature, the Standard Webhooks way ([`chat_runtime::webhook`]): `webhook-id` (the
+//! notification id), `webhook-timestamp` (Unix seconds) and `webhook-signature`
+//! (`v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`), keyed with the decoded key of a
+//! `whsec_<base64>` `NOTIFY_WEBHOOK_SECRET`, or with the secret's bytes for an older secret.
+//! Deprecated, kept for one version: `X-Chat-Timestamp` (milliseconds) and `X-Chat-Signature`,
+//! the lowercase hex HMAC-SHA256 keyed with the secret's bytes of `"<timestamp>.<body>"`.
+//! Each retry is signed afresh with a new timestamp. Delivery is at least once: the
+//! notification `id` lets the gateway drop a repeat.
 //!
-//! The client is a minimal HTTP/1.1 POST (one connection per attempt, `Connection: close`) over
-//! TCP, or over TLS for `https://` (rustls with the ring provider; Mozilla's roots plus the CAs
-//! of `NOTIFY_WEBHOOK_CA`), so that DM previews do not cross the network in clear text.
+//! The POST client, the backoff and the TLS setup (rustls with the ring provider; Mozilla's
+//! roots plus the CAs of `NOTIFY_WEBHOOK_CA`) are [`chat_runtime::webhook`]'s, shared with the
+//! integration events of chat-history.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,16 +25,12 @@ use std::time::Duration;
 use chat_bus::api::{self, PresenceReply, PresenceRequest};
 use chat_bus::{now_ms, subjects};
 use chat_proto::{Status, UserId};
+use chat_runtime::webhook::{self, Target, backoff, post_once};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use sqlx::PgPool;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -42,79 +40,9 @@ use crate::store::{self, Claimed};
 /// Deliveries in flight at once.
 const CONCURRENCY: usize = 64;
 
-/// An `https://` or `http://host[:port][/path]` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// `https://`: the POST goes over TLS.
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// `host` or `host:port` as the `Host` header carries it.
-    pub authority: String,
-    pub path: String,
-}
-
-impl Target {
-    pub fn parse(url: &str) -> Option<Target> {
-        let (tls, rest) = match url.strip_prefix("https://") {
-            Some(rest) => (true, rest),
-            None => (false, url.strip_prefix("http://")?),
-        };
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_owned()),
-            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-            None => (rest, "/".to_owned()),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            return None;
-        }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
-            _ => (authority, if tls { 443 } else { 80 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || path.contains([' ', '\r', '\n']) {
-            return None;
-        }
-        Some(Target {
-            tls,
-            host: host.to_owned(),
-            port,
-            authority: authority.to_owned(),
-            path,
-        })
-    }
-}
-
-/// The TLS client configuration of `https://` webhooks: Mozilla's roots and the certificates of
-/// `ca` (a PEM file), ring provider only.
-pub fn tls_config(ca: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = ca {
-        let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("unreadable: {e}"))?;
-        let mut n = 0;
-        for cert in certs {
-            let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("not a CA certificate: {e}"))?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err("holds no certificate".into());
-        }
-    }
-    let config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// Hex HMAC-SHA256 of `"<timestamp>.<body>"`.
+/// The deprecated signature (`X-Chat-Signature`, kept for one version beside the Standard
+/// Webhooks headers): lowercase hex HMAC-SHA256, keyed with the secret's bytes as configured, of
+/// `"<timestamp ms>.<body>"`.
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(timestamp.to_string().as_bytes());
@@ -123,114 +51,20 @@ pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// Why one attempt failed.
-#[derive(Debug, thiserror::Error)]
-pub enum AttemptError {
-    #[error("connection: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("https:// webhook without a TLS configuration")]
-    NoTls,
-    #[error("no answer within the timeout")]
-    Timeout,
-    #[error("unreadable answer")]
-    BadResponse,
-    #[error("status {0}")]
-    Status(u16),
+/// The key of the Standard Webhooks signature: the decoded key of a `whsec_<base64>` secret, or
+/// the secret's bytes as configured for any other (older) secret.
+pub fn standard_key(secret: &str) -> Vec<u8> {
+    webhook::whsec_key(secret).unwrap_or_else(|_| secret.as_bytes().to_vec())
 }
 
-impl AttemptError {
-    /// Is another attempt worth it? A 4xx other than 408 and 429 will not change.
-    fn retryable(&self) -> bool {
-        match self {
-            AttemptError::Status(s) => *s >= 500 || *s == 408 || *s == 429,
-            _ => true,
-        }
-    }
-}
-
-/// One signed POST; Ok when the gateway answered 2xx. `tls` is required for an `https://`
-/// target (the certificate must verify for the URL's host).
-pub async fn post_once(
-    target: &Target,
-    tls: Option<&TlsConnector>,
-    secret: &[u8],
-    body: &[u8],
-    timeout: Duration,
-) -> Result<(), AttemptError> {
-    let attempt = async {
-        let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
-        if !target.tls {
-            return exchange(tcp, target, secret, body).await;
-        }
-        let tls = tls.ok_or(AttemptError::NoTls)?;
-        let name = ServerName::try_from(target.host.clone())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let stream = tls.connect(name, tcp).await?;
-        exchange(stream, target, secret, body).await
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(AttemptError::Timeout),
-    }
-}
-
-/// The request and the status line of its answer, over a connected stream.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    target: &Target,
-    secret: &[u8],
-    body: &[u8],
-) -> Result<(), AttemptError> {
-    let ts = now_ms();
-    let signature = sign(secret, ts, body);
-    {
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: chat-notify\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Chat-Timestamp: {ts}\r\nX-Chat-Signature: {signature}\r\nConnection: close\r\n\r\n",
-            target.path,
-            target.authority,
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
-        stream.flush().await?;
-        let mut buf = Vec::with_capacity(256);
-        let mut chunk = [0u8; 512];
-        while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 8192 {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let status = parse_status(&buf).ok_or(AttemptError::BadResponse)?;
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(AttemptError::Status(status))
-        }
-    }
-}
-
-/// The status code of an HTTP/1.x status line.
-fn parse_status(buf: &[u8]) -> Option<u16> {
-    let line = buf.split(|&b| b == b'\r').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split(' ');
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
-    }
-    parts.next()?.parse().ok()
-}
-
-/// The backoff before attempt `n + 1` (n ≥ 1): doubling from `min`, capped at `max`, with
-/// "equal jitter" (half fixed, half random) so that gateways coming back are not stampeded.
-pub fn backoff(n: u32, min: Duration, max: Duration) -> Duration {
-    let exp = min
-        .saturating_mul(1u32 << n.saturating_sub(1).min(20))
-        .min(max);
-    let half = exp / 2;
-    let jitter_ms = rand::random_range(0..=half.as_millis().max(1) as u64);
-    half + Duration::from_millis(jitter_ms)
+/// Every header of one attempt: the Standard Webhooks three (`webhook-id` is the notification
+/// id) and the deprecated `X-Chat-Timestamp` (ms) / `X-Chat-Signature`.
+pub fn headers(secret: &str, id: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+    let ms = now_ms();
+    let mut h = webhook::standard_headers(&standard_key(secret), id, ms.div_euclid(1000), body);
+    h.push(("X-Chat-Timestamp", ms.to_string()));
+    h.push(("X-Chat-Signature", sign(secret.as_bytes(), ms, body)));
+    h
 }
 
 /// The handle the consumer uses: after a commit that queued deliveries, it wakes the
@@ -269,8 +103,8 @@ async fn dispatch(
     let Some(target) = Target::parse(&config.url) else {
         return;
     };
-    let tls = match tls_config(config.ca.as_deref()) {
-        Ok(c) => TlsConnector::from(c),
+    let tls = match webhook::connector(config.ca.as_deref()) {
+        Ok(c) => c,
         Err(e) => {
             // Checked when the configuration was read; only a file changed since gets here.
             tracing::error!(error = %e, "NOTIFY_WEBHOOK_CA unusable: webhooks stopped");
@@ -383,10 +217,12 @@ async fn attempt(
     pool: &PgPool,
     c: Claimed,
 ) {
+    let headers = headers(&config.secret, &c.id, c.body.as_bytes());
     let outcome = post_once(
         target,
         Some(tls),
-        config.secret.as_bytes(),
+        "chat-notify",
+        &headers,
         c.body.as_bytes(),
         config.timeout,
     )
@@ -421,31 +257,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls() {
-        let t = Target::parse("http://gw.local:8080/push/x?y=1").unwrap();
-        assert_eq!(
-            (
-                t.host.as_str(),
-                t.port,
-                t.authority.as_str(),
-                t.path.as_str()
-            ),
-            ("gw.local", 8080, "gw.local:8080", "/push/x?y=1")
-        );
-        let t = Target::parse("http://gw").unwrap();
-        assert_eq!((t.port, t.path.as_str()), (80, "/"));
-        let t = Target::parse("http://[::1]:9000/h").unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("::1", 9000));
-        let t = Target::parse("https://gw.example/x").unwrap();
-        assert_eq!((t.tls, t.port, t.path.as_str()), (true, 443, "/x"));
-        assert!(!Target::parse("http://gw/x").unwrap().tls);
-        assert!(Target::parse("ftp://gw/x").is_none());
-        assert!(Target::parse("http://").is_none());
-        assert!(Target::parse("http://u:p@gw/").is_none());
-        assert!(Target::parse("http://gw:notaport/").is_none());
-    }
-
-    #[test]
     fn signature_matches_a_known_vector() {
         // python3: hmac.new(b"secret", b'1700000000000.{"a":1}', hashlib.sha256).hexdigest()
         let sig = sign(b"secret", 1_700_000_000_000, br#"{"a":1}"#);
@@ -458,25 +269,24 @@ mod tests {
     }
 
     #[test]
-    fn status_lines() {
-        assert_eq!(parse_status(b"HTTP/1.1 204 No Content\r\n"), Some(204));
-        assert_eq!(parse_status(b"HTTP/1.0 500\r\n"), Some(500));
-        assert_eq!(parse_status(b"SSH-2.0\r\n"), None);
-        assert!(AttemptError::Status(503).retryable());
-        assert!(AttemptError::Status(429).retryable());
-        assert!(!AttemptError::Status(400).retryable());
-    }
-
-    #[test]
-    fn backoff_doubles_within_bounds() {
-        let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
-        for n in 1..30 {
-            let d = backoff(n, min, max);
-            let exp = (min * 2u32.pow((n - 1).min(20))).min(max);
-            assert!(
-                d >= exp / 2 && d <= exp + Duration::from_millis(1),
-                "{n}: {d:?}"
-            );
-        }
+    fn both_header_sets_sign_the_same_body() {
+        let body = br#"{"id":"n1"}"#;
+        let h = headers("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "n1", body);
+        let get = |n: &str| h.iter().find(|(k, _)| *k == n).unwrap().1.clone();
+        let secs: i64 = get("webhook-timestamp").parse().unwrap();
+        let ms: i64 = get("X-Chat-Timestamp").parse().unwrap();
+        assert_eq!(secs, ms / 1000);
+        assert_eq!(get("webhook-id"), "n1");
+        let key = webhook::whsec_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert_eq!(
+            get("webhook-signature"),
+            webhook::sign_v1(&key, "n1", secs, body)
+        );
+        assert_eq!(
+            get("X-Chat-Signature"),
+            sign(b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", ms, body)
+        );
+        // A secret that is not whsec_ keys the Standard signature with its bytes.
+        assert_eq!(standard_key("plain"), b"plain");
     }
 }

@@ -251,6 +251,13 @@ upgrades keep it), else a random one. Argument: (dict "root" $ "secret" NAME "ke
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if and (eq .component "history") $v.integrationWebhooks.secret.name }}
+- name: CHAT_INTEGRATION_WEBHOOKS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.integrationWebhooks.secret.name }}
+      key: {{ $v.integrationWebhooks.secret.key }}
+{{- end }}
 {{- with $c.extraEnv }}
 {{ toYaml . }}
 {{- end }}
