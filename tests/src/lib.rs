@@ -706,6 +706,32 @@ pub async fn put_api_key(client: &async_nats::Client, record: &chat_bus::apikey:
         .expect("put key");
 }
 
+/// Waits until chat-api at each of `addrs` knows `key` (its bucket watch has seen the entry
+/// [`put_api_key`] wrote): asked for a room that does not exist, it answers anything but 401.
+pub async fn wait_key_known(addrs: &[std::net::SocketAddr], key: &str) {
+    for addr in addrs {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let answer = http(
+                *addr,
+                "GET",
+                "/api/v1/rooms/no-such-room-probe",
+                Some(key),
+                None,
+            )
+            .await;
+            if answer.status != 401 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chat-api at {addr} never learned the key: {answer:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Revokes an API key (deletes its entry), as `chatctl api-key revoke` does.
 pub async fn revoke_api_key(client: &async_nats::Client, id: &str) {
     let js = async_nats::jetstream::new(client.clone());

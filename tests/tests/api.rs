@@ -77,6 +77,8 @@ async fn messages_as_a_bot_and_every_refusal() {
     put_api_key(&nats, &rec).await;
     let (reader, reader_rec) = generate("reader", vec![Scope::RoomsRead], bots(&["bot-a"]), 1);
     put_api_key(&nats, &reader_rec).await;
+    chat_tests::wait_key_known(&[api], &key).await;
+    chat_tests::wait_key_known(&[api], &reader).await;
     let k = Some(key.as_str());
 
     // A room with the bot and alice; alice's session learns of it.
@@ -309,6 +311,7 @@ async fn messages_as_a_bot_and_every_refusal() {
     );
     let (burst, burst_rec) = generate("burst", vec![Scope::RoomsRead], vec![], 1);
     put_api_key(&nats, &burst_rec).await;
+    chat_tests::wait_key_known(&[api, api2], &burst).await;
     let burst = Some(burst.as_str());
     let limited = poll("the rate limit", Duration::from_secs(10), || async move {
         let a = http(api2, "GET", "/api/v1/rooms/ops", burst, None).await;
@@ -354,6 +357,8 @@ async fn rooms_members_reads_revocation_and_disconnect() {
     let k = Some(key.as_str());
     let (noscope, noscope_rec) = generate("none", vec![Scope::MessagesWrite], bots(&["bot-a"]), 1);
     put_api_key(&nats, &noscope_rec).await;
+    chat_tests::wait_key_known(&[api], &key).await;
+    chat_tests::wait_key_known(&[api], &noscope).await;
     let ns = Some(noscope.as_str());
 
     let (mut alice, _) = stack.login(0, "alice").await;

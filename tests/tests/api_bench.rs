@@ -56,6 +56,7 @@ async fn http_api_publishes_against_nats_direct() {
         1,
     );
     put_api_key(&nats, &rec).await;
+    chat_tests::wait_key_known(&[api], &key).await;
     let created = http_json(
         api,
         "POST",
