@@ -17,9 +17,6 @@ use serde::Serialize;
 use crate::args::Args;
 use crate::{Ctx, UsageError, push_json, push_table, rfc3339_ms};
 
-/// Revisions kept per key.
-pub const HISTORY: i64 = 5;
-
 /// A checked `create`.
 #[derive(Debug)]
 pub struct CreatePlan {
@@ -103,14 +100,7 @@ async fn ensure_bucket(ctx: &Ctx) -> anyhow::Result<Store> {
     }
     let replicas = ctx.env.stream_settings()?.replicas;
     ctx.js
-        .create_key_value(kv::Config {
-            bucket: subjects::API_KEYS_BUCKET.to_owned(),
-            description: "Server API keys (chatctl api-key): id -> ApiKeyRecord".into(),
-            history: HISTORY,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
+        .create_key_value(apikey::bucket_config(replicas))
         .await
         .map_err(|e| anyhow::anyhow!("cannot create bucket {}: {e}", subjects::API_KEYS_BUCKET))
 }

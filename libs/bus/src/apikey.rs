@@ -102,6 +102,22 @@ impl ApiKeyRecord {
     }
 }
 
+/// Revisions kept per key in the bucket (an audit trail of changes).
+pub const BUCKET_HISTORY: i64 = 5;
+
+/// The key bucket's one configuration: chat-api and `chatctl` both create it when missing, and
+/// two different configurations would make the second creator fail.
+pub fn bucket_config(replicas: usize) -> async_nats::jetstream::kv::Config {
+    async_nats::jetstream::kv::Config {
+        bucket: crate::subjects::API_KEYS_BUCKET.to_owned(),
+        description: "Server API keys (chatctl api-key): id -> ApiKeyRecord".to_owned(),
+        history: BUCKET_HISTORY,
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
 /// A presented key, split into its id and its secret; `None` for anything else.
 pub fn parse_key(key: &str) -> Option<(&str, &str)> {
     let (id, secret) = key.strip_prefix(KEY_PREFIX)?.split_once('_')?;

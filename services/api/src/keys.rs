@@ -132,14 +132,7 @@ pub async fn ensure_bucket(
         return Ok(store);
     }
     Ok(js
-        .create_key_value(kv::Config {
-            bucket: subjects::API_KEYS_BUCKET.to_owned(),
-            description: "chat-api keys (chatctl api-key)".to_owned(),
-            history: 1,
-            num_replicas: replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
+        .create_key_value(chat_bus::apikey::bucket_config(replicas))
         .await?)
 }
 
