@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use chat_bus::api::{RoomInfo, RoomsRequest};
+use chat_bus::api::{RoomInfo, rooms};
 use chat_bus::subjects;
 use chat_proto::{RoomId, UserId};
 use chat_testkit::WsClient;
@@ -361,7 +361,7 @@ async fn assert_rooms_untouched(stack: &Stack, targets: &[Target], intruders: &[
         let info: RoomInfo = nats_request(
             &nats,
             subjects::ROOMS,
-            &RoomsRequest::Members {
+            &rooms::Members {
                 room: RoomId::new(t.room.as_str()).unwrap(),
             },
         )
@@ -713,7 +713,7 @@ async fn a_revoked_membership_stops_delivery_to_every_session_within_a_second() 
             let _: chat_bus::api::Done = nats_request(
                 &nats,
                 subjects::ROOMS,
-                &RoomsRequest::Leave {
+                &rooms::Leave {
                     user: UserId::new("bob").unwrap(),
                     room: RoomId::new("vault").unwrap(),
                 },

@@ -657,7 +657,7 @@ async fn history_refuses_a_create_of_more_than_1000_members() {
     let members: Vec<chat_proto::UserId> = (0..1001)
         .map(|i| chat_proto::UserId::new(format!("m{i}")).unwrap())
         .collect();
-    let req = |room: &str, members: Vec<chat_proto::UserId>| chat_bus::api::RoomsRequest::Create {
+    let req = |room: &str, members: Vec<chat_proto::UserId>| chat_bus::api::rooms::Create {
         user: chat_proto::UserId::new("maker").unwrap(),
         room: chat_proto::RoomId::new(room).unwrap(),
         private: true,

@@ -1,7 +1,7 @@
 //! `chatctl disconnect` and `chatctl room`.
 
-use chat_bus::api::{self, Disconnect, RoomInfo, RoomsRequest};
-use chat_bus::{stream, subjects};
+use chat_bus::api::{Disconnect, RoomInfo, rooms};
+use chat_bus::{rpc, stream, subjects};
 use chat_proto::{ErrorCode, RoomId, UserId};
 use serde::Serialize;
 
@@ -90,10 +90,9 @@ pub struct RoomReport {
 }
 
 pub async fn room(ctx: &Ctx, room: RoomId, out: &mut String) -> anyhow::Result<()> {
-    let info: RoomInfo = match api::request(
+    let info: RoomInfo = match rpc::call(
         &ctx.nats,
-        subjects::ROOMS,
-        &RoomsRequest::Members { room: room.clone() },
+        &rooms::Members { room: room.clone() },
         ctx.timeout,
     )
     .await

@@ -238,68 +238,114 @@ pub struct PresenceReply {
     pub users: Vec<PresenceEntry>,
 }
 
-/// Internal rooms and membership requests, served by chat-history on [`crate::subjects::ROOMS`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Internal rooms and membership requests, served by chat-history on [`crate::subjects::ROOMS`]
+/// ([`crate::rpc::Rooms`]): every operation of [`rooms`], told apart by its `op`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum RoomsRequest {
+    Join(rooms::Join),
+    Leave(rooms::Leave),
+    Create(rooms::Create),
+    Invite(rooms::Invite),
+    OpenDm(rooms::OpenDm),
+    UserRooms(rooms::UserRoomsOf),
+    Members(rooms::Members),
+    CreateRoom(rooms::CreateRoom),
+    AddMember(rooms::AddMember),
+    RemoveMember(rooms::RemoveMember),
+}
+
+/// The operations of chat-history's rooms endpoint, each sent as `{"op": …, fields}` and
+/// answered with the reply its [`crate::rpc::Request`] names.
+pub mod rooms {
+    use chat_proto::{RoomId, UserId};
+    use serde::{Deserialize, Serialize};
+
     /// Become a member: creates an unknown public room; refuses private rooms and DMs.
-    Join {
-        user: UserId,
-        room: RoomId,
-    },
-    Leave {
-        user: UserId,
-        room: RoomId,
-    },
-    Create {
-        user: UserId,
-        room: RoomId,
-        private: bool,
-        members: Vec<UserId>,
-    },
-    Invite {
-        user: UserId,
-        room: RoomId,
-        target: UserId,
-    },
-    OpenDm {
-        user: UserId,
-        other: UserId,
-    },
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "op", rename = "join")]
+    pub struct Join {
+        pub user: UserId,
+        pub room: RoomId,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "op", rename = "leave")]
+    pub struct Leave {
+        pub user: UserId,
+        pub room: RoomId,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "op", rename = "create")]
+    pub struct Create {
+        pub user: UserId,
+        pub room: RoomId,
+        pub private: bool,
+        pub members: Vec<UserId>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "op", rename = "invite")]
+    pub struct Invite {
+        pub user: UserId,
+        pub room: RoomId,
+        pub target: UserId,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "op", rename = "open_dm")]
+    pub struct OpenDm {
+        pub user: UserId,
+        pub other: UserId,
+    }
+
     /// The rooms a user is a member of.
-    UserRooms {
-        user: UserId,
-    },
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "op", rename = "user_rooms")]
+    pub struct UserRoomsOf {
+        pub user: UserId,
+    }
+
     /// A room's kind and members.
-    Members {
-        room: RoomId,
-    },
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "op", rename = "members")]
+    pub struct Members {
+        pub room: RoomId,
+    }
+
     /// *(issue 16, trusted: chat-api)* Creates a room whose creator need not be a member;
     /// `conflict` if it exists. Each member is announced like an invitee (by `by`), or as having
     /// joined themselves when `by` is absent.
-    CreateRoom {
-        room: RoomId,
-        private: bool,
-        members: Vec<UserId>,
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "op", rename = "create_room")]
+    pub struct CreateRoom {
+        pub room: RoomId,
+        pub private: bool,
+        pub members: Vec<UserId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        by: Option<UserId>,
-    },
+        pub by: Option<UserId>,
+    }
+
     /// *(issue 16, trusted)* Adds a member without an inviter's check (the user's room quota
-    /// still applies); `not_found` for an unknown room, `forbidden` for a DM. The reply is a
-    /// [`RoomInfo`].
-    AddMember {
-        room: RoomId,
-        user: UserId,
+    /// still applies); `not_found` for an unknown room, `forbidden` for a DM.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "op", rename = "add_member")]
+    pub struct AddMember {
+        pub room: RoomId,
+        pub user: UserId,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        by: Option<UserId>,
-    },
+        pub by: Option<UserId>,
+    }
+
     /// *(issue 16, trusted)* Removes a member, announced as their `leave` is (every edge stops
-    /// delivering the room to their sessions); `not_found` for an unknown room. The reply is a
-    /// [`RoomInfo`].
-    RemoveMember {
-        room: RoomId,
-        user: UserId,
-    },
+    /// delivering the room to their sessions); `not_found` for an unknown room.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "op", rename = "remove_member")]
+    pub struct RemoveMember {
+        pub room: RoomId,
+        pub user: UserId,
+    }
 }
 
 /// A room and (for private rooms and DMs) its members.
@@ -317,7 +363,7 @@ pub struct Membership {
     pub kind: RoomKind,
 }
 
-/// Reply to [`RoomsRequest::UserRooms`].
+/// Reply to [`rooms::UserRoomsOf`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRooms {
     pub rooms: Vec<Membership>,

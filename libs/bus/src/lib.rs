@@ -6,6 +6,8 @@
 //! - [`lookup`]: what an event's target, reply_to or thread refers to (event validity);
 //! - [`stream`]: the `CHAT` stream's configuration and its epoch;
 //! - [`api`]: request/reply payloads, public (`chat.api.*`) and internal;
+//! - [`rpc`]: each request/reply endpoint as a type (subject, queue, request, reply) and the one
+//!   `call`;
 //! - [`apikey`]: server API keys, their scopes and how they are checked;
 //! - [`post`]: the checks and the publish of a room event, shared by chat-edge and chat-api;
 //! - [`trace`]: W3C trace context carried in NATS headers.
@@ -15,6 +17,7 @@ pub mod apikey;
 pub mod event;
 pub mod lookup;
 pub mod post;
+pub mod rpc;
 pub mod stream;
 pub mod subjects;
 pub mod trace;

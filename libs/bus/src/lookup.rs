@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use async_nats::jetstream::stream::{self, DirectGetErrorKind};
 use chat_proto::RoomId;
 
-use crate::api::{ApiError, MessageInfo, MessageInfoRequest};
+use crate::api::{ApiError, MessageInfoRequest};
 use crate::event::{self, Candidate, Event, Invalid, Target};
 use crate::subjects;
 
@@ -63,14 +63,7 @@ impl TargetLookup {
                     seq,
                     adding: None,
                 };
-                match crate::api::request::<_, MessageInfo>(
-                    &nats,
-                    subjects::HISTORY_MESSAGE,
-                    &req,
-                    timeout,
-                )
-                .await
-                {
+                match crate::rpc::call(&nats, &req, timeout).await {
                     Ok(info) => Ok(Some(Target {
                         is_message: true,
                         from: info.from,

@@ -317,9 +317,8 @@ async fn message_info(
     if seq == 0 {
         return Err(not_found());
     }
-    crate::api::request(
+    crate::rpc::call(
         r.nats,
-        subjects::HISTORY_MESSAGE,
         &MessageInfoRequest {
             room: room.clone(),
             seq,

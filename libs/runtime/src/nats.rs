@@ -282,6 +282,47 @@ where
     Ok(())
 }
 
+/// Serving an endpoint of [`chat_bus::rpc`]: `rpc::History::serve(nats, limits, shutdown,
+/// |req| …)`. Like [`serve_requests`], with each request decoded as the endpoint's request type
+/// (a malformed one is answered `bad_request` without reaching `handle`) and the handler's
+/// result encoded as the reply, a value or `{"error":{…}}`.
+pub trait Serve: chat_bus::rpc::Endpoint + Sized {
+    fn serve<F, Fut>(
+        client: async_nats::Client,
+        limits: ServeLimits,
+        shutdown: tokio_util::sync::CancellationToken,
+        handle: F,
+    ) -> impl std::future::Future<Output = Result<(), async_nats::Error>> + Send
+    where
+        F: Fn(Self::Request) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Self::Reply, chat_bus::api::ApiError>>
+            + Send
+            + 'static,
+    {
+        use chat_bus::api::{decode_request, encode_reply};
+        let handle = std::sync::Arc::new(handle);
+        serve_requests(
+            client,
+            Self::SUBJECT,
+            Self::QUEUE,
+            limits,
+            shutdown,
+            move |msg| {
+                let handle = handle.clone();
+                async move {
+                    let reply = match decode_request::<Self::Request>(&msg.payload) {
+                        Ok(req) => handle(req).await,
+                        Err(e) => Err(e),
+                    };
+                    encode_reply(&reply)
+                }
+            },
+        )
+    }
+}
+
+impl<E: chat_bus::rpc::Endpoint> Serve for E {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

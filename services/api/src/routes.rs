@@ -15,11 +15,12 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use chat_bus::api::{
-    self, ApiError, Disconnect, HistoryPage, HistoryRequest, NotifyState, NotifyStateRequest,
-    PresenceReply, PresenceRequest, RoomInfo, RoomsRequest, SearchReply, SearchRequest, UserRooms,
+    ApiError, Disconnect, HistoryPage, HistoryRequest, NotifyState, NotifyStateRequest,
+    PresenceReply, PresenceRequest, RoomInfo, SearchReply, SearchRequest, UserRooms, rooms,
 };
 use chat_bus::apikey::{ApiKeyRecord, Scope};
 use chat_bus::post::{self, MAX_CREATE_MEMBERS};
+use chat_bus::rpc;
 use chat_bus::subjects;
 use chat_proto::{ClientFrame, ErrorCode, RoomId, UserId};
 use serde::de::DeserializeOwned;
@@ -357,21 +358,13 @@ fn as_bot(key: &ApiKeyRecord, from: &UserId) -> Result<(), HttpError> {
 }
 
 impl Api {
-    async fn request<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        subject: &'static str,
-        req: &Req,
-    ) -> Result<Resp, HttpError> {
-        Ok(api::request(&self.nats, subject, req, self.config.request_timeout).await?)
+    async fn request<R: rpc::Request>(&self, req: &R) -> Result<R::Reply, HttpError> {
+        Ok(rpc::call(&self.nats, req, self.config.request_timeout).await?)
     }
 
     /// A room's kind and members (`404 not_found` for an unknown room).
     async fn room(&self, room: &RoomId) -> Result<RoomInfo, HttpError> {
-        self.request(
-            subjects::ROOMS,
-            &RoomsRequest::Members { room: room.clone() },
-        )
-        .await
+        self.request(&rooms::Members { room: room.clone() }).await
     }
 
     /// Whether `bot` is a member of `room`, from a cache of each bot's rooms kept
@@ -389,10 +382,7 @@ impl Api {
             Some(m) => m,
             None => {
                 let rooms: UserRooms = self
-                    .request(
-                        subjects::ROOMS,
-                        &RoomsRequest::UserRooms { user: bot.clone() },
-                    )
+                    .request(&rooms::UserRoomsOf { user: bot.clone() })
                     .await?;
                 let set: BTreeSet<RoomId> = rooms.rooms.into_iter().map(|m| m.room).collect();
                 let member = set.contains(room);
@@ -601,15 +591,12 @@ async fn create_room(
                 .into());
             }
             let info: RoomInfo = api
-                .request(
-                    subjects::ROOMS,
-                    &RoomsRequest::CreateRoom {
-                        room: c.room,
-                        private: c.private,
-                        members: c.members,
-                        by: c.by,
-                    },
-                )
+                .request(&rooms::CreateRoom {
+                    room: c.room,
+                    private: c.private,
+                    members: c.members,
+                    by: c.by,
+                })
                 .await?;
             for m in &info.members {
                 api.forget_rooms(m);
@@ -655,14 +642,11 @@ async fn add_member(
         |api, _| async move {
             let (room, user) = (room_id(&room)?, user_id(&user)?);
             let info: RoomInfo = api
-                .request(
-                    subjects::ROOMS,
-                    &RoomsRequest::AddMember {
-                        room,
-                        user: user.clone(),
-                        by: None,
-                    },
-                )
+                .request(&rooms::AddMember {
+                    room,
+                    user: user.clone(),
+                    by: None,
+                })
                 .await?;
             api.forget_rooms(&user);
             Ok((StatusCode::OK, info))
@@ -686,13 +670,10 @@ async fn remove_member(
         |api, _| async move {
             let (room, user) = (room_id(&room)?, user_id(&user)?);
             let info: RoomInfo = api
-                .request(
-                    subjects::ROOMS,
-                    &RoomsRequest::RemoveMember {
-                        room,
-                        user: user.clone(),
-                    },
-                )
+                .request(&rooms::RemoveMember {
+                    room,
+                    user: user.clone(),
+                })
                 .await?;
             api.forget_rooms(&user);
             Ok((StatusCode::OK, info))
@@ -725,18 +706,15 @@ async fn history(
                 api.room(&room).await?;
             }
             let page: HistoryPage = api
-                .request(
-                    subjects::API_HISTORY,
-                    &HistoryRequest {
-                        room,
-                        before: q.before,
-                        after: q.after,
-                        limit: q.limit,
-                        thread: q.thread,
-                        user: q.user,
-                        replay: q.replay.unwrap_or(false),
-                    },
-                )
+                .request(&HistoryRequest {
+                    room,
+                    before: q.before,
+                    after: q.after,
+                    limit: q.limit,
+                    thread: q.thread,
+                    user: q.user,
+                    replay: q.replay.unwrap_or(false),
+                })
                 .await?;
             Ok((StatusCode::OK, page))
         },
@@ -755,16 +733,13 @@ async fn search(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Respons
             let q: SearchQuery = query(&uri)?;
             post::check_query(&q.query)?;
             let reply: SearchReply = api
-                .request(
-                    subjects::API_SEARCH,
-                    &SearchRequest {
-                        query: q.query,
-                        user: q.user,
-                        room: q.room,
-                        limit: q.limit,
-                        before: q.before,
-                    },
-                )
+                .request(&SearchRequest {
+                    query: q.query,
+                    user: q.user,
+                    room: q.room,
+                    limit: q.limit,
+                    before: q.before,
+                })
                 .await?;
             Ok((StatusCode::OK, reply))
         },
@@ -786,9 +761,7 @@ async fn room_presence(
         target,
         |api, _| async move {
             let room = room_id(&room)?;
-            let reply: PresenceReply = api
-                .request(subjects::API_PRESENCE, &PresenceRequest::Room { room })
-                .await?;
+            let reply: PresenceReply = api.request(&PresenceRequest::Room { room }).await?;
             Ok((StatusCode::OK, reply))
         },
     )
@@ -808,9 +781,7 @@ async fn users_presence(State(api): State<Api>, headers: HeaderMap, uri: Uri) ->
             if users.is_empty() {
                 return Err(bad("users must name at least one user"));
             }
-            let reply: PresenceReply = api
-                .request(subjects::API_PRESENCE, &PresenceRequest::Users { users })
-                .await?;
+            let reply: PresenceReply = api.request(&PresenceRequest::Users { users }).await?;
             Ok((StatusCode::OK, reply))
         },
     )
@@ -881,23 +852,17 @@ async fn unread(
                 Some(list_) => list(list_, MAX_UNREAD_ROOMS, "rooms", room_id)?,
                 None => {
                     let rooms: UserRooms = api
-                        .request(
-                            subjects::ROOMS,
-                            &RoomsRequest::UserRooms { user: user.clone() },
-                        )
+                        .request(&rooms::UserRoomsOf { user: user.clone() })
                         .await?;
                     rooms.rooms.into_iter().map(|m| m.room).collect()
                 }
             };
             let state: NotifyState = api
-                .request(
-                    subjects::NOTIFY_STATE,
-                    &NotifyStateRequest {
-                        user,
-                        rooms,
-                        last_seqs: Vec::new(),
-                    },
-                )
+                .request(&NotifyStateRequest {
+                    user,
+                    rooms,
+                    last_seqs: Vec::new(),
+                })
                 .await?;
             Ok((StatusCode::OK, state))
         },

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message};
 use chat_bus::api::{
     self, ApiError, HistoryPage, HistoryRequest, MembershipChange, NotifyState, NotifyStateRequest,
-    PresenceReply, PresenceRequest, ReadRequest, RoomInfo, RoomsRequest, SessionEvent,
-    StatusChange, TypingEvent, UnreadUpdate, UserRooms,
+    PresenceReply, PresenceRequest, ReadRequest, RoomInfo, SessionEvent, StatusChange, TypingEvent,
+    UnreadUpdate, UserRooms, rooms,
 };
 use chat_bus::event::RoomEvent;
 use chat_bus::{now_ms, subjects, trace};
@@ -694,7 +694,7 @@ where
         let memberships: UserRooms = self
             .request(
                 subjects::ROOMS,
-                &RoomsRequest::UserRooms {
+                &rooms::UserRoomsOf {
                     user: self.user().clone(),
                 },
             )
@@ -821,7 +821,7 @@ where
     /// `CHAT_MEMBERSHIP_RECONCILE`, on the heartbeat's ticks: nothing per message.
     fn start_reconcile(&mut self) {
         let (nats, timeout) = (self.edge.nats.clone(), self.edge.config.request_timeout);
-        let req = RoomsRequest::UserRooms {
+        let req = rooms::UserRoomsOf {
             user: self.user().clone(),
         };
         let fut = async move { api::request(&nats, subjects::ROOMS, &req, timeout).await };
@@ -918,7 +918,7 @@ where
             } else {
                 self.request::<_, RoomInfo>(
                     subjects::ROOMS,
-                    &RoomsRequest::Members {
+                    &rooms::Members {
                         room: change.room.clone(),
                     },
                 )
@@ -1043,7 +1043,7 @@ where
                 let _: api::Done = self
                     .request(
                         subjects::ROOMS,
-                        &RoomsRequest::Leave {
+                        &rooms::Leave {
                             user: self.user().clone(),
                             room: room.clone(),
                         },
@@ -1061,7 +1061,7 @@ where
                 let info: RoomInfo = self
                     .request(
                         subjects::ROOMS,
-                        &RoomsRequest::Create {
+                        &rooms::Create {
                             user: self.user().clone(),
                             room,
                             private,
@@ -1090,7 +1090,7 @@ where
                 let _: api::Done = self
                     .request(
                         subjects::ROOMS,
-                        &RoomsRequest::Invite {
+                        &rooms::Invite {
                             user: self.user().clone(),
                             room: room.clone(),
                             target: user,
@@ -1104,7 +1104,7 @@ where
                 let info: RoomInfo = self
                     .request(
                         subjects::ROOMS,
-                        &RoomsRequest::OpenDm {
+                        &rooms::OpenDm {
                             user: self.user().clone(),
                             other: user,
                         },
@@ -1328,7 +1328,7 @@ where
         let info: RoomInfo = self
             .request(
                 subjects::ROOMS,
-                &RoomsRequest::Join {
+                &rooms::Join {
                     user: self.user().clone(),
                     room: room.clone(),
                 },

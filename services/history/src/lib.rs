@@ -18,11 +18,9 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use chat_bus::api::{
-    HistoryRequest, MessageInfoRequest, RoomsRequest, SearchRequest, decode_request, encode_reply,
-};
-use chat_bus::{stream, subjects};
-use chat_runtime::{admin, db, nats::serve_requests, retry};
+use chat_bus::{rpc, stream, subjects};
+use chat_runtime::nats::{Serve as _, serve_requests};
+use chat_runtime::{admin, db, retry};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -146,21 +144,13 @@ impl App {
                 epoch_id: self.epoch_id,
                 enabled: integration_enabled.clone(),
             });
-        let rooms_server = serve_requests(
+        let rooms_server = rpc::Rooms::serve(
             self.nats.clone(),
-            subjects::ROOMS,
-            subjects::HISTORY_QUEUE,
             self.config.nats.serve,
             shutdown.clone(),
-            move |msg| {
+            move |req| {
                 let rooms = rooms.clone();
-                async move {
-                    let reply = match decode_request::<RoomsRequest>(&msg.payload) {
-                        Ok(req) => rooms.handle(req).await,
-                        Err(e) => Err(e),
-                    };
-                    encode_reply(&reply)
-                }
+                async move { rooms.handle(req).await }
             },
         );
 
@@ -174,62 +164,44 @@ impl App {
         );
         let floor = tokio::spawn(query.clone().track_floor(shutdown.clone()));
         let info_query = query.clone();
-        let message_server = serve_requests(
+        let message_server = rpc::MessageLookup::serve(
             self.nats.clone(),
-            subjects::HISTORY_MESSAGE,
-            subjects::HISTORY_QUEUE,
             self.config.nats.serve,
             shutdown.clone(),
-            move |msg| {
+            move |req| {
                 let query = info_query.clone();
-                async move {
-                    let reply = match decode_request::<MessageInfoRequest>(&msg.payload) {
-                        Ok(req) => query.message_info(req).await,
-                        Err(e) => Err(e),
-                    };
-                    encode_reply(&reply)
-                }
+                async move { query.message_info(req).await }
             },
         );
-        let history_server = serve_requests(
+        let history_server = rpc::History::serve(
             self.nats.clone(),
-            subjects::API_HISTORY,
-            subjects::HISTORY_QUEUE,
             self.config.nats.serve,
             shutdown.clone(),
-            move |msg| {
+            move |req| {
                 let query = query.clone();
                 async move {
                     let started = std::time::Instant::now();
-                    let reply = match decode_request::<HistoryRequest>(&msg.payload) {
-                        Ok(req) => query.page(req).await,
-                        Err(e) => Err(e),
-                    };
+                    let reply = query.page(req).await;
                     metrics::histogram!("chat_history_page_seconds")
                         .record(started.elapsed().as_secs_f64());
-                    encode_reply(&reply)
+                    reply
                 }
             },
         );
 
         let search = self.search.clone();
-        let search_server = serve_requests(
+        let search_server = rpc::Search::serve(
             self.nats.clone(),
-            subjects::API_SEARCH,
-            subjects::HISTORY_QUEUE,
             self.config.nats.serve,
             shutdown.clone(),
-            move |msg| {
+            move |req| {
                 let search = search.clone();
                 async move {
                     let started = std::time::Instant::now();
-                    let reply = match decode_request::<SearchRequest>(&msg.payload) {
-                        Ok(req) => search.search(req).await,
-                        Err(e) => Err(e),
-                    };
+                    let reply = search.search(req).await;
                     metrics::histogram!("chat_history_search_seconds")
                         .record(started.elapsed().as_secs_f64());
-                    encode_reply(&reply)
+                    reply
                 }
             },
         );

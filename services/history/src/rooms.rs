@@ -5,11 +5,11 @@
 use std::collections::BTreeSet;
 
 use chat_bus::api::{
-    ApiError, Done, Membership, MembershipChange, RoomInfo, RoomsRequest, UserRooms,
+    ApiError, Done, Membership, MembershipChange, RoomInfo, RoomsRequest, UserRooms, rooms,
 };
+use chat_bus::rpc::RoomsReply;
 use chat_bus::{now_ms, subjects};
 use chat_proto::{ErrorCode, RoomId, RoomKind, UserId};
-use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 
 /// Maps a database failure to what the caller may see: `unavailable` when PostgreSQL cannot be
@@ -43,15 +43,6 @@ pub struct Rooms {
     max_rooms: u64,
     /// Orders membership changes among room events for integration webhooks.
     integration: Option<crate::integration::OrderHint>,
-}
-
-/// A reply, JSON-encoded by the caller.
-#[derive(Serialize)]
-#[serde(untagged)]
-pub enum RoomsReply {
-    Room(RoomInfo),
-    Done(Done),
-    Rooms(UserRooms),
 }
 
 impl Rooms {
@@ -173,40 +164,46 @@ impl Rooms {
 
     pub async fn handle(&self, req: RoomsRequest) -> Result<RoomsReply, ApiError> {
         match req {
-            RoomsRequest::Join { user, room } => self.join(user, room).await.map(RoomsReply::Room),
-            RoomsRequest::Leave { user, room } => {
+            RoomsRequest::Join(rooms::Join { user, room }) => {
+                self.join(user, room).await.map(RoomsReply::Room)
+            }
+            RoomsRequest::Leave(rooms::Leave { user, room }) => {
                 self.leave(user, room).await.map(RoomsReply::Done)
             }
-            RoomsRequest::Create {
+            RoomsRequest::Create(rooms::Create {
                 user,
                 room,
                 private,
                 members,
-            } => self
+            }) => self
                 .create(user, room, private, members)
                 .await
                 .map(RoomsReply::Room),
-            RoomsRequest::Invite { user, room, target } => {
+            RoomsRequest::Invite(rooms::Invite { user, room, target }) => {
                 self.invite(user, room, target).await.map(RoomsReply::Done)
             }
-            RoomsRequest::OpenDm { user, other } => {
+            RoomsRequest::OpenDm(rooms::OpenDm { user, other }) => {
                 self.open_dm(user, other).await.map(RoomsReply::Room)
             }
-            RoomsRequest::UserRooms { user } => self.user_rooms(user).await.map(RoomsReply::Rooms),
-            RoomsRequest::Members { room } => self.members(room).await.map(RoomsReply::Room),
-            RoomsRequest::CreateRoom {
+            RoomsRequest::UserRooms(rooms::UserRoomsOf { user }) => {
+                self.user_rooms(user).await.map(RoomsReply::Rooms)
+            }
+            RoomsRequest::Members(rooms::Members { room }) => {
+                self.members(room).await.map(RoomsReply::Room)
+            }
+            RoomsRequest::CreateRoom(rooms::CreateRoom {
                 room,
                 private,
                 members,
                 by,
-            } => self
+            }) => self
                 .create_room(room, private, members, by)
                 .await
                 .map(RoomsReply::Room),
-            RoomsRequest::AddMember { room, user, by } => {
+            RoomsRequest::AddMember(rooms::AddMember { room, user, by }) => {
                 self.add_member(room, user, by).await.map(RoomsReply::Room)
             }
-            RoomsRequest::RemoveMember { room, user } => {
+            RoomsRequest::RemoveMember(rooms::RemoveMember { room, user }) => {
                 self.remove_member(room, user).await.map(RoomsReply::Room)
             }
         }

@@ -21,11 +21,9 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use chat_bus::api::{
-    MembershipChange, NotifyStateRequest, ReadRequest, decode_request, encode_reply,
-};
-use chat_bus::{stream, subjects};
-use chat_runtime::{admin, db, nats::serve_requests, retry};
+use chat_bus::api::MembershipChange;
+use chat_bus::{rpc, stream, subjects};
+use chat_runtime::{admin, db, nats::Serve as _, retry};
 use futures::StreamExt;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -135,39 +133,23 @@ impl App {
         );
 
         let c = core.clone();
-        let state_server = serve_requests(
+        let state_server = rpc::NotifyStateEndpoint::serve(
             self.nats.clone(),
-            subjects::NOTIFY_STATE,
-            subjects::NOTIFY_QUEUE,
             self.config.nats.serve,
             shutdown.clone(),
-            move |msg| {
+            move |req| {
                 let core = c.clone();
-                async move {
-                    let reply = match decode_request::<NotifyStateRequest>(&msg.payload) {
-                        Ok(req) => core.state(req).await,
-                        Err(e) => Err(e),
-                    };
-                    encode_reply(&reply)
-                }
+                async move { core.state(req).await }
             },
         );
         let c = core.clone();
-        let read_server = serve_requests(
+        let read_server = rpc::Read::serve(
             self.nats.clone(),
-            subjects::NOTIFY_READ,
-            subjects::NOTIFY_QUEUE,
             self.config.nats.serve,
             shutdown.clone(),
-            move |msg| {
+            move |req| {
                 let core = c.clone();
-                async move {
-                    let reply = match decode_request::<ReadRequest>(&msg.payload) {
-                        Ok(req) => core.read(req).await,
-                        Err(e) => Err(e),
-                    };
-                    encode_reply(&reply)
-                }
+                async move { core.read(req).await }
             },
         );
 

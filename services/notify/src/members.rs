@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use chat_bus::api::{self, ApiError, RoomInfo, RoomsRequest};
-use chat_bus::subjects;
+use chat_bus::api::{ApiError, RoomInfo, rooms};
+use chat_bus::rpc;
 use chat_proto::{ErrorCode, RoomId, RoomKind};
 
 struct Entry {
@@ -69,10 +69,9 @@ impl Members {
     /// Asks chat-history again, bypassing the cache.
     pub async fn refresh(&self, room: &RoomId) -> Result<Arc<RoomInfo>, ApiError> {
         let generation = self.inner.generation.load(Ordering::SeqCst);
-        let reply: Result<RoomInfo, ApiError> = api::request(
+        let reply: Result<RoomInfo, ApiError> = rpc::call(
             &self.inner.nats,
-            subjects::ROOMS,
-            &RoomsRequest::Members { room: room.clone() },
+            &rooms::Members { room: room.clone() },
             self.inner.timeout,
         )
         .await;

@@ -22,8 +22,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_bus::api::{self, PresenceReply, PresenceRequest};
-use chat_bus::{now_ms, subjects};
+use chat_bus::api::PresenceRequest;
+use chat_bus::{now_ms, rpc};
 use chat_proto::{Status, UserId};
 use chat_runtime::webhook::{self, Target, backoff, post_once};
 use hmac::{Hmac, KeyInit, Mac};
@@ -194,7 +194,7 @@ async fn online_users(
     let req = PresenceRequest::Users {
         users: users.into_iter().collect(),
     };
-    match api::request::<_, PresenceReply>(nats, subjects::API_PRESENCE, &req, timeout).await {
+    match rpc::call(nats, &req, timeout).await {
         Ok(reply) => reply
             .users
             .into_iter()

@@ -36,11 +36,11 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind};
 use chat_bus::api::{
     ApiError, EdgeHeartbeat, MembershipChange, PresenceReply, PresenceRequest, RoomPresenceEvent,
-    SessionEvent, StatusChange, UserPresenceEvent, decode_request, encode_reply,
+    SessionEvent, StatusChange, UserPresenceEvent,
 };
-use chat_bus::{now_ms, subjects};
+use chat_bus::{now_ms, rpc, subjects};
 use chat_proto::{PresenceEntry, RoomId, Status, UserId};
-use chat_runtime::{admin, nats::serve_requests, retry};
+use chat_runtime::{admin, nats::Serve as _, retry};
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -150,26 +150,13 @@ impl App {
         let events = p
             .clone()
             .consume_events(self.subscriptions, lanes, shutdown.clone());
-        let api = serve_requests(
-            p.nats.clone(),
-            subjects::API_PRESENCE,
-            subjects::PRESENCE_QUEUE,
-            p.config.nats.serve,
-            shutdown.clone(),
-            {
+        let api = rpc::Presence::serve(p.nats.clone(), p.config.nats.serve, shutdown.clone(), {
+            let p = p.clone();
+            move |req| {
                 let p = p.clone();
-                move |msg| {
-                    let p = p.clone();
-                    async move {
-                        let reply = match decode_request::<PresenceRequest>(&msg.payload) {
-                            Ok(req) => p.query(req).await,
-                            Err(e) => Err(e),
-                        };
-                        encode_reply(&reply)
-                    }
-                }
-            },
-        );
+                async move { p.query(req).await }
+            }
+        });
         let sweeper = p.clone().sweep_forever(shutdown.clone());
         let (_, events, api, ()) = tokio::join!(admin, events, api, sweeper);
         for res in [events, api] {

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_bus::api::{self, ApiError, RoomInfo, RoomsRequest, UserRooms};
-use chat_bus::subjects;
+use chat_bus::api::{ApiError, RoomInfo, UserRooms, rooms};
+use chat_bus::rpc;
 use chat_proto::{RoomId, RoomKind, UserId};
 
 /// How long a user's list of rooms is reused.
@@ -52,10 +52,9 @@ impl Directory {
             return Ok(rooms.clone());
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let reply: UserRooms = api::request(
+        let reply: UserRooms = rpc::call(
             &self.nats,
-            subjects::ROOMS,
-            &RoomsRequest::UserRooms { user: user.clone() },
+            &rooms::UserRoomsOf { user: user.clone() },
             self.timeout,
         )
         .await?;
@@ -73,10 +72,9 @@ impl Directory {
 
     /// A room's kind and members, fresh from chat-history (snapshots must be exact).
     pub async fn members(&self, room: &RoomId) -> Result<RoomInfo, ApiError> {
-        let info: RoomInfo = api::request(
+        let info: RoomInfo = rpc::call(
             &self.nats,
-            subjects::ROOMS,
-            &RoomsRequest::Members { room: room.clone() },
+            &rooms::Members { room: room.clone() },
             self.timeout,
         )
         .await?;
