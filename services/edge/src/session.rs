@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message};
 use chat_bus::api::{
     self, ApiError, HistoryPage, HistoryRequest, MembershipChange, NotifyState, NotifyStateRequest,
-    PresenceReply, PresenceRequest, ReadRequest, RoomInfo, RoomsRequest, SessionEvent,
-    StatusChange, TypingEvent, UnreadUpdate, UserRooms,
+    PresenceReply, PresenceRequest, ReadRequest, RoomInfo, RoomsRequest, StatusChange, TypingEvent,
+    UnreadUpdate, UserRooms,
 };
 use chat_bus::event::RoomEvent;
 use chat_bus::{now_ms, subjects, trace};
@@ -31,6 +31,7 @@ use crate::admission::{Slot, UserSlot};
 use crate::auth::{AuthError, Identity, now_s};
 use crate::dispatch::{self, Action, Inbound};
 use crate::hub::{Outbound, SessionHandle};
+use crate::presence_reporter;
 use crate::ratelimit::TokenBucket;
 
 /// What a room means to this session.
@@ -468,14 +469,7 @@ async fn release(edge: Edge, handle: SessionHandle, rooms: Vec<RoomId>) {
         edge.hub.remove_from_room(&room, handle.id).await;
     }
     edge.hub.remove_user_session(&handle.user, handle.id).await;
-    let down = SessionEvent {
-        edge: edge.edge_id.clone(),
-        session: handle.name.to_string(),
-        user: handle.user.clone(),
-        ts: now_ms(),
-    };
-    edge.publish_json(subjects::PRESENCE_SESSION_DOWN, &down)
-        .await;
+    presence_reporter::session_down(&edge, &handle).await;
 }
 
 fn expiry_instant(exp: i64) -> tokio::time::Instant {
@@ -759,13 +753,7 @@ where
             notifications: state.notifications,
         };
         self.send(&hello).await;
-        let up = SessionEvent {
-            edge: edge.edge_id.clone(),
-            session: self.handle.name.to_string(),
-            user: self.user().clone(),
-            ts: now_ms(),
-        };
-        edge.publish_json(subjects::PRESENCE_SESSION_UP, &up).await;
+        presence_reporter::session_up(&edge, &self.handle).await;
         Ok(())
     }
 
