@@ -15,7 +15,10 @@
 //!   (accept loop, `wss://`, header timeout), [`http::dev_login`] (`POST /dev/token`);
 //! - [`admission`]: the connection quotas (rate per address, slots, sessions per user);
 //! - [`auth`]: token verification (HS256, and JWKS in [`auth::jwks`]);
-//! - [`session`]: one connection, authentication to close;
+//! - [`session`]: one connection's state and loop (heartbeat, expiry, drain, kick);
+//! - [`session::handshake`]: from the upgrade to `hello` (authentication, slots, `hello`);
+//! - [`session::writer`]: every write rule (batches, flush, write deadline, 4008, closes);
+//! - [`session::rooms`]: per-room delivery state, replay after `since`, membership changes;
 //! - [`search`]: the `search` frame;
 //! - [`dispatch`]: the pure checks of a client frame (size, rate, decoding, membership, fields);
 //! - [`ratelimit`]: the per-connection token bucket;
