@@ -1,9 +1,10 @@
 //! chat-edge: terminates client WebSockets (CONTRACT §2) and talks NATS to the services.
 //!
 //! A client frame's way: [`http::listener`] accepts the connection, [`http::upgrade`] admits the
-//! upgrade, [`session`] runs the socket, [`dispatch`] checks each frame, and the session carries
-//! it out over NATS. An event's way back: the [`hub`]'s subscription of the room hands the ready
-//! frame to each local session's queue, and [`session::writer`] writes it out.
+//! upgrade, [`session`] runs the socket (its [`session::handshake`] to `hello`, then its loop),
+//! [`dispatch`] checks each frame, and one file of [`commands`] carries it out over NATS. An
+//! event's way back: the [`hub`]'s subscription of the room hands the ready frame to each local
+//! session's queue, and [`session::writer`] writes it out.
 //!
 //! Where each concept lives:
 //!
@@ -19,7 +20,7 @@
 //! - [`session::handshake`]: from the upgrade to `hello` (authentication, slots, `hello`);
 //! - [`session::writer`]: every write rule (batches, flush, write deadline, 4008, closes);
 //! - [`session::rooms`]: per-room delivery state, replay after `since`, membership changes;
-//! - [`search`]: the `search` frame;
+//! - [`commands`]: one file per client frame (`join`, `send`, `history`…) and their dispatch;
 //! - [`dispatch`]: the pure checks of a client frame (size, rate, decoding, membership, fields);
 //! - [`ratelimit`]: the per-connection token bucket;
 //! - [`hub`]: one NATS subscription per room and per user, shared by the local sessions;
@@ -30,6 +31,7 @@
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod commands;
 pub mod config;
 pub mod dispatch;
 pub mod headers;
@@ -38,7 +40,6 @@ pub mod hub;
 pub mod metrics_catalogue;
 pub mod presence_reporter;
 pub mod ratelimit;
-pub mod search;
 pub mod session;
 pub mod state;
 

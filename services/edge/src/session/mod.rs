@@ -4,14 +4,13 @@
 //!
 //! - [`handshake`]: from the upgrade to `hello` (authentication, the session's slots, `hello`);
 //! - this module: the session's state and its loop (`Session::serve`: drain, kick, token
-//!   expiry, heartbeats, reading the client's frames and carrying them out);
+//!   expiry, heartbeats, reading the client's frames and handing them to [`crate::commands`]);
 //! - [`writer`]: every rule of writing to the client (batches and flushes, the write deadline,
 //!   slow consumers closed with 4008, error frames and closes);
 //! - [`rooms`]: what each room means to the session (delivery state, replay, membership changes
 //!   and their reconciliation with chat-history).
 
 pub mod handshake;
-mod lifecycle;
 pub mod rooms;
 pub mod writer;
 
@@ -20,28 +19,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Message;
-use chat_bus::api::{
-    self, ApiError, HistoryPage, HistoryRequest, PresenceReply, PresenceRequest, ReadRequest,
-    RoomInfo, RoomsRequest, StatusChange, TypingEvent, UnreadUpdate,
-};
-use chat_bus::event::RoomEvent;
-use chat_bus::{now_ms, subjects, trace};
-use chat_proto::{ClientFrame, Envelope, ErrorCode, RoomId, RoomKind, ServerFrame, UserId, close};
+use chat_bus::api::{self, ApiError};
+use chat_proto::{ErrorCode, RoomId, ServerFrame, UserId, close};
 use futures::{FutureExt as _, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::Edge;
-use crate::auth::{AuthError, now_s};
+use crate::auth::now_s;
+use crate::commands::send::SendReply;
 use crate::dispatch::{self, Action, Inbound};
 use crate::hub::{Outbound, SessionHandle};
 use crate::presence_reporter;
 use crate::ratelimit::TokenBucket;
 
+pub use crate::commands::send::MAX_SENDS_IN_FLIGHT;
 pub use handshake::{Admitted, Refused, SessionSlots, admit_session};
-use rooms::{Reconciling, RoomState, last_seq, next_reconcile};
+use rooms::{Reconciling, RoomState, next_reconcile};
 use writer::{INTERNAL_ERROR, TRY_AGAIN_LATER, close_and_drain, close_with};
 
 /// What a session runs over: the WebSocket of the upgrade, or any stand-in of it in tests.
@@ -166,15 +160,15 @@ where
 }
 
 pub(crate) struct Session<S> {
-    edge: Edge,
+    pub(crate) edge: Edge,
     socket: S,
-    handle: SessionHandle,
+    pub(crate) handle: SessionHandle,
     /// Token expiry, seconds since the Unix epoch.
-    exp: i64,
-    rooms: HashMap<RoomId, RoomState>,
+    pub(crate) exp: i64,
+    pub(crate) rooms: HashMap<RoomId, RoomState>,
     bucket: TokenBucket,
     last_heard: Instant,
-    expiry_changed: bool,
+    pub(crate) expiry_changed: bool,
     /// Set once [`Session::cleanup`] ran; until then, dropping the session cleans up.
     cleaned_up: bool,
     /// Given back when the session is dropped (after its cleanup).
@@ -184,7 +178,7 @@ pub(crate) struct Session<S> {
     /// A heartbeat came due while a write was blocked: ping once it is done.
     ping_due: bool,
     /// Sends waiting for their acknowledgement, answered in order.
-    sends: futures::stream::FuturesOrdered<SendReply>,
+    pub(crate) sends: futures::stream::FuturesOrdered<SendReply>,
     /// Bumped by every change of `rooms`: a reconciliation answered across one is dropped.
     rooms_version: u64,
     /// Heartbeat ticks until the next reconciliation of `rooms` with chat-history.
@@ -409,396 +403,4 @@ impl<S: Socket> Session<S> {
             }
         }
     }
-
-    /// Carries out a frame that [`dispatch::classify`] accepted (membership and field limits
-    /// are checked there).
-    async fn handle_frame(&mut self, env: Envelope) -> Result<Flow, ApiError> {
-        let Envelope {
-            reference,
-            traceparent,
-            frame,
-        } = env;
-        match frame {
-            ClientFrame::Auth { token } => match self.edge.auth.verify(&token).await {
-                Ok(id) if id.user == self.handle.user => {
-                    self.exp = id.exp;
-                    self.expiry_changed = true;
-                    Ok(Flow::Continue)
-                }
-                Ok(_) => Err(ApiError::new(
-                    ErrorCode::Unauthorized,
-                    "a refreshed token must be for the same user",
-                )),
-                Err(AuthError::Expired) => {
-                    Err(ApiError::new(ErrorCode::TokenExpired, "token expired"))
-                }
-                Err(AuthError::Invalid) => {
-                    Err(ApiError::new(ErrorCode::Unauthorized, "invalid token"))
-                }
-            },
-            ClientFrame::Ping => {
-                self.send(&ServerFrame::Pong { reference }).await;
-                Ok(Flow::Continue)
-            }
-            ClientFrame::Send {
-                room,
-                body,
-                client_id,
-                reply_to: None,
-                thread: None,
-            } => {
-                self.on_send(reference, traceparent, room, body, client_id)
-                    .await?;
-                Ok(Flow::Continue)
-            }
-            frame @ (ClientFrame::Send { .. }
-            | ClientFrame::Edit { .. }
-            | ClientFrame::Delete { .. }
-            | ClientFrame::React { .. }) => {
-                lifecycle::handle(self, reference, traceparent, frame).await?;
-                Ok(Flow::Continue)
-            }
-            ClientFrame::Join { room, since, epoch } => {
-                self.on_join(reference, room, since, epoch).await?;
-                Ok(Flow::Continue)
-            }
-            ClientFrame::Leave { room } => {
-                let _: api::Done = self
-                    .request(
-                        subjects::ROOMS,
-                        &RoomsRequest::Leave {
-                            user: self.user().clone(),
-                            room: room.clone(),
-                        },
-                    )
-                    .await?;
-                self.unsubscribe(&room).await;
-                self.send(&ServerFrame::Left { reference, room }).await;
-                Ok(Flow::Continue)
-            }
-            ClientFrame::Create {
-                room,
-                private,
-                members,
-            } => {
-                let info: RoomInfo = self
-                    .request(
-                        subjects::ROOMS,
-                        &RoomsRequest::Create {
-                            user: self.user().clone(),
-                            room,
-                            private,
-                            members,
-                        },
-                    )
-                    .await?;
-                self.subscribe(&info.room, info.kind).await?;
-                let last = last_seq(&self.edge, &info.room).await?;
-                let (last_read, unread) = self.unread_of(&info.room, last).await;
-                let members = (info.kind != RoomKind::Public).then_some(info.members);
-                let f = ServerFrame::Joined {
-                    reference,
-                    room: info.room,
-                    kind: info.kind,
-                    last_seq: last,
-                    recovered: None,
-                    members,
-                    last_read,
-                    unread,
-                };
-                self.send(&f).await;
-                Ok(Flow::Continue)
-            }
-            ClientFrame::Invite { room, user } => {
-                let _: api::Done = self
-                    .request(
-                        subjects::ROOMS,
-                        &RoomsRequest::Invite {
-                            user: self.user().clone(),
-                            room: room.clone(),
-                            target: user,
-                        },
-                    )
-                    .await?;
-                self.send(&ServerFrame::Ok { reference, room }).await;
-                Ok(Flow::Continue)
-            }
-            ClientFrame::OpenDm { user } => {
-                let info: RoomInfo = self
-                    .request(
-                        subjects::ROOMS,
-                        &RoomsRequest::OpenDm {
-                            user: self.user().clone(),
-                            other: user,
-                        },
-                    )
-                    .await?;
-                self.subscribe(&info.room, info.kind).await?;
-                let last = last_seq(&self.edge, &info.room).await?;
-                let (last_read, unread) = self.unread_of(&info.room, last).await;
-                let f = ServerFrame::Joined {
-                    reference,
-                    room: info.room,
-                    kind: info.kind,
-                    last_seq: last,
-                    recovered: None,
-                    members: Some(info.members),
-                    last_read,
-                    unread,
-                };
-                self.send(&f).await;
-                Ok(Flow::Continue)
-            }
-            ClientFrame::History {
-                room,
-                before,
-                after,
-                limit,
-                thread,
-            } => {
-                let page: HistoryPage = self
-                    .request(
-                        subjects::API_HISTORY,
-                        &HistoryRequest {
-                            room,
-                            before,
-                            after,
-                            limit,
-                            thread,
-                            user: Some(self.user().clone()),
-                            replay: false,
-                        },
-                    )
-                    .await?;
-                let f = ServerFrame::History {
-                    reference,
-                    room: page.room,
-                    messages: page.messages,
-                    has_more: page.has_more,
-                };
-                self.send(&f).await;
-                Ok(Flow::Continue)
-            }
-            ClientFrame::Search {
-                query,
-                room,
-                limit,
-                before,
-            } => {
-                let search = crate::search::Search {
-                    query,
-                    room,
-                    limit,
-                    before,
-                };
-                let (nats, timeout) = (&self.edge.nats, self.edge.config.request_timeout);
-                let f = crate::search::run(nats, timeout, self.user(), reference, search).await?;
-                self.send(&f).await;
-                Ok(Flow::Continue)
-            }
-            ClientFrame::Typing { room } => {
-                if self.edge.hub.typing_allowed(&self.handle.user, &room) {
-                    let ev = TypingEvent {
-                        room: room.clone(),
-                        user: self.user().clone(),
-                        ts: now_ms(),
-                    };
-                    self.edge
-                        .publish_json(subjects::room_typing(&room), &ev)
-                        .await;
-                }
-                Ok(Flow::Continue)
-            }
-            ClientFrame::Read { room, seq } => {
-                let _: UnreadUpdate = self
-                    .request(
-                        subjects::NOTIFY_READ,
-                        &ReadRequest {
-                            user: self.user().clone(),
-                            room,
-                            seq,
-                        },
-                    )
-                    .await?;
-                Ok(Flow::Continue)
-            }
-            ClientFrame::Status { status } => {
-                let ev = StatusChange {
-                    user: self.user().clone(),
-                    status,
-                    ts: now_ms(),
-                };
-                self.edge.publish_json(subjects::PRESENCE_STATUS, &ev).await;
-                Ok(Flow::Continue)
-            }
-            ClientFrame::Presence { room } => {
-                let reply: PresenceReply = self
-                    .request(
-                        subjects::API_PRESENCE,
-                        &PresenceRequest::Room { room: room.clone() },
-                    )
-                    .await?;
-                self.send(&ServerFrame::PresenceSnapshot {
-                    reference,
-                    room,
-                    users: reply.users,
-                })
-                .await;
-                Ok(Flow::Continue)
-            }
-        }
-    }
-
-    /// Publishes a message and queues the wait for its acknowledgement: the session goes on
-    /// reading (and answering other frames) meanwhile. At most [`MAX_SENDS_IN_FLIGHT`] wait at
-    /// once; beyond, the oldest is answered first. Replies to sends (`ack`, or `unavailable` when
-    /// the stream does not acknowledge in time) go out in the order the sends came.
-    async fn on_send(
-        &mut self,
-        reference: Option<String>,
-        traceparent: Option<String>,
-        room: RoomId,
-        body: String,
-        client_id: String,
-    ) -> Result<(), ApiError> {
-        while self.sends.len() >= MAX_SENDS_IN_FLIGHT {
-            if let Some(reply) = self.sends.next().await {
-                self.send(&reply).await;
-            }
-        }
-        let span = tracing::info_span!(
-            parent: None,
-            "send",
-            otel.kind = "producer",
-            messaging.system = chat_bus::trace::MESSAGING_SYSTEM,
-            messaging.operation.type = "send",
-            messaging.destination.name = %format_args!("chat.room.{room}.msg"),
-            messaging.message.id = %format_args!("{}:{client_id}", self.handle.user),
-            room = %room,
-            user = %self.handle.user,
-            seq = tracing::field::Empty
-        );
-        if let Some(tp) = traceparent.as_deref() {
-            let _ = span.set_parent(trace::from_traceparent(tp));
-        }
-        let started = Instant::now();
-        let event = RoomEvent::message(
-            room.clone(),
-            self.user().clone(),
-            body,
-            client_id.clone(),
-            now_ms(),
-        );
-        let deadline = tokio::time::Instant::now() + self.edge.config.request_timeout;
-        // Published here, in the order the sends came, so the stream keeps that order.
-        let published = self
-            .publish(&event, deadline)
-            .instrument(span.clone())
-            .await;
-        let edge = self.edge.clone();
-        let reply = async move {
-            let result = match published {
-                Ok(ack) => match tokio::time::timeout_at(deadline, ack).await {
-                    Ok(Ok(ack)) => Ok((ack.sequence, ack.duplicate)),
-                    Ok(Err(e)) => Err(publish_failed(&e)),
-                    Err(_) => Err(publish_failed(&"no acknowledgement in time")),
-                },
-                Err(e) => Err(e),
-            };
-            metrics::histogram!("chat_edge_send_ack_seconds")
-                .record(started.elapsed().as_secs_f64());
-            let (seq, duplicate) = match result {
-                Ok(r) => r,
-                Err(e) => return ServerFrame::error(reference, e.code, e.message),
-            };
-            tracing::Span::current().record("seq", seq);
-            let ts = if duplicate {
-                original_ts(&edge.stream, seq).await.unwrap_or(event.ts)
-            } else {
-                event.ts
-            };
-            ServerFrame::Ack {
-                reference,
-                room,
-                client_id,
-                seq,
-                ts,
-                duplicate,
-            }
-        };
-        self.sends.push_back(Box::pin(reply.instrument(span)));
-        Ok(())
-    }
-
-    /// Publishes through JetStream ([`chat_bus::post::publish`]); the stream's acknowledgement
-    /// is the returned future. Never a panic on a header value (issue 15): dispatch refused
-    /// control characters in client_id already; whatever slipped through is refused there.
-    async fn publish(
-        &mut self,
-        event: &RoomEvent,
-        deadline: tokio::time::Instant,
-    ) -> Result<async_nats::jetstream::context::PublishAckFuture, ApiError> {
-        chat_bus::post::publish(&self.edge.js, event, deadline).await
-    }
-
-    async fn on_join(
-        &mut self,
-        reference: Option<String>,
-        room: RoomId,
-        since: Option<u64>,
-        epoch: Option<String>,
-    ) -> Result<(), ApiError> {
-        let info: RoomInfo = self
-            .request(
-                subjects::ROOMS,
-                &RoomsRequest::Join {
-                    user: self.user().clone(),
-                    room: room.clone(),
-                },
-            )
-            .await?;
-        self.subscribe(&room, info.kind).await?;
-        let last = last_seq(&self.edge, &room).await?;
-        let members = (info.kind != RoomKind::Public).then_some(info.members);
-        let recovered = match since {
-            None => {
-                if let Some(r) = self.rooms.get_mut(&room) {
-                    r.delivered = r.delivered.max(last);
-                }
-                None
-            }
-            Some(since) if epoch.as_deref() == Some(self.edge.epoch.as_str()) => {
-                self.replay(&room, since).await?;
-                Some(true)
-            }
-            Some(_) => {
-                if let Some(r) = self.rooms.get_mut(&room) {
-                    r.delivered = r.delivered.max(last);
-                }
-                Some(false)
-            }
-        };
-        let (last_read, unread) = self.unread_of(&room, last).await;
-        let f = ServerFrame::Joined {
-            reference,
-            room,
-            kind: info.kind,
-            last_seq: last,
-            recovered,
-            members,
-            last_read,
-            unread,
-        };
-        self.send(&f).await;
-        Ok(())
-    }
 }
-
-/// Most sends of one session waiting for their acknowledgement at once (CONTRACT §2: the
-/// session keeps reading meanwhile; acks go out in the order of the sends).
-pub const MAX_SENDS_IN_FLIGHT: usize = 64;
-
-/// The reply to a send, once its acknowledgement came (or did not).
-type SendReply = std::pin::Pin<Box<dyn std::future::Future<Output = ServerFrame> + Send>>;
-
-use chat_bus::post::{original_ts, publish_failed};

@@ -9,6 +9,8 @@ use chat_bus::api::{self, ApiError, SearchReply, SearchRequest};
 use chat_bus::subjects;
 use chat_proto::{RoomId, ServerFrame, UserId};
 
+use crate::session::{Session, Socket};
+
 /// What a `search` frame asks.
 pub struct Search {
     pub query: String,
@@ -39,4 +41,17 @@ pub async fn run(
         results: reply.results,
         has_more: reply.has_more,
     })
+}
+
+impl<S: Socket> Session<S> {
+    pub(crate) async fn on_search(
+        &mut self,
+        reference: Option<String>,
+        search: Search,
+    ) -> Result<(), ApiError> {
+        let (nats, timeout) = (&self.edge.nats, self.edge.config.request_timeout);
+        let f = run(nats, timeout, self.user(), reference, search).await?;
+        self.send(&f).await;
+        Ok(())
+    }
 }

@@ -13,7 +13,8 @@ use chat_proto::{ClientFrame, ServerFrame};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{MAX_SENDS_IN_FLIGHT, Session, Socket};
+use super::send::MAX_SENDS_IN_FLIGHT;
+use crate::session::{Session, Socket};
 use chat_bus::post::{original_ts, publish_failed};
 
 /// How a lifecycle frame went out: published (its stream acknowledgement pending), or found to

@@ -1,0 +1,29 @@
+//! `leave` (CONTRACT §2): chat-history removes the membership, then the session stops the
+//! room's events and answers `left`.
+
+use chat_bus::api::{self, ApiError, RoomsRequest};
+use chat_bus::subjects;
+use chat_proto::{RoomId, ServerFrame};
+
+use crate::session::{Session, Socket};
+
+impl<S: Socket> Session<S> {
+    pub(crate) async fn on_leave(
+        &mut self,
+        reference: Option<String>,
+        room: RoomId,
+    ) -> Result<(), ApiError> {
+        let _: api::Done = self
+            .request(
+                subjects::ROOMS,
+                &RoomsRequest::Leave {
+                    user: self.user().clone(),
+                    room: room.clone(),
+                },
+            )
+            .await?;
+        self.unsubscribe(&room).await;
+        self.send(&ServerFrame::Left { reference, room }).await;
+        Ok(())
+    }
+}
