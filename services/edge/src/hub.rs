@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use async_nats::Subscriber;
 use axum::extract::ws::Utf8Bytes;
 use chat_bus::api::{
-    self, HistoryPage, HistoryRequest, MembershipChange, RoomPresenceEvent, TypingEvent,
-    UnreadUpdate, UserNotification,
+    self, HistoryRequest, MembershipChange, RoomPresenceEvent, TypingEvent, UnreadUpdate,
+    UserNotification,
 };
-use chat_bus::{event, subjects};
+use chat_bus::{event, rpc, subjects};
 use chat_proto::{RoomEventFrame, RoomId, ServerFrame, UserId};
 use futures::StreamExt;
 use tokio::sync::{Mutex, mpsc};
@@ -488,7 +488,7 @@ async fn previous_event(
         user: None,
         replay: true,
     };
-    match api::request::<_, HistoryPage>(nats, subjects::API_HISTORY, &req, timeout).await {
+    match rpc::call(nats, &req, timeout).await {
         Ok(page) => page.messages.last().map_or(0, |m| m.seq()),
         Err(e) => {
             tracing::warn!(%room, seq, error = %e, "previous event unknown; the raw predecessor is given");
@@ -510,36 +510,22 @@ async fn fill_gap(
 ) -> (Vec<RoomEventFrame>, bool) {
     metrics::counter!("chat_edge_feed_gaps_total").increment(1);
     let mut missed = Vec::new();
-    let mut cursor = after;
+    let mut pages = rpc::EventsAfter::new(room.clone(), after, None);
     loop {
-        let req = HistoryRequest {
-            room: room.clone(),
-            before: None,
-            after: Some(cursor),
-            limit: Some(200),
-            thread: None,
-            user: None,
-            replay: true,
-        };
-        let page: HistoryPage = match api::request(nats, subjects::API_HISTORY, &req, timeout).await
-        {
-            Ok(page) => page,
+        let page = match pages.next(nats, timeout).await {
+            Ok(Some(page)) => page,
+            Ok(None) => return (missed, true),
             Err(e) => {
                 metrics::counter!("chat_edge_feed_gaps_unfilled_total").increment(1);
                 tracing::warn!(%room, after, before, error = %e, "gap in the live feed left for clients to fill");
                 return (missed, false);
             }
         };
-        let more = page.has_more && !page.messages.is_empty();
-        for m in page.messages {
+        for m in page {
             if m.seq() >= before {
                 return (missed, true);
             }
-            cursor = m.seq();
             missed.push(m);
-        }
-        if !more {
-            return (missed, true);
         }
     }
 }

@@ -1,17 +1,31 @@
-//! The write side of a session, apart from the client logic (issue 18's shape): it drains the
-//! session's bounded queue into the socket, many frames per flush, so a burst to one socket is
-//! one write rather than one per frame. Frames arrive ready to send: the hub serializes each
-//! event once per edge and every session shares its bytes (`Utf8Bytes` is `Bytes`-backed, a
-//! clone is a reference count), so a delivery allocates nothing. Written over any `Sink` of
-//! WebSocket messages, so it is tested (allocations included) without a socket.
+//! The write side of a session, apart from the client logic (issue 18's shape): every rule of
+//! writing to the client is here.
+//!
+//! - Batches: [`write_batch`] drains the session's bounded queue into the socket, many frames per
+//!   flush, so a burst to one socket is one write rather than one per frame. Frames arrive ready
+//!   to send: the hub serializes each event once per edge and every session shares its bytes
+//!   (`Utf8Bytes` is `Bytes`-backed, a clone is a reference count), so a delivery allocates
+//!   nothing. Written over any `Sink` of WebSocket messages, so it is tested (allocations
+//!   included) without a socket.
+//! - The write deadline and slow consumers: a write blocked for 3 heartbeats, or a queue that
+//!   filled meanwhile (the hub cancels the session's overflow token), closes the session with
+//!   4008 (`Session::on_outbound`; an idle session's loop closes on the overflow token alike);
+//!   a heartbeat due meanwhile pings once the write is done.
+//! - Replies and closes: [`send_frame`] (one frame, counted by type and error code),
+//!   [`close_with`] (a close frame, counted by code) and [`close_and_drain`] (close, then read
+//!   to the peer's close reply, so that the connection ends with FIN).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use chat_bus::api::MembershipChange;
-use chat_proto::RoomId;
-use futures::{Sink, SinkExt};
+use chat_proto::{RoomId, ServerFrame, close};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Session, Socket};
 
 /// What the hub hands to a session.
 #[derive(Debug, Clone)]
@@ -95,4 +109,120 @@ where
         sink.flush().await?;
     }
     Ok(batch)
+}
+
+/// WebSocket close code 1011: the server met an unexpected condition.
+pub(super) const INTERNAL_ERROR: u16 = 1011;
+/// WebSocket close code 1013: try again later.
+pub(super) const TRY_AGAIN_LATER: u16 = 1013;
+
+pub(super) async fn send_frame<S>(socket: &mut S, frame: &ServerFrame) -> bool
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    metrics::counter!("chat_edge_frames_out_total", "type" => frame.type_name()).increment(1);
+    if let ServerFrame::Error { code, .. } = frame {
+        metrics::counter!("chat_edge_errors_total", "code" => code.as_str()).increment(1);
+    }
+    socket
+        .send(Message::Text(frame.to_json().into()))
+        .await
+        .is_ok()
+}
+
+pub(super) async fn close_with<S>(socket: &mut S, code: u16, reason: impl Into<Utf8Bytes>)
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    metrics::counter!("chat_edge_closes_total", "code" => code.to_string()).increment(1);
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+    let _ = socket.flush().await;
+}
+
+/// Closes and reads what the peer still sends (up to its close reply, for at most a second), so
+/// the TCP connection ends with FIN rather than a reset that could swallow the close frame.
+pub(super) async fn close_and_drain<S>(socket: &mut S, code: u16, reason: &'static str)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    close_with(socket, code, reason).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(msg)) = socket.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+impl<S: Socket> Session<S> {
+    pub(crate) async fn send(&mut self, frame: &ServerFrame) -> bool {
+        send_frame(&mut self.socket, frame).await
+    }
+
+    /// Writes what is queued for the client (a batch, one flush: [`write_batch`]);
+    /// false when the connection is over (a failed write ends it).
+    pub(super) async fn on_outbound(
+        &mut self,
+        item: Option<Outbound>,
+        rx: &mut mpsc::Receiver<Outbound>,
+        overflow: &CancellationToken,
+        ping: &mut tokio::time::Interval,
+    ) -> bool {
+        let Some(item) = item else { return false };
+        // A peer that stops reading blocks the write; the overflow token still ends the
+        // connection (its queue filled meanwhile), without waiting for the peer. A write blocked
+        // for 3 heartbeats ends it too: a peer that stops reading while it keeps writing would
+        // otherwise hold the session forever (each side waiting for the other to read). That
+        // deadline is checked on the heartbeat's own ticks: no timer is armed per write.
+        let stall = self.edge.config.heartbeat * 3;
+        let started = tokio::time::Instant::now();
+        let outcome = {
+            let write = write_batch(&mut self.socket, item, rx, &mut self.rooms);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut write => break Some(r),
+                    _ = overflow.cancelled() => break None,
+                    _ = ping.tick() => {
+                        self.ping_due = true;
+                        if started.elapsed() >= stall {
+                            metrics::counter!("chat_edge_slow_consumers_total").increment(1);
+                            overflow.cancel();
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        if overflow.is_cancelled() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                close_with(&mut self.socket, close::SLOW_CONSUMER, "slow consumer"),
+            )
+            .await;
+            return false;
+        }
+        match outcome {
+            Some(Ok(batch)) => {
+                self.messages_out.increment(batch.events);
+                if let Some(change) = batch.membership {
+                    Box::pin(self.on_membership(*change)).await;
+                }
+                true
+            }
+            Some(Err(e)) => {
+                tracing::debug!(session = %self.handle.name, error = %e, "write failed; closing");
+                false
+            }
+            None => false,
+        }
+    }
 }

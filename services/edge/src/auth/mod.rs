@@ -1,11 +1,13 @@
 //! Token verification (CONTRACT §2): HS256 with a shared secret, and RS256/ES256 (or any
 //! asymmetric algorithm a key declares) against the JWKS of an OAuth2/OIDC provider
-//! ([`crate::jwks`]). `exp` and `sub` are required, `iss`/`aud` checked when configured.
+//! ([`jwks`]). `exp` and `sub` are required, `iss`/`aud` checked when configured.
 //!
 //! The algorithm is never the token's choice: an HS256 token is checked against the secret only
 //! (never against a public key, which would let anyone who has the public key forge tokens),
 //! and an asymmetric token against the key its `kid` names, with that key's algorithm; a header
 //! naming another algorithm is refused. `alg: none` is refused.
+
+pub mod jwks;
 
 use std::sync::Arc;
 
@@ -14,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use chat_proto::UserId;
 
-use crate::jwks::JwksCache;
+use crate::EdgeConfig;
+use jwks::JwksCache;
 
 /// Why a token was refused (never echoed with detail to the client beyond this).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,6 +171,35 @@ fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Cla
 /// Seconds since the Unix epoch.
 pub fn now_s() -> i64 {
     chat_bus::now_ms() / 1000
+}
+
+/// The token verifier of the configuration: the JWKS (loaded now, so that a broken file shows
+/// at start; an unreachable URL is retried on use) and/or the HS256 secret.
+pub(crate) async fn authenticator(config: &EdgeConfig) -> anyhow::Result<Authenticator> {
+    let (iss, aud) = (config.jwt_issuer.as_deref(), config.jwt_audience.as_deref());
+    let jwks = match &config.jwt_jwks {
+        Some(value) => {
+            let source = jwks::JwksSource::parse(value, config.jwt_jwks_ca.clone())?;
+            let cache = Arc::new(jwks::JwksCache::new(source.clone(), jwks::MIN_REFETCH));
+            match (cache.load().await, &source) {
+                (Ok(n), _) => tracing::info!(keys = n, "JWKS loaded from CHAT_JWT_JWKS"),
+                (Err(e), jwks::JwksSource::File(_)) => {
+                    return Err(e.context("load CHAT_JWT_JWKS"));
+                }
+                (Err(e), jwks::JwksSource::Https { .. }) => {
+                    tracing::warn!(error = %format!("{e:#}"), "JWKS not reachable yet; retrying on use");
+                }
+            }
+            Some(cache)
+        }
+        None => None,
+    };
+    let mut auth = Authenticator::new(jwks, iss, aud);
+    match &config.jwt_secret {
+        Some(secret) => auth = auth.with_secret(secret.as_str()),
+        None => tracing::info!("CHAT_JWT_SECRET is not set: HS256 tokens are refused"),
+    }
+    Ok(auth)
 }
 
 #[cfg(test)]

@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
-use chat_bus::api::{self, ApiError, SearchReply, SearchRequest};
-use chat_bus::subjects;
+use chat_bus::api::{ApiError, SearchReply, SearchRequest};
+use chat_bus::rpc;
 use chat_proto::{RoomId, ServerFrame, UserId};
+
+use crate::session::{Session, Socket};
 
 /// What a `search` frame asks.
 pub struct Search {
@@ -32,11 +34,24 @@ pub async fn run(
         limit: search.limit,
         before: search.before,
     };
-    let reply: SearchReply = api::request(nats, subjects::API_SEARCH, &req, timeout).await?;
+    let reply: SearchReply = rpc::call(nats, &req, timeout).await?;
     Ok(ServerFrame::SearchResults {
         reference,
         query: req.query,
         results: reply.results,
         has_more: reply.has_more,
     })
+}
+
+impl<S: Socket> Session<S> {
+    pub(crate) async fn on_search(
+        &mut self,
+        reference: Option<String>,
+        search: Search,
+    ) -> Result<(), ApiError> {
+        let (nats, timeout) = (&self.edge.nats, self.edge.config.request_timeout);
+        let f = run(nats, timeout, self.user(), reference, search).await?;
+        self.send(&f).await;
+        Ok(())
+    }
 }

@@ -6,16 +6,15 @@
 //! chat-api); this module pipelines them in a session: the reply joins the session's queue of
 //! send replies, so that replies go out in the order the frames came.
 
-use axum::extract::ws::Message;
 use chat_bus::api::ApiError;
 use chat_bus::post::{Refused, check, earlier, event_of};
 use chat_bus::trace;
 use chat_proto::{ClientFrame, ServerFrame};
-use futures::{Sink, Stream};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{MAX_SENDS_IN_FLIGHT, Session};
+use super::send::MAX_SENDS_IN_FLIGHT;
+use crate::session::{Session, Socket};
 use chat_bus::post::{original_ts, publish_failed};
 
 /// How a lifecycle frame went out: published (its stream acknowledgement pending), or found to
@@ -27,18 +26,12 @@ enum Outcome {
 
 /// Carries out a lifecycle frame. Its reply (`ack` or an error) joins the session's queue of
 /// send replies, so that replies go out in the order the frames came, like sends'.
-pub(super) async fn handle<S>(
+pub(super) async fn handle<S: Socket>(
     session: &mut Session<S>,
     reference: Option<String>,
     traceparent: Option<String>,
     frame: ClientFrame,
-) -> Result<(), ApiError>
-where
-    S: Stream<Item = Result<Message, axum::Error>>
-        + Sink<Message, Error = axum::Error>
-        + Unpin
-        + Send,
-{
+) -> Result<(), ApiError> {
     use futures::StreamExt;
     while session.sends.len() >= MAX_SENDS_IN_FLIGHT {
         if let Some(reply) = session.sends.next().await {

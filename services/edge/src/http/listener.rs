@@ -1,8 +1,8 @@
-//! `wss://` served by chat-edge itself (`EDGE_TLS_CERT` + `EDGE_TLS_KEY`, PEM files): a small
-//! accept loop, TCP → rustls (ring provider) → hyper HTTP/1.1 with upgrades, over the same axum
-//! router as the plain listener, with the same drain: on shutdown it stops accepting, asks
-//! idle HTTP connections to close and waits for them (WebSocket sessions drain on their own).
-
+//! The client listener's accept loop: TCP → rustls (ring provider; `wss://` served by chat-edge
+//! itself when `EDGE_TLS_CERT` + `EDGE_TLS_KEY` name PEM files) → hyper HTTP/1.1 with upgrades,
+//! over the router of [`super::routes`], with the header timeout `axum::serve` lacks and the
+//! drain: on shutdown it stops accepting, asks idle HTTP connections to close and waits for them
+//! (WebSocket sessions drain on their own).
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -317,8 +317,8 @@ mod tests {
     use rsa::traits::PublicKeyParts as _;
     use serde_json::{Value, json};
 
+    use super::super::{AuthError, Authenticator, now_s};
     use super::*;
-    use crate::auth::{AuthError, Authenticator, now_s};
 
     /// A P-256 key made by the test: its JWK and its signing key.
     fn ec_key(kid: &str) -> (Value, EncodingKey) {
