@@ -257,6 +257,7 @@ impl App {
         let archive = archive::Archive {
             pool: self.pool.clone(),
             js: self.js.clone(),
+            stream: self.stream.clone(),
             epoch_id: self.epoch_id,
             config: self.config.clone(),
             lookup: chat_bus::lookup::TargetLookup::new(
