@@ -76,19 +76,6 @@ pub fn ready(pool: PgPool) -> ReadinessCheck {
     })
 }
 
-/// Both checks must pass.
-pub fn all(checks: Vec<ReadinessCheck>) -> ReadinessCheck {
-    Arc::new(move || {
-        let futs: Vec<_> = checks.iter().map(|c| c()).collect();
-        Box::pin(async move {
-            for f in futs {
-                f.await?;
-            }
-            Ok(())
-        })
-    })
-}
-
 /// Maps a database failure to what a requester may see: `unavailable` when PostgreSQL cannot be
 /// reached or is going away (retry later), `internal` for a failure of the query itself. The
 /// detail goes to the log only.

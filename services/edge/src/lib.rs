@@ -17,6 +17,7 @@ pub mod jwks;
 pub mod metrics_catalogue;
 pub mod ratelimit;
 pub mod search;
+pub mod service;
 pub mod session;
 pub mod tls;
 

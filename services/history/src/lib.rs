@@ -22,9 +22,10 @@ use chat_bus::api::{
     HistoryRequest, MessageInfoRequest, RoomsRequest, SearchRequest, decode_request, encode_reply,
 };
 use chat_bus::{stream, subjects};
-use chat_runtime::{admin, db, nats::serve_requests, retry};
+use chat_runtime::metrics::Metric;
+use chat_runtime::service::{Admin, Base, Service};
+use chat_runtime::{ConfigError, Env, db, nats::serve_requests, retry};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::HistoryConfig;
@@ -43,21 +44,32 @@ pub struct App {
     stream: jetstream::stream::Stream,
     epoch_id: i32,
     search: search::Search,
-    admin: TcpListener,
+    admin: Admin,
+}
+
+impl Service for App {
+    const NAME: &'static str = "chat-history";
+    const METRICS: &'static [Metric] = metrics_catalogue::CATALOGUE;
+    type Config = HistoryConfig;
+
+    fn config(env: &Env) -> Result<HistoryConfig, ConfigError> {
+        HistoryConfig::from_env(env)
+    }
+
+    async fn build(config: HistoryConfig, shutdown: &CancellationToken) -> anyhow::Result<App> {
+        App::build(config, shutdown).await
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        App::run(self, shutdown).await
+    }
 }
 
 impl App {
     /// Connects, creates the stream if missing and applies migrations, waiting for NATS and
     /// PostgreSQL as long as they are down (or until `shutdown`).
     pub async fn build(config: HistoryConfig, shutdown: &CancellationToken) -> anyhow::Result<App> {
-        let admin = TcpListener::bind(config.admin_listen)
-            .await
-            .context("bind ADMIN_LISTEN")?;
-        let nats = config
-            .nats
-            .connect("chat-history")
-            .await
-            .map_err(|e| anyhow::anyhow!("connect to NATS: {e}"))?;
+        let Base { admin, nats } = Base::start::<App>(config.admin_listen, &config.nats).await?;
         let js = jetstream::new(nats.clone());
         let (stream, epoch) = retry::until_ok("create the CHAT stream", shutdown, || {
             stream::ensure_chat_stream(&js, &config.stream)
@@ -103,9 +115,7 @@ impl App {
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .expect("bound listener has an address")
+        self.admin.addr()
     }
 
     /// Serves until `shutdown`, then drains: stops taking requests and events, finishes those in
@@ -116,13 +126,10 @@ impl App {
         } else {
             0
         });
-        let ready = db::all(vec![
-            admin::nats_ready(self.nats.clone()),
-            db::ready(self.pool.clone()),
-            writers.readiness(),
-        ]);
-        chat_runtime::metrics::install("history", metrics_catalogue::CATALOGUE);
-        let admin = tokio::spawn(admin::serve(self.admin, ready, shutdown.clone()));
+        let admin = tokio::spawn(self.admin.serve(
+            vec![db::ready(self.pool.clone()), writers.readiness()],
+            shutdown.clone(),
+        ));
         if self.config.archive {
             tokio::spawn(chat_runtime::metrics::track_consumer_lag(
                 self.stream.clone(),
