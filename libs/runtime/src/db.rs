@@ -104,3 +104,21 @@ pub fn db_error(e: sqlx::Error) -> chat_bus::api::ApiError {
         ApiError::unavailable()
     }
 }
+
+/// A pool of `schema` (see [`pool`]) once its migrations are applied, waiting for PostgreSQL
+/// as long as it is down (or until `shutdown`).
+pub async fn migrated(
+    url: &str,
+    schema: &'static str,
+    max: u32,
+    migrator: &sqlx::migrate::Migrator,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<PgPool> {
+    use anyhow::Context as _;
+    let pool = pool(url, schema, max).context("DATABASE_URL")?;
+    crate::retry::at_start("apply migrations", shutdown, || {
+        prepare(&pool, schema, migrator)
+    })
+    .await?;
+    Ok(pool)
+}

@@ -64,10 +64,12 @@ pub async fn main<S: Service>() -> anyhow::Result<()> {
 }
 
 /// What every service's `build` starts with: the admin listener bound (a port in use fails the
-/// start rather than the first scrape) and a NATS connection named after the service.
+/// start rather than the first scrape) and a NATS connection named after the service, with its
+/// JetStream context.
 pub struct Base {
     pub admin: Admin,
     pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
 }
 
 impl Base {
@@ -92,8 +94,22 @@ impl Base {
             service: S::NAME.strip_prefix("chat-").unwrap_or(S::NAME),
             metrics: S::METRICS,
         };
-        Ok(Base { admin, nats })
+        let js = async_nats::jetstream::new(nats.clone());
+        Ok(Base { admin, nats, js })
     }
+}
+
+/// The `CHAT` stream (created if missing, CONTRACT §1) and its epoch, waiting for NATS as long
+/// as it is down (or until `shutdown`).
+pub async fn chat_stream(
+    js: &async_nats::jetstream::Context,
+    settings: &chat_bus::stream::StreamSettings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(async_nats::jetstream::stream::Stream, String)> {
+    crate::retry::at_start("create the CHAT stream", shutdown, || {
+        chat_bus::stream::ensure_chat_stream(js, settings)
+    })
+    .await
 }
 
 /// A service's bound admin listener (`/healthz`, `/readyz`, `/metrics`), served by `run`.

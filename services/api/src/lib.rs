@@ -28,7 +28,7 @@ use async_nats::jetstream::{self, kv};
 use chat_bus::stream;
 use chat_proto::{RoomId, UserId};
 use chat_runtime::metrics::Metric;
-use chat_runtime::service::{Admin, Base, Service};
+use chat_runtime::service::{self, Admin, Base, Service};
 use chat_runtime::{ConfigError, Env, retry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -106,21 +106,14 @@ impl App {
         let listener = TcpListener::bind(config.listen)
             .await
             .context("bind CHAT_API_ADDR")?;
-        let Base { admin, nats } = Base::start::<App>(config.admin_listen, &config.nats).await?;
-        let js = jetstream::new(nats.clone());
-        let (chat, _epoch) = retry::until_ok("find the CHAT stream", shutdown, || {
-            stream::ensure_chat_stream(&js, &config.stream)
-        })
-        .await
-        .context("stopped during start")?;
-        let store = retry::until_ok("open the API key bucket", shutdown, || {
+        let Base { admin, nats, js } =
+            Base::start::<App>(config.admin_listen, &config.nats).await?;
+        let (chat, _epoch) = service::chat_stream(&js, &config.stream, shutdown).await?;
+        let store = retry::at_start("open the API key bucket", shutdown, || {
             keys::ensure_bucket(&js, config.kv_replicas)
         })
-        .await
-        .context("stopped during start")?;
-        retry::until_ok("load the API keys", shutdown, || keys::load(&keys, &store))
-            .await
-            .context("stopped during start")?;
+        .await?;
+        retry::at_start("load the API keys", shutdown, || keys::load(&keys, &store)).await?;
         tracing::info!(keys = keys.len(), listen = %listener.local_addr()?, "chat-api started");
         let api = Api(Arc::new(Inner {
             config,

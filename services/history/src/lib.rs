@@ -23,7 +23,7 @@ use chat_bus::api::{
 };
 use chat_bus::{stream, subjects};
 use chat_runtime::metrics::Metric;
-use chat_runtime::service::{Admin, Base, Service};
+use chat_runtime::service::{self, Admin, Base, Service};
 use chat_runtime::{ConfigError, Env, db, nats::serve_requests, retry};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -69,35 +69,23 @@ impl App {
     /// Connects, creates the stream if missing and applies migrations, waiting for NATS and
     /// PostgreSQL as long as they are down (or until `shutdown`).
     pub async fn build(config: HistoryConfig, shutdown: &CancellationToken) -> anyhow::Result<App> {
-        let Base { admin, nats } = Base::start::<App>(config.admin_listen, &config.nats).await?;
-        let js = jetstream::new(nats.clone());
-        let (stream, epoch) = retry::until_ok("create the CHAT stream", shutdown, || {
-            stream::ensure_chat_stream(&js, &config.stream)
-        })
-        .await
-        .context("stopped during start")?;
-        retry::until_ok("create the dead-letter stream", shutdown, || {
+        let Base { admin, nats, js } =
+            Base::start::<App>(config.admin_listen, &config.nats).await?;
+        let (stream, epoch) = service::chat_stream(&js, &config.stream, shutdown).await?;
+        retry::at_start("create the dead-letter stream", shutdown, || {
             stream::ensure_dead_letter_stream(&js, config.stream.replicas)
         })
-        .await
-        .context("stopped during start")?;
-        let pool = db::pool(&config.database_url, SCHEMA, 16).context("DATABASE_URL")?;
-        retry::until_ok("apply migrations", shutdown, || {
-            db::prepare(&pool, SCHEMA, &MIGRATOR)
-        })
-        .await
-        .context("stopped during start")?;
-        let epoch_id = retry::until_ok("register the epoch", shutdown, || {
+        .await?;
+        let pool = db::migrated(&config.database_url, SCHEMA, 16, &MIGRATOR, shutdown).await?;
+        let epoch_id = retry::at_start("register the epoch", shutdown, || {
             archive::epoch_id(&pool, &epoch)
         })
-        .await
-        .context("stopped during start")?;
+        .await?;
         if let Some(endpoints) = &config.integration.endpoints {
-            retry::until_ok("sync the integration endpoints", shutdown, || {
+            retry::at_start("sync the integration endpoints", shutdown, || {
                 integration::sync_endpoints(&pool, endpoints)
             })
-            .await
-            .context("stopped during start")?;
+            .await?;
         }
         let search =
             search::Search::new(&config.database_url, SCHEMA, epoch_id).context("DATABASE_URL")?;

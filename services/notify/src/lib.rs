@@ -19,14 +19,13 @@ pub mod webhook;
 
 use std::net::SocketAddr;
 
-use anyhow::Context as _;
 use async_nats::jetstream;
 use chat_bus::api::{
     MembershipChange, NotifyStateRequest, ReadRequest, decode_request, encode_reply,
 };
-use chat_bus::{stream, subjects};
+use chat_bus::subjects;
 use chat_runtime::metrics::Metric;
-use chat_runtime::service::{Admin, Base, Service};
+use chat_runtime::service::{self, Admin, Base, Service};
 use chat_runtime::{ConfigError, Env, db, nats::serve_requests, retry};
 use futures::StreamExt;
 use sqlx::PgPool;
@@ -70,24 +69,14 @@ impl App {
     /// Connects, creates the stream if missing and applies migrations, waiting for NATS and
     /// PostgreSQL as long as they are down (or until `shutdown`).
     pub async fn build(config: NotifyConfig, shutdown: &CancellationToken) -> anyhow::Result<App> {
-        let Base { admin, nats } = Base::start::<App>(config.admin_listen, &config.nats).await?;
-        let js = jetstream::new(nats.clone());
-        let (stream, epoch) = retry::until_ok("create the CHAT stream", shutdown, || {
-            stream::ensure_chat_stream(&js, &config.stream)
-        })
-        .await
-        .context("stopped during start")?;
-        let pool = db::pool(&config.database_url, SCHEMA, 8).context("DATABASE_URL")?;
-        retry::until_ok("apply migrations", shutdown, || {
-            db::prepare(&pool, SCHEMA, &MIGRATOR)
-        })
-        .await
-        .context("stopped during start")?;
-        let reset = retry::until_ok("check the stream epoch", shutdown, || {
+        let Base { admin, nats, js } =
+            Base::start::<App>(config.admin_listen, &config.nats).await?;
+        let (stream, epoch) = service::chat_stream(&js, &config.stream, shutdown).await?;
+        let pool = db::migrated(&config.database_url, SCHEMA, 8, &MIGRATOR, shutdown).await?;
+        let reset = retry::at_start("check the stream epoch", shutdown, || {
             store::ensure_epoch(&pool, &epoch)
         })
-        .await
-        .context("stopped during start")?;
+        .await?;
         if reset {
             tracing::warn!(
                 epoch,

@@ -32,7 +32,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind};
 use chat_bus::api::{
     ApiError, EdgeHeartbeat, MembershipChange, PresenceReply, PresenceRequest, RoomPresenceEvent,
@@ -97,28 +96,24 @@ impl App {
         config: PresenceConfig,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<App> {
-        let Base { admin, nats } = Base::start::<App>(config.admin_listen, &config.nats).await?;
-        let js = jetstream::new(nats.clone());
-        let users = retry::until_ok("create the presence bucket", shutdown, || {
+        let Base { admin, nats, js } =
+            Base::start::<App>(config.admin_listen, &config.nats).await?;
+        let users = retry::at_start("create the presence bucket", shutdown, || {
             store::ensure_bucket(&js, subjects::PRESENCE_USERS_BUCKET, config.kv_replicas)
         })
-        .await
-        .context("stopped during start")?;
-        let edges = retry::until_ok("create the presence edges bucket", shutdown, || {
+        .await?;
+        let edges = retry::at_start("create the presence edges bucket", shutdown, || {
             store::ensure_bucket(&js, subjects::PRESENCE_EDGES_BUCKET, config.kv_replicas)
         })
-        .await
-        .context("stopped during start")?;
-        let alive = retry::until_ok("create the presence liveness bucket", shutdown, || {
+        .await?;
+        let alive = retry::at_start("create the presence liveness bucket", shutdown, || {
             store::ensure_bucket(&js, subjects::PRESENCE_ALIVE_BUCKET, config.kv_replicas)
         })
-        .await
-        .context("stopped during start")?;
-        let subscriptions = retry::until_ok("subscribe to the events", shutdown, || {
+        .await?;
+        let subscriptions = retry::at_start("subscribe to the events", shutdown, || {
             Subscriptions::new(&nats, &js, config.kv_replicas)
         })
-        .await
-        .context("stopped during start")?;
+        .await?;
         tracing::info!("chat-presence started");
         let presence = Presence(Arc::new(Inner {
             rooms: rooms::Directory::new(nats.clone(), config.request_timeout),
