@@ -151,6 +151,19 @@ pub fn nats_ready(client: async_nats::Client) -> ReadinessCheck {
     })
 }
 
+/// Every one of `checks` must pass, in order (the first failure names the dependency).
+pub fn all(checks: Vec<ReadinessCheck>) -> ReadinessCheck {
+    Arc::new(move || {
+        let futs: Vec<_> = checks.iter().map(|c| c()).collect();
+        Box::pin(async move {
+            for f in futs {
+                f.await?;
+            }
+            Ok(())
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

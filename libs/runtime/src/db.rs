@@ -76,15 +76,49 @@ pub fn ready(pool: PgPool) -> ReadinessCheck {
     })
 }
 
-/// Both checks must pass.
-pub fn all(checks: Vec<ReadinessCheck>) -> ReadinessCheck {
-    Arc::new(move || {
-        let futs: Vec<_> = checks.iter().map(|c| c()).collect();
-        Box::pin(async move {
-            for f in futs {
-                f.await?;
-            }
-            Ok(())
-        })
+/// Maps a database failure to what a requester may see: `unavailable` when PostgreSQL cannot be
+/// reached or is going away (retry later), `internal` for a failure of the query itself. The
+/// detail goes to the log only.
+pub fn db_error(e: sqlx::Error) -> chat_bus::api::ApiError {
+    use chat_bus::api::ApiError;
+    let internal = match &e {
+        // SQLSTATE 08 (connection exception), 57P (operator intervention: shutting down),
+        // 53 (insufficient resources) are outages; any other refusal is the query's own.
+        sqlx::Error::Database(db) => !db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")),
+        sqlx::Error::RowNotFound
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Encode(_)
+        | sqlx::Error::Decode(_) => true,
+        _ => false,
+    };
+    if internal {
+        tracing::error!(error = %e, "database error");
+        ApiError::internal()
+    } else {
+        tracing::warn!(error = %e, "postgres unavailable");
+        ApiError::unavailable()
+    }
+}
+
+/// A pool of `schema` (see [`pool`]) once its migrations are applied, waiting for PostgreSQL
+/// as long as it is down (or until `shutdown`).
+pub async fn migrated(
+    url: &str,
+    schema: &'static str,
+    max: u32,
+    migrator: &sqlx::migrate::Migrator,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<PgPool> {
+    use anyhow::Context as _;
+    let pool = pool(url, schema, max).context("DATABASE_URL")?;
+    crate::retry::at_start("apply migrations", shutdown, || {
+        prepare(&pool, schema, migrator)
     })
+    .await?;
+    Ok(pool)
 }

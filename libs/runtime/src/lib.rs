@@ -4,8 +4,10 @@
 
 pub mod admin;
 pub mod config;
+pub mod consumer;
 pub mod metrics;
 pub mod nats;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -32,3 +32,20 @@ where
         delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
+
+/// [`until_ok`] for a step of a service's start: an error if `shutdown` came first (the start
+/// is abandoned).
+pub async fn at_start<T, E, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    op: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    until_ok(what, shutdown, op)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("stopped during start ({what})"))
+}

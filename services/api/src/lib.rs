@@ -27,7 +27,9 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 use chat_bus::stream;
 use chat_proto::{RoomId, UserId};
-use chat_runtime::{admin, retry};
+use chat_runtime::metrics::Metric;
+use chat_runtime::service::{self, Admin, Base, Service};
+use chat_runtime::{ConfigError, Env, retry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -75,7 +77,25 @@ pub struct App {
     api: Api,
     store: kv::Store,
     listener: TcpListener,
-    admin: TcpListener,
+    admin: Admin,
+}
+
+impl Service for App {
+    const NAME: &'static str = "chat-api";
+    const METRICS: &'static [Metric] = metrics_catalogue::CATALOGUE;
+    type Config = ApiConfig;
+
+    fn config(env: &Env) -> Result<ApiConfig, ConfigError> {
+        ApiConfig::from_env(env)
+    }
+
+    async fn build(config: ApiConfig, shutdown: &CancellationToken) -> anyhow::Result<App> {
+        App::build(config, shutdown).await
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        App::run(self, shutdown).await
+    }
 }
 
 impl App {
@@ -86,28 +106,14 @@ impl App {
         let listener = TcpListener::bind(config.listen)
             .await
             .context("bind CHAT_API_ADDR")?;
-        let admin = TcpListener::bind(config.admin_listen)
-            .await
-            .context("bind ADMIN_LISTEN")?;
-        let nats = config
-            .nats
-            .connect("chat-api")
-            .await
-            .map_err(|e| anyhow::anyhow!("connect to NATS: {e}"))?;
-        let js = jetstream::new(nats.clone());
-        let (chat, _epoch) = retry::until_ok("find the CHAT stream", shutdown, || {
-            stream::ensure_chat_stream(&js, &config.stream)
-        })
-        .await
-        .context("stopped during start")?;
-        let store = retry::until_ok("open the API key bucket", shutdown, || {
+        let Base { admin, nats, js } =
+            Base::start::<App>(config.admin_listen, &config.nats).await?;
+        let (chat, _epoch) = service::chat_stream(&js, &config.stream, shutdown).await?;
+        let store = retry::at_start("open the API key bucket", shutdown, || {
             keys::ensure_bucket(&js, config.kv_replicas)
         })
-        .await
-        .context("stopped during start")?;
-        retry::until_ok("load the API keys", shutdown, || keys::load(&keys, &store))
-            .await
-            .context("stopped during start")?;
+        .await?;
+        retry::at_start("load the API keys", shutdown, || keys::load(&keys, &store)).await?;
         tracing::info!(keys = keys.len(), listen = %listener.local_addr()?, "chat-api started");
         let api = Api(Arc::new(Inner {
             config,
@@ -134,20 +140,13 @@ impl App {
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .expect("bound listener has an address")
+        self.admin.addr()
     }
 
     /// Serves until `shutdown`, then finishes the calls in hand.
     pub async fn run(self, shutdown: CancellationToken) {
         let api = self.api;
-        chat_runtime::metrics::install("api", metrics_catalogue::CATALOGUE);
-        let admin = admin::serve(
-            self.admin,
-            admin::nats_ready(api.nats.clone()),
-            shutdown.clone(),
-        );
+        let admin = self.admin.serve(Vec::new(), shutdown.clone());
         let watch = keys::watch(api.keys.clone(), self.store, shutdown.clone());
         let app = routes::router(api.clone());
         let serve = async {

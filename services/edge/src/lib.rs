@@ -9,6 +9,7 @@
 //! Where each concept lives:
 //!
 //! - [`app`]: the process — build (listeners, NATS, the stream, the token verifier), run, drain;
+//! - [`service`]: the edge as a `chat_runtime::service::Service` (what `main` runs);
 //! - [`state`]: [`Edge`], what every connection shares (configuration, NATS, hub, counters);
 //! - [`config`]: the configuration from the environment (CONTRACT §4);
 //! - [`http`]: the client listener — [`http::routes`] (routes, security headers, web client),
@@ -40,6 +41,7 @@ pub mod hub;
 pub mod metrics_catalogue;
 pub mod presence_reporter;
 pub mod ratelimit;
+pub mod service;
 pub mod session;
 pub mod state;
 

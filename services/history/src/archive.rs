@@ -19,6 +19,7 @@ use chat_bus::event::{self, Event, EventKind, Invalid, RoomEvent, Target};
 use chat_bus::lookup::TargetLookup;
 use chat_bus::{subjects, trace};
 use chat_runtime::admin::ReadinessCheck;
+use chat_runtime::consumer::{BatchLoop, InHand};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -147,6 +148,8 @@ where
 pub struct Archive {
     pub pool: PgPool,
     pub js: jetstream::Context,
+    /// The `CHAT` stream, whose consumer this is.
+    pub stream: jetstream::stream::Stream,
     pub epoch_id: i32,
     pub config: HistoryConfig,
     /// What earlier events an entry refers to, when the archive does not hold them yet.
@@ -182,34 +185,16 @@ impl Archive {
     }
 
     async fn run_one(&self, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            if let Err(e) = self.consume(&shutdown).await {
-                tracing::warn!(error = %e, "archive consumer interrupted, restarting");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-            }
-        }
-    }
-
-    async fn consume(&self, shutdown: &CancellationToken) -> Result<(), async_nats::Error> {
-        let stream = self.js.get_stream(subjects::STREAM).await?;
-        let consumer: jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                subjects::HISTORY_CONSUMER,
-                consumer_config(self.config.ack_wait),
-            )
-            .await?;
-        let batch_max = self.config.batch_max.max(1);
-        let mut messages = chat_bus::stream::pull_messages(&consumer, batch_max).await?;
-        while let Some(batch) =
-            chat_bus::stream::next_batch(&mut messages, batch_max, self.config.batch_wait, shutdown)
-                .await?
-        {
-            self.handle_batch(batch, shutdown).await;
-        }
-        Ok(())
+        let config = &self.config;
+        BatchLoop::new(
+            consumer_config(config.ack_wait),
+            config.batch_max,
+            config.batch_wait,
+        )
+        .run(&self.stream, &shutdown, |batch| {
+            self.handle_batch(batch, &shutdown)
+        })
+        .await;
     }
 
     async fn handle_batch(&self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
@@ -249,32 +234,27 @@ impl Archive {
             return;
         }
         let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
-        let mut last_progress = Instant::now();
-        loop {
-            match insert_rows(&self.pool, self.epoch_id, &rows).await {
-                Ok(()) => break,
-                Err(e) if is_data_error(&e) => {
-                    tracing::warn!(error = %e, "batch refused, writing its events one by one");
-                    self.isolate(rows, kept).await;
-                    return;
-                }
-                Err(e) => {
-                    metrics::counter!("chat_history_write_errors_total").increment(1);
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "archive write failed");
-                    if last_progress.elapsed() > self.config.ack_wait / 3 {
-                        for m in &kept {
-                            let _ = m.ack_with(AckKind::Progress).await;
-                        }
-                        last_progress = Instant::now();
-                    }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+        let in_hand = InHand {
+            ack_wait: self.config.ack_wait,
+            errors: "chat_history_write_errors_total",
+        };
+        let written = in_hand
+            .retry_while(
+                "archive write",
+                &kept,
+                shutdown,
+                |e| !is_data_error(e),
+                || insert_rows(&self.pool, self.epoch_id, &rows),
+            )
+            .await;
+        match written {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "batch refused, writing its events one by one");
+                self.isolate(rows, kept).await;
+                return;
             }
+            None => return,
         }
         metrics::histogram!("chat_history_batch_size").record(rows.len() as f64);
         metrics::histogram!("chat_history_batch_seconds").record(started.elapsed().as_secs_f64());

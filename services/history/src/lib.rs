@@ -19,10 +19,11 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use chat_bus::{rpc, stream, subjects};
+use chat_runtime::metrics::Metric;
 use chat_runtime::nats::{Serve as _, serve_requests};
-use chat_runtime::{admin, db, retry};
+use chat_runtime::service::{self, Admin, Base, Service};
+use chat_runtime::{ConfigError, Env, db, retry};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::HistoryConfig;
@@ -41,49 +42,48 @@ pub struct App {
     stream: jetstream::stream::Stream,
     epoch_id: i32,
     search: search::Search,
-    admin: TcpListener,
+    admin: Admin,
+}
+
+impl Service for App {
+    const NAME: &'static str = "chat-history";
+    const METRICS: &'static [Metric] = metrics_catalogue::CATALOGUE;
+    type Config = HistoryConfig;
+
+    fn config(env: &Env) -> Result<HistoryConfig, ConfigError> {
+        HistoryConfig::from_env(env)
+    }
+
+    async fn build(config: HistoryConfig, shutdown: &CancellationToken) -> anyhow::Result<App> {
+        App::build(config, shutdown).await
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        App::run(self, shutdown).await
+    }
 }
 
 impl App {
     /// Connects, creates the stream if missing and applies migrations, waiting for NATS and
     /// PostgreSQL as long as they are down (or until `shutdown`).
     pub async fn build(config: HistoryConfig, shutdown: &CancellationToken) -> anyhow::Result<App> {
-        let admin = TcpListener::bind(config.admin_listen)
-            .await
-            .context("bind ADMIN_LISTEN")?;
-        let nats = config
-            .nats
-            .connect("chat-history")
-            .await
-            .map_err(|e| anyhow::anyhow!("connect to NATS: {e}"))?;
-        let js = jetstream::new(nats.clone());
-        let (stream, epoch) = retry::until_ok("create the CHAT stream", shutdown, || {
-            stream::ensure_chat_stream(&js, &config.stream)
-        })
-        .await
-        .context("stopped during start")?;
-        retry::until_ok("create the dead-letter stream", shutdown, || {
+        let Base { admin, nats, js } =
+            Base::start::<App>(config.admin_listen, &config.nats).await?;
+        let (stream, epoch) = service::chat_stream(&js, &config.stream, shutdown).await?;
+        retry::at_start("create the dead-letter stream", shutdown, || {
             stream::ensure_dead_letter_stream(&js, config.stream.replicas)
         })
-        .await
-        .context("stopped during start")?;
-        let pool = db::pool(&config.database_url, SCHEMA, 16).context("DATABASE_URL")?;
-        retry::until_ok("apply migrations", shutdown, || {
-            db::prepare(&pool, SCHEMA, &MIGRATOR)
-        })
-        .await
-        .context("stopped during start")?;
-        let epoch_id = retry::until_ok("register the epoch", shutdown, || {
+        .await?;
+        let pool = db::migrated(&config.database_url, SCHEMA, 16, &MIGRATOR, shutdown).await?;
+        let epoch_id = retry::at_start("register the epoch", shutdown, || {
             archive::epoch_id(&pool, &epoch)
         })
-        .await
-        .context("stopped during start")?;
+        .await?;
         if let Some(endpoints) = &config.integration.endpoints {
-            retry::until_ok("sync the integration endpoints", shutdown, || {
+            retry::at_start("sync the integration endpoints", shutdown, || {
                 integration::sync_endpoints(&pool, endpoints)
             })
-            .await
-            .context("stopped during start")?;
+            .await?;
         }
         let search =
             search::Search::new(&config.database_url, SCHEMA, epoch_id).context("DATABASE_URL")?;
@@ -101,9 +101,7 @@ impl App {
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .expect("bound listener has an address")
+        self.admin.addr()
     }
 
     /// Serves until `shutdown`, then drains: stops taking requests and events, finishes those in
@@ -114,13 +112,10 @@ impl App {
         } else {
             0
         });
-        let ready = db::all(vec![
-            admin::nats_ready(self.nats.clone()),
-            db::ready(self.pool.clone()),
-            writers.readiness(),
-        ]);
-        chat_runtime::metrics::install("history", metrics_catalogue::CATALOGUE);
-        let admin = tokio::spawn(admin::serve(self.admin, ready, shutdown.clone()));
+        let admin = tokio::spawn(self.admin.serve(
+            vec![db::ready(self.pool.clone()), writers.readiness()],
+            shutdown.clone(),
+        ));
         if self.config.archive {
             tokio::spawn(chat_runtime::metrics::track_consumer_lag(
                 self.stream.clone(),
@@ -229,6 +224,7 @@ impl App {
         let archive = archive::Archive {
             pool: self.pool.clone(),
             js: self.js.clone(),
+            stream: self.stream.clone(),
             epoch_id: self.epoch_id,
             config: self.config.clone(),
             lookup: chat_bus::lookup::TargetLookup::new(

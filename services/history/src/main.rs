@@ -1,17 +1,6 @@
 //! chat-history: see the crate documentation.
 
-use chat_history::{App, HistoryConfig};
-use chat_runtime::{Env, shutdown, telemetry};
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let env = Env::from_process();
-    let _telemetry = telemetry::init(&env, "chat-history");
-    let config = HistoryConfig::from_env(&env)?;
-    let stop = shutdown::on_signal();
-    // CHAT_DRAIN_GRACE bounds the drain whatever is down (issue 15 item 13).
-    let grace = shutdown::drain_grace(&env, std::time::Duration::from_secs(10))?;
-    let app = App::build(config, &stop).await?;
-    shutdown::drain_within(&stop.clone(), grace, app.run(stop)).await;
-    Ok(())
+    chat_runtime::service::main::<chat_history::App>().await
 }

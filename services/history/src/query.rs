@@ -42,9 +42,9 @@ use chat_proto::{
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::rooms::db_error;
 use crate::state::{Change, fold};
 use crate::stream_read::{Entry, StreamReader};
+use chat_runtime::db::db_error;
 
 /// How often the archive's ack floor is refreshed while pages are asked (at least every second).
 pub const FLOOR_REFRESH: Duration = Duration::from_millis(20);

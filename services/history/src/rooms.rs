@@ -10,26 +10,8 @@ use chat_bus::api::{
 use chat_bus::rpc::RoomsReply;
 use chat_bus::{now_ms, subjects};
 use chat_proto::{ErrorCode, RoomId, RoomKind, UserId};
+use chat_runtime::db::db_error;
 use sqlx::{PgPool, Postgres, Transaction};
-
-/// Maps a database failure to what the caller may see: `unavailable` when PostgreSQL cannot be
-/// reached, `internal` otherwise; the detail goes to the log only.
-pub fn db_error(e: sqlx::Error) -> ApiError {
-    match e {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => {
-            tracing::warn!(error = %e, "postgres unavailable");
-            ApiError::unavailable()
-        }
-        e => {
-            tracing::error!(error = %e, "database error");
-            ApiError::internal()
-        }
-    }
-}
 
 /// Most user ids one `create` may list (CONTRACT §2 v1.1 Quotas).
 pub const MAX_CREATE_MEMBERS: usize = 1_000;

@@ -20,7 +20,7 @@ use chat_proto::{ChatMessage, RoomId, UserId};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::rooms::db_error;
+use chat_runtime::db::db_error;
 
 /// Most terms (words, phrases, exclusions) in one query: each is one lookup in the index.
 pub const MAX_TERMS: usize = 32;

@@ -12,11 +12,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::jetstream::{self, consumer::pull};
 use chat_bus::api::{ApiError, RoomInfo, UserNotification};
 use chat_bus::event::{Event, RoomEvent};
 use chat_bus::{subjects, trace};
 use chat_proto::{ErrorCode, Notification, RoomId, RoomKind, UserId};
+use chat_runtime::consumer::{BatchLoop, InHand};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Core;
@@ -51,69 +52,23 @@ struct Decoded {
 
 /// Consumes until `shutdown`; reconnects to the consumer after any failure.
 pub async fn run(core: Core, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        if let Err(e) = consume(&core, &shutdown).await {
-            tracing::warn!(error = %e, "notify consumer interrupted, restarting");
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-        }
-    }
+    let config = &core.config;
+    BatchLoop::new(
+        consumer_config(config.ack_wait),
+        config.batch_max,
+        config.batch_wait,
+    )
+    .run(&core.stream, &shutdown, |batch| {
+        handle_batch(&core, batch, &shutdown)
+    })
+    .await;
 }
 
-async fn consume(core: &Core, shutdown: &CancellationToken) -> Result<(), async_nats::Error> {
-    let stream = core.stream.clone();
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            subjects::NOTIFY_CONSUMER,
-            consumer_config(core.config.ack_wait),
-        )
-        .await?;
-    let batch_max = core.config.batch_max.max(1);
-    let mut messages = chat_bus::stream::pull_messages(&consumer, batch_max).await?;
-    while let Some(batch) =
-        chat_bus::stream::next_batch(&mut messages, batch_max, core.config.batch_wait, shutdown)
-            .await?
-    {
-        handle_batch(core, batch, shutdown).await;
-    }
-    Ok(())
-}
-
-/// Retries `op` while it fails with an outage, keeping the batch's messages from being
-/// redelivered meanwhile; None if `shutdown` came first.
-async fn with_retry<T, E: std::fmt::Display, F, Fut>(
-    what: &str,
-    batch: &[jetstream::Message],
-    shutdown: &CancellationToken,
-    mut op: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut delay = Duration::from_millis(100);
-    let mut last_progress = Instant::now();
-    loop {
-        match op().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                metrics::counter!("chat_notify_errors_total").increment(1);
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed");
-                if last_progress.elapsed() > Duration::from_secs(10) {
-                    for m in batch {
-                        let _ = m.ack_with(AckKind::Progress).await;
-                    }
-                    last_progress = Instant::now();
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+/// How a batch stays in hand while chat-history or PostgreSQL is down.
+fn in_hand(core: &Core) -> InHand {
+    InHand {
+        ack_wait: core.config.ack_wait,
+        errors: "chat_notify_errors_total",
     }
 }
 
@@ -151,10 +106,11 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
         let checked = match chat_bus::event::validate_stored(&msg.subject, &msg.payload) {
             Ok(c) if !c.references().is_empty() => {
                 let room = c.peek().room().clone();
-                match with_retry("look up what an event refers to", &batch, shutdown, || {
-                    core.lookup.resolve(&room, seq, c.clone())
-                })
-                .await
+                match in_hand(core)
+                    .retry("look up what an event refers to", &batch, shutdown, || {
+                        core.lookup.resolve(&room, seq, c.clone())
+                    })
+                    .await
                 {
                     Some(checked) => checked,
                     None => return,
@@ -234,10 +190,11 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
     for d in &decoded {
         let room = &d.event.room;
         if !rooms.contains_key(room) {
-            let Some(info) = with_retry("fetch room members", &batch, shutdown, || {
-                members_or_none(core, room)
-            })
-            .await
+            let Some(info) = in_hand(core)
+                .retry("fetch room members", &batch, shutdown, || {
+                    members_or_none(core, room)
+                })
+                .await
             else {
                 return;
             };
@@ -301,23 +258,25 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
     let publish = if rows.is_empty() {
         Vec::new()
     } else {
-        match with_retry("store a batch", &batch, shutdown, || {
-            store::store_batch(&core.pool, &rows, &notes, &again, core.webhooks.is_some())
-        })
-        .await
+        match in_hand(core)
+            .retry("store a batch", &batch, shutdown, || {
+                store::store_batch(&core.pool, &rows, &notes, &again, core.webhooks.is_some())
+            })
+            .await
         {
             Some(ids) => ids,
             None => return,
         }
     };
-    if with_retry(
-        "withdraw notifications of deleted messages",
-        &batch,
-        shutdown,
-        || store::withdraw(&core.pool, &deleted),
-    )
-    .await
-    .is_none()
+    if in_hand(core)
+        .retry(
+            "withdraw notifications of deleted messages",
+            &batch,
+            shutdown,
+            || store::withdraw(&core.pool, &deleted),
+        )
+        .await
+        .is_none()
     {
         return;
     }

@@ -18,6 +18,7 @@ use chat_bus::api::{
 use chat_bus::event::RoomEvent;
 use chat_bus::{now_ms, subjects, trace};
 use chat_proto::{Notification, NotificationKind, RoomId, RoomKind, UserId};
+use chat_runtime::db::db_error;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, MutexGuard};
@@ -33,32 +34,6 @@ const STRIPES: usize = 64;
 
 /// Most events one count reads from the stream (above the consumer's ack floor) per room.
 const MAX_STREAM_COUNT: usize = 20_000;
-
-/// Maps a database failure to what a requester may see: `unavailable` when PostgreSQL cannot be
-/// reached or is going away (retry later), `internal` for a failure of the query itself. The
-/// detail goes to the log only.
-pub fn db_error(e: sqlx::Error) -> ApiError {
-    let internal = match &e {
-        sqlx::Error::Database(db) => !db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")),
-        sqlx::Error::RowNotFound
-        | sqlx::Error::TypeNotFound { .. }
-        | sqlx::Error::ColumnIndexOutOfBounds { .. }
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Encode(_)
-        | sqlx::Error::Decode(_) => true,
-        _ => false,
-    };
-    if internal {
-        tracing::error!(error = %e, "database error");
-        ApiError::internal()
-    } else {
-        tracing::warn!(error = %e, "postgres unavailable");
-        ApiError::unavailable()
-    }
-}
 
 /// The shared state; cheap to clone.
 #[derive(Clone)]

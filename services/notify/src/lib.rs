@@ -19,14 +19,15 @@ pub mod webhook;
 
 use std::net::SocketAddr;
 
-use anyhow::Context as _;
 use async_nats::jetstream;
 use chat_bus::api::MembershipChange;
-use chat_bus::{rpc, stream, subjects};
-use chat_runtime::{admin, db, nats::Serve as _, retry};
+use chat_bus::{rpc, subjects};
+use chat_runtime::metrics::Metric;
+use chat_runtime::nats::Serve as _;
+use chat_runtime::service::{self, Admin, Base, Service};
+use chat_runtime::{ConfigError, Env, db, retry};
 use futures::StreamExt;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{DEFAULT_ADMIN_LISTEN, NotifyConfig, WebhookConfig};
@@ -42,38 +43,39 @@ pub struct App {
     nats: async_nats::Client,
     pool: PgPool,
     stream: jetstream::stream::Stream,
-    admin: TcpListener,
+    admin: Admin,
+}
+
+impl Service for App {
+    const NAME: &'static str = "chat-notify";
+    const METRICS: &'static [Metric] = metrics_catalogue::CATALOGUE;
+    type Config = NotifyConfig;
+
+    fn config(env: &Env) -> Result<NotifyConfig, ConfigError> {
+        NotifyConfig::from_env(env)
+    }
+
+    async fn build(config: NotifyConfig, shutdown: &CancellationToken) -> anyhow::Result<App> {
+        App::build(config, shutdown).await
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        App::run(self, shutdown).await
+    }
 }
 
 impl App {
     /// Connects, creates the stream if missing and applies migrations, waiting for NATS and
     /// PostgreSQL as long as they are down (or until `shutdown`).
     pub async fn build(config: NotifyConfig, shutdown: &CancellationToken) -> anyhow::Result<App> {
-        let admin = TcpListener::bind(config.admin_listen)
-            .await
-            .context("bind ADMIN_LISTEN")?;
-        let nats = config
-            .nats
-            .connect("chat-notify")
-            .await
-            .map_err(|e| anyhow::anyhow!("connect to NATS: {e}"))?;
-        let js = jetstream::new(nats.clone());
-        let (stream, epoch) = retry::until_ok("create the CHAT stream", shutdown, || {
-            stream::ensure_chat_stream(&js, &config.stream)
-        })
-        .await
-        .context("stopped during start")?;
-        let pool = db::pool(&config.database_url, SCHEMA, 8).context("DATABASE_URL")?;
-        retry::until_ok("apply migrations", shutdown, || {
-            db::prepare(&pool, SCHEMA, &MIGRATOR)
-        })
-        .await
-        .context("stopped during start")?;
-        let reset = retry::until_ok("check the stream epoch", shutdown, || {
+        let Base { admin, nats, js } =
+            Base::start::<App>(config.admin_listen, &config.nats).await?;
+        let (stream, epoch) = service::chat_stream(&js, &config.stream, shutdown).await?;
+        let pool = db::migrated(&config.database_url, SCHEMA, 8, &MIGRATOR, shutdown).await?;
+        let reset = retry::at_start("check the stream epoch", shutdown, || {
             store::ensure_epoch(&pool, &epoch)
         })
-        .await
-        .context("stopped during start")?;
+        .await?;
         if reset {
             tracing::warn!(
                 epoch,
@@ -91,20 +93,16 @@ impl App {
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .expect("bound listener has an address")
+        self.admin.addr()
     }
 
     /// Serves until `shutdown`, then drains: stops taking requests and events, finishes those in
     /// hand, and acknowledges only what was committed.
     pub async fn run(self, shutdown: CancellationToken) {
-        let ready = db::all(vec![
-            admin::nats_ready(self.nats.clone()),
-            db::ready(self.pool.clone()),
-        ]);
-        chat_runtime::metrics::install("notify", metrics_catalogue::CATALOGUE);
-        let admin = tokio::spawn(admin::serve(self.admin, ready, shutdown.clone()));
+        let admin = tokio::spawn(
+            self.admin
+                .serve(vec![db::ready(self.pool.clone())], shutdown.clone()),
+        );
         tokio::spawn(chat_runtime::metrics::track_consumer_lag(
             self.stream.clone(),
             subjects::NOTIFY_CONSUMER,

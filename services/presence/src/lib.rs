@@ -32,7 +32,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind};
 use chat_bus::api::{
     ApiError, EdgeHeartbeat, MembershipChange, PresenceReply, PresenceRequest, RoomPresenceEvent,
@@ -40,9 +39,10 @@ use chat_bus::api::{
 };
 use chat_bus::{now_ms, rpc, subjects};
 use chat_proto::{PresenceEntry, RoomId, Status, UserId};
-use chat_runtime::{admin, nats::Serve as _, retry};
+use chat_runtime::metrics::Metric;
+use chat_runtime::service::{Admin, Base, Service};
+use chat_runtime::{ConfigError, Env, nats::Serve as _, retry};
 use futures::StreamExt;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +68,25 @@ pub struct App {
     presence: Presence,
     /// Taken in `build`, so that no event is missed between `build` and `run`.
     subscriptions: Subscriptions,
-    admin: TcpListener,
+    admin: Admin,
+}
+
+impl Service for App {
+    const NAME: &'static str = "chat-presence";
+    const METRICS: &'static [Metric] = metrics_catalogue::CATALOGUE;
+    type Config = PresenceConfig;
+
+    fn config(env: &Env) -> Result<PresenceConfig, ConfigError> {
+        PresenceConfig::from_env(env)
+    }
+
+    async fn build(config: PresenceConfig, shutdown: &CancellationToken) -> anyhow::Result<App> {
+        App::build(config, shutdown).await
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        App::run(self, shutdown).await
+    }
 }
 
 impl App {
@@ -78,35 +96,24 @@ impl App {
         config: PresenceConfig,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<App> {
-        let admin = TcpListener::bind(config.admin_listen)
-            .await
-            .context("bind ADMIN_LISTEN")?;
-        let nats = config
-            .nats
-            .connect("chat-presence")
-            .await
-            .map_err(|e| anyhow::anyhow!("connect to NATS: {e}"))?;
-        let js = jetstream::new(nats.clone());
-        let users = retry::until_ok("create the presence bucket", shutdown, || {
+        let Base { admin, nats, js } =
+            Base::start::<App>(config.admin_listen, &config.nats).await?;
+        let users = retry::at_start("create the presence bucket", shutdown, || {
             store::ensure_bucket(&js, subjects::PRESENCE_USERS_BUCKET, config.kv_replicas)
         })
-        .await
-        .context("stopped during start")?;
-        let edges = retry::until_ok("create the presence edges bucket", shutdown, || {
+        .await?;
+        let edges = retry::at_start("create the presence edges bucket", shutdown, || {
             store::ensure_bucket(&js, subjects::PRESENCE_EDGES_BUCKET, config.kv_replicas)
         })
-        .await
-        .context("stopped during start")?;
-        let alive = retry::until_ok("create the presence liveness bucket", shutdown, || {
+        .await?;
+        let alive = retry::at_start("create the presence liveness bucket", shutdown, || {
             store::ensure_bucket(&js, subjects::PRESENCE_ALIVE_BUCKET, config.kv_replicas)
         })
-        .await
-        .context("stopped during start")?;
-        let subscriptions = retry::until_ok("subscribe to the events", shutdown, || {
+        .await?;
+        let subscriptions = retry::at_start("subscribe to the events", shutdown, || {
             Subscriptions::new(&nats, &js, config.kv_replicas)
         })
-        .await
-        .context("stopped during start")?;
+        .await?;
         tracing::info!("chat-presence started");
         let presence = Presence(Arc::new(Inner {
             rooms: rooms::Directory::new(nats.clone(), config.request_timeout),
@@ -125,9 +132,7 @@ impl App {
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .expect("bound listener has an address")
+        self.admin.addr()
     }
 
     /// The service's core, for benchmarks and tests that drive it directly.
@@ -140,12 +145,7 @@ impl App {
     /// (as a crash would).
     pub async fn run(self, shutdown: CancellationToken) {
         let p = self.presence;
-        chat_runtime::metrics::install("presence", metrics_catalogue::CATALOGUE);
-        let admin = admin::serve(
-            self.admin,
-            admin::nats_ready(p.nats.clone()),
-            shutdown.clone(),
-        );
+        let admin = self.admin.serve(Vec::new(), shutdown.clone());
         let (lanes, mut workers) = Lanes::start(p.config.workers);
         let events = p
             .clone()
