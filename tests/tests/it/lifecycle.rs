@@ -807,6 +807,7 @@ async fn only_messages_count_as_unread() {
 /// Measurement, not a check (`--run-ignored only`): the latency of `chat.api.history` pages of
 /// 50 events whose messages carry state (reactions, edits), from PostgreSQL and, with the archive
 /// writer stopped, merged with a stream tail of 300 changes. Prints p50/p99 of 200 pages each.
+/// `cargo nextest run -p chat-tests --run-ignored only --no-capture -E 'test(history_page_latency_with_state)'`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn history_page_latency_with_state() {

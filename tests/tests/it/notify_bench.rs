@@ -1,7 +1,7 @@
 //! Benchmark of chat-notify, end to end through the edge (ignored by default):
 //!
 //! ```text
-//! cargo nextest run -p chat-tests --test notify_bench --run-ignored only --no-capture
+//! cargo nextest run -p chat-tests --run-ignored only --no-capture -E 'test(/^notify_bench::/)'
 //! ```
 //!
 //! `USERS` receivers sit in one room, each with a live session; a sender mentions them in turn,
