@@ -203,10 +203,10 @@ async fn a_client_traceparent_makes_the_send_part_of_its_trace() {
         Duration::from_secs(30),
         async || {
             let spans = otlp.spans();
-            (|s: &[chat_tests::otlp::SpanRecord]| {
-                s.iter().any(|s| s.name == "send" && s.trace_id == trace_id)
-            })(&spans)
-            .then_some(spans)
+            spans
+                .iter()
+                .any(|s| s.name == "send" && s.trace_id == trace_id)
+                .then_some(spans)
         },
     )
     .await;
@@ -248,14 +248,14 @@ async fn traces_reach_an_https_collector() {
         Duration::from_secs(30),
         async || {
             let spans = otlp.spans();
-            (|spans: &[chat_tests::otlp::SpanRecord]| {
-                spans.iter().any(|s| {
+            spans
+                .iter()
+                .any(|s| {
                     s.service == "chat-edge"
                         && s.name == "send"
                         && s.attr("seq") == Some(seq.as_str())
                 })
-            })(&spans)
-            .then_some(spans)
+                .then_some(spans)
         },
     )
     .await;
