@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use chat_bus::subjects;
 use chat_proto::UserId;
 use chat_testkit::WsClient;
-use chat_tests::{Stack, join};
+use chat_tests::Stack;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -121,7 +121,7 @@ async fn main() {
         let frames = frames.clone();
         async move {
             let (mut c, _) = WsClient::login(&url, &token).await;
-            join(&mut c, &format!("room{}", i / 20)).await;
+            c.join(&format!("room{}", i / 20)).await;
             (i, Pumped::new(c, frames))
         }
     });
@@ -211,12 +211,12 @@ async fn main() {
         })
     };
     let (mut watcher, _) = stack.login(0, "watcher").await;
-    join(&mut watcher, "probe-room").await;
+    watcher.join("probe-room").await;
     let mut delays = Vec::new();
     for j in 0..probes {
         let name = format!("probe{j}");
         let (mut c, _) = stack.login(0, &name).await;
-        join(&mut c, "probe-room").await;
+        c.join("probe-room").await;
         watcher
             .recv_until(|f| f["type"] == "presence" && f["user"] == name.as_str())
             .await

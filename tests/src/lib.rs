@@ -4,12 +4,12 @@
 use std::net::SocketAddr;
 
 use chat_runtime::Env;
-use chat_testkit::{NatsServer, WsClient, fresh_database, token};
+use chat_testkit::{NatsServer, fresh_database, token};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use chat_testkit;
+pub use chat_testkit::{self, WsClient, eventually};
 
 pub mod otlp;
 pub mod procs;
@@ -228,6 +228,11 @@ impl Stack {
         token::hs256(SECRET, user, 3600)
     }
 
+    /// `user`, signed in on the first edge (`alice.join("r")`, `alice.post("r", "hi")`).
+    pub async fn client(&self, user: &str) -> WsClient {
+        self.login(0, user).await.0
+    }
+
     /// Connects `user` to edge `i` and returns the client and its `hello`.
     pub async fn login(&self, i: usize, user: &str) -> (WsClient, Value) {
         WsClient::login(&self.ws_url(i), &self.token(user)).await
@@ -241,121 +246,25 @@ impl Stack {
     }
 }
 
-/// Joins `room` and returns the `joined` frame.
-pub async fn join(c: &mut WsClient, room: &str) -> Value {
-    let r = c
-        .request(
-            serde_json::json!({"type": "join", "room": room}),
-            &format!("join-{room}"),
-        )
-        .await;
-    assert_eq!(r["type"], "joined", "join {room}: {r}");
-    r
-}
-
-/// Sends a message and returns the `ack`.
-pub async fn send(c: &mut WsClient, room: &str, body: &str, client_id: &str) -> Value {
-    let r = c
-        .request(
-            serde_json::json!({"type": "send", "room": room, "body": body, "client_id": client_id}),
-            &format!("send-{client_id}"),
-        )
-        .await;
-    assert_eq!(r["type"], "ack", "send: {r}");
-    r
-}
-
-/// Sends `n` messages `"<prefix> <i>"` with client ids `<prefix>-<i>`, keeping up to 256 in
-/// flight and reading while it sends (as a real client must: a peer that stops reading is cut
-/// off); returns each message's acked seq, by index.
-pub async fn send_many(c: &mut WsClient, room: &str, prefix: &str, n: usize) -> Vec<u64> {
-    const IN_FLIGHT: usize = 256;
-    let mut seqs = vec![0u64; n];
-    let (mut sent, mut got) = (0, 0);
-    while got < n {
-        while sent < n && sent - got < IN_FLIGHT {
-            c.send(
-                serde_json::json!({"type": "send", "room": room, "body": format!("{prefix} {sent}"),
-                                      "client_id": format!("{prefix}-{sent}")}),
-            )
-            .await;
-            sent += 1;
-        }
-        let f = c.recv().await.expect("ack");
-        match f["type"].as_str() {
-            Some("ack") => {
-                let id = f["client_id"].as_str().unwrap_or("");
-                if let Some(i) = id
-                    .strip_prefix(&format!("{prefix}-"))
-                    .and_then(|i| i.parse::<usize>().ok())
-                {
-                    seqs[i] = f["seq"].as_u64().expect("seq");
-                    got += 1;
-                }
-            }
-            Some("error") => panic!("send failed: {f}"),
-            _ => {}
-        }
-    }
-    seqs
-}
-
-/// Joins with a recovery cursor; returns the replayed seqs and the `joined` frame.
-pub async fn join_since(
-    c: &mut WsClient,
-    room: &str,
-    since: u64,
-    epoch: &str,
-) -> (Vec<u64>, Value) {
-    c.send(serde_json::json!({"type": "join", "room": room, "since": since, "epoch": epoch}))
-        .await;
-    let mut got = Vec::new();
-    loop {
-        let f = c.recv().await.expect("replay");
-        match f["type"].as_str() {
-            Some("message") if f["room"] == room => got.push(f["seq"].as_u64().expect("seq")),
-            Some("joined") if f["room"] == room => return (got, f),
-            Some("error") => panic!("join failed: {f}"),
-            _ => {}
-        }
-    }
-}
-
 /// Waits until the archive holds `n` rows of `room` (polling PostgreSQL), then checks none is doubled.
 pub async fn wait_archived(db: &sqlx::PgPool, room: &str, n: i64) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let row: Result<(i64, i64), _> = sqlx::query_as(
-            "SELECT count(*), count(DISTINCT client_id) FROM history.messages WHERE room = $1",
-        )
-        .bind(room)
-        .fetch_one(db)
-        .await;
-        if let Ok((rows, distinct)) = row {
-            assert_eq!(rows, distinct, "a message was archived twice");
+    let (rows, distinct) = eventually(
+        &format!("the archive holds {n} rows of {room}"),
+        std::time::Duration::from_secs(60),
+        async || {
+            let (rows, distinct): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), count(DISTINCT client_id) FROM history.messages WHERE room = $1",
+            )
+            .bind(room)
+            .fetch_one(db)
+            .await
+            .ok()?;
             assert!(rows <= n, "more rows than messages: {rows} > {n}");
-            if rows == n {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "archive did not reach {n} rows of {room}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-/// Polls `done` every 20 ms until it holds; panics naming `what` after `within`.
-pub async fn wait_for(what: &str, within: std::time::Duration, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+            (rows == n).then_some((rows, distinct))
+        },
+    )
+    .await;
+    assert_eq!(rows, distinct, "a message was archived twice");
 }
 
 /// chat-notify's state of `user` in `rooms`, asked over NATS as an edge does.
@@ -379,19 +288,6 @@ pub async fn notify_state(
     )
     .await
     .expect("notify state")
-}
-
-/// Lets `d` pass while reading (and dropping) whatever `c` receives: a test client that is not
-/// read answers no WebSocket ping, and a short heartbeat would drop it as a dead peer.
-pub async fn idle(c: &mut WsClient, d: std::time::Duration) {
-    let until = tokio::time::Instant::now() + d;
-    while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
-        if let Err(chat_testkit::WsError::Closed(_) | chat_testkit::WsError::Transport(_)) =
-            c.recv_within(left).await
-        {
-            return;
-        }
-    }
 }
 
 /// What [`send_until_acked`] got: every message acknowledged, and when.
@@ -436,6 +332,8 @@ pub async fn send_until_acked(
             {
                 conn = Some(c);
             } else {
+                // A client's pause between attempts while the edge is down (a retry, not a
+                // wait for an event: this loops until it gets in).
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             continue;
@@ -458,6 +356,7 @@ pub async fn send_until_acked(
             }
             Ok(_) => {
                 acked.retries += 1;
+                // Refused (unavailable, …): a client's pause before the retry.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(_) => {
@@ -498,6 +397,7 @@ pub async fn live_reader(
         }
         first = false;
         let Ok(mut c) = WsClient::connect(&url, Some(&tok)).await else {
+            // A client's pause between attempts while the edge is down.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -527,23 +427,6 @@ pub async fn live_reader(
                 Ok(_) => {}
                 Err(_) => break,
             }
-        }
-    }
-}
-
-/// Every frame `c` receives until `deadline`, each with when it arrived (the connection must
-/// stay open meanwhile).
-pub async fn frames_until(
-    c: &mut WsClient,
-    deadline: tokio::time::Instant,
-) -> Vec<(tokio::time::Instant, Value)> {
-    let mut out = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.recv_within(left).await {
-            Ok(f) => out.push((tokio::time::Instant::now(), f)),
-            Err(chat_testkit::WsError::Timeout) => return out,
-            Err(e) => panic!("connection failed while collecting frames: {e:?}"),
         }
     }
 }
@@ -580,24 +463,21 @@ pub fn page_seqs(page: &Value) -> Vec<u64> {
 /// Waits until chat-notify has set `user`'s read marker in `room` (the floor a join sets), so
 /// that what is sent next counts as unread for the joiner whatever the timing.
 pub async fn wait_read_marker(db: &sqlx::PgPool, user: &str, room: &str) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let row: Option<(i32,)> =
-            sqlx::query_as("SELECT 1 FROM notify.read_markers WHERE user_id = $1 AND room = $2")
-                .bind(user)
-                .bind(room)
-                .fetch_optional(db)
-                .await
-                .expect("read markers");
-        if row.is_some() {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "join of {user} never seen by chat-notify"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    eventually(
+        &format!("chat-notify has seen the join of {user} to {room}"),
+        std::time::Duration::from_secs(10),
+        async || {
+            sqlx::query_as::<_, (i32,)>(
+                "SELECT 1 FROM notify.read_markers WHERE user_id = $1 AND room = $2",
+            )
+            .bind(user)
+            .bind(room)
+            .fetch_optional(db)
+            .await
+            .expect("read markers")
+        },
+    )
+    .await;
 }
 
 /// An HTTP/1.1 answer: status, lowercase header names and values, the body as JSON (`Null` when
@@ -710,25 +590,22 @@ pub async fn put_api_key(client: &async_nats::Client, record: &chat_bus::apikey:
 /// [`put_api_key`] wrote): asked for a room that does not exist, it answers anything but 401.
 pub async fn wait_key_known(addrs: &[std::net::SocketAddr], key: &str) {
     for addr in addrs {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let answer = http(
-                *addr,
-                "GET",
-                "/api/v1/rooms/no-such-room-probe",
-                Some(key),
-                None,
-            )
-            .await;
-            if answer.status != 401 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "chat-api at {addr} never learned the key: {answer:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        eventually(
+            &format!("chat-api at {addr} knows the key"),
+            std::time::Duration::from_secs(10),
+            async || {
+                let answer = http(
+                    *addr,
+                    "GET",
+                    "/api/v1/rooms/no-such-room-probe",
+                    Some(key),
+                    None,
+                )
+                .await;
+                (answer.status != 401).then_some(()).ok_or(answer)
+            },
+        )
+        .await;
     }
 }
 

@@ -172,20 +172,4 @@ impl OtlpReceiver {
     pub fn spans(&self) -> Vec<SpanRecord> {
         self.spans.lock().map(|s| s.clone()).unwrap_or_default()
     }
-
-    /// Waits (up to 30 s) until `pred` holds for the spans received so far.
-    pub async fn wait_for(&self, mut pred: impl FnMut(&[SpanRecord]) -> bool) -> Vec<SpanRecord> {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let spans = self.spans();
-            if pred(&spans) {
-                return spans;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "spans never arrived; got {spans:#?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
 }

@@ -92,22 +92,16 @@ impl Proc {
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if http_get(self.admin_port, "/readyz")
-                .await
-                .map(|(s, _)| s == 200)
-                .unwrap_or(false)
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} never became ready",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        chat_testkit::eventually(
+            &format!("{} is ready", self.name),
+            Duration::from_secs(30),
+            async || {
+                http_get(self.admin_port, "/readyz")
+                    .await
+                    .is_ok_and(|(s, _)| s == 200)
+            },
+        )
+        .await;
     }
 
     /// Where chat-api's HTTP API listens.

@@ -1,12 +1,14 @@
 //! Real servers for tests, never mocks: a nats-server with JetStream on a free port and a
 //! temporary store ([`NatsServer`], or a cluster of them: [`NatsCluster`]), a fresh PostgreSQL
 //! database per test ([`fresh_database`]), a WebSocket client that speaks JSON frames
-//! ([`WsClient`]) and JWTs ([`token`]).
+//! ([`WsClient`]) and JWTs ([`token`]); and the one way tests wait for something: [`eventually`].
 
+mod eventually;
 mod nats;
 mod pg;
 mod ws;
 
+pub use eventually::{Probe, eventually, try_eventually};
 pub use nats::{NatsCluster, NatsOptions, NatsServer};
 pub use pg::{PgCluster, fresh_database};
 pub use ws::{WsClient, WsError};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::process::{Child, Command};
 
 /// How to run the server.
@@ -98,19 +98,15 @@ impl NatsServer {
                 )
             })?;
         self.child = Some(child);
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        bail!(
-            "nats-server did not listen on port {} within 5 s",
-            self.port
+        let port = self.port;
+        crate::try_eventually(
+            &format!("nats-server listens on port {port}"),
+            Duration::from_secs(5),
+            async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await,
         )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        Ok(())
     }
 
     /// Is the process running (not killed)?
@@ -221,16 +217,13 @@ impl NatsCluster {
     /// Waits until the JetStream API answers (a meta leader is elected), up to 30 s.
     pub async fn wait_for_jetstream(&self) -> anyhow::Result<()> {
         let js = async_nats::jetstream::new(self.client().await);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match js.query_account().await {
-                Ok(_) => return Ok(()),
-                Err(e) if tokio::time::Instant::now() > deadline => {
-                    bail!("JetStream of the cluster never answered: {e}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        crate::try_eventually(
+            "JetStream of the cluster answers",
+            Duration::from_secs(30),
+            async || js.query_account().await.map(|_| ()),
+        )
+        .await
+        .map_err(anyhow::Error::msg)
     }
 
     /// SIGKILLs node `i`, keeping its store.
@@ -263,22 +256,23 @@ impl NatsCluster {
         stream: &str,
         within: Duration,
     ) -> anyhow::Result<usize> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Ok(mut s) = js.get_stream(stream).await
-                && let Ok(info) = s.info().await
-                && let Some(c) = &info.cluster
-                && let Some(leader) = c.leader.as_deref()
-                && c.replicas.len() + 1 == info.config.num_replicas
-                && c.replicas.iter().all(|r| r.current && !r.offline)
-                && let Some(i) = (0..self.nodes.len()).find(|&i| Self::server_name(i) == leader)
-            {
-                return Ok(i);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("stream {stream} not healthy within {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let healthy = async || {
+            let mut s = js.get_stream(stream).await.ok()?;
+            let info = s.info().await.ok()?;
+            let c = info.cluster.as_ref()?;
+            let leader = c.leader.as_deref()?;
+            let all_current = c.replicas.len() + 1 == info.config.num_replicas
+                && c.replicas.iter().all(|r| r.current && !r.offline);
+            all_current
+                .then(|| (0..self.nodes.len()).find(|&i| Self::server_name(i) == leader))
+                .flatten()
+        };
+        crate::try_eventually(
+            &format!("stream {stream} has a leader and every replica current"),
+            within,
+            healthy,
+        )
+        .await
+        .map_err(anyhow::Error::msg)
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -168,4 +168,120 @@ impl WsClient {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+
+    // What a chat client does (CONTRACT §2), each step checked: `alice.join("r")`,
+    // `alice.post("r", "hi")`.
+
+    /// Joins `room` and returns the `joined` frame.
+    pub async fn join(&mut self, room: &str) -> Value {
+        let r = self
+            .request(
+                json!({"type": "join", "room": room}),
+                &format!("join-{room}"),
+            )
+            .await;
+        assert_eq!(r["type"], "joined", "join {room}: {r}");
+        r
+    }
+
+    /// Joins with a recovery cursor; returns the replayed seqs and the `joined` frame.
+    pub async fn join_since(&mut self, room: &str, since: u64, epoch: &str) -> (Vec<u64>, Value) {
+        self.send(json!({"type": "join", "room": room, "since": since, "epoch": epoch}))
+            .await;
+        let mut got = Vec::new();
+        loop {
+            let f = self.recv().await.expect("replay");
+            match f["type"].as_str() {
+                Some("message") if f["room"] == room => got.push(f["seq"].as_u64().expect("seq")),
+                Some("joined") if f["room"] == room => return (got, f),
+                Some("error") => panic!("join failed: {f}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a message with a fresh client_id and returns the `ack`.
+    pub async fn post(&mut self, room: &str, body: &str) -> Value {
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.post_as(room, body, &format!("auto-{id}")).await
+    }
+
+    /// Sends a message with the given client_id (retries, duplicates) and returns the `ack`.
+    pub async fn post_as(&mut self, room: &str, body: &str, client_id: &str) -> Value {
+        let r = self
+            .request(
+                json!({"type": "send", "room": room, "body": body, "client_id": client_id}),
+                &format!("send-{client_id}"),
+            )
+            .await;
+        assert_eq!(r["type"], "ack", "send: {r}");
+        r
+    }
+
+    /// Sends `n` messages `"<prefix> <i>"` with client ids `<prefix>-<i>`, keeping up to 256 in
+    /// flight and reading while it sends (as a real client must: a peer that stops reading is cut
+    /// off); returns each message's acked seq, by index.
+    pub async fn post_many(&mut self, room: &str, prefix: &str, n: usize) -> Vec<u64> {
+        const IN_FLIGHT: usize = 256;
+        let mut seqs = vec![0u64; n];
+        let (mut sent, mut got) = (0, 0);
+        while got < n {
+            while sent < n && sent - got < IN_FLIGHT {
+                self.send(
+                    json!({"type": "send", "room": room, "body": format!("{prefix} {sent}"),
+                                 "client_id": format!("{prefix}-{sent}")}),
+                )
+                .await;
+                sent += 1;
+            }
+            let f = self.recv().await.expect("ack");
+            match f["type"].as_str() {
+                Some("ack") => {
+                    let id = f["client_id"].as_str().unwrap_or("");
+                    if let Some(i) = id
+                        .strip_prefix(&format!("{prefix}-"))
+                        .and_then(|i| i.parse::<usize>().ok())
+                    {
+                        seqs[i] = f["seq"].as_u64().expect("seq");
+                        got += 1;
+                    }
+                }
+                Some("error") => panic!("send failed: {f}"),
+                _ => {}
+            }
+        }
+        seqs
+    }
+
+    /// Lets `d` pass while reading (and dropping) whatever arrives: a client that is not read
+    /// answers no WebSocket ping, and a short heartbeat would drop it as a dead peer.
+    pub async fn idle(&mut self, d: Duration) {
+        let until = tokio::time::Instant::now() + d;
+        while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
+            if let Err(WsError::Closed(_) | WsError::Transport(_)) = self.recv_within(left).await {
+                return;
+            }
+        }
+    }
+
+    /// Every frame received until `deadline`, each with when it arrived (the connection must
+    /// stay open meanwhile).
+    pub async fn frames_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Vec<(tokio::time::Instant, Value)> {
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_within(left).await {
+                Ok(f) => out.push((tokio::time::Instant::now(), f)),
+                Err(WsError::Timeout) => return out,
+                Err(e) => panic!("connection failed while collecting frames: {e:?}"),
+            }
+        }
+    }
 }
+
+/// The next automatic client_id ([`WsClient::post`]): unique in the test process, whichever
+/// connection or user sends.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

@@ -283,21 +283,15 @@ impl HistoryQuery {
                     self.pg_forward(room, after, floor, want),
                     self.stream_forward(room, &subject, floor, want, view)
                 );
-                let (mut rows, anchor) = archived?;
-                if rows.len() < want {
-                    let (tail, _) = tail?;
-                    rows.extend(tail);
-                }
-                rows.truncate(want);
-                let more = rows.len() > limit;
-                rows.truncate(limit);
-                return Ok((
-                    Run {
-                        events: rows,
-                        anchor,
-                    },
-                    more,
-                ));
+                let (rows, anchor) = archived?;
+                // The tail is only needed (and its error only matters) if the archive is short.
+                let tail = if rows.len() < want {
+                    tail?.0
+                } else {
+                    Vec::new()
+                };
+                let (events, more) = merge_forward(rows, tail, limit);
+                return Ok((Run { events, anchor }, more));
             }
             View::Archive { .. } => (Vec::new(), None::<u64>, after),
             View::StreamOnly { first } => {
@@ -340,19 +334,19 @@ impl HistoryQuery {
             }
             self.stream_backward(room, &subject, lo, before, want).await
         };
-        let mut events: VecDeque<RoomEventFrame> = match view {
+        let events: VecDeque<RoomEventFrame> = match view {
             View::Archive { floor } => {
                 let archive_before = before.map_or(floor.saturating_add(1), |b| b.min(floor + 1));
                 let (tail, archived) =
                     tokio::join!(stream_part, self.pg_backward(room, archive_before, want));
-                let (mut tail, _) = tail?;
-                if tail.len() < want {
-                    let rows = archived?;
-                    for r in rows.into_iter().rev().take(want - tail.len()) {
-                        tail.push_front(r);
-                    }
-                }
-                tail
+                let (tail, _) = tail?;
+                // The archive is only needed (and its error only matters) if the tail is short.
+                let rows = if tail.len() < want {
+                    archived?
+                } else {
+                    Vec::new()
+                };
+                merge_backward(tail, rows, want)
             }
             View::StreamOnly { first } => {
                 let (tail, reached_lo) = stream_part.await?;
@@ -363,22 +357,7 @@ impl HistoryQuery {
                 tail
             }
         };
-        while events.len() > want {
-            events.pop_front();
-        }
-        let more = events.len() > limit;
-        let anchor = if more {
-            events.pop_front().map_or(0, |e| e.seq())
-        } else {
-            0
-        };
-        Ok((
-            Run {
-                events: events.into(),
-                anchor,
-            },
-            more,
-        ))
+        Ok(newest_page(events, limit))
     }
 
     /// `chat.internal.history.message`: what the edge checks before publishing a change of
@@ -941,6 +920,58 @@ fn too_many_invalid(room: &RoomId) -> ApiError {
     ApiError::unavailable()
 }
 
+/// A page after a cursor from its two sources: the archived events above the cursor (ascending,
+/// all at or below the floor) and, after them, the stream's tail above the floor. The oldest
+/// `limit` events, and whether more follow.
+fn merge_forward(
+    mut archived: Vec<RoomEventFrame>,
+    tail: Vec<RoomEventFrame>,
+    limit: usize,
+) -> (Vec<RoomEventFrame>, bool) {
+    archived.extend(tail);
+    archived.truncate(limit + 1);
+    let more = archived.len() > limit;
+    archived.truncate(limit);
+    (archived, more)
+}
+
+/// The newest events below a cursor from its two sources: the stream's tail (ascending, all above
+/// the floor) and, before it, the newest archived events (ascending, all at or below it), up to
+/// `want` in all.
+fn merge_backward(
+    mut tail: VecDeque<RoomEventFrame>,
+    archived: Vec<RoomEventFrame>,
+    want: usize,
+) -> VecDeque<RoomEventFrame> {
+    let room_for = want.saturating_sub(tail.len());
+    for r in archived.into_iter().rev().take(room_for) {
+        tail.push_front(r);
+    }
+    tail
+}
+
+/// A page before a cursor from the newest events found (ascending, up to `limit` + 1 asked): the
+/// newest `limit`, whether more lie below, and the event before the first as the chain's anchor
+/// (0 when nothing lies below: the first event of the room has no predecessor).
+fn newest_page(mut events: VecDeque<RoomEventFrame>, limit: usize) -> (Run, bool) {
+    while events.len() > limit + 1 {
+        events.pop_front();
+    }
+    let more = events.len() > limit;
+    let anchor = if more {
+        events.pop_front().map_or(0, |e| e.seq())
+    } else {
+        0
+    };
+    (
+        Run {
+            events: events.into(),
+            anchor,
+        },
+        more,
+    )
+}
+
 /// Sets every `prev_seq` of a run from its neighbour: the previous valid event of the room.
 fn chain(run: Run) -> Vec<RoomEventFrame> {
     let mut prev = run.anchor;
@@ -1268,6 +1299,71 @@ mod tests {
         });
         let links: Vec<(u64, u64)> = out.iter().map(|m| (m.seq(), m.prev_seq())).collect();
         assert_eq!(links, vec![(5, 3), (9, 5), (12, 9)]);
+    }
+
+    fn seqs<'a>(events: impl IntoIterator<Item = &'a RoomEventFrame>) -> Vec<u64> {
+        events.into_iter().map(|e| e.seq()).collect()
+    }
+
+    fn run(range: impl IntoIterator<Item = u64>) -> Vec<RoomEventFrame> {
+        range.into_iter().map(|s| msg(s, "x")).collect()
+    }
+
+    #[test]
+    fn a_page_after_a_cursor_reads_the_archive_then_the_tail() {
+        // Archive up to the floor (10), the tail above it; seqs may skip (not every entry is an
+        // event).
+        let (page, more) = merge_forward(run([4, 6, 9]), run([11, 12, 15]), 5);
+        assert_eq!((seqs(&page), more), (vec![4, 6, 9, 11, 12], true));
+        // Exactly the limit: no more.
+        let (page, more) = merge_forward(run([4, 6]), run([11]), 3);
+        assert_eq!((seqs(&page), more), (vec![4, 6, 11], false));
+        // Nothing archived above the cursor yet: the tail alone; nothing at all: empty.
+        let (page, more) = merge_forward(Vec::new(), run([11, 12]), 5);
+        assert_eq!((seqs(&page), more), (vec![11, 12], false));
+        let (page, more) = merge_forward(Vec::new(), Vec::new(), 5);
+        assert_eq!((page.len(), more), (0, false));
+        // A full archive part (limit + 1 rows): the tail is not needed to know there is more.
+        let (page, more) = merge_forward(run(1..=4), Vec::new(), 3);
+        assert_eq!((seqs(&page), more), (vec![1, 2, 3], true));
+    }
+
+    #[test]
+    fn a_page_before_a_cursor_keeps_the_newest_and_anchors_on_the_one_below() {
+        let limit = 3;
+        let want = limit + 1;
+        // The tail (above the floor) is newest; the archive fills in below it.
+        let events = merge_backward(run([11, 12]).into(), run([3, 5, 8, 9]), want);
+        assert_eq!(seqs(&events), vec![8, 9, 11, 12]);
+        let (page, more) = newest_page(events, limit);
+        assert_eq!(
+            (seqs(&page.events), page.anchor, more),
+            (vec![9, 11, 12], 8, true)
+        );
+        let chained = chain(page);
+        let links: Vec<(u64, u64)> = chained.iter().map(|m| (m.seq(), m.prev_seq())).collect();
+        assert_eq!(links, vec![(9, 8), (11, 9), (12, 11)]);
+        // A tail that fills the page alone takes nothing from the archive.
+        let events = merge_backward(run(20..=25).into(), run([3, 5]), want);
+        let (page, more) = newest_page(events, limit);
+        assert_eq!(
+            (seqs(&page.events), page.anchor, more),
+            (vec![23, 24, 25], 22, true)
+        );
+        // Everything the room holds fits: no more, and the first event has no predecessor.
+        let events = merge_backward(run([7]).into(), run([2]), want);
+        let (page, more) = newest_page(events, limit);
+        assert_eq!(
+            (seqs(&page.events), page.anchor, more),
+            (vec![2, 7], 0, false)
+        );
+        // PostgreSQL's part alone (empty tail: the archive is up to date).
+        let events = merge_backward(VecDeque::new(), run(1..=10), want);
+        let (page, more) = newest_page(events, limit);
+        assert_eq!(
+            (seqs(&page.events), page.anchor, more),
+            (vec![8, 9, 10], 7, true)
+        );
     }
 
     /// Issue 15 item 4: 4,000 characters of `\u0001` are 24,000 bytes once escaped; the budget is

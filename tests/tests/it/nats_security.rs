@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::{ConnectOptions, Event, ServerError};
 use chat_testkit::{NatsOptions, NatsServer, WsClient, fresh_database, token, workspace_root};
 use chat_tests::procs::Proc;
-use chat_tests::{SECRET, join, join_since, send, wait_archived};
+use chat_tests::{SECRET, eventually, wait_archived};
 use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -83,15 +83,25 @@ impl Probe {
 
     /// The violations reported after everything sent so far was processed by the server.
     async fn settle(&mut self) -> Vec<String> {
+        // A marker every user is refused (nothing is allowed that is not listed): the server
+        // answers in order and the callback forwards in order, so once the marker's violation
+        // is in, so is that of everything sent before it.
+        static MARKER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = MARKER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("test.settle.marker{n}");
+        self.publish(&marker).await;
         self.client.flush().await.expect("flush");
-        // The server answers in order, so the -ERR precedes the flush's PONG; the callback runs
-        // on its own task, so give it a moment.
-        tokio::time::sleep(Duration::from_millis(150)).await;
         let mut out = Vec::new();
-        while let Ok(v) = self.violations.try_recv() {
+        loop {
+            let v = tokio::time::timeout(Duration::from_secs(10), self.violations.recv())
+                .await
+                .expect("the marker's violation arrives")
+                .expect("violations channel");
+            if v.contains(&marker) {
+                return out;
+            }
             out.push(v);
         }
-        out
     }
 
     async fn publish(&self, subject: &str) {
@@ -367,17 +377,16 @@ async fn integrations_are_scoped_to_their_rooms_and_bots_and_read_no_dm_or_previ
             (event, ack)
         }
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let (event, ack) = loop {
-        // chat-history may still be starting: no responder yet.
-        match post("bot", "b1").await {
-            (e, Ok(ack)) => break (e, ack),
-            (_, Err(e)) => {
-                assert!(tokio::time::Instant::now() < deadline, "{e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    // chat-history may still be starting: no responder yet.
+    let (event, ack) = eventually(
+        "a bot's publish is acknowledged",
+        Duration::from_secs(20),
+        async || {
+            let (e, ack) = post("bot", "b1").await;
+            ack.map(|a| (e, a))
+        },
+    )
+    .await;
     assert_eq!(ack.stream, "CHAT");
     assert!(ack.sequence > 0 && !ack.duplicate);
     let live = tokio::time::timeout(Duration::from_secs(5), feed.next())
@@ -508,9 +517,9 @@ async fn the_services_run_end_to_end_with_their_own_nats_users() {
     let (mut alice, _) =
         WsClient::login(&edge1.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
     let (mut bob, _) = WsClient::login(&edge2.ws_url(), &token::hs256(SECRET, "bob", 600)).await;
-    join(&mut alice, "perm").await;
-    join(&mut bob, "perm").await;
-    let ack = send(&mut alice, "perm", "hi @bob", "p1").await;
+    alice.join("perm").await;
+    bob.join("perm").await;
+    let ack = alice.post_as("perm", "hi @bob", "p1").await;
     let seq = ack["seq"].as_u64().unwrap();
 
     // Delivered to the other edge (the fan-out).
@@ -538,7 +547,7 @@ async fn the_services_run_end_to_end_with_their_own_nats_users() {
     assert_eq!(hello["rooms"][0]["room"], "perm", "{hello}");
 
     // A retried send is deduplicated (the edge reads the original back from the stream).
-    let again = send(&mut alice, "perm", "hi @bob", "p1").await;
+    let again = alice.post_as("perm", "hi @bob", "p1").await;
     assert_eq!(
         (again["seq"].as_u64(), &again["duplicate"]),
         (Some(seq), &json!(true))
@@ -549,38 +558,42 @@ async fn the_services_run_end_to_end_with_their_own_nats_users() {
     let (mut carol, hello) =
         WsClient::login(&edge2.ws_url(), &token::hs256(SECRET, "carol", 600)).await;
     let epoch = hello["epoch"].as_str().unwrap().to_owned();
-    let (replayed, joined) = join_since(&mut carol, "perm", 0, &epoch).await;
+    let (replayed, joined) = carol.join_since("perm", 0, &epoch).await;
     assert_eq!(replayed, vec![seq]);
     assert_eq!(joined["recovered"], true);
 
     // chat-notify consumed the mention and notified bob; chat-presence answers a snapshot
     // from its bucket (and its sweeper lists the liveness bucket meanwhile).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_bob3, hello) =
-            WsClient::login(&edge1.ws_url(), &token::hs256(SECRET, "bob", 600)).await;
-        if hello["notifications"][0]["seq"].as_u64() == Some(seq) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{hello}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let snap = bob
-            .request(json!({"type": "presence", "room": "perm"}), "p")
-            .await;
-        assert_eq!(snap["type"], "presence_snapshot", "{snap}");
-        let alice_online = snap["users"].as_array().is_some_and(|u| {
-            u.iter()
-                .any(|e| e["user"] == "alice" && e["status"] == "online")
-        });
-        if alice_online {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{snap}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "bob is notified at sign-in",
+        Duration::from_secs(10),
+        async || {
+            let (_bob3, hello) =
+                WsClient::login(&edge1.ws_url(), &token::hs256(SECRET, "bob", 600)).await;
+            if hello["notifications"][0]["seq"].as_u64() == Some(seq) {
+                Ok(())
+            } else {
+                Err(hello)
+            }
+        },
+    )
+    .await;
+    eventually(
+        "alice online in the snapshot",
+        Duration::from_secs(10),
+        async || {
+            let snap = bob
+                .request(json!({"type": "presence", "room": "perm"}), "p")
+                .await;
+            assert_eq!(snap["type"], "presence_snapshot", "{snap}");
+            let alice_online = snap["users"].as_array().is_some_and(|u| {
+                u.iter()
+                    .any(|e| e["user"] == "alice" && e["status"] == "online")
+            });
+            if alice_online { Ok(()) } else { Err(snap) }
+        },
+    )
+    .await;
 
     // And no service ran into a permission it lacks along the way.
     let log = std::fs::read_to_string(logs.path().join("nats.log")).expect("nats-server log");

@@ -1,7 +1,7 @@
 //! Benchmark of chat-notify, end to end through the edge (ignored by default):
 //!
 //! ```text
-//! cargo nextest run -p chat-tests --test notify_bench --run-ignored only --no-capture
+//! cargo nextest run -p chat-tests --run-ignored only --no-capture -E 'test(/^notify_bench::/)'
 //! ```
 //!
 //! `USERS` receivers sit in one room, each with a live session; a sender mentions them in turn,
@@ -18,7 +18,7 @@ use chat_bus::event::RoomEvent;
 use chat_bus::subjects;
 use chat_proto::{RoomId, UserId};
 use chat_testkit::{WsClient, WsError};
-use chat_tests::{Stack, join};
+use chat_tests::{Stack, eventually};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -82,17 +82,18 @@ async fn sender(c: &mut WsClient, n: usize, rate: u64, tag: &str) -> HashMap<u64
 }
 
 async fn wait_for(seen: &Seen, seqs: &HashMap<u64, Instant>) -> Instant {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        {
+    // The instant returned is when the last one was seen, whenever this notices.
+    eventually(
+        "every notification arrived",
+        Duration::from_secs(120),
+        async || {
             let s = seen.lock().unwrap();
-            if seqs.keys().all(|k| s.contains_key(k)) {
-                return seqs.keys().map(|k| s[k]).max().unwrap();
-            }
-        }
-        assert!(Instant::now() < deadline, "notifications missing");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+            seqs.keys()
+                .all(|k| s.contains_key(k))
+                .then(|| seqs.keys().map(|k| s[k]).max().unwrap())
+        },
+    )
+    .await
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -108,11 +109,11 @@ async fn notify_throughput_and_ack_to_notification_delay() {
     let mut receivers = Vec::new();
     for i in 0..USERS {
         let (mut c, _) = stack.login(0, &format!("u{i}")).await;
-        join(&mut c, "bench").await;
+        c.join("bench").await;
         receivers.push(tokio::spawn(receive(c, seen.clone(), stop.clone())));
     }
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "bench").await;
+    alice.join("bench").await;
 
     // Paced: the delay at a stated load.
     let acks = sender(&mut alice, PACED_MESSAGES, PACED_RATE, "paced").await;

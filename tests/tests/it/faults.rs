@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chat_testkit::{NatsServer, WsClient, fresh_database, token};
+use chat_testkit::{NatsServer, WsClient, eventually, fresh_database, token, try_eventually};
 use chat_tests::procs::Proc;
-use chat_tests::{SECRET, faults_scale as scale, join, send, send_many, wait_archived, wait_for};
+use chat_tests::{SECRET, faults_scale as scale, wait_archived};
 
 /// One scenario's figures, printed for the long form (and harmless in the short one).
 fn report(scenario: &str, sent: usize, acked: usize, archived: Option<usize>, delivered: usize) {
@@ -48,8 +48,8 @@ async fn killing_chat_history_repeatedly_loses_and_doubles_nothing() {
     let edge = Proc::start("chat-edge", &env).await;
     let (mut alice, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
     let (mut bob, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "bob", 600)).await;
-    join(&mut alice, "faults").await;
-    join(&mut bob, "faults").await;
+    alice.join("faults").await;
+    bob.join("faults").await;
 
     let reader = tokio::spawn(async move {
         let mut last = 0u64;
@@ -65,8 +65,9 @@ async fn killing_chat_history_repeatedly_loses_and_doubles_nothing() {
     });
     for round in 0..rounds {
         let prefix = format!("r{round}");
-        let sending = send_many(&mut alice, "faults", &prefix, per_round);
+        let sending = alice.post_many("faults", &prefix, per_round);
         let killing = async {
+            // The kill lands mid-burst: the timing is the scenario, not a wait for an event.
             tokio::time::sleep(Duration::from_millis(50)).await;
             history.kill().await;
         };
@@ -109,8 +110,23 @@ async fn restarting_nats_under_load_loses_no_acknowledged_message() {
             .await
             .seqs
     });
+    // Each restart lands while messages are being stored.
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stored = async || {
+        let mut stream = js.get_stream(chat_bus::subjects::STREAM).await.ok()?;
+        Some(stream.info().await.ok()?.state.messages)
+    };
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let before = eventually("the stream answers", Duration::from_secs(30), async || {
+            stored().await
+        })
+        .await;
+        eventually(
+            "messages are stored between restarts",
+            Duration::from_secs(30),
+            async || stored().await.is_some_and(|n| n >= before + 20),
+        )
+        .await;
         nats.restart().await;
     }
     let acked = tokio::time::timeout(Duration::from_secs(120), sender)
@@ -121,7 +137,7 @@ async fn restarting_nats_under_load_loses_no_acknowledged_message() {
 
     let (mut reader, _) =
         WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "reader", 600)).await;
-    join(&mut reader, "storm").await;
+    reader.join("storm").await;
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut after = 0u64;
     loop {
@@ -183,10 +199,25 @@ async fn a_slow_reader_is_cut_off_and_others_are_unaffected() {
     frame.extend_from_slice(join);
     slow.write_all(&frame).await.unwrap();
     let (mut fast, _) = stack.login(0, "fast").await;
-    join_room(&mut fast, "busy").await;
+    fast.join("busy").await;
     let (mut sender, _) = stack.login(0, "sender").await;
-    join_room(&mut sender, "busy").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    sender.join("busy").await;
+    // The slow reader reads no `joined`: its membership row says its join went through.
+    let db = stack.db().await;
+    eventually(
+        "the slow reader joined",
+        Duration::from_secs(10),
+        async || {
+            sqlx::query(
+                "SELECT 1 FROM history.memberships WHERE room = 'busy' AND user_id = 'slowpoke'",
+            )
+            .fetch_optional(&db)
+            .await
+            .ok()
+            .flatten()
+        },
+    )
+    .await;
 
     let body = "x".repeat(2000);
     let reader = tokio::spawn(async move {
@@ -227,13 +258,6 @@ async fn a_slow_reader_is_cut_off_and_others_are_unaffected() {
     })
     .await;
     assert!(ended.is_ok(), "the slow reader was never disconnected");
-}
-
-async fn join_room(c: &mut WsClient, room: &str) {
-    let r = c
-        .request(serde_json::json!({"type":"join","room":room}), "j")
-        .await;
-    assert_eq!(r["type"], "joined");
 }
 
 /// A reconnect storm: many clients at once. Admission control spreads them out (503 with
@@ -305,10 +329,10 @@ async fn a_reconnect_storm_is_admitted_at_a_bounded_rate_and_everyone_gets_back(
         }));
     }
     let expected = Duration::from_secs((crowd / rate) as u64);
-    wait_for(
+    eventually(
         "every client is back",
         expected * 3 + Duration::from_secs(30),
-        || back.load(Ordering::Relaxed) == crowd || tasks.iter().any(|t| t.is_finished()),
+        || async { back.load(Ordering::Relaxed) == crowd || tasks.iter().any(|t| t.is_finished()) },
     )
     .await;
     let all_back = started.elapsed();
@@ -383,6 +407,7 @@ async fn resilient_reader(
             Ok(c) => c,
             Err(e) => {
                 progress.lock().unwrap().last_error = format!("connect: {e:?}");
+                // A pause between attempts while no edge answers, as a client's backoff.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -484,76 +509,89 @@ async fn killing_an_edge_moves_its_clients_to_the_other_without_loss_or_repeat()
     }
     let (mut sender, _) =
         WsClient::login(&survivor.ws_url(), &token::hs256(SECRET, "sender", 600)).await;
-    join(&mut sender, "moving").await;
-    wait_for("every reader joined", Duration::from_secs(30), || {
+    sender.join("moving").await;
+    eventually("every reader joined", Duration::from_secs(30), async || {
+        // Reading meanwhile: the sender answers the edge's pings (a short heartbeat here).
+        sender.idle(Duration::from_millis(20)).await;
         progress.iter().all(|p| p.lock().unwrap().joined)
     })
     .await;
     let started = std::time::Instant::now();
     let mut sent = Vec::new();
     for round in 0..3 {
-        sent.extend(send_many(&mut sender, "moving", &format!("k{round}"), messages / 3).await);
+        sent.extend(
+            sender
+                .post_many("moving", &format!("k{round}"), messages / 3)
+                .await,
+        );
         if round == 0 {
             doomed.kill().await;
         }
     }
     let sending = started.elapsed();
     // Every reader ends with every message; a stall prints who misses what, and why.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60 * scale() as u64);
-    loop {
+    let all_done = try_eventually(
+        "every reader has every message",
+        Duration::from_secs(60 * scale() as u64),
+        async || {
+            // Reading meanwhile: the sender answers the edge's pings.
+            sender.idle(Duration::from_millis(50)).await;
+            progress
+                .iter()
+                .all(|p| p.lock().unwrap().distinct() >= messages)
+        },
+    )
+    .await;
+    if let Err(e) = all_done {
+        for (i, p) in progress.iter().enumerate() {
+            let p = p.lock().unwrap();
+            if p.distinct() < messages {
+                let missing: Vec<_> = sent
+                    .iter()
+                    .filter(|s| !p.seqs.contains(s))
+                    .take(5)
+                    .collect();
+                eprintln!(
+                    "reader{i}: {} of {messages}, cursor {}, {} connections, joined {}, last error {:?}, first missing {missing:?}",
+                    p.distinct(),
+                    p.cursor,
+                    p.connections,
+                    p.joined,
+                    p.last_error
+                );
+            }
+        }
         let done = progress
             .iter()
             .filter(|p| p.lock().unwrap().distinct() >= messages)
             .count();
-        if done == clients {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            for (i, p) in progress.iter().enumerate() {
-                let p = p.lock().unwrap();
-                if p.distinct() < messages {
-                    let missing: Vec<_> = sent
-                        .iter()
-                        .filter(|s| !p.seqs.contains(s))
-                        .take(5)
-                        .collect();
-                    eprintln!(
-                        "reader{i}: {} of {messages}, cursor {}, {} connections, joined {}, last error {:?}, first missing {missing:?}",
-                        p.distinct(),
-                        p.cursor,
-                        p.connections,
-                        p.joined,
-                        p.last_error
-                    );
-                }
-            }
-            panic!("{} of {clients} readers finished in time", done);
-        }
-        chat_tests::idle(&mut sender, Duration::from_millis(100)).await;
+        panic!("{done} of {clients} readers finished in time: {e}");
     }
     let delivered_in = started.elapsed();
     // Presence: the readers are online (on the survivor) once the dead edge was swept and the
     // survivor's heartbeats have listed their new sessions (a few heartbeats at most).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10) + heartbeat * 4;
-    loop {
-        let snapshot = sender
-            .request(serde_json::json!({"type":"presence","room":"moving"}), "p")
-            .await;
-        let online = snapshot["users"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|u| u["status"] == "online")
-            .count();
-        if online == clients + 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "presence never converged: {snapshot}"
-        );
-        chat_tests::idle(&mut sender, Duration::from_millis(250)).await;
-    }
+    eventually(
+        "every reader is online in the presence snapshot",
+        Duration::from_secs(10) + heartbeat * 4,
+        async || {
+            sender.idle(Duration::from_millis(50)).await;
+            let snapshot = sender
+                .request(serde_json::json!({"type":"presence","room":"moving"}), "p")
+                .await;
+            let online = snapshot["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|u| u["status"] == "online")
+                .count();
+            if online == clients + 1 {
+                Ok(())
+            } else {
+                Err(snapshot)
+            }
+        },
+    )
+    .await;
     finished.cancel();
     let mut connected = Vec::new();
     for (r, p) in readers.into_iter().zip(&progress) {
@@ -614,12 +652,12 @@ async fn killing_notify_and_presence_under_load_loses_no_count_mention_or_status
     };
     // carol joins and goes offline: she is mentioned while the services die.
     let (mut carol, _) = login("carol").await;
-    join(&mut carol, "busy").await;
+    carol.join("busy").await;
     carol.close().await;
     let (mut alice, _) = login("alice").await;
     let (mut bob, _) = login("bob").await;
-    join(&mut alice, "busy").await;
-    join(&mut bob, "busy").await;
+    alice.join("busy").await;
+    bob.join("busy").await;
     // A join sets the joiner's read marker at the room's end when chat-notify handles it: wait
     // for that before sending, so that every message counts as unread.
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
@@ -663,6 +701,7 @@ async fn killing_notify_and_presence_under_load_loses_no_count_mention_or_status
             }
         };
         let killing = async {
+            // The kills land mid-burst: the timing is the scenario, not a wait for an event.
             tokio::time::sleep(Duration::from_millis(50)).await;
             notify.kill().await;
             presence.kill().await;
@@ -681,56 +720,56 @@ async fn killing_notify_and_presence_under_load_loses_no_count_mention_or_status
 
     wait_archived(&pool, "busy", total as i64).await;
     let client = nats.client().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        // v1.1 (CONTRACT §2 Unread): a count covers exactly the seq it names, however far the
-        // restarted consumer still is behind, so it is exact from the first answer on; only the
-        // notifications wait for the consumer.
-        let s = chat_tests::notify_state(&client, "carol", &["busy"]).await;
-        let unread = s.rooms[0].unread as usize;
-        assert_eq!(unread, total, "carol's count is not exact: {s:?}");
-        let notified = s.notifications_total as usize;
-        assert!(notified <= mentions, "a mention counted twice");
-        assert_eq!(s.notifications.len(), notified.min(100));
-        if notified == mentions {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "carol's notifications never caught up: {notified} of {mentions}"
-        );
-        chat_tests::idle(&mut alice, Duration::from_millis(50)).await;
-        chat_tests::idle(&mut bob, Duration::from_millis(50)).await;
-    }
+    eventually(
+        "carol's notifications caught up",
+        Duration::from_secs(30),
+        async || {
+            alice.idle(Duration::from_millis(20)).await;
+            bob.idle(Duration::from_millis(20)).await;
+            // v1.1 (CONTRACT §2 Unread): a count covers exactly the seq it names, however far the
+            // restarted consumer still is behind, so it is exact from the first answer on; only the
+            // notifications wait for the consumer.
+            let s = chat_tests::notify_state(&client, "carol", &["busy"]).await;
+            let unread = s.rooms[0].unread as usize;
+            assert_eq!(unread, total, "carol's count is not exact: {s:?}");
+            let notified = s.notifications_total as usize;
+            assert!(notified <= mentions, "a mention counted twice");
+            assert_eq!(s.notifications.len(), notified.min(100));
+            if notified == mentions {
+                Ok(())
+            } else {
+                Err(format!("{notified} of {mentions}"))
+            }
+        },
+    )
+    .await;
     let bob_state = chat_tests::notify_state(&client, "bob", &["busy"]).await;
     assert_eq!(bob_state.rooms[0].unread as usize, total);
     assert!(bob_state.notifications.is_empty());
     // Presence: alice online, bob busy, carol offline.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let snapshot = alice
-            .request(serde_json::json!({"type": "presence", "room": "busy"}), "p")
-            .await;
-        let status = |user: &str| {
-            snapshot["users"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|u| u["user"] == user)
-                .map(|u| u["status"].as_str().unwrap_or("").to_owned())
-                .unwrap_or_default()
-        };
-        if (status("alice"), status("bob"), status("carol"))
-            == ("online".into(), "busy".into(), "offline".into())
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "presence never converged: {snapshot}"
-        );
-        chat_tests::idle(&mut bob, Duration::from_millis(100)).await;
-    }
+    eventually(
+        "alice online, bob busy, carol offline",
+        Duration::from_secs(10),
+        async || {
+            bob.idle(Duration::from_millis(50)).await;
+            let snapshot = alice
+                .request(serde_json::json!({"type": "presence", "room": "busy"}), "p")
+                .await;
+            let status = |user: &str| {
+                snapshot["users"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|u| u["user"] == user)
+                    .map(|u| u["status"].as_str().unwrap_or("").to_owned())
+                    .unwrap_or_default()
+            };
+            let converged = (status("alice"), status("bob"), status("carol"))
+                == ("online".into(), "busy".into(), "offline".into());
+            if converged { Ok(()) } else { Err(snapshot) }
+        },
+    )
+    .await;
     drop((notify, presence));
     report(
         &format!("chat-notify and chat-presence SIGKILLed {rounds} times"),
@@ -765,7 +804,7 @@ async fn a_postgres_outage_under_load_loses_and_doubles_nothing() {
     let (mut carol, _) = stack.login(0, "carol").await;
     let (mut bob, _) = stack.login(0, "bob").await;
     for c in [&mut alice, &mut carol, &mut bob] {
-        join(c, room).await;
+        c.join(room).await;
     }
     chat_tests::wait_read_marker(&stack.db().await, "bob", room).await;
     bob.close().await;
@@ -797,8 +836,9 @@ async fn a_postgres_outage_under_load_loses_and_doubles_nothing() {
     let mut send_for = async |alice: &mut WsClient, d: Duration, sent: &mut Vec<u64>| {
         let until = tokio::time::Instant::now() + d;
         while tokio::time::Instant::now() < until {
-            sent.extend(send_many(alice, room, &format!("b{batch}"), 10).await);
+            sent.extend(alice.post_many(room, &format!("b{batch}"), 10).await);
             batch += 1;
+            // The pace of the load (100 msgs/s), not a wait for an event.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
@@ -821,7 +861,7 @@ async fn a_postgres_outage_under_load_loses_and_doubles_nothing() {
     let back = std::time::Instant::now();
     send_for(&mut alice, Duration::from_secs(1), &mut sent).await;
     sent.push(
-        send(&mut alice, room, "last", "last").await["seq"]
+        alice.post_as(room, "last", "last").await["seq"]
             .as_u64()
             .unwrap(),
     );
@@ -836,7 +876,7 @@ async fn a_postgres_outage_under_load_loses_and_doubles_nothing() {
     let caught_up = back.elapsed();
     // bob, offline throughout, recovers everything and has every message unread.
     let (mut bob, _) = stack.login(0, "bob").await;
-    let (got, joined) = chat_tests::join_since(&mut bob, room, 0, &epoch).await;
+    let (got, joined) = bob.join_since(room, 0, &epoch).await;
     assert_eq!(joined["recovered"], true);
     assert_eq!(got, sent);
     let client = stack.nats.client().await;
@@ -860,18 +900,15 @@ async fn a_postgres_outage_under_load_loses_and_doubles_nothing() {
 
 /// Waits until chat-notify counts `n` unread messages of `room` for `user`, never more.
 async fn wait_for_unread(client: &async_nats::Client, user: &str, room: &str, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = chat_tests::notify_state(client, user, &[room]).await;
-        let unread = s.rooms.first().map_or(0, |r| r.unread as usize);
-        assert!(unread <= n, "double counted: {unread} > {n}");
-        if unread == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{user}'s unread count stuck at {unread} of {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        &format!("{user}'s unread count in {room} reaches {n}"),
+        Duration::from_secs(60),
+        async || {
+            let s = chat_tests::notify_state(client, user, &[room]).await;
+            let unread = s.rooms.first().map_or(0, |r| r.unread as usize);
+            assert!(unread <= n, "double counted: {unread} > {n}");
+            if unread == n { Ok(()) } else { Err(unread) }
+        },
+    )
+    .await;
 }

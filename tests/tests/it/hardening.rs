@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use chat_bus::api::{PresenceReply, PresenceRequest};
 use chat_bus::subjects;
-use chat_tests::{Stack, nats_request};
+use chat_tests::{Stack, eventually, nats_request};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -114,30 +114,34 @@ async fn presence_snapshots_are_one_bounded_read() {
     let mut batched = client.subscribe(bucket.clone()).await.unwrap();
     client.flush().await.unwrap();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let (reply, took) = loop {
-        let started = std::time::Instant::now();
-        let reply: PresenceReply = nats_request(
-            &client,
-            subjects::API_PRESENCE,
-            &PresenceRequest::Room {
-                room: chat_proto::RoomId::new("big").unwrap(),
-            },
-        )
-        .await
-        .expect("snapshot");
-        let online: Vec<_> = reply
-            .users
-            .iter()
-            .filter(|e| e.status == chat_proto::Status::Online)
-            .map(|e| e.user.to_string())
-            .collect();
-        if online.len() == 2 {
-            break (reply, started.elapsed());
-        }
-        assert!(tokio::time::Instant::now() < deadline, "online: {online:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (reply, took) = eventually(
+        "two users online in the snapshot",
+        Duration::from_secs(10),
+        async || {
+            let started = std::time::Instant::now();
+            let reply: PresenceReply = nats_request(
+                &client,
+                subjects::API_PRESENCE,
+                &PresenceRequest::Room {
+                    room: chat_proto::RoomId::new("big").unwrap(),
+                },
+            )
+            .await
+            .expect("snapshot");
+            let online: Vec<_> = reply
+                .users
+                .iter()
+                .filter(|e| e.status == chat_proto::Status::Online)
+                .map(|e| e.user.to_string())
+                .collect();
+            if online.len() == 2 {
+                Ok((reply, started.elapsed()))
+            } else {
+                Err(online)
+            }
+        },
+    )
+    .await;
     assert_eq!(
         reply.users.len(),
         1_000,
@@ -215,13 +219,12 @@ async fn request_servers_bound_concurrency_and_answer_by_the_deadline() {
         .connect(nats.url.as_str())
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while requester.request("test.slow", "x".into()).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never answered"
-        );
-    }
+    eventually(
+        "the server answers a first request",
+        Duration::from_secs(10),
+        async || requester.request("test.slow", "x".into()).await,
+    )
+    .await;
 
     let n: usize = 64;
     let started = std::time::Instant::now();
@@ -335,19 +338,20 @@ async fn many_pending_notifications_do_not_lock_a_user_out() {
     // The mentions and the invite of `create`.
     let pending = n as u64 + 1;
     let client = stack.nats.client().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = chat_tests::notify_state(&client, "victim", &["trap"]).await;
-        if s.notifications_total == pending {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {pending} notifications stored",
-            s.notifications_total
-        );
-        chat_tests::idle(&mut mallory, Duration::from_millis(100)).await;
-    }
+    eventually(
+        &format!("{pending} notifications stored"),
+        Duration::from_secs(30),
+        async || {
+            mallory.idle(Duration::from_millis(50)).await;
+            let s = chat_tests::notify_state(&client, "victim", &["trap"]).await;
+            if s.notifications_total == pending {
+                Ok(())
+            } else {
+                Err(s.notifications_total)
+            }
+        },
+    )
+    .await;
     let started = std::time::Instant::now();
     let (_victim, hello) = stack.login(0, "victim").await;
     let took = started.elapsed();
@@ -464,7 +468,7 @@ async fn webhooks_are_delivered_over_https() {
         .await;
     assert_eq!(dm["type"], "joined", "{dm}");
     let room = dm["room"].as_str().unwrap().to_owned();
-    chat_tests::send(&mut alice, &room, "secret plans", "s1").await;
+    alice.post_as(&room, "secret plans", "s1").await;
     let request = tokio::time::timeout(Duration::from_secs(20), received.recv())
         .await
         .expect("the webhook arrives over TLS")
@@ -523,10 +527,10 @@ async fn sigterm_exits_within_the_grace_period_while_nats_is_down() {
         &token::hs256(chat_tests::SECRET, "alice", 600),
     )
     .await;
-    chat_tests::join(&mut alice, "drain").await;
+    alice.join("drain").await;
     // Work in hand when NATS dies: a burst, every message acknowledged to the client.
     let n = 200;
-    let seqs = chat_tests::send_many(&mut alice, "drain", "d", n).await;
+    let seqs = alice.post_many("drain", "d", n).await;
     assert_eq!(seqs.len(), n);
     nats.kill().await;
 
@@ -574,7 +578,7 @@ async fn rooms_per_user_are_capped_where_membership_is_stored() {
     let (mut full, _) = stack.login(0, "full").await;
     let (mut other, _) = stack.login(0, "other").await;
     for r in ["q1", "q2", "q3"] {
-        chat_tests::join(&mut full, r).await;
+        full.join(r).await;
     }
     let limit = (Some("error"), Some("limit_exceeded"));
     let r = full
@@ -631,7 +635,7 @@ async fn rooms_per_user_are_capped_where_membership_is_stored() {
             .unwrap();
     assert_eq!(n, 3, "still in exactly 3 rooms");
     // Re-joining a room one is in is no new membership; a leave frees a place.
-    assert_eq!(chat_tests::join(&mut full, "q1").await["type"], "joined");
+    assert_eq!(full.join("q1").await["type"], "joined");
     let r = full
         .request(json!({"type": "leave", "room": "q3"}), "l1")
         .await;
@@ -754,11 +758,11 @@ async fn notify_member_cache_is_bounded_and_sees_membership_changes() {
     let (mut watcher, _) = stack.login(0, "watcher").await;
     let rooms: Vec<String> = (0..12).map(|i| format!("cache{i}")).collect();
     for r in &rooms {
-        chat_tests::join(&mut watcher, r).await;
-        chat_tests::join(&mut poster, r).await;
+        watcher.join(r).await;
+        poster.join(r).await;
     }
     for (i, r) in rooms.iter().enumerate() {
-        chat_tests::send(&mut poster, r, "@watcher look", &format!("w{i}")).await;
+        poster.post_as(r, "@watcher look", &format!("w{i}")).await;
     }
     let mut seen = std::collections::BTreeSet::new();
     while seen.len() < rooms.len() {
@@ -775,8 +779,8 @@ async fn notify_member_cache_is_bounded_and_sees_membership_changes() {
     // The newest room is cached; a membership change there is seen by the next message.
     let last = rooms.last().unwrap();
     let (mut late, _) = stack.login(0, "late").await;
-    chat_tests::join(&mut late, last).await;
-    chat_tests::send(&mut poster, last, "@late welcome", "late1").await;
+    late.join(last).await;
+    poster.post_as(last, "@late welcome", "late1").await;
     let n = late
         .recv_type("notification")
         .await
@@ -804,10 +808,10 @@ async fn a_lost_leave_announcement_is_reconciled_within_a_bounded_time() {
     stack.add_edge().await;
     let (mut alice, _) = stack.login(0, "alice").await;
     let (mut bob, _) = stack.login(1, "bob").await;
-    chat_tests::join(&mut alice, "rec").await;
-    chat_tests::join(&mut bob, "rec").await;
-    chat_tests::join(&mut alice, "rec2").await;
-    chat_tests::send(&mut bob, "rec", "before", "b1").await;
+    alice.join("rec").await;
+    bob.join("rec").await;
+    alice.join("rec2").await;
+    bob.post_as("rec", "before", "b1").await;
 
     let pool = stack.db().await;
     sqlx::query("DELETE FROM history.memberships WHERE user_id = 'bob' AND room = 'rec'")
@@ -842,8 +846,8 @@ async fn a_lost_leave_announcement_is_reconciled_within_a_bounded_time() {
         .await
         .expect("an answer to the send");
     assert_eq!(kind_code(&r), (Some("error"), Some("forbidden")), "{r}");
-    chat_tests::send(&mut alice, "rec", "after", "a1").await;
-    let marker = chat_tests::send(&mut alice, "rec2", "marker", "a2").await;
+    alice.post_as("rec", "after", "a1").await;
+    let marker = alice.post_as("rec2", "marker", "a2").await;
     // bob gets rec2 (added behind his session's back) and its marker, never rec's `after`.
     let mut got_rec2 = seen
         .iter()

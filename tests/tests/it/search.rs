@@ -8,7 +8,7 @@ use chat_bus::api::{ApiError, SearchReply, SearchRequest};
 use chat_bus::subjects;
 use chat_proto::{ErrorCode, RoomId, UserId};
 use chat_testkit::{PgCluster, WsClient};
-use chat_tests::{Stack, join, send, send_many, wait_archived};
+use chat_tests::{Stack, eventually, wait_archived};
 use serde_json::{Value, json};
 
 const FAST: &[(&str, &str)] = &[
@@ -76,19 +76,15 @@ fn bodies(reply: &SearchReply) -> Vec<&str> {
 async fn corpus(stack: &Stack) -> (WsClient, WsClient) {
     let (mut alice, _) = stack.login(0, "alice").await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut alice, "s-a").await;
-    join(&mut alice, "s-b").await;
-    join(&mut bob, "s-c").await;
-    send(
-        &mut alice,
-        "s-a",
-        "Deploy the release notes on Friday",
-        "a1",
-    )
-    .await;
-    send(&mut alice, "s-a", "release the notes, draft", "a2").await;
-    send(&mut alice, "s-b", "deploy draft tomorrow", "b1").await;
-    send(&mut bob, "s-c", "deploy the secret plan", "c1").await;
+    alice.join("s-a").await;
+    alice.join("s-b").await;
+    bob.join("s-c").await;
+    alice
+        .post_as("s-a", "Deploy the release notes on Friday", "a1")
+        .await;
+    alice.post_as("s-a", "release the notes, draft", "a2").await;
+    alice.post_as("s-b", "deploy draft tomorrow", "b1").await;
+    bob.post_as("s-c", "deploy the secret plan", "c1").await;
     let db = stack.db().await;
     wait_archived(&db, "s-a", 2).await;
     wait_archived(&db, "s-b", 1).await;
@@ -179,14 +175,14 @@ async fn words_phrases_exclusions_and_the_room_filter() {
 async fn membership_is_checked_when_the_search_runs() {
     let stack = Stack::start().await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "zoo").await;
-    send(&mut alice, "zoo", "a zebra escaped", "z1").await;
+    alice.join("zoo").await;
+    alice.post_as("zoo", "a zebra escaped", "z1").await;
     wait_archived(&stack.db().await, "zoo", 1).await;
 
     // carol joins after the message was sent: she finds it (membership now, not then).
     let (mut carol, _) = stack.login(0, "carol").await;
     assert!(found(&search(&mut carol, json!({"query": "zebra"})).await).is_empty());
-    join(&mut carol, "zoo").await;
+    carol.join("zoo").await;
     let r = search(&mut carol, json!({"query": "zebra"})).await;
     assert_eq!(found(&r), [("zoo".into(), "a zebra escaped".into())]);
 
@@ -219,15 +215,15 @@ async fn membership_is_checked_when_the_search_runs() {
 async fn before_pages_back_and_limit_is_clamped() {
     let stack = Stack::start_with(FAST).await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "pages").await;
-    join(&mut alice, "pages2").await;
+    alice.join("pages").await;
+    alice.join("pages2").await;
     // 60 matches over two rooms: one order across rooms. (bob sends the second half: the
     // client ids are the same, and send is idempotent per user and client_id.)
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut bob, "pages2").await;
-    let mut all = send_many(&mut alice, "pages", "page", 30).await;
-    all.extend(send_many(&mut bob, "pages2", "page", 30).await);
-    send(&mut alice, "pages", "nothing to see", "other").await;
+    bob.join("pages2").await;
+    let mut all = alice.post_many("pages", "page", 30).await;
+    all.extend(bob.post_many("pages2", "page", 30).await);
+    alice.post_as("pages", "nothing to see", "other").await;
     let db = stack.db().await;
     wait_archived(&db, "pages", 31).await;
     wait_archived(&db, "pages2", 30).await;
@@ -319,8 +315,8 @@ async fn postgres_down_answers_unavailable_and_nothing_crashes() {
     let pg = PgCluster::start().await;
     let stack = Stack::start_on(&[], pg.url()).await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "outage").await;
-    send(&mut alice, "outage", "before the outage", "o1").await;
+    alice.join("outage").await;
+    alice.post_as("outage", "before the outage", "o1").await;
     wait_archived(&stack.db().await, "outage", 1).await;
     assert_eq!(
         found(&search(&mut alice, json!({"query": "outage"})).await).len(),
@@ -336,32 +332,32 @@ async fn postgres_down_answers_unavailable_and_nothing_crashes() {
     let e = nats_search(&nats, "outage", None, None).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable);
     // The session and the services live on: sending still works.
-    send(&mut alice, "outage", "during the outage", "o2").await;
+    alice.post_as("outage", "during the outage", "o2").await;
     assert!(!stack.histories[0].task.is_finished(), "chat-history died");
     assert!(!stack.edges[0].task.is_finished(), "chat-edge died");
 
     pg.start_server().await;
     wait_archived(&stack.db().await, "outage", 2).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = search(&mut alice, json!({"query": "outage"})).await;
-        if r["type"] == "search_results" {
-            assert_eq!(
-                found(&r),
-                [
-                    ("outage".into(), "during the outage".into()),
-                    ("outage".into(), "before the outage".into())
-                ]
-            );
-            break;
-        }
-        assert_eq!(code(&r), "unavailable");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "search did not come back"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let r = eventually(
+        "search answers again",
+        Duration::from_secs(30),
+        async || {
+            let r = search(&mut alice, json!({"query": "outage"})).await;
+            if r["type"] == "search_results" {
+                return Ok(r);
+            }
+            assert_eq!(code(&r), "unavailable");
+            Err(r)
+        },
+    )
+    .await;
+    assert_eq!(
+        found(&r),
+        [
+            ("outage".into(), "during the outage".into()),
+            ("outage".into(), "before the outage".into())
+        ]
+    );
 }
 
 /// A bot can publish a body of almost 1 MB through JetStream. Its tsvector would exceed
@@ -418,7 +414,7 @@ async fn a_body_too_big_to_index_whole_does_not_block_the_archive() {
 async fn results_near_the_byte_budget_reach_the_client() {
     let stack = Stack::start_with(FAST).await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "big").await;
+    alice.join("big").await;
     let js = async_nats::jetstream::new(stack.nats.client().await);
     // 30 bot messages of 12,000 four-byte characters (~47 KiB of JSON each): ~1.4 MB in all,
     // so the first page is cut near the budget, well above 256 KiB.
@@ -460,8 +456,10 @@ async fn results_near_the_byte_budget_reach_the_client() {
 async fn an_edit_reindexes_and_a_delete_removes_from_results() {
     let stack = Stack::start().await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "s-life").await;
-    let ack = send(&mut alice, "s-life", "ship the walrus release", "w1").await;
+    alice.join("s-life").await;
+    let ack = alice
+        .post_as("s-life", "ship the walrus release", "w1")
+        .await;
     let m = ack["seq"].as_u64().unwrap();
     let db = stack.db().await;
     wait_archived(&db, "s-life", 1).await;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_bus::subjects;
-use chat_testkit::{NatsCluster, fresh_database};
+use chat_testkit::{NatsCluster, eventually, fresh_database, try_eventually};
 use chat_tests::procs::Proc;
 use chat_tests::{
     Received, SECRET, faults_scale as scale, live_reader, send_until_acked, wait_archived,
@@ -51,10 +51,11 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_loses_and_doubles_not
         ROOM.into(),
         received.clone(),
     ));
-    wait_until("the reader joined", Duration::from_secs(10), || {
+    eventually("the reader joined", Duration::from_secs(10), || async {
         received.lock().unwrap().joined
     })
     .await;
+    let delivered = || received.lock().unwrap().messages.len();
 
     let stop = CancellationToken::new();
     let sending: Vec<_> = (0..senders)
@@ -76,13 +77,22 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_loses_and_doubles_not
 
     let mut killed_at = Vec::new();
     for _ in 0..kills {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Each kill lands while messages flow.
+        let before = delivered();
+        eventually(
+            "messages flow before a kill",
+            Duration::from_secs(30),
+            || async { delivered() >= before + 20 },
+        )
+        .await;
         let leader = cluster
             .wait_stream_healthy(&js, subjects::STREAM, Duration::from_secs(30))
             .await
             .expect("all replicas current before a kill");
         cluster.kill(leader).await;
         killed_at.push(Instant::now());
+        // The outage itself: the leader stays dead this long while the senders go on (what the
+        // failover figures measure), not a wait for something to happen.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         cluster.restart(leader).await;
     }
@@ -90,7 +100,13 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_loses_and_doubles_not
         .wait_stream_healthy(&js, subjects::STREAM, Duration::from_secs(30))
         .await
         .expect("the cluster re-forms");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = delivered();
+    eventually(
+        "messages flow after the cluster re-formed",
+        Duration::from_secs(30),
+        || async { delivered() >= before + 20 },
+    )
+    .await;
     stop.cancel();
     let mut acked: HashMap<String, u64> = HashMap::new();
     let mut ack_times = Vec::new();
@@ -145,17 +161,14 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_loses_and_doubles_not
     );
 
     // The live reader: every acked message once, in seq order.
-    let got = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = received.lock().unwrap().clone();
-            if r.messages.len() >= total || Instant::now() > deadline {
-                break r;
-            }
-            drop(r);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    // Not a failure yet if some never arrive: the checks below say which are missing.
+    let _ = try_eventually(
+        "the reader has every acked message",
+        Duration::from_secs(20),
+        || async { delivered() >= total },
+    )
+    .await;
+    let got = received.lock().unwrap().clone();
     reader.abort();
     let seqs: Vec<u64> = got.messages.iter().map(|m| m.0).collect();
     let unique: HashSet<u64> = seqs.iter().copied().collect();
@@ -210,12 +223,4 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_loses_and_doubles_not
     println!(
         "FIGURES leader failover (longest pause in acks across each kill), ms: {failover_ms:?}"
     );
-}
-
-async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -2,7 +2,7 @@
 //! writer stopped, and with PostgreSQL down.
 
 use chat_testkit::PgCluster;
-use chat_tests::{Stack, join, join_since, send, send_many, wait_archived};
+use chat_tests::{Stack, wait_archived};
 use serde_json::json;
 
 const GAP: usize = 2000;
@@ -16,21 +16,21 @@ const FAST: &[(&str, &str)] = &[
 async fn offline_gap_is_recovered(stack: &Stack, room: &str) {
     let (mut alice, hello) = stack.login(0, "alice").await;
     let epoch = hello["epoch"].as_str().unwrap().to_owned();
-    join(&mut alice, room).await;
+    alice.join(room).await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut bob, room).await;
-    let seen = send(&mut alice, room, "seen", "seen").await["seq"]
+    bob.join(room).await;
+    let seen = alice.post_as(room, "seen", "seen").await["seq"]
         .as_u64()
         .unwrap();
     bob.close().await;
-    let missed = send_many(&mut alice, room, "gap", GAP).await;
+    let missed = alice.post_many(room, "gap", GAP).await;
 
     let (mut bob, _) = stack.login(0, "bob").await;
-    let (got, joined) = join_since(&mut bob, room, seen, &epoch).await;
+    let (got, joined) = bob.join_since(room, seen, &epoch).await;
     assert_eq!(joined["recovered"], true);
     assert_eq!(got.len(), GAP, "replayed {} of {GAP}", got.len());
     assert_eq!(got, missed, "replay is the missed messages in order");
-    let live = send(&mut alice, room, "live", "live").await["seq"]
+    let live = alice.post_as(room, "live", "live").await["seq"]
         .as_u64()
         .unwrap();
     let m = bob.recv_type("message").await.unwrap();
@@ -75,19 +75,19 @@ async fn postgres_down_during_sends_loses_and_doubles_nothing() {
     let room = "outage";
     let (mut alice, hello) = stack.login(0, "alice").await;
     let epoch = hello["epoch"].as_str().unwrap().to_owned();
-    join(&mut alice, room).await;
+    alice.join(room).await;
     let (mut carol, _) = stack.login(0, "carol").await;
-    join(&mut carol, room).await;
+    carol.join(room).await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut bob, room).await;
-    let seen = send(&mut alice, room, "seen", "seen").await["seq"]
+    bob.join(room).await;
+    let seen = alice.post_as(room, "seen", "seen").await["seq"]
         .as_u64()
         .unwrap();
     bob.close().await;
 
     pg.stop_server().await;
     // Connected sessions keep sending and receiving.
-    let missed = send_many(&mut alice, room, "down", GAP).await;
+    let missed = alice.post_many(room, "down", GAP).await;
     let m = carol
         .recv_until(|f| f["type"] == "message" && f["client_id"] == format!("down-{}", GAP - 1))
         .await;
@@ -107,7 +107,7 @@ async fn postgres_down_during_sends_loses_and_doubles_nothing() {
 
     pg.start_server().await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    let (got, joined) = join_since(&mut bob, room, seen, &epoch).await;
+    let (got, joined) = bob.join_since(room, seen, &epoch).await;
     assert_eq!(joined["recovered"], true);
     assert_eq!(got, missed);
     wait_archived(&stack.db().await, room, GAP as i64 + 1).await;
@@ -122,7 +122,7 @@ async fn poison_events_are_dead_lettered_and_do_not_block_the_room() {
     let stack =
         Stack::start_with(&[("HISTORY_MAX_DELIVER", "2"), ("HISTORY_ACK_WAIT", "1s")]).await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "poison").await;
+    alice.join("poison").await;
     let js = async_nats::jetstream::new(stack.nats.client().await);
     // A bot publishing garbage, and one publishing a body PostgreSQL cannot store (NUL).
     js.publish("chat.room.poison.msg", "not json".into())
@@ -136,7 +136,7 @@ async fn poison_events_are_dead_lettered_and_do_not_block_the_room() {
         .unwrap()
         .await
         .unwrap();
-    send(&mut alice, "poison", "after the poison", "ok1").await;
+    alice.post_as("poison", "after the poison", "ok1").await;
     wait_archived(&stack.db().await, "poison", 1).await;
 
     let dlq = js.get_stream("CHAT_DLQ").await.unwrap();
@@ -178,9 +178,9 @@ async fn a_gap_in_the_live_feed_is_filled_before_the_next_event() {
     let stack = Stack::start().await;
     let (mut alice, _) = stack.login(0, "alice").await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut alice, "gappy").await;
-    join(&mut bob, "gappy").await;
-    let first = send(&mut alice, "gappy", "one", "one").await["seq"]
+    alice.join("gappy").await;
+    bob.join("gappy").await;
+    let first = alice.post_as("gappy", "one", "one").await["seq"]
         .as_u64()
         .unwrap();
     assert_eq!(bob.recv_type("message").await.unwrap()["seq"], first);
@@ -197,15 +197,15 @@ async fn a_gap_in_the_live_feed_is_filled_before_the_next_event() {
     .await
     .unwrap();
     let unheard = [
-        send(&mut alice, "gappy", "two", "two").await["seq"]
+        alice.post_as("gappy", "two", "two").await["seq"]
             .as_u64()
             .unwrap(),
-        send(&mut alice, "gappy", "three", "three").await["seq"]
+        alice.post_as("gappy", "three", "three").await["seq"]
             .as_u64()
             .unwrap(),
     ];
     js.update_stream(config).await.unwrap();
-    let next = send(&mut alice, "gappy", "four", "four").await["seq"]
+    let next = alice.post_as("gappy", "four", "four").await["seq"]
         .as_u64()
         .unwrap();
 

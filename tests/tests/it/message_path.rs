@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chat_tests::{Stack, join, send};
+use chat_tests::Stack;
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -12,10 +12,10 @@ async fn two_users_on_two_edges_exchange_messages_both_ways() {
     stack.add_edge().await;
     let (mut alice, _) = stack.login(0, "alice").await;
     let (mut bob, _) = stack.login(1, "bob").await;
-    join(&mut alice, "lobby").await;
-    join(&mut bob, "lobby").await;
+    alice.join("lobby").await;
+    bob.join("lobby").await;
 
-    let ack = send(&mut alice, "lobby", "hi bob", "a1").await;
+    let ack = alice.post_as("lobby", "hi bob", "a1").await;
     let m = bob.recv_type("message").await.unwrap();
     assert_eq!(
         (m["from"].as_str(), m["body"].as_str()),
@@ -26,7 +26,7 @@ async fn two_users_on_two_edges_exchange_messages_both_ways() {
     let own = alice.recv_type("message").await.unwrap();
     assert_eq!(own["seq"], ack["seq"]);
 
-    let ack2 = send(&mut bob, "lobby", "hi alice", "b1").await;
+    let ack2 = bob.post_as("lobby", "hi alice", "b1").await;
     let m = alice.recv_type("message").await.unwrap();
     assert_eq!(
         (m["from"].as_str(), m["body"].as_str()),
@@ -45,13 +45,13 @@ async fn three_senders_reach_every_member_in_order_and_all_rows_are_archived() {
     let mut senders = Vec::new();
     for (i, name) in ["s1", "s2", "s3"].iter().enumerate() {
         let (mut c, _) = stack.login(i % 2, name).await;
-        join(&mut c, "busy").await;
+        c.join("busy").await;
         senders.push(c);
     }
     let mut readers = Vec::new();
     for (i, name) in ["r1", "r2"].iter().enumerate() {
         let (mut c, _) = stack.login(i % 2, name).await;
-        join(&mut c, "busy").await;
+        c.join("busy").await;
         readers.push(c);
     }
     let mut tasks = Vec::new();
@@ -99,22 +99,7 @@ async fn three_senders_reach_every_member_in_order_and_all_rows_are_archived() {
         assert_eq!(c.await.unwrap().len(), 3 * PER_SENDER);
     }
     let db = stack.db().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (n,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM history.messages WHERE room = 'busy'")
-                .fetch_one(&db)
-                .await
-                .unwrap();
-        if n == 3 * PER_SENDER as i64 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {n} rows archived"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    chat_tests::wait_archived(&db, "busy", 3 * PER_SENDER as i64).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,9 +107,9 @@ async fn a_retried_send_answers_the_same_seq_and_is_delivered_once() {
     let stack = Stack::start().await;
     let (mut alice, _) = stack.login(0, "alice").await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut alice, "r").await;
-    join(&mut bob, "r").await;
-    let first = send(&mut alice, "r", "once", "same-id").await;
+    alice.join("r").await;
+    bob.join("r").await;
+    let first = alice.post_as("r", "once", "same-id").await;
     assert_eq!(first["duplicate"], false);
     let again = alice
         .request(
@@ -136,7 +121,7 @@ async fn a_retried_send_answers_the_same_seq_and_is_delivered_once() {
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["seq"], first["seq"]);
     assert_eq!(again["ts"], first["ts"]);
-    send(&mut alice, "r", "marker", "marker").await;
+    alice.post_as("r", "marker", "marker").await;
     let m1 = bob.recv_type("message").await.unwrap();
     let m2 = bob.recv_type("message").await.unwrap();
     assert_eq!(
@@ -226,7 +211,7 @@ async fn non_members_are_kept_out_of_private_rooms_and_dms() {
     assert_eq!(left["type"], "left");
     let l2 = bob2.recv_type("left").await.unwrap();
     assert_eq!(l2["room"], "secret");
-    send(&mut alice, "secret", "after bob left", "x1").await;
+    alice.post_as("secret", "after bob left", "x1").await;
     bob.expect_no("message", Duration::from_millis(300)).await;
     bob2.expect_no("message", Duration::from_millis(300)).await;
 }
@@ -235,11 +220,11 @@ async fn non_members_are_kept_out_of_private_rooms_and_dms() {
 async fn history_pages_walk_the_room_without_gap_or_overlap() {
     let stack = Stack::start().await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "h").await;
+    alice.join("h").await;
     let mut seqs = Vec::new();
     for i in 0..25 {
         seqs.push(
-            send(&mut alice, "h", &format!("n{i}"), &format!("c{i}")).await["seq"]
+            alice.post_as("h", &format!("n{i}"), &format!("c{i}")).await["seq"]
                 .as_u64()
                 .unwrap(),
         );
@@ -317,17 +302,19 @@ async fn join_since_recovers_exactly_the_missed_messages() {
     let stack = Stack::start().await;
     let (mut alice, hello) = stack.login(0, "alice").await;
     let epoch = hello["epoch"].as_str().unwrap().to_owned();
-    join(&mut alice, "rec").await;
-    let first = send(&mut alice, "rec", "seen", "s0").await["seq"]
+    alice.join("rec").await;
+    let first = alice.post_as("rec", "seen", "s0").await["seq"]
         .as_u64()
         .unwrap();
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut bob, "rec").await;
+    bob.join("rec").await;
     bob.close().await;
     let mut missed = Vec::new();
     for i in 0..30 {
         missed.push(
-            send(&mut alice, "rec", &format!("m{i}"), &format!("m{i}")).await["seq"]
+            alice
+                .post_as("rec", &format!("m{i}"), &format!("m{i}"))
+                .await["seq"]
                 .as_u64()
                 .unwrap(),
         );
@@ -348,7 +335,7 @@ async fn join_since_recovers_exactly_the_missed_messages() {
         }
     }
     assert_eq!(got, missed);
-    let live = send(&mut alice, "rec", "live", "live").await["seq"]
+    let live = alice.post_as("rec", "live", "live").await["seq"]
         .as_u64()
         .unwrap();
     let m = bob.recv_type("message").await.unwrap();
@@ -374,7 +361,7 @@ async fn bad_frames_get_their_error_and_the_connection_stays_open() {
     let stack = Stack::start_with(&[("CHAT_MAX_BODY", "10"), ("CHAT_MAX_FRAME", "2048")]).await;
     let (mut c, hello) = stack.login(0, "alice").await;
     assert_eq!(hello["limits"]["max_body"], 10);
-    join(&mut c, "r").await;
+    c.join("r").await;
     expect_error(&mut c, "{not json", "bad_request").await;
     expect_error(&mut c, "[1,2,3]", "bad_request").await;
     expect_error(&mut c, r#"{"type":"teleport"}"#, "unknown_type").await;
@@ -435,6 +422,7 @@ async fn a_flood_is_rate_limited_then_closed_with_4029() {
             Err(chat_testkit::WsError::Closed(code)) => break code,
             Err(e) => panic!("{e:?}"),
         }
+        // The flood's pace (about 100 pings/s): what the rate limit is tested against.
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert!(limited.is_some());
@@ -538,6 +526,8 @@ async fn token_refresh_extends_the_session_and_expiry_closes_it() {
     // a proper refresh
     c.send(json!({"type": "auth", "token": token::hs256(chat_tests::SECRET, "alice", 3)}))
         .await;
+    // Time itself is what is tested: past the first token's expiry (2 s), the refreshed one (3 s)
+    // keeps the session.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         c.request(json!({"type": "ping"}), "alive").await["type"],
@@ -556,8 +546,8 @@ async fn pipelined_sends_are_acknowledged_in_order_once_each() {
     let stack = Stack::start_with(&[("CHAT_RATE_PER_S", "100000")]).await;
     let (mut alice, _) = stack.login(0, "alice").await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut alice, "pipe").await;
-    join(&mut bob, "pipe").await;
+    alice.join("pipe").await;
+    bob.join("pipe").await;
     for i in 0..N {
         alice
             .send(
@@ -592,7 +582,7 @@ async fn pipelined_sends_are_acknowledged_in_order_once_each() {
         assert_eq!(m["client_id"], format!("c{i}"), "{m}");
     }
     // A retry of one of them is still answered as the same message.
-    let again = send(&mut alice, "pipe", "m7", "c7").await;
+    let again = alice.post_as("pipe", "m7", "c7").await;
     assert_eq!(
         (again["seq"].as_u64(), again["duplicate"].as_bool()),
         (acks[7]["seq"].as_u64(), Some(true))
@@ -607,7 +597,7 @@ async fn pipelined_sends_are_acknowledged_in_order_once_each() {
 async fn a_session_answers_other_frames_while_its_sends_await_acks() {
     let mut stack = Stack::start_with(&[("CHAT_REQUEST_TIMEOUT", "30s")]).await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "wait").await;
+    alice.join("wait").await;
     stack.nats.kill().await;
     for i in 0..3 {
         alice

@@ -7,46 +7,28 @@
 use std::time::Duration;
 
 use chat_testkit::WsClient;
-use chat_tests::{Stack, join, join_since, notify_state, page_seqs, send};
+use chat_tests::{Stack, eventually, notify_state, page_seqs};
 use serde_json::{Value, json};
 
 async fn ask(c: &mut WsClient, frame: Value, reference: &str) -> Value {
     c.request(frame, reference).await
 }
 
-/// Polls `f` every 50 ms until it answers, for at most 20 s.
-async fn poll<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The ack of `frame`, sent again (a retry, same client_id) while it is `unavailable` (a
 /// service starting), for at most 20 s.
 async fn until_acked(c: &mut WsClient, frame: Value) -> u64 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let reference = frame["client_id"].as_str().unwrap_or("r").to_owned();
-    loop {
-        let answer = c.request(frame.clone(), &reference).await;
-        if answer["type"] == "error" && answer["code"] == "unavailable" {
-            assert!(tokio::time::Instant::now() < deadline, "still {answer}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        }
-        return acked(&answer);
-    }
+    let answer = eventually(
+        "a send is answered other than unavailable",
+        Duration::from_secs(20),
+        async || {
+            let answer = c.request(frame.clone(), &reference).await;
+            let unavailable = answer["type"] == "error" && answer["code"] == "unavailable";
+            if unavailable { Err(answer) } else { Ok(answer) }
+        },
+    )
+    .await;
+    acked(&answer)
 }
 
 fn seq(v: &Value) -> u64 {
@@ -131,11 +113,11 @@ async fn edit_delete_react_follow_the_rules_and_retries_get_the_original_ack() {
     let (mut bob, _) = stack.login(0, "bob").await;
     // carol only watches: a client that sends requests skips the frames before each reply.
     let (mut carol, _) = stack.login(0, "carol").await;
-    join(&mut alice, "life").await;
-    join(&mut bob, "life").await;
-    join(&mut carol, "life").await;
-    let m1 = acked(&send(&mut alice, "life", "first", "a1").await);
-    let m2 = acked(&send(&mut alice, "life", "second", "a2").await);
+    alice.join("life").await;
+    bob.join("life").await;
+    carol.join("life").await;
+    let m1 = acked(&alice.post_as("life", "first", "a1").await);
+    let m2 = acked(&alice.post_as("life", "second", "a2").await);
 
     // Only the author edits; a missing message is not_found.
     assert_eq!(
@@ -215,7 +197,7 @@ async fn edit_delete_react_follow_the_rules_and_retries_get_the_original_ack() {
         (r2, Some(true))
     );
     // ...and nothing was delivered for them.
-    let marker = acked(&send(&mut alice, "life", "marker", "a-marker").await);
+    let marker = acked(&alice.post_as("life", "marker", "a-marker").await);
     let next = carol
         .recv_until(|f| f["seq"].as_u64().is_some_and(|s| s > d1))
         .await
@@ -269,11 +251,11 @@ async fn replies_and_threads_page_and_notify_the_answered_author() {
     let (mut alice, _) = stack.login(0, "alice").await;
     let (mut bob, _) = stack.login(0, "bob").await;
     let (mut carol, _) = stack.login(0, "carol").await;
-    join(&mut alice, "talk").await;
-    join(&mut bob, "talk").await;
-    join(&mut carol, "talk").await;
-    let root = acked(&send(&mut alice, "talk", "a question", "a1").await);
-    let other = acked(&send(&mut alice, "talk", "unrelated", "a2").await);
+    alice.join("talk").await;
+    bob.join("talk").await;
+    carol.join("talk").await;
+    let root = acked(&alice.post_as("talk", "a question", "a1").await);
+    let other = acked(&alice.post_as("talk", "unrelated", "a2").await);
     let send_ref = |body: &str, id: &str, extra: Value| {
         let mut f = json!({"type":"send","room":"talk","body":body,"client_id":id});
         for (k, v) in extra.as_object().unwrap() {
@@ -356,7 +338,7 @@ async fn replies_and_threads_page_and_notify_the_answered_author() {
 
     // Notifications: the reply and the first thread message notify alice (kind reply), the
     // mention is a mention (not a second one), her own thread message nothing.
-    let kinds = poll("alice's notifications", || async {
+    let kinds = eventually("alice's notifications", Duration::from_secs(20), || async {
         let kinds: Vec<(u64, Value)> = notify_state(&nats, "alice", &["talk"])
             .await
             .notifications
@@ -387,7 +369,7 @@ async fn replies_and_threads_page_and_notify_the_answered_author() {
 
     // Deleting a message withdraws its pending notification.
     acked(&delete(&mut bob, "talk", t1, "b-del").await);
-    poll("the withdrawal", || async {
+    eventually("the withdrawal", Duration::from_secs(20), || async {
         let state = notify_state(&nats, "alice", &["talk"]).await;
         (!state.notifications.iter().any(|n| n.seq == t1)).then_some(())
     })
@@ -395,9 +377,9 @@ async fn replies_and_threads_page_and_notify_the_answered_author() {
     // Edits and reactions never notify, and nothing counts but messages.
     acked(&edit(&mut bob, "talk", reply, "@alice edited", "b-ed").await);
     acked(&react(&mut bob, "talk", root, "👍", true, "b-re").await);
-    let marker = acked(&send(&mut bob, "talk", "marker", "b-marker").await);
+    let marker = acked(&bob.post_as("talk", "marker", "b-marker").await);
     // alice's unread: bob's reply, thread messages and marker (not the edit or reaction).
-    poll("the marker counted", || async {
+    eventually("the marker counted", Duration::from_secs(20), || async {
         let state = notify_state(&nats, "alice", &["talk"]).await;
         state.rooms.iter().any(|r| r.unread == 4).then_some(())
     })
@@ -414,11 +396,11 @@ async fn state_and_recovery_hold_with_the_archive_writer_stopped() {
     let mut stack = Stack::start().await;
     let (mut alice, hello) = stack.login(0, "alice").await;
     let epoch = hello["epoch"].as_str().unwrap().to_owned();
-    join(&mut alice, "tail").await;
+    alice.join("tail").await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut bob, "tail").await;
-    let m1 = acked(&send(&mut alice, "tail", "one", "a1").await);
-    let m2 = acked(&send(&mut alice, "tail", "two", "a2").await);
+    bob.join("tail").await;
+    let m1 = acked(&alice.post_as("tail", "one", "a1").await);
+    let m2 = acked(&alice.post_as("tail", "two", "a2").await);
     let r0 = acked(&react(&mut bob, "tail", m1, "👍", true, "b-r1").await);
     chat_tests::wait_archived(&stack.db().await, "tail", 3).await;
     // Replace the history process by one that answers requests but does not archive.
@@ -437,7 +419,7 @@ async fn state_and_recovery_hold_with_the_archive_writer_stopped() {
     .await;
     let r = acked(&react(&mut alice, "tail", m1, "🎉", true, "a-r").await);
     let d = acked(&delete(&mut alice, "tail", m2, "a-d").await);
-    let m3 = acked(&send(&mut alice, "tail", "three", "a3").await);
+    let m3 = acked(&alice.post_as("tail", "three", "a3").await);
     // A thread whose root (m1) is archived and whose message is only in the stream.
     let t1 = acked(
         &ask(
@@ -479,8 +461,8 @@ async fn state_and_recovery_hold_with_the_archive_writer_stopped() {
     );
     // Seqs of the replay agree with a plain join_since on the same cursor.
     let (mut carol, _) = stack.login(0, "carol").await;
-    join(&mut carol, "tail").await;
-    let (seqs, _) = join_since(&mut carol, "tail", e - 1, &epoch).await;
+    carol.join("tail").await;
+    let (seqs, _) = carol.join_since("tail", e - 1, &epoch).await;
     assert_eq!(
         seqs,
         vec![m3, t1],
@@ -535,9 +517,9 @@ async fn a_bots_changes_through_jetstream_are_checked_like_anyones() {
     let stack = Stack::start().await;
     let (mut alice, _) = stack.login(0, "alice").await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut alice, "bots").await;
-    join(&mut bob, "bots").await;
-    let m = acked(&send(&mut alice, "bots", "hello", "a1").await);
+    alice.join("bots").await;
+    bob.join("bots").await;
+    let m = acked(&alice.post_as("bots", "hello", "a1").await);
     let js = async_nats::jetstream::new(stack.nats.client().await);
     let post = |v: Value| {
         let js = js.clone();
@@ -667,10 +649,10 @@ async fn replays_carry_events_as_sent_and_deleted_text_is_never_served_again() {
     let (mut alice, hello) = stack.login(0, "alice").await;
     let epoch = hello["epoch"].as_str().unwrap().to_owned();
     let (mut carol, _) = stack.login(0, "carol").await;
-    join(&mut alice, "sent").await;
-    join(&mut carol, "sent").await;
-    let m1 = acked(&send(&mut alice, "sent", "secret one", "a1").await);
-    let m2 = acked(&send(&mut alice, "sent", "two as sent", "a2").await);
+    alice.join("sent").await;
+    carol.join("sent").await;
+    let m1 = acked(&alice.post_as("sent", "secret one", "a1").await);
+    let m2 = acked(&alice.post_as("sent", "two as sent", "a2").await);
     let live = recv_event(&mut carol, "message", m2).await;
     assert_eq!(live["body"], "two as sent");
     assert!(
@@ -699,7 +681,7 @@ async fn replays_carry_events_as_sent_and_deleted_text_is_never_served_again() {
 
     // A replay from before everything: the events as sent, but m1's text nowhere.
     let (mut dave, _) = stack.login(0, "dave").await;
-    join(&mut dave, "sent").await;
+    dave.join("sent").await;
     let (frames, joined) = replay(&mut dave, "sent", 0, &epoch).await;
     assert_eq!(joined["recovered"], true);
     let got: Vec<(&str, u64)> = frames
@@ -773,18 +755,18 @@ async fn replays_carry_events_as_sent_and_deleted_text_is_never_served_again() {
 async fn only_messages_count_as_unread() {
     let stack = Stack::start().await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "count").await;
+    alice.join("count").await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut bob, "count").await;
+    bob.join("count").await;
     bob.close().await;
-    let m1 = acked(&send(&mut alice, "count", "one", "a1").await);
-    let m2 = acked(&send(&mut alice, "count", "two", "a2").await);
+    let m1 = acked(&alice.post_as("count", "one", "a1").await);
+    let m2 = acked(&alice.post_as("count", "two", "a2").await);
     acked(&edit(&mut alice, "count", m1, "one!", "a3").await);
     acked(&react(&mut alice, "count", m2, "👍", true, "a4").await);
     let d = acked(&delete(&mut alice, "count", m2, "a5").await);
     let nats = stack.nats.client().await;
     // Counted once notify has seen the last event.
-    poll("notify caught up", || async {
+    eventually("notify caught up", Duration::from_secs(20), || async {
         let state = notify_state(&nats, "bob", &["count"]).await;
         state.rooms.iter().any(|r| r.as_of >= d).then_some(())
     })
@@ -807,13 +789,14 @@ async fn only_messages_count_as_unread() {
 /// Measurement, not a check (`--run-ignored only`): the latency of `chat.api.history` pages of
 /// 50 events whose messages carry state (reactions, edits), from PostgreSQL and, with the archive
 /// writer stopped, merged with a stream tail of 300 changes. Prints p50/p99 of 200 pages each.
+/// `cargo nextest run -p chat-tests --run-ignored only --no-capture -E 'test(history_page_latency_with_state)'`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn history_page_latency_with_state() {
     let mut stack = Stack::start_with(&[("CHAT_RATE_PER_S", "100000")]).await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "lat").await;
-    let seqs = chat_tests::send_many(&mut alice, "lat", "m", 1000).await;
+    alice.join("lat").await;
+    let seqs = alice.post_many("lat", "m", 1000).await;
     let mut n = 1000;
     for (i, s) in seqs.iter().rev().take(300).enumerate() {
         let emoji = ["👍", "🎉", "🚀"][i % 3];
@@ -875,9 +858,9 @@ async fn reactions_on_a_message_are_bounded() {
     let stack = Stack::start().await;
     let (mut alice, _) = stack.login(0, "alice").await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut alice, "rx").await;
-    join(&mut bob, "rx").await;
-    let m = acked(&send(&mut alice, "rx", "react to me", "m").await);
+    alice.join("rx").await;
+    bob.join("rx").await;
+    let m = acked(&alice.post_as("rx", "react to me", "m").await);
     let mut events = 1;
     for i in 0..MAX_REACTION_EMOJI {
         acked(

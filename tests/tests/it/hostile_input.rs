@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chat_tests::Stack;
+use chat_tests::{Stack, eventually};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -271,7 +271,7 @@ async fn control_characters_get_bad_request_and_leak_nothing() {
     let stack = Stack::start_with(&[("CHAT_MAX_CONNECTIONS", "3")]).await;
     for round in 0..4 {
         let (mut c, _) = stack.login(0, "mallory").await;
-        chat_tests::join(&mut c, "cc").await;
+        c.join("cc").await;
         let hostile = [
             (
                 json!({"type": "send", "room": "cc", "body": "hi", "client_id": "a\r\nNats-Msg-Id: x"}),
@@ -313,8 +313,9 @@ async fn control_characters_get_bad_request_and_leak_nothing() {
             }
         }
         // Tab and newline are fine in a body; the connection is still open and serving.
-        let ack =
-            chat_tests::send(&mut c, "cc", "line one\n\tline two", &format!("ok{round}")).await;
+        let ack = c
+            .post_as("cc", "line one\n\tline two", &format!("ok{round}"))
+            .await;
         assert_eq!(ack["type"], "ack", "{ack}");
         assert_eq!(
             c.request(json!({"type": "ping"}), "p").await["type"],
@@ -324,15 +325,15 @@ async fn control_characters_get_bad_request_and_leak_nothing() {
     }
     // Every slot came back: three clients connect at once under CHAT_MAX_CONNECTIONS=3, and
     // the sessions are gone from presence (session down went out).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while edge_connections(&stack).await != 0.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "chat_edge_connections stuck at {}",
-            edge_connections(&stack).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "chat_edge_connections is back to 0",
+        Duration::from_secs(10),
+        async || {
+            let n = edge_connections(&stack).await;
+            if n == 0.0 { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
     let mut clients = Vec::new();
     for user in ["u1", "u2", "u3"] {
         clients.push(stack.login(0, user).await.0);
@@ -342,22 +343,23 @@ async fn control_characters_get_bad_request_and_leak_nothing() {
     let req = chat_bus::api::PresenceRequest::Users {
         users: vec![chat_proto::UserId::new("mallory").unwrap()],
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let reply: chat_bus::api::PresenceReply =
-            chat_tests::nats_request(&nats, chat_bus::subjects::API_PRESENCE, &req)
-                .await
-                .expect("presence answers");
-        if reply.users[0].status == chat_proto::Status::Offline {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "mallory stayed {:?} after closing every session",
-            reply.users[0].status
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "mallory, whose sessions all closed, is offline",
+        Duration::from_secs(15),
+        async || {
+            let reply: chat_bus::api::PresenceReply =
+                chat_tests::nats_request(&nats, chat_bus::subjects::API_PRESENCE, &req)
+                    .await
+                    .expect("presence answers");
+            let status = reply.users[0].status;
+            if status == chat_proto::Status::Offline {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        },
+    )
+    .await;
 }
 
 /// A socket whose read side panics (standing in for any bug in a session) and whose write side
@@ -412,7 +414,7 @@ impl futures::Sink<axum::extract::ws::Message> for PanickingSocket {
 async fn a_panicking_session_is_cleaned_up() {
     let stack = Stack::start().await;
     let (mut victim, _) = stack.login(0, "pat").await;
-    chat_tests::join(&mut victim, "pr").await;
+    victim.join("pr").await;
     victim.close().await;
     let config = chat_edge::EdgeConfig::from_env(&stack.service_env()).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -447,21 +449,23 @@ async fn a_panicking_session_is_cleaned_up() {
     let req = chat_bus::api::PresenceRequest::Users {
         users: vec![chat_proto::UserId::new("pat").unwrap()],
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let reply: chat_bus::api::PresenceReply =
-            chat_tests::nats_request(&nats, chat_bus::subjects::API_PRESENCE, &req)
-                .await
-                .expect("presence answers");
-        if reply.users[0].status == chat_proto::Status::Offline {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pat stayed online after the panic"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "pat, whose session panicked, is offline",
+        Duration::from_secs(15),
+        async || {
+            let reply: chat_bus::api::PresenceReply =
+                chat_tests::nats_request(&nats, chat_bus::subjects::API_PRESENCE, &req)
+                    .await
+                    .expect("presence answers");
+            let status = reply.users[0].status;
+            if status == chat_proto::Status::Offline {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        },
+    )
+    .await;
     stop.cancel();
 }
 
@@ -577,19 +581,13 @@ async fn sessions_per_user_are_capped() {
         "pong"
     );
     open.pop().unwrap().close().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match chat_testkit::WsClient::connect(&stack.ws_url(0), Some(&stack.token("hog"))).await {
-            Ok(mut c) => {
-                assert_eq!(c.recv_type("hello").await.unwrap()["user"], "hog");
-                break;
-            }
-            Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("the freed place never came back: {e}"),
-        }
-    }
+    let mut c = eventually(
+        "the freed place is given again",
+        Duration::from_secs(10),
+        async || chat_testkit::WsClient::connect(&stack.ws_url(0), Some(&stack.token("hog"))).await,
+    )
+    .await;
+    assert_eq!(c.recv_type("hello").await.unwrap()["user"], "hog");
 }
 
 /// Issue 15 item 9: `create` with more than 1,000 members is `limit_exceeded` (7,000 once took

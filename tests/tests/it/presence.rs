@@ -10,7 +10,7 @@ use chat_bus::api::{self, PresenceReply, PresenceRequest};
 use chat_bus::subjects;
 use chat_proto::UserId;
 use chat_testkit::{WsClient, free_port, workspace_root};
-use chat_tests::{SECRET, Stack, join};
+use chat_tests::{SECRET, Stack, eventually};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -126,21 +126,40 @@ async fn try_statuses(
 /// A request lost with a killed instance is asked again, as an integrator would.
 async fn eventually_statuses(nats: &async_nats::Client, want: &BTreeMap<String, String>) {
     let users: Vec<String> = want.keys().cloned().collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let got = try_statuses(nats, &users).await.unwrap_or_default();
-        if &got == want {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
+    eventually(
+        "presence says what is wanted",
+        Duration::from_secs(15),
+        async || {
+            let got = try_statuses(nats, &users).await.unwrap_or_default();
+            if &got == want {
+                return Ok(());
+            }
             let wrong: Vec<_> = want
                 .iter()
                 .filter(|(u, s)| got.get(*u) != Some(s))
                 .map(|(u, s)| format!("{u}: want {s}, got {:?}", got.get(u)))
                 .collect();
-            panic!("presence never matched: {wrong:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(wrong)
+        },
+    )
+    .await;
+}
+
+/// Waits for `n` edge heartbeats for which `pred` holds, from now on (subscribed by the caller
+/// before what it waits after).
+async fn heartbeats(
+    sub: &mut async_nats::Subscriber,
+    n: usize,
+    pred: impl Fn(&api::EdgeHeartbeat) -> bool,
+) {
+    let mut seen = 0;
+    while seen < n {
+        let m = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("an edge heartbeat within 30 s")
+            .expect("heartbeat subscription");
+        let hb: api::EdgeHeartbeat = serde_json::from_slice(&m.payload).expect("a heartbeat");
+        seen += usize::from(pred(&hb));
     }
 }
 
@@ -149,9 +168,9 @@ async fn two_devices_keep_a_user_online_until_both_close() {
     let stack = stack().await;
     let nats = stack.nats.client().await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut bob, "pair").await;
+    bob.join("pair").await;
     let (mut phone, _) = stack.login(0, "alice").await;
-    join(&mut phone, "pair").await;
+    phone.join("pair").await;
     let f = presence_of(&mut bob, "alice").await;
     assert_eq!(f["status"], "online", "{f}");
     assert_eq!(f["room"], "pair");
@@ -196,9 +215,9 @@ async fn status_busy_reaches_a_room_mate_and_user_subscribers() {
         .unwrap();
     nats.flush().await.unwrap();
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut bob, "team").await;
+    bob.join("team").await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "team").await;
+    alice.join("team").await;
     presence_of(&mut bob, "alice").await;
 
     alice
@@ -299,24 +318,22 @@ async fn spawn_edge_process(stack: &Stack) -> EdgeProcess {
         .kill_on_drop(true)
         .spawn()
         .expect("start chat-edge");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
+    eventually(
+        "the chat-edge process is ready",
+        Duration::from_secs(30),
+        async || {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", admin))
+                .await
+                .ok()?;
             let _ = s
                 .write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
                 .await;
             let mut out = String::new();
             let _ = s.read_to_string(&mut out).await;
-            if out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200") {
-                break;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "chat-edge did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            (out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200")).then_some(())
+        },
+    )
+    .await;
     EdgeProcess {
         child,
         url: format!("ws://127.0.0.1:{port}/ws"),
@@ -327,14 +344,15 @@ async fn spawn_edge_process(stack: &Stack) -> EdgeProcess {
 async fn an_edge_killed_with_sigkill_takes_only_its_users_offline_within_3_heartbeats() {
     let stack = stack().await;
     let nats = stack.nats.client().await;
+    let mut heartbeat_sub = nats.subscribe(subjects::PRESENCE_HEARTBEAT).await.unwrap();
     let mut doomed = spawn_edge_process(&stack).await;
 
     // carol is only on the doomed edge; dave is on both.
     let (mut carol, _) = WsClient::login(&doomed.url, &stack.token("carol")).await;
-    join(&mut carol, "ops").await;
+    carol.join("ops").await;
     let _carol = Pumped::new(carol);
     let (mut dave_there, _) = WsClient::login(&doomed.url, &stack.token("dave")).await;
-    join(&mut dave_there, "ops").await;
+    dave_there.join("ops").await;
     let _dave_there = Pumped::new(dave_there);
     let _dave_here = Pumped::new(stack.login(0, "dave").await.0);
     eventually_statuses(
@@ -346,11 +364,14 @@ async fn an_edge_killed_with_sigkill_takes_only_its_users_offline_within_3_heart
         .into(),
     )
     .await;
-    // Let a heartbeat of the doomed edge pass, as in a steady state.
-    tokio::time::sleep(Duration::from_millis(2 * HEARTBEAT_MS)).await;
+    // A heartbeat of the doomed edge listing carol has passed, as in a steady state.
+    heartbeats(&mut heartbeat_sub, 1, |hb| {
+        hb.sessions.iter().any(|s| s.user.as_str() == "carol")
+    })
+    .await;
     // The watcher comes last: a client that is not read from is dropped after 3 heartbeats.
     let (mut watcher, _) = stack.login(0, "watcher").await;
-    join(&mut watcher, "ops").await;
+    watcher.join("ops").await;
 
     doomed.child.start_kill().expect("SIGKILL chat-edge");
     let killed = tokio::time::Instant::now();
@@ -417,9 +438,11 @@ async fn killing_and_restarting_one_of_two_presence_instances_loses_no_status() 
         c.send(json!({"type": "status", "status": "busy"})).await;
         want.insert(names[i].clone(), "busy".into());
     }
+    let mut heartbeat_sub = nats.subscribe(subjects::PRESENCE_HEARTBEAT).await.unwrap();
+    nats.flush().await.unwrap();
     eventually_statuses(&nats, &want).await;
     // And it stays so over a few heartbeats (no reconciliation undoes anything).
-    tokio::time::sleep(Duration::from_millis(5000)).await;
+    heartbeats(&mut heartbeat_sub, 3, |_| true).await;
     assert_eq!(statuses(&nats, &names).await, want);
 }
 
@@ -444,7 +467,7 @@ async fn a_snapshot_after_a_burst_of_200_connects_and_disconnects_matches_the_tr
         let token = stack.token(&format!("b{i}"));
         async move {
             let (mut c, _) = WsClient::login(&url, &token).await;
-            join(&mut c, "crowd").await;
+            c.join("crowd").await;
             (i, Pumped::new(c))
         }
     });
@@ -484,42 +507,41 @@ async fn a_snapshot_after_a_burst_of_200_connects_and_disconnects_matches_the_tr
     futures::future::join_all(closes).await;
 
     let (mut watcher, _) = stack.login(0, "watcher").await;
-    join(&mut watcher, "crowd").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    watcher.join("crowd").await;
     let mut n = 0;
-    loop {
-        n += 1;
-        let snap = watcher
-            .request(
-                json!({"type": "presence", "room": "crowd"}),
-                &format!("s{n}"),
-            )
-            .await;
-        let got: BTreeMap<String, String> = snap["users"]
-            .as_array()
-            .unwrap_or_else(|| panic!("snapshot: {snap}"))
-            .iter()
-            .map(|u| {
-                (
-                    u["user"].as_str().unwrap().to_owned(),
-                    u["status"].as_str().unwrap().to_owned(),
+    eventually(
+        "the snapshot matches the truth",
+        Duration::from_secs(15),
+        async || {
+            n += 1;
+            let snap = watcher
+                .request(
+                    json!({"type": "presence", "room": "crowd"}),
+                    &format!("s{n}"),
                 )
-            })
-            .collect();
-        if got == truth {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "snapshot never matched; differences: {:?}",
-            truth
+                .await;
+            let got: BTreeMap<String, String> = snap["users"]
+                .as_array()
+                .unwrap_or_else(|| panic!("snapshot: {snap}"))
+                .iter()
+                .map(|u| {
+                    (
+                        u["user"].as_str().unwrap().to_owned(),
+                        u["status"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            if got == truth {
+                return Ok(());
+            }
+            Err(truth
                 .iter()
                 .filter(|(u, s)| got.get(*u) != Some(s))
                 .map(|(u, s)| format!("{u}: want {s}, got {:?}", got.get(u)))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+                .collect::<Vec<_>>())
+        },
+    )
+    .await;
     eprintln!("snapshot matched after {n} tries");
     drop((second, kept));
 }
@@ -577,13 +599,13 @@ async fn rooms_above_the_fanout_limit_get_no_broadcast_but_answer_snapshots() {
     ])
     .await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut bob, "big").await;
-    join(&mut bob, "small").await;
+    bob.join("big").await;
+    bob.join("small").await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "small").await;
-    join(&mut alice, "big").await;
+    alice.join("small").await;
+    alice.join("big").await;
     let (mut carol, _) = stack.login(0, "carol").await;
-    join(&mut carol, "big").await;
+    carol.join("big").await;
     let _carol = Pumped::new(carol);
 
     alice

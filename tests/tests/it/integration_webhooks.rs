@@ -18,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use base64::Engine as _;
-use chat_tests::{Stack, join, send};
+use chat_tests::{Stack, eventually};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -260,16 +260,16 @@ async fn every_event_type_reaches_the_endpoints_in_order_despite_failures_and_a_
 
     let (mut alice, _) = stack.login(0, "alice").await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut alice, "wh-a").await;
-    join(&mut alice, "wh-b").await;
-    join(&mut bob, "wh-a").await;
-    let m1 = send(&mut alice, "wh-a", "one", "a1").await["seq"]
+    alice.join("wh-a").await;
+    alice.join("wh-b").await;
+    bob.join("wh-a").await;
+    let m1 = alice.post_as("wh-a", "one", "a1").await["seq"]
         .as_u64()
         .unwrap();
-    let m2 = send(&mut bob, "wh-a", "two", "b1").await["seq"]
+    let m2 = bob.post_as("wh-a", "two", "b1").await["seq"]
         .as_u64()
         .unwrap();
-    send(&mut alice, "wh-b", "b-one", "a2").await;
+    alice.post_as("wh-b", "b-one", "a2").await;
     ok_reply(
         &mut alice,
         json!({"type": "edit", "room": "wh-a", "seq": m1, "body": "one, edited", "client_id": "a3"}),
@@ -291,27 +291,30 @@ async fn every_event_type_reaches_the_endpoints_in_order_despite_failures_and_a_
     ok_reply(&mut bob, json!({"type": "leave", "room": "wh-a"}), "l1").await;
 
     // Nothing listens: the deliveries fail and wait in PostgreSQL.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (n, attempts) = pending_deliveries(&db).await;
-        if n > 0 && attempts >= 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no failing delivery: {n} pending, {attempts} attempts"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "a delivery failed twice and waits",
+        Duration::from_secs(20),
+        async || {
+            let (n, attempts) = pending_deliveries(&db).await;
+            if n > 0 && attempts >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} pending, {attempts} attempts"))
+            }
+        },
+    )
+    .await;
 
     // Every chat-history dies mid-retry; the room goes on, and the restarted ones pick it all up.
     for h in stack.histories.drain(..) {
         h.kill();
     }
     for i in 0..3 {
-        send(&mut alice, "wh-a", &format!("down {i}"), &format!("x{i}")).await;
+        alice
+            .post_as("wh-a", &format!("down {i}"), &format!("x{i}"))
+            .await;
     }
-    send(&mut alice, "wh-b", "down b", "xb").await;
+    alice.post_as("wh-b", "down b", "xb").await;
     stack.add_history().await;
     stack.add_history().await;
 
@@ -339,28 +342,26 @@ async fn every_event_type_reaches_the_endpoints_in_order_despite_failures_and_a_
         ("message.created", "alice:\"b-one\"".into()),
         ("message.created", "alice:\"down b\"".into()),
     ]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let all = events(&r, "all", SECRET_ALL);
-        let b = events(&r, "b", SECRET_B);
-        if all.len() >= expected_a.len() + expected_b.len() && !b.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "missing events: {} of {}, b: {}",
-            all.len(),
-            expected_a.len() + expected_b.len(),
-            b.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "every event reached both endpoints",
+        Duration::from_secs(30),
+        async || {
+            let all = events(&r, "all", SECRET_ALL);
+            let b = events(&r, "b", SECRET_B);
+            let done = all.len() >= expected_a.len() + expected_b.len() && !b.is_empty();
+            if done {
+                Ok(())
+            } else {
+                Err(format!("{} events, b: {}", all.len(), b.len()))
+            }
+        },
+    )
+    .await;
     // The queues drain: nothing left behind.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while pending_deliveries(&db).await.0 > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "deliveries left");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("no delivery is left", Duration::from_secs(10), async || {
+        pending_deliveries(&db).await.0 == 0
+    })
+    .await;
 
     let all = events(&r, "all", SECRET_ALL);
     assert_eq!(room_log(&all, "wh-a"), expected_a, "{all:#?}");
@@ -474,35 +475,34 @@ async fn busy_rooms_stay_in_order_with_two_instances_and_a_flaky_receiver() {
     for i in 0..ROOMS {
         let (mut c, _) = stack.login(0, &format!("u{i}")).await;
         let room = format!("busy-{i}");
-        join(&mut c, &room).await;
+        c.join(&room).await;
         tasks.push(tokio::spawn(async move {
-            let seqs = chat_tests::send_many(&mut c, &room, &format!("m{i}"), PER_ROOM).await;
+            let seqs = c.post_many(&room, &format!("m{i}"), PER_ROOM).await;
             (room, seqs)
         }));
     }
     for t in tasks {
         sent.push(t.await.unwrap());
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let unique: HashSet<String> = f
-            .accepted
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|v| v["id"].as_str().unwrap().to_owned())
-            .collect();
-        if unique.len() >= ROOMS * PER_ROOM {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {} delivered",
-            unique.len(),
-            ROOMS * PER_ROOM
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        &format!("{} deliveries accepted", ROOMS * PER_ROOM),
+        Duration::from_secs(60),
+        async || {
+            let unique: HashSet<String> = f
+                .accepted
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|v| v["id"].as_str().unwrap().to_owned())
+                .collect();
+            if unique.len() >= ROOMS * PER_ROOM {
+                Ok(())
+            } else {
+                Err(unique.len())
+            }
+        },
+    )
+    .await;
     let accepted = f.accepted.lock().unwrap().clone();
     for (room, seqs) in &sent {
         let mut expected = seqs.clone();

@@ -8,7 +8,7 @@ use async_nats::jetstream;
 use chat_bus::apikey::{self, ApiKeyRecord, Scope};
 use chat_bus::subjects;
 use chat_testkit::NatsServer;
-use chat_tests::{Stack, procs::bin_dir, send};
+use chat_tests::{Stack, eventually, procs::bin_dir};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -85,20 +85,13 @@ fn consumer<'a>(lags: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no consumer {name} in {lags}"))
 }
 
-/// Polls `chatctl ARGS --json` until `done` holds (or fails after 30 s).
+/// Runs `chatctl ARGS --json` until `done` holds (or fails after 30 s).
 async fn ctl_until(nats: &str, args: &[&str], what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(what, Duration::from_secs(30), async || {
         let v = ctl_json(nats, args).await;
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if done(&v) { Ok(v) } else { Err(v) }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,8 +513,8 @@ async fn room_info_shows_kind_members_and_last_seq() {
         )
         .await;
     assert_eq!(r["type"], "joined", "{r}");
-    send(&mut carol, "ctl-secret", "one", "m1").await;
-    let ack = send(&mut carol, "ctl-secret", "two", "m2").await;
+    carol.post_as("ctl-secret", "one", "m1").await;
+    let ack = carol.post_as("ctl-secret", "two", "m2").await;
 
     let info = ctl_json(&url, &["room", "ctl-secret"]).await;
     assert_eq!(info["room"], "ctl-secret");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chat_tests::{SECRET, Stack, procs::bin_dir};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 fn chat() -> Command {
@@ -153,12 +153,28 @@ async fn cli_sends_reads_history_and_tails() {
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let tail = tail.spawn().expect("spawn chat tail");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut tail = tail.spawn().expect("spawn chat tail");
+    let mut lines = BufReader::new(tail.stdout.take().expect("tail's stdout")).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("tail prints in time")
+            .expect("read tail's output")
+    };
+    let mut text = String::new();
+    // The replay's three lines are out, so tail has joined: the live one sent now reaches it.
+    for _ in 0..3 {
+        text += &next_line().await.expect("a replayed message");
+        text.push('\n');
+    }
     let mut args = vec!["send"];
     args.extend(common);
     args.extend(["--body", "live one"]);
     run(&args, None).await;
+    while let Some(line) = next_line().await {
+        text += &line;
+        text.push('\n');
+    }
     let out = tokio::time::timeout(Duration::from_secs(30), tail.wait_with_output())
         .await
         .expect("tail got 4 messages in time")
@@ -168,7 +184,7 @@ async fn cli_sends_reads_history_and_tails() {
         "tail failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let tailed = json_lines(&String::from_utf8(out.stdout).expect("utf-8"));
+    let tailed = json_lines(&text);
     let bodies: Vec<&str> = tailed
         .iter()
         .map(|m| m["body"].as_str().unwrap_or(""))

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use chat_proto::NotificationKind;
 use chat_tests::procs::http_get;
-use chat_tests::{Stack, join, notify_state, send, wait_archived};
+use chat_tests::{Stack, eventually, notify_state, wait_archived};
 use serde_json::{Value, json};
 
 /// Publishes `payload` to `chat.room.<room>.msg` through JetStream, as an integration does;
@@ -81,7 +81,7 @@ async fn invalid_entries_are_dead_lettered_and_the_archive_goes_on() {
         .await;
     assert_eq!(r["type"], "joined", "{r}");
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "lobby").await;
+    alice.join("lobby").await;
 
     let bad_kind = publish_raw(
         &js,
@@ -106,13 +106,9 @@ async fn invalid_entries_are_dead_lettered_and_the_archive_goes_on() {
 
     // Normal messages after them, from a client and from an integration.
     for i in 0..3 {
-        send(
-            &mut alice,
-            "lobby",
-            &format!("after {i}"),
-            &format!("ok-{i}"),
-        )
-        .await;
+        alice
+            .post_as("lobby", &format!("after {i}"), &format!("ok-{i}"))
+            .await;
     }
     publish_raw(&js, "lobby", event("lobby", "bot", "from a bot", "ok-bot")).await;
     wait_archived(&db, "lobby", 4).await;
@@ -136,15 +132,15 @@ async fn invalid_entries_are_dead_lettered_and_the_archive_goes_on() {
     assert_eq!(archived_bad, 0);
 
     // Each bad entry is in the dead-letter stream once, with its reason.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let letters = loop {
-        let l = dead_letters(&js).await;
-        if l.len() >= bad.len() || tokio::time::Instant::now() > deadline {
-            break l;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut letters = letters;
+    let mut letters = eventually(
+        "every bad entry is in the dead-letter stream",
+        Duration::from_secs(30),
+        async || {
+            let l = dead_letters(&js).await;
+            if l.len() >= bad.len() { Ok(l) } else { Err(l) }
+        },
+    )
+    .await;
     letters.sort();
     assert_eq!(
         letters,
@@ -160,21 +156,22 @@ async fn invalid_entries_are_dead_lettered_and_the_archive_goes_on() {
 
     // chat-notify neither counted nor notified the entry that claimed secret1: once it has
     // handled a later message of secret1, bob has that one unread and its mention only.
-    let later = send(&mut carol, "secret1", "@bob real", "real-1").await;
+    let later = carol.post_as("secret1", "@bob real", "real-1").await;
     let later = later["seq"].as_u64().unwrap();
     let nats = stack.nats.client().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let state = loop {
-        let s = notify_state(&nats, "bob", &["secret1"]).await;
-        let mentions = s
-            .notifications
-            .iter()
-            .filter(|n| n.kind == NotificationKind::Mention);
-        if mentions.count() > 0 || tokio::time::Instant::now() > deadline {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let state = eventually(
+        "chat-notify has handled the later mention",
+        Duration::from_secs(30),
+        async || {
+            let s = notify_state(&nats, "bob", &["secret1"]).await;
+            let mentioned = s
+                .notifications
+                .iter()
+                .any(|n| n.kind == NotificationKind::Mention);
+            if mentioned { Ok(s) } else { Err(s) }
+        },
+    )
+    .await;
     let seqs: Vec<u64> = state
         .notifications
         .iter()
@@ -257,15 +254,15 @@ async fn prev_seq_skips_invalid_entries_live_in_history_and_in_replays() {
         br#"{"v":1,"kind":"x\ny","room":"chain","from":"bot","body":"b","client_id":"k","ts":1}"#;
     let (mut alice, hello) = stack.login(0, "alice").await;
     let epoch = hello["epoch"].as_str().unwrap().to_owned();
-    join(&mut alice, room).await;
+    alice.join(room).await;
     let (mut bob, _) = stack.login(0, "bob").await;
-    join(&mut bob, room).await;
+    bob.join(room).await;
 
-    let a = seq_of(&send(&mut alice, room, "A", "a").await);
+    let a = seq_of(&alice.post_as(room, "A", "a").await);
     assert_eq!(next_message(&mut bob).await, (room.into(), a, 0));
     publish_raw(&js, room, bad_kind.to_vec()).await;
     publish_raw(&js, room, event("lobby", "mallory", "elsewhere", "m1")).await;
-    let b = seq_of(&send(&mut alice, room, "B", "b").await);
+    let b = seq_of(&alice.post_as(room, "B", "b").await);
     // The invalid entries were not delivered (they came in between), and B links to A.
     assert_eq!(next_message(&mut bob).await, (room.into(), b, a));
 
@@ -285,10 +282,10 @@ async fn prev_seq_skips_invalid_entries_live_in_history_and_in_replays() {
     stack
         .add_history_with(&[("HISTORY_ARCHIVE", "false")])
         .await;
-    let c = seq_of(&send(&mut alice, room, "C", "c").await);
+    let c = seq_of(&alice.post_as(room, "C", "c").await);
     publish_raw(&js, room, bad_kind.to_vec()).await;
     publish_raw(&js, room, event(room, "bot", "", "empty")).await;
-    let d = seq_of(&send(&mut alice, room, "D", "d").await);
+    let d = seq_of(&alice.post_as(room, "D", "d").await);
     assert_eq!(next_message(&mut bob).await, (room.into(), c, b));
     assert_eq!(next_message(&mut bob).await, (room.into(), d, c));
     let all = vec![(a, 0), (b, a), (c, b), (d, c)];
@@ -318,8 +315,8 @@ async fn prev_seq_skips_invalid_entries_live_in_history_and_in_replays() {
     publish_raw(&js, room, bad_kind.to_vec()).await;
     let second = stack.add_edge().await;
     let (mut dave, _) = stack.login(second, "dave").await;
-    join(&mut dave, room).await;
-    let e = seq_of(&send(&mut alice, room, "E", "e").await);
+    dave.join(room).await;
+    let e = seq_of(&alice.post_as(room, "E", "e").await);
     assert_eq!(next_message(&mut dave).await, (room.into(), e, d));
     assert_eq!(next_message(&mut bob).await, (room.into(), e, d));
 }
@@ -335,7 +332,7 @@ async fn history_pages_of_huge_messages_stay_bounded_and_complete() {
     let room = "big";
     let (mut alice, hello) = stack.login(0, "alice").await;
     let epoch = hello["epoch"].as_str().unwrap().to_owned();
-    join(&mut alice, room).await;
+    alice.join(room).await;
     let body = "𝄞".repeat(4000);
     let mut seqs = Vec::new();
     for i in 0..100 {

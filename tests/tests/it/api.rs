@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chat_bus::apikey::{ApiKeyRecord, Scope, generate};
 use chat_proto::UserId;
 use chat_testkit::NatsServer;
-use chat_tests::{HttpAnswer, Stack, http, http_json, put_api_key, revoke_api_key};
+use chat_tests::{HttpAnswer, Stack, eventually, http, http_json, put_api_key, revoke_api_key};
 use serde_json::{Value, json};
 
 fn bots(names: &[&str]) -> Vec<UserId> {
@@ -40,25 +40,6 @@ fn expect(a: &HttpAnswer, status: u16, code: &str) {
 fn ok(a: &HttpAnswer, status: u16) -> &Value {
     assert_eq!(a.status, status, "unexpected answer {a:?}");
     &a.body
-}
-
-/// Polls `f` every 50 ms until it is `Some`, for at most `within`.
-async fn poll<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,7 +294,7 @@ async fn messages_as_a_bot_and_every_refusal() {
     put_api_key(&nats, &burst_rec).await;
     chat_tests::wait_key_known(&[api, api2], &burst).await;
     let burst = Some(burst.as_str());
-    let limited = poll("the rate limit", Duration::from_secs(10), || async move {
+    let limited = eventually("the rate limit", Duration::from_secs(10), || async move {
         let a = http(api2, "GET", "/api/v1/rooms/ops", burst, None).await;
         (a.status == 429).then_some(a)
     })
@@ -530,7 +511,7 @@ async fn rooms_members_reads_revocation_and_disconnect() {
     );
 
     // Search (once the archive indexed it), as alice and as a trusted reader.
-    let found = poll(
+    let found = eventually(
         "the message indexed",
         Duration::from_secs(20),
         || async move {
@@ -583,7 +564,7 @@ async fn rooms_members_reads_revocation_and_disconnect() {
     );
 
     // Presence of a room and of users; unread state.
-    let online = poll("alice online", Duration::from_secs(20), || async move {
+    let online = eventually("alice online", Duration::from_secs(20), || async move {
         let a = http(api, "GET", "/api/v1/presence?users=alice,zed", k, None).await;
         let users = a.body["users"].as_array().cloned().unwrap_or_default();
         users
@@ -621,7 +602,7 @@ async fn rooms_members_reads_revocation_and_disconnect() {
         403,
         "forbidden",
     );
-    let unread = poll(
+    let unread = eventually(
         "alice's unread count",
         Duration::from_secs(20),
         || async move {
@@ -727,7 +708,7 @@ async fn rooms_members_reads_revocation_and_disconnect() {
     );
     revoke_api_key(&nats, &rec.id).await;
     for addr in [api, api_b] {
-        poll(
+        eventually(
             "the revoked key refused",
             Duration::from_secs(5),
             || async move {
@@ -905,7 +886,7 @@ async fn a_key_from_chatctl_works_until_chatctl_revokes_it() {
     let (id, _) = chat_bus::apikey::parse_key(&key).expect("chatctl printed a key");
     let id = id.to_owned();
     let k = Some(key.as_str());
-    poll(
+    eventually(
         "the new key accepted",
         Duration::from_secs(5),
         || async move {
@@ -920,7 +901,7 @@ async fn a_key_from_chatctl_works_until_chatctl_revokes_it() {
         "forbidden",
     );
     chatctl(&nats.url, &["api-key", "revoke", &id]).await;
-    poll(
+    eventually(
         "the revoked key refused",
         Duration::from_secs(5),
         || async move {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chat_testkit::{NatsServer, WsClient, fresh_database, token};
 use chat_tests::otlp::OtlpReceiver;
 use chat_tests::procs::{Proc, http_get};
-use chat_tests::{SECRET, Stack, join, send};
+use chat_tests::{SECRET, Stack, eventually};
 use serde_json::json;
 
 /// A nats-server, a database and an OTLP receiver, and the environment that points services at
@@ -53,39 +53,46 @@ async fn one_message_is_one_trace_across_edge_history_and_delivery() {
     let (mut alice, _) =
         WsClient::login(&edge1.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
     let (mut bob, _) = WsClient::login(&edge2.ws_url(), &token::hs256(SECRET, "bob", 600)).await;
-    join(&mut alice, "traced").await;
-    join(&mut bob, "traced").await;
+    alice.join("traced").await;
+    bob.join("traced").await;
     // carol is a member but offline: the mention makes a notification.
     let (mut carol, _) =
         WsClient::login(&edge2.ws_url(), &token::hs256(SECRET, "carol", 600)).await;
-    join(&mut carol, "traced").await;
+    carol.join("traced").await;
     carol.close().await;
-    let ack = send(&mut alice, "traced", "hello @carol", "t1").await;
+    let ack = alice.post_as("traced", "hello @carol", "t1").await;
     let seq = ack["seq"].as_u64().unwrap().to_string();
     bob.recv_type("message").await.unwrap();
 
-    let spans = otlp
-        .wait_for(|spans| {
-            let Some(root) = spans
-                .iter()
-                .find(|s| s.name == "send" && s.attr("seq") == Some(seq.as_str()))
-            else {
-                return false;
-            };
-            let in_trace = |service: &str, name: &str| {
-                spans
+    let spans = eventually(
+        "the send's trace reaches every service",
+        Duration::from_secs(30),
+        async || {
+            let spans = otlp.spans();
+            (|spans: &[chat_tests::otlp::SpanRecord]| {
+                let Some(root) = spans
                     .iter()
-                    .filter(|s| {
-                        s.trace_id == root.trace_id && s.service == service && s.name == name
-                    })
-                    .count()
-            };
-            in_trace("chat-history", "history.archive") >= 1
-                && in_trace("chat-edge", "edge.deliver") >= 2
-                && in_trace("chat-notify", "notify.event") >= 1
-                && in_trace("chat-notify", "notify.notification") >= 1
-        })
-        .await;
+                    .find(|s| s.name == "send" && s.attr("seq") == Some(seq.as_str()))
+                else {
+                    return false;
+                };
+                let in_trace = |service: &str, name: &str| {
+                    spans
+                        .iter()
+                        .filter(|s| {
+                            s.trace_id == root.trace_id && s.service == service && s.name == name
+                        })
+                        .count()
+                };
+                in_trace("chat-history", "history.archive") >= 1
+                    && in_trace("chat-edge", "edge.deliver") >= 2
+                    && in_trace("chat-notify", "notify.event") >= 1
+                    && in_trace("chat-notify", "notify.notification") >= 1
+            })(&spans)
+            .then_some(spans)
+        },
+    )
+    .await;
     let root = spans
         .iter()
         .find(|s| s.name == "send" && s.attr("seq") == Some(seq.as_str()))
@@ -180,7 +187,7 @@ async fn a_client_traceparent_makes_the_send_part_of_its_trace() {
     let _history = Proc::start("chat-history", &env).await;
     let edge = Proc::start("chat-edge", &env).await;
     let (mut alice, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
-    join(&mut alice, "r").await;
+    alice.join("r").await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent = "00f067aa0ba902b7";
     let r = alice
@@ -191,9 +198,18 @@ async fn a_client_traceparent_makes_the_send_part_of_its_trace() {
         )
         .await;
     assert_eq!(r["type"], "ack");
-    let spans = otlp
-        .wait_for(|s| s.iter().any(|s| s.name == "send" && s.trace_id == trace_id))
-        .await;
+    let spans = eventually(
+        "the send span of the client's trace arrives",
+        Duration::from_secs(30),
+        async || {
+            let spans = otlp.spans();
+            spans
+                .iter()
+                .any(|s| s.name == "send" && s.trace_id == trace_id)
+                .then_some(spans)
+        },
+    )
+    .await;
     let send = spans
         .iter()
         .find(|s| s.name == "send" && s.trace_id == trace_id)
@@ -224,14 +240,24 @@ async fn traces_reach_an_https_collector() {
     let _history = Proc::start("chat-history", &env).await;
     let edge = Proc::start("chat-edge", &env).await;
     let (mut alice, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
-    join(&mut alice, "tls").await;
-    let ack = send(&mut alice, "tls", "over https", "t1").await;
+    alice.join("tls").await;
+    let ack = alice.post_as("tls", "over https", "t1").await;
     let seq = ack["seq"].as_u64().unwrap().to_string();
-    otlp.wait_for(|spans| {
-        spans.iter().any(|s| {
-            s.service == "chat-edge" && s.name == "send" && s.attr("seq") == Some(seq.as_str())
-        })
-    })
+    eventually(
+        "chat-edge's send span arrives over https",
+        Duration::from_secs(30),
+        async || {
+            let spans = otlp.spans();
+            spans
+                .iter()
+                .any(|s| {
+                    s.service == "chat-edge"
+                        && s.name == "send"
+                        && s.attr("seq") == Some(seq.as_str())
+                })
+                .then_some(spans)
+        },
+    )
     .await;
 }
 
@@ -250,7 +276,7 @@ async fn events_carry_a_traceparent_without_an_otlp_endpoint() {
     let mut feed = client.subscribe("chat.fanout.plain").await.unwrap();
     client.flush().await.unwrap();
     let (mut alice, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
-    join(&mut alice, "plain").await;
+    alice.join("plain").await;
 
     let well_formed = |tp: &str| {
         let parts: Vec<&str> = tp.split('-').collect();
@@ -263,7 +289,7 @@ async fn events_carry_a_traceparent_without_an_otlp_endpoint() {
                 .iter()
                 .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
     };
-    send(&mut alice, "plain", "no trace asked", "p1").await;
+    alice.post_as("plain", "no trace asked", "p1").await;
     let event = tokio::time::timeout(Duration::from_secs(10), feed.next())
         .await
         .unwrap()
@@ -323,10 +349,10 @@ async fn metrics_parse_and_move_and_readiness_follows_nats() {
     let mut stack = Stack::start().await;
     let admin = stack.edges[0].admin.port();
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "m").await;
+    alice.join("m").await;
     let before = parse_metrics(&http_get(admin, "/metrics").await.unwrap().1);
-    send(&mut alice, "m", "one", "1").await;
-    send(&mut alice, "m", "two", "2").await;
+    alice.post_as("m", "one", "1").await;
+    alice.post_as("m", "two", "2").await;
     let (status, text) = http_get(admin, "/metrics").await.unwrap();
     assert_eq!(status, 200);
     let after = parse_metrics(&text);
@@ -345,14 +371,12 @@ async fn metrics_parse_and_move_and_readiness_follows_nats() {
     assert_eq!(http_get(admin, "/readyz").await.unwrap().0, 200);
 
     stack.nats.kill().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while http_get(admin, "/readyz").await.unwrap().0 == 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readyz stayed ready without NATS"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "readyz says not ready without NATS",
+        Duration::from_secs(10),
+        async || http_get(admin, "/readyz").await.unwrap().0 != 200,
+    )
+    .await;
     let history_admin = stack.histories[0].admin.port();
     assert_eq!(http_get(history_admin, "/readyz").await.unwrap().0, 503);
     assert_eq!(
@@ -361,14 +385,12 @@ async fn metrics_parse_and_move_and_readiness_follows_nats() {
         "alive while not ready"
     );
     stack.nats.restart().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while http_get(admin, "/readyz").await.unwrap().0 != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readyz never recovered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "readyz is ready again",
+        Duration::from_secs(20),
+        async || http_get(admin, "/readyz").await.unwrap().0 == 200,
+    )
+    .await;
 }
 
 /// Issue 15 item 5, CONTRACT v1.1 §4: without `CHAT_JWT_SECRET` and `CHAT_JWT_JWKS` (and without
@@ -472,11 +494,11 @@ async fn dashboards_and_alerts_query_only_exported_metrics() {
         .await;
     assert_eq!(stranger.expect_close().await, Some(4001));
     let (mut carol, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "carol", 600)).await;
-    join(&mut carol, "ops").await;
+    carol.join("ops").await;
     carol.close().await;
     let (mut alice, _) = WsClient::login(&edge.ws_url(), &token::hs256(SECRET, "alice", 600)).await;
-    join(&mut alice, "ops").await;
-    send(&mut alice, "ops", "hello @carol", "o1").await;
+    alice.join("ops").await;
+    alice.post_as("ops", "hello @carol", "o1").await;
     alice.send(json!({"type": "nonsense"})).await;
     assert_eq!(
         alice.recv_type("error").await.unwrap()["code"],
@@ -487,41 +509,41 @@ async fn dashboards_and_alerts_query_only_exported_metrics() {
         .await;
     assert_eq!(page["type"], "history", "{page}");
 
-    let mut exported: HashMap<String, bool> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        exported.clear();
-        for p in &procs {
-            let (status, text) = http_get(p.admin_port, "/metrics").await.unwrap();
-            assert_eq!(status, 200, "{}", p.name);
-            let declared = declared_metrics(&text);
-            assert!(
-                declared.contains_key("chat_build_info"),
-                "{}: no build info",
-                p.name
-            );
-            exported.extend(declared);
-        }
-        let wanted = [
-            "chat_consumer_pending",
-            "chat_consumer_lag_seconds",
-            "chat_notify_notifications_total",
-            "chat_history_batch_size",
-            "chat_history_page_seconds",
-        ];
-        if wanted.iter().all(|m| exported.contains_key(*m)) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still missing after 20 s: {:?}",
-            wanted
+    let wanted = [
+        "chat_consumer_pending",
+        "chat_consumer_lag_seconds",
+        "chat_notify_notifications_total",
+        "chat_history_batch_size",
+        "chat_history_page_seconds",
+    ];
+    let exported = eventually(
+        "every service exports the wanted metrics",
+        Duration::from_secs(20),
+        async || {
+            let mut exported: HashMap<String, bool> = HashMap::new();
+            for p in &procs {
+                let (status, text) = http_get(p.admin_port, "/metrics").await.unwrap();
+                assert_eq!(status, 200, "{}", p.name);
+                let declared = declared_metrics(&text);
+                assert!(
+                    declared.contains_key("chat_build_info"),
+                    "{}: no build info",
+                    p.name
+                );
+                exported.extend(declared);
+            }
+            let missing: Vec<_> = wanted
                 .iter()
                 .filter(|m| !exported.contains_key(**m))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+                .collect();
+            if missing.is_empty() {
+                Ok(exported)
+            } else {
+                Err(format!("missing {missing:?}"))
+            }
+        },
+    )
+    .await;
     for (name, has_help) in &exported {
         assert!(*has_help, "{name} has no # HELP");
         assert!(

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use chat_bus::api::{self, NotifyState, NotifyStateRequest};
 use chat_bus::subjects;
 use chat_proto::{RoomId, UserId};
-use chat_tests::{Stack, join, notify_state as state, send};
+use chat_tests::{Stack, eventually, notify_state as state};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -40,7 +40,7 @@ async fn unread_frame(c: &mut chat_testkit::WsClient, room: &str) -> Value {
 /// Joins `room` and waits until chat-notify has set the join floor of `user`'s marker, so that
 /// what the test sends next is counted for the joiner whatever the timing.
 async fn settled_join(stack: &Stack, c: &mut chat_testkit::WsClient, user: &str, room: &str) {
-    join(c, room).await;
+    c.join(room).await;
     chat_tests::wait_read_marker(&stack.db().await, user, room).await;
 }
 
@@ -72,13 +72,13 @@ async fn offline_mentions_and_dms_wait_in_hello_until_a_read_clears_them_everywh
     ];
     let mut last_proj = 0;
     for (i, body) in proj_bodies.iter().enumerate() {
-        last_proj = send(&mut alice, "proj", body, &format!("p{i}")).await["seq"]
+        last_proj = alice.post_as("proj", body, &format!("p{i}")).await["seq"]
             .as_u64()
             .unwrap();
     }
     let mut last_dm = 0;
     for (i, body) in ["hi bob", "@bob are you there?"].iter().enumerate() {
-        last_dm = send(&mut alice, &dm_room, body, &format!("d{i}")).await["seq"]
+        last_dm = alice.post_as(&dm_room, body, &format!("d{i}")).await["seq"]
             .as_u64()
             .unwrap();
     }
@@ -121,7 +121,7 @@ async fn offline_mentions_and_dms_wait_in_hello_until_a_read_clears_them_everywh
     // pushes none per message (CONTRACT §2 Unread); a client adds one to hello's count.
     let (mut bob2, hello2) = stack.login(0, "bob").await;
     assert_eq!(room_of(&hello2, "proj")["unread"], proj_bodies.len());
-    let live = send(&mut alice, "proj", "@bob live one", "live").await;
+    let live = alice.post_as("proj", "@bob live one", "live").await;
     let last_proj_live = live["seq"].as_u64().unwrap();
     assert!(last_proj_live > last_proj);
     for b in [&mut bob1, &mut bob2] {
@@ -173,7 +173,7 @@ async fn offline_mentions_and_dms_wait_in_hello_until_a_read_clears_them_everywh
         .await;
     bob1.send(json!({"type": "read", "room": "proj", "seq": 1u64 << 40}))
         .await;
-    let next = send(&mut alice, "proj", "one more", "more").await["seq"]
+    let next = alice.post_as("proj", "one more", "more").await["seq"]
         .as_u64()
         .unwrap();
     bob1.send(json!({"type": "read", "room": "proj", "seq": next}))
@@ -199,11 +199,11 @@ async fn offline_mentions_and_dms_wait_in_hello_until_a_read_clears_them_everywh
 async fn a_newcomer_to_a_public_room_has_no_unread_history() {
     let stack = Stack::start().await;
     let (mut alice, _) = stack.login(0, "alice").await;
-    join(&mut alice, "hist").await;
+    alice.join("hist").await;
     for i in 0..3 {
-        send(&mut alice, "hist", "old news", &format!("h{i}")).await;
+        alice.post_as("hist", "old news", &format!("h{i}")).await;
     }
-    let last = send(&mut alice, "hist", "latest", "h3").await["seq"]
+    let last = alice.post_as("hist", "latest", "h3").await["seq"]
         .as_u64()
         .unwrap();
     let (mut bob, _) = stack.login(0, "bob").await;
@@ -211,7 +211,7 @@ async fn a_newcomer_to_a_public_room_has_no_unread_history() {
     let (_b2, hello) = stack.login(0, "bob").await;
     assert_eq!(room_of(&hello, "hist")["unread"], 0, "{hello}");
     assert_eq!(room_of(&hello, "hist")["last_read"], last);
-    send(&mut alice, "hist", "news", "h4").await;
+    alice.post_as("hist", "news", "h4").await;
     bob.recv_until(|f| f["type"] == "message" && f["client_id"] == "h4")
         .await
         .expect("the message");
@@ -245,7 +245,7 @@ async fn counts_are_exact_while_the_consumer_lags_behind() {
     for i in 0..5 {
         let body = if i == 2 { "@bob three" } else { "lagging" };
         seqs.push(
-            send(&mut alice, "lag", body, &format!("l{i}")).await["seq"]
+            alice.post_as("lag", body, &format!("l{i}")).await["seq"]
                 .as_u64()
                 .unwrap(),
         );
@@ -281,19 +281,20 @@ async fn counts_are_exact_while_the_consumer_lags_behind() {
         .await
         .unwrap();
     // Once consumed, the same count from the table, and the mention is pending.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = state(&client, "bob", &["lag"]).await;
-        assert_eq!(s.rooms[0].unread, 3, "{s:?}");
-        if s.notifications.len() == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never consumed: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the mention is consumed",
+        Duration::from_secs(20),
+        async || {
+            let s = state(&client, "bob", &["lag"]).await;
+            assert_eq!(s.rooms[0].unread, 3, "{s:?}");
+            if s.notifications.len() == 1 {
+                Ok(())
+            } else {
+                Err(s)
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,7 +308,7 @@ async fn an_invite_into_a_private_room_notifies_until_read() {
         )
         .await;
     assert_eq!(created["type"], "joined");
-    let s = send(&mut alice, "secret", "before bob", "b1").await;
+    let s = alice.post_as("secret", "before bob", "b1").await;
     let (mut bob, _) = stack.login(0, "bob").await;
     let ok = alice
         .request(
@@ -380,22 +381,19 @@ async fn restarting_notify_during_a_burst_leaves_every_count_exact() {
     }
     // Kill chat-notify once it is into the burst, and start another.
     let db = stack.db().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (n,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM notify.room_messages WHERE room = 'burst'")
-                .fetch_one(&db)
-                .await
-                .unwrap();
-        if n >= 100 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "notify never started consuming"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "chat-notify is into the burst",
+        Duration::from_secs(20),
+        async || {
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM notify.room_messages WHERE room = 'burst'")
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            if n >= 100 { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
     let (at_kill,): (i64,) =
         sqlx::query_as("SELECT count(*) FROM notify.room_messages WHERE room = 'burst'")
             .fetch_one(&db)
@@ -418,19 +416,20 @@ async fn restarting_notify_during_a_burst_leaves_every_count_exact() {
         _ => ALICE,
     } as u64;
     let check = |client: async_nats::Client| async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = state(&client, "bob", &["burst"]).await;
-            if s.rooms[0].unread == expect("bob") {
-                break;
-            }
-            assert!(s.rooms[0].unread < expect("bob"), "double counted: {s:?}");
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "counts never caught up: {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(
+            "bob's count caught up",
+            Duration::from_secs(30),
+            async || {
+                let s = state(&client, "bob", &["burst"]).await;
+                assert!(s.rooms[0].unread <= expect("bob"), "double counted: {s:?}");
+                if s.rooms[0].unread == expect("bob") {
+                    Ok(())
+                } else {
+                    Err(s)
+                }
+            },
+        )
+        .await;
         for who in ["alice", "bob", "carol"] {
             let s = state(&client, who, &["burst"]).await;
             assert_eq!(s.rooms[0].unread, expect(who), "{who}: {s:?}");
@@ -454,30 +453,44 @@ async fn restarting_notify_during_a_burst_leaves_every_count_exact() {
         .await
         .expect("delete the consumer");
     stack.add_notify().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut c) = js
-            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
-                subjects::NOTIFY_CONSUMER,
-                subjects::STREAM,
-            )
-            .await
-        {
+    eventually(
+        "the replay from the start finished",
+        Duration::from_secs(30),
+        async || {
+            let mut c = js
+                .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                    subjects::NOTIFY_CONSUMER,
+                    subjects::STREAM,
+                )
+                .await
+                .ok()?;
             let info = c.info().await.unwrap();
-            if info.num_pending == 0
+            (info.num_pending == 0
                 && info.num_ack_pending == 0
-                && info.delivered.stream_sequence > 0
-            {
-                break;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "replay never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+                && info.delivered.stream_sequence > 0)
+                .then_some(())
+        },
+    )
+    .await;
     check(client).await;
+}
+
+/// Waits until chat-notify's webhook outbox is empty: every delivery made, none to retry, so no
+/// further POST can come of what was sent so far.
+async fn outbox_drained(stack: &Stack) {
+    let db = stack.db().await;
+    eventually(
+        "the webhook outbox is empty",
+        Duration::from_secs(20),
+        async || {
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM notify.webhook_outbox")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            if n == 0 { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
 }
 
 /// A push gateway for the test: checks nothing itself, records every accepted POST, and fails
@@ -535,25 +548,25 @@ async fn a_pending_webhook_survives_a_restart_of_notify() {
     bob.close().await;
     let (mut alice, _) = stack.login(0, "alice").await;
     settled_join(&stack, &mut alice, "alice", "r").await;
-    send(&mut alice, "r", "@bob durable", "x").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while g.refused.load(Ordering::SeqCst) < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "no attempt");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    alice.post_as("r", "@bob durable", "x").await;
+    eventually(
+        "two refused attempts",
+        Duration::from_secs(20),
+        async || g.refused.load(Ordering::SeqCst) >= 2,
+    )
+    .await;
     stack.notifies.remove(0).kill();
     let refused = g.refused.load(Ordering::SeqCst);
     g.down.store(false, Ordering::SeqCst);
     stack.add_notify().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while g.accepted.lock().unwrap().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never delivered after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    eventually(
+        "a delivery after the restart",
+        Duration::from_secs(20),
+        async || !g.accepted.lock().unwrap().is_empty(),
+    )
+    .await;
+    // Nothing more can arrive once the outbox is empty.
+    outbox_drained(&stack).await;
     let accepted = g.accepted.lock().unwrap().clone();
     assert_eq!(accepted.len(), 1, "delivered once");
     let v: Value = serde_json::from_slice(&accepted[0].1).unwrap();
@@ -588,22 +601,23 @@ async fn offline_notifications_reach_the_webhook_once_signed_and_despite_failure
         .iter()
         .enumerate()
     {
-        let a = send(&mut alice, "w", body, &format!("w{i}")).await;
+        let a = alice.post_as("w", body, &format!("w{i}")).await;
         seqs.insert(a["seq"].as_u64().unwrap());
     }
     let dm = alice
         .request(json!({"type": "open_dm", "user": "bob"}), "dm")
         .await;
     let dm_room = dm["room"].as_str().unwrap().to_owned();
-    send(&mut alice, &dm_room, "psst", "d").await;
+    alice.post_as(&dm_room, "psst", "d").await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while g.accepted.lock().unwrap().len() < 4 {
-        assert!(tokio::time::Instant::now() < deadline, "webhooks missing");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Nothing more arrives: each notification exactly once.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    eventually(
+        "four webhooks accepted",
+        Duration::from_secs(20),
+        async || g.accepted.lock().unwrap().len() >= 4,
+    )
+    .await;
+    // Nothing more arrives (the outbox is empty): each notification exactly once.
+    outbox_drained(&stack).await;
     let accepted = g.accepted.lock().unwrap().clone();
     assert_eq!(accepted.len(), 4);
     assert_eq!(
@@ -888,14 +902,14 @@ async fn a_postgres_outage_of_notify_loses_nothing() {
     settled_join(&stack, &mut bob, "bob", "o").await;
     let (mut alice, _) = stack.login(0, "alice").await;
     settled_join(&stack, &mut alice, "alice", "o").await;
-    send(&mut alice, "o", "@bob before", "o0").await;
+    alice.post_as("o", "@bob before", "o0").await;
     bob.recv_type("notification").await.expect("notification");
 
     proxy.cut();
     // Messages still flow while chat-notify cannot write.
     for i in 1..=5 {
         let body = if i % 2 == 0 { "@bob during" } else { "during" };
-        send(&mut alice, "o", body, &format!("o{i}")).await;
+        alice.post_as("o", body, &format!("o{i}")).await;
     }
     let m = bob
         .recv_until(|f| f["type"] == "message" && f["client_id"] == "o5")
@@ -906,31 +920,36 @@ async fn a_postgres_outage_of_notify_loses_nothing() {
         .request(json!({"type": "read", "room": "o", "seq": m["seq"]}), "rd")
         .await;
     assert_eq!(r["code"], "unavailable", "{r}");
+    // The outage goes on a little longer (its length is the scenario, not a wait for an event).
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.restore();
 
     let client = stack.nats.client().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(s) = api::request::<_, NotifyState>(
-            &client,
-            subjects::NOTIFY_STATE,
-            &NotifyStateRequest {
-                user: UserId::new("bob").unwrap(),
-                rooms: vec![RoomId::new("o").unwrap()],
-                last_seqs: Vec::new(),
-            },
-            Duration::from_secs(5),
-        )
-        .await
-            && s.rooms[0].unread == 6
-        {
-            assert_eq!(s.notifications.len(), 3, "{s:?}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never recovered");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let s = eventually(
+        "bob's state recovered",
+        Duration::from_secs(30),
+        async || {
+            let s = api::request::<_, NotifyState>(
+                &client,
+                subjects::NOTIFY_STATE,
+                &NotifyStateRequest {
+                    user: UserId::new("bob").unwrap(),
+                    rooms: vec![RoomId::new("o").unwrap()],
+                    last_seqs: Vec::new(),
+                },
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+            if s.rooms[0].unread == 6 {
+                Ok(s)
+            } else {
+                Err(format!("{s:?}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(s.notifications.len(), 3, "{s:?}");
     let (_b2, hello) = stack.login(0, "bob").await;
     assert_eq!(room_of(&hello, "o")["unread"], 6, "{hello}");
     assert_eq!(hello["notifications"].as_array().unwrap().len(), 3);
@@ -961,21 +980,22 @@ async fn two_notify_instances_share_the_work_without_double_counting() {
         }
     }
     let client = stack.nats.client().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = state(&client, "bob", &["pair"]).await;
-        assert!(s.rooms[0].unread <= N as u64, "double counted: {s:?}");
-        if s.rooms[0].unread == N as u64 {
-            let ids: BTreeSet<String> = s.notifications.iter().map(|n| n.id.clone()).collect();
-            assert_eq!((s.notifications.len(), ids.len()), (N / 10, N / 10));
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never caught up: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let s = eventually(
+        "bob's count caught up",
+        Duration::from_secs(20),
+        async || {
+            let s = state(&client, "bob", &["pair"]).await;
+            assert!(s.rooms[0].unread <= N as u64, "double counted: {s:?}");
+            if s.rooms[0].unread == N as u64 {
+                Ok(s)
+            } else {
+                Err(s)
+            }
+        },
+    )
+    .await;
+    let ids: BTreeSet<String> = s.notifications.iter().map(|n| n.id.clone()).collect();
+    assert_eq!((s.notifications.len(), ids.len()), (N / 10, N / 10));
     // Every event stored once, whichever instance took it.
     let db = stack.db().await;
     let (rows,): (i64,) =

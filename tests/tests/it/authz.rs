@@ -15,7 +15,7 @@ use chat_bus::api::{RoomInfo, rooms};
 use chat_bus::subjects;
 use chat_proto::{RoomId, UserId};
 use chat_testkit::WsClient;
-use chat_tests::{Stack, frames_until, nats_request, send};
+use chat_tests::{Stack, nats_request};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -318,21 +318,24 @@ async fn rooms_with_secrets(stack: &Stack) -> (WsClient, WsClient, Vec<Target>) 
             .await
             .expect("joined");
     }
-    send(&mut alice, "vault", "SECRET vault 1 @lena @bob", "v1").await;
+    alice
+        .post_as("vault", "SECRET vault 1 @lena @bob", "v1")
+        .await;
     let left = lena
         .request(json!({"type": "leave", "room": "vault"}), "l")
         .await;
     assert_eq!(left["type"], "left", "{left}");
     lena.close().await;
-    let last_vault =
-        send(&mut alice, "vault", "SECRET vault 2, after lena left", "v2").await["seq"]
-            .as_u64()
-            .unwrap();
+    let last_vault = alice
+        .post_as("vault", "SECRET vault 2, after lena left", "v2")
+        .await["seq"]
+        .as_u64()
+        .unwrap();
     let dm = alice
         .request(json!({"type": "open_dm", "user": "bob"}), "dm")
         .await;
     let dm_room = dm["room"].as_str().expect("dm room").to_owned();
-    let last_dm = send(&mut alice, &dm_room, "SECRET dm 1 @bob", "d1").await["seq"]
+    let last_dm = alice.post_as(&dm_room, "SECRET dm 1 @bob", "d1").await["seq"]
         .as_u64()
         .unwrap();
     bob.recv_until(|f| f["type"] == "message" && f["room"] == dm_room.as_str())
@@ -454,8 +457,10 @@ async fn a_non_member_is_refused_every_operation_on_a_private_room_and_a_dm_over
     // The members go on: messages mentioning the non-members, typing, a status change, reads.
     // The members see all of it; the non-members nothing.
     let (vault, dm) = (targets[0].room.as_str(), targets[1].room.as_str());
-    let v3 = send(&mut alice, vault, "SECRET vault 3 @eve @lena @bob", "v3").await;
-    let d2 = send(&mut alice, dm, "SECRET dm 2 @eve @lena", "d2").await;
+    let v3 = alice
+        .post_as(vault, "SECRET vault 3 @eve @lena @bob", "v3")
+        .await;
+    let d2 = alice.post_as(dm, "SECRET dm 2 @eve @lena", "d2").await;
     for room in [vault, dm] {
         alice.send(json!({"type": "typing", "room": room})).await;
     }
@@ -485,7 +490,7 @@ async fn a_non_member_is_refused_every_operation_on_a_private_room_and_a_dm_over
     }
     let deadline = Instant::now() + Duration::from_secs(1);
     for c in [&mut eve, &mut lena] {
-        seen.extend(frames_until(c, deadline).await.into_iter().map(|(_, f)| f));
+        seen.extend(c.frames_until(deadline).await.into_iter().map(|(_, f)| f));
     }
     let leaked: Vec<&Value> = seen.iter().filter(|f| about(f, &rooms)).collect();
     assert!(leaked.is_empty(), "non-members received: {leaked:#?}");
@@ -571,10 +576,12 @@ async fn the_services_refuse_a_non_member_whatever_an_edge_asks_on_their_behalf(
     bob.recv_until(|f| f["type"] == "message" && f["seq"] == seq)
         .await
         .expect("the members see the post");
-    send(&mut alice, "vault", "SECRET vault 3 @eve @lena", "v3").await;
+    alice
+        .post_as("vault", "SECRET vault 3 @eve @lena", "v3")
+        .await;
 
     let deadline = Instant::now() + Duration::from_secs(1);
-    let seen = frames_until(&mut eve, deadline).await;
+    let seen = eve.frames_until(deadline).await;
     let leaked: Vec<&Value> = seen
         .iter()
         .map(|(_, f)| f)
@@ -664,13 +671,9 @@ async fn a_revoked_membership_stops_delivery_to_every_session_within_a_second() 
         async move {
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                send(
-                    &mut alice,
-                    "vault",
-                    &format!("tick {i} @bob"),
-                    &format!("t{i}"),
-                )
-                .await;
+                alice
+                    .post_as("vault", &format!("tick {i} @bob"), &format!("t{i}"))
+                    .await;
                 sent.fetch_add(1, Ordering::Relaxed);
                 carol.send(json!({"type": "typing", "room": "vault"})).await;
                 if i.is_multiple_of(20) {
@@ -684,6 +687,7 @@ async fn a_revoked_membership_stops_delivery_to_every_session_within_a_second() 
                         .await;
                 }
                 while carol.recv_within(Duration::from_millis(1)).await.is_ok() {}
+                // The pace of the background traffic, not a wait for an event.
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 i += 1;
             }
@@ -722,10 +726,7 @@ async fn a_revoked_membership_stops_delivery_to_every_session_within_a_second() 
             .expect("removed");
         }
         let until = t0 + Duration::from_millis(2500);
-        let (f1, f2) = tokio::join!(
-            frames_until(&mut bob1, until),
-            frames_until(&mut bob2, until)
-        );
+        let (f1, f2) = tokio::join!(bob1.frames_until(until), bob2.frames_until(until));
         let sent_during = sent.load(Ordering::Relaxed) - sent_before;
         assert!(sent_during > 50, "traffic went on: {sent_during} messages");
         let r = [revoked(&f1, t0, "vault"), revoked(&f2, t0, "vault")];

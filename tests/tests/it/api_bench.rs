@@ -4,7 +4,7 @@
 //! (each waiting for its answer before the next). The HTTP side uses keep-alive connections.
 //!
 //! Ignored (it measures, and wants a quiet machine):
-//!   cargo nextest run -p chat-tests --test api_bench --run-ignored only --no-capture
+//!   cargo nextest run -p chat-tests --run-ignored only --no-capture -E 'test(/^api_bench::/)'
 //! `API_BENCH_N` (default 4000) messages per side, `API_BENCH_C` (16) concurrent publishers.
 
 use std::time::{Duration, Instant};
