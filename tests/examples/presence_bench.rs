@@ -178,7 +178,7 @@ async fn main() {
             .collect(),
     };
     let reply: chat_bus::api::PresenceReply =
-        chat_bus::api::request(&nats, subjects::API_PRESENCE, &req, Duration::from_secs(10))
+        chat_bus::rpc::request_on(&nats, subjects::API_PRESENCE, &req, Duration::from_secs(10))
             .await
             .expect("chat.api.presence");
     let mut by_status = std::collections::BTreeMap::new();

@@ -254,9 +254,13 @@ async fn main() {
         let (nats, answers, errors) = (nats.clone(), answers.clone(), errors.clone());
         tokio::time::sleep_until(planned).await;
         tasks.push(tokio::spawn(async move {
-            let reply: Result<SearchReply, _> =
-                chat_bus::api::request(&nats, subjects::API_SEARCH, &req, Duration::from_secs(10))
-                    .await;
+            let reply: Result<SearchReply, _> = chat_bus::rpc::request_on(
+                &nats,
+                subjects::API_SEARCH,
+                &req,
+                Duration::from_secs(10),
+            )
+            .await;
             let took = planned.elapsed();
             match reply {
                 Ok(r) => answers.lock().await.push((class, took, r.results.len())),

@@ -273,7 +273,7 @@ pub async fn notify_state(
     user: &str,
     rooms: &[&str],
 ) -> chat_bus::api::NotifyState {
-    chat_bus::api::request(
+    chat_bus::rpc::request_on(
         client,
         chat_bus::subjects::NOTIFY_STATE,
         &chat_bus::api::NotifyStateRequest {
@@ -437,7 +437,7 @@ pub async fn nats_request<Req: serde::Serialize, Resp: serde::de::DeserializeOwn
     subject: &'static str,
     req: &Req,
 ) -> Result<Resp, chat_bus::api::ApiError> {
-    chat_bus::api::request(client, subject, req, std::time::Duration::from_secs(10)).await
+    chat_bus::rpc::request_on(client, subject, req, std::time::Duration::from_secs(10)).await
 }
 
 /// `CHAT_FAULTS_SCALE` (1): multiplies the loads, kills and clients of the fault scenarios;

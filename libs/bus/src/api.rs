@@ -1,8 +1,6 @@
 //! Request/reply payloads: the public `chat.api.*` ones (CONTRACT §3) and the internal ones
 //! between chat-edge and the services, with one error shape, `{"error":{code,message}}`.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use chat_proto::{
     ChatMessage, ErrorCode, Notification, PresenceEntry, RoomEventFrame, RoomId, RoomKind, Status,
@@ -75,30 +73,6 @@ pub fn decode_reply<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ApiError> 
 pub fn decode_request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(payload)
         .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
-}
-
-/// Sends a request and decodes its reply. No responder or no answer in time is `unavailable`.
-pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
-    client: &async_nats::Client,
-    subject: &'static str,
-    req: &Req,
-    timeout: Duration,
-) -> Result<Resp, ApiError> {
-    let payload = Bytes::from(serde_json::to_vec(req).map_err(|_| ApiError::internal())?);
-    let mut headers = async_nats::HeaderMap::new();
-    crate::trace::inject_current(&mut headers);
-    let fut = client.request_with_headers(subject, headers, payload);
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(msg)) => decode_reply(&msg.payload),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, subject, "request failed");
-            Err(ApiError::unavailable())
-        }
-        Err(_) => {
-            tracing::debug!(subject, "request timed out");
-            Err(ApiError::unavailable())
-        }
-    }
 }
 
 /// Default page size of history.

@@ -46,11 +46,21 @@ pub async fn call<R: Request>(
     req: &R,
     timeout: Duration,
 ) -> Result<R::Reply, ApiError> {
-    let subject = <R::Endpoint as Endpoint>::SUBJECT;
+    request_on(client, <R::Endpoint as Endpoint>::SUBJECT, req, timeout).await
+}
+
+/// [`call`] on a subject named by the caller: for a test or a tool that speaks to a subject as
+/// an outsider would (a public `chat.api.*` one, or a wrong one on purpose).
+pub async fn request_on<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: &str,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, ApiError> {
     let payload = Bytes::from(serde_json::to_vec(req).map_err(|_| ApiError::internal())?);
     let mut headers = async_nats::HeaderMap::new();
     crate::trace::inject_current(&mut headers);
-    let fut = client.request_with_headers(subject, headers, payload);
+    let fut = client.request_with_headers(subject.to_owned(), headers, payload);
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(msg)) => decode_reply(&msg.payload),
         Ok(Err(e)) => {

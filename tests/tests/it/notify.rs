@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use base64::Engine as _;
-use chat_bus::api::{self, NotifyState, NotifyStateRequest};
+use chat_bus::api::{NotifyState, NotifyStateRequest};
 use chat_bus::subjects;
 use chat_proto::{RoomId, UserId};
 use chat_tests::{Stack, eventually, notify_state as state};
@@ -929,7 +929,7 @@ async fn a_postgres_outage_of_notify_loses_nothing() {
         "bob's state recovered",
         Duration::from_secs(30),
         async || {
-            let s = api::request::<_, NotifyState>(
+            let s = chat_bus::rpc::request_on::<_, NotifyState>(
                 &client,
                 subjects::NOTIFY_STATE,
                 &NotifyStateRequest {

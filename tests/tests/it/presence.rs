@@ -111,7 +111,8 @@ async fn try_statuses(
         users: users.iter().map(|u| UserId::new(u).unwrap()).collect(),
     };
     let reply: PresenceReply =
-        api::request(nats, subjects::API_PRESENCE, &req, Duration::from_secs(2)).await?;
+        chat_bus::rpc::request_on(nats, subjects::API_PRESENCE, &req, Duration::from_secs(2))
+            .await?;
     Ok(reply
         .users
         .into_iter()

@@ -65,7 +65,7 @@ async fn nats_search(
         limit: None,
         before: None,
     };
-    chat_bus::api::request(client, subjects::API_SEARCH, &req, Duration::from_secs(10)).await
+    chat_bus::rpc::request_on(client, subjects::API_SEARCH, &req, Duration::from_secs(10)).await
 }
 
 fn bodies(reply: &SearchReply) -> Vec<&str> {
