@@ -38,6 +38,9 @@ pub struct HistoryConfig {
     /// `HISTORY_PAGE_MAX_BYTES` (196608): most bytes of serialized events in one history page;
     /// a longer page is cut (`has_more` true) so that its frame always fits (CONTRACT §2 Limits).
     pub page_max_bytes: usize,
+    /// `HISTORY_SEARCH_WINDOW` (2000): newest rows a search reads by seq before it asks the text
+    /// index (crate::search; tests make it small to reach the index with a few messages).
+    pub search_window: i64,
     /// `CHAT_INTEGRATION_BOTS` (`credential=bot,bot;…`): the bot identities each integration
     /// account may post as (crate::intake; docs/deploy.md *Integrations and scopes*).
     pub integration_bots: crate::intake::IntegrationBots,
@@ -64,6 +67,9 @@ impl HistoryConfig {
                     crate::query::DEFAULT_PAGE_MAX_BYTES,
                 )?
                 .clamp(64 * 1024, 1024 * 1024),
+            search_window: env
+                .parse("HISTORY_SEARCH_WINDOW", crate::search::DEFAULT_WINDOW)?
+                .clamp(1, 100_000),
             integration_bots: crate::intake::IntegrationBots::parse(
                 env.get("CHAT_INTEGRATION_BOTS").unwrap_or(""),
             )

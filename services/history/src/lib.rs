@@ -85,8 +85,9 @@ impl App {
             })
             .await?;
         }
-        let search =
-            search::Search::new(&config.database_url, SCHEMA, epoch_id).context("DATABASE_URL")?;
+        let search = search::Search::new(&config.database_url, SCHEMA, epoch_id)
+            .context("DATABASE_URL")?
+            .with_window(config.search_window);
         tracing::info!(epoch, "chat-history started");
         Ok(App {
             config,

@@ -1,16 +1,17 @@
 //! Full-text search of the archive (CONTRACT §2 Search, §3 `chat.api.search`).
 //!
-//! The index is the `search` column of `messages` (migration 0005): a stored generated
-//! `tsvector` of the body, written by PostgreSQL inside the row's own write, so an insert, an edit
-//! (the body rewritten in place) and a delete (the body emptied, `deleted` set) re-index in the
-//! same transaction and a search never sees a state the archive does not have.
+//! The index is the `search` column of `messages` (migrations 0005, 0007): a stored generated
+//! `tsvector` of the body and, as one more lexeme, the room; written by PostgreSQL inside the
+//! row's own write, so an insert, an edit (the body rewritten in place) and a delete (the body
+//! emptied, `deleted` set) re-index in the same transaction and a search never sees a state the
+//! archive does not have.
 //!
 //! A search is three steps: [`parse`] the query language (pure: words, `"phrases"`,
 //! `-exclusions`), let PostgreSQL normalize each term exactly as it normalized the bodies
 //! (`phraseto_tsquery('simple', …)`: a term can turn out to hold no word at all, like `???`), and
-//! run one statement that reads the memberships of the user *as they are now*. Searches use a
-//! pool of their own, with a statement timeout, so a costly query never holds up the archive
-//! writer or history pages.
+//! find the newest matches in one snapshot that reads the memberships of the user *as they are
+//! now* ([`Search::matching`]). Searches use a pool of their own, with a statement timeout, so a
+//! costly query never holds up the archive writer or history pages.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -139,6 +140,7 @@ pub fn tsquery_text(include: &[String], exclude: &[String]) -> Result<String, Ap
 pub struct Search {
     pool: PgPool,
     epoch_id: i32,
+    window: i64,
 }
 
 /// room, seq, sender, body as sent, client_id, ts, prev_seq, reply_to, thread.
@@ -169,7 +171,20 @@ impl Search {
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy_with(opts);
-        Ok(Search { pool, epoch_id })
+        Ok(Search {
+            pool,
+            epoch_id,
+            window: DEFAULT_WINDOW,
+        })
+    }
+
+    /// Reads the newest `window` rows by seq before asking the text index (see
+    /// [`Search::matching`]).
+    pub fn with_window(self, window: i64) -> Search {
+        Search {
+            window: window.max(1),
+            ..self
+        }
     }
 
     /// One search (CONTRACT §2 `search`, §3 `chat.api.search`). With PostgreSQL unreachable or
@@ -182,7 +197,14 @@ impl Search {
         {
             return Err(ApiError::forbidden("not a member of this room"));
         }
-        let tsquery = self.normalize(&parsed).await?;
+        let (include, exclude) = self.normalize(&parsed).await?;
+        let tsquery = tsquery_text(&include, &exclude)?;
+        if contradicts(&include, &exclude) {
+            return Ok(SearchReply {
+                results: Vec::new(),
+                has_more: false,
+            });
+        }
         let mut rows = self
             .matching(&tsquery, &req, limit + 1)
             .await
@@ -212,15 +234,18 @@ impl Search {
     }
 
     /// Each term as PostgreSQL normalizes it for the `simple` configuration (what `to_tsvector`
-    /// did to the bodies), assembled into one tsquery.
-    async fn normalize(&self, parsed: &ParsedQuery) -> Result<String, ApiError> {
+    /// did to the bodies): the included terms, then the excluded ones.
+    async fn normalize(
+        &self,
+        parsed: &ParsedQuery,
+    ) -> Result<(Vec<String>, Vec<String>), ApiError> {
         let terms: Vec<&str> = parsed
             .include
             .iter()
             .chain(&parsed.exclude)
             .map(String::as_str)
             .collect();
-        let normalized: Vec<String> = sqlx::query_scalar(
+        let mut normalized: Vec<String> = sqlx::query_scalar(
             "SELECT phraseto_tsquery('simple', t)::text
              FROM unnest($1::text[]) WITH ORDINALITY AS u(t, i) ORDER BY i",
         )
@@ -228,15 +253,23 @@ impl Search {
         .fetch_all(&self.pool)
         .await
         .map_err(search_db_error)?;
-        let (include, exclude) = normalized.split_at(parsed.include.len().min(normalized.len()));
-        tsquery_text(include, exclude)
+        let exclude = normalized.split_off(parsed.include.len().min(normalized.len()));
+        Ok((normalized, exclude))
     }
 
-    /// The memberships are read by the statement itself (one snapshot with the messages), as an
-    /// array of rooms rather than a semi-join: PostgreSQL then ANDs the bitmap of the text index
-    /// with that of the rooms' index, where a semi-join let it walk all of the user's rooms
-    /// whenever it misjudged a phrase or an exclusion (measured on 200,000 rows: 57 → 11 ms for a
-    /// phrase of two common words, 71 → 13 ms for a word minus a common one).
+    /// The newest `n` matches, in one snapshot (a read-only repeatable-read transaction: the
+    /// memberships as they are now, the messages as archived now). Two ways to find them, each
+    /// cheap where the other is not (measured on 1,000,000 messages, the user in 50 rooms, see
+    /// docs/benchmarks.md "Search"):
+    ///
+    /// 1. the newest `window` rows of the epoch, read backwards by seq and filtered: a word in
+    ///    many of the user's messages fills the page here; if it filled part of it, the window is
+    ///    widened once, as far as the density seen says the rest needs (at most [`WIDEN_MAX`]);
+    /// 2. below that window, the GIN index alone: the terms ∧ (one of the user's rooms), the
+    ///    rooms being lexemes of the indexed text (migration 0007). Its cost follows the rarer of
+    ///    the terms and the rooms, never the size of the archive; the planner is kept from
+    ///    walking the primary key instead (a walk that a misjudged query, like a word minus
+    ///    itself, took to the statement timeout).
     async fn matching(
         &self,
         tsquery: &str,
@@ -246,32 +279,199 @@ impl Search {
         let before = req
             .before
             .map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT m.room, m.seq, m.sender, COALESCE(m.sent_body, m.body), m.client_id, m.ts,
-                    COALESCE((SELECT max(p.seq) FROM messages p
-                              WHERE p.epoch_id = m.epoch_id AND p.room = m.room AND p.seq < m.seq), 0),
-                    m.reply_to, m.thread
-             FROM messages m
-             WHERE m.epoch_id = $1
-               AND m.search @@ $2::tsquery
-               AND NOT m.deleted
-               AND m.kind = 'message'
-               AND m.seq < $3
-               AND ($4::text IS NULL OR m.room = $4)
-               AND ($5::text IS NULL OR m.room = ANY(ARRAY(
-                     SELECT ms.room FROM memberships ms WHERE ms.user_id = $5)))
-             ORDER BY m.seq DESC
-             LIMIT $6",
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        // The rooms searched; None: all (a trusted search).
+        let rooms: Option<Vec<String>> = match (&req.user, &req.room) {
+            (None, None) => None,
+            (None, Some(room)) => Some(vec![room.as_str().to_owned()]),
+            (Some(user), room) => Some(
+                sqlx::query_scalar(
+                    "SELECT room FROM memberships
+                     WHERE user_id = $1 AND ($2::text IS NULL OR room = $2)",
+                )
+                .bind(user.as_str())
+                .bind(room.as_ref().map(RoomId::as_str))
+                .fetch_all(&mut *tx)
+                .await?,
+            ),
+        };
+        if rooms.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(Vec::new());
+        }
+        let mut found: Vec<i64> = Vec::with_capacity(n);
+        let mut floor = before;
+        let mut window = self.window;
+        for widened in [false, true] {
+            let (low, scanned, hits): (Option<i64>, i64, Vec<i64>) = sqlx::query_as(
+                "SELECT min(w.seq), count(*),
+                        COALESCE(array_agg(w.seq ORDER BY w.seq DESC) FILTER (WHERE w.hit), '{}')
+                 FROM (SELECT seq, ($5::text[] IS NULL OR room = ANY($5)) AND NOT deleted
+                                   AND kind = 'message' AND search @@ $4::tsquery AS hit
+                       FROM messages WHERE epoch_id = $1 AND seq < $2
+                       ORDER BY seq DESC LIMIT $3) w",
+            )
+            .bind(self.epoch_id)
+            .bind(floor)
+            .bind(window)
+            .bind(tsquery)
+            .bind(&rooms)
+            .fetch_one(&mut *tx)
+            .await?;
+            let had = found.len();
+            found.extend(hits.into_iter().take(n - had));
+            // The page is full, or the window reached the first message of the epoch.
+            if found.len() >= n || scanned < window {
+                return fetch_rows(&mut tx, self.epoch_id, &found).await;
+            }
+            floor = low.unwrap_or(floor);
+            let seen = found.len() as i64;
+            if widened || (seen as usize) < DENSE_HITS {
+                break;
+            }
+            // Rows the rest of the page should take at the density seen, and half again.
+            let total_scanned = window;
+            window = ((n as i64 - seen) * total_scanned / seen * 3 / 2).clamp(1, WIDEN_MAX);
+        }
+        let rest = (n - found.len()) as i64;
+        let indexed = match &rooms {
+            Some(rooms) if rooms.len() <= MAX_ROOM_TERMS => {
+                format!("({tsquery}) & ({})", room_terms(rooms))
+            }
+            _ => tsquery.to_owned(),
+        };
+        let heap_rooms = rooms.filter(|r| r.len() > MAX_ROOM_TERMS);
+        sqlx::query(
+            "SELECT set_config('enable_indexscan', 'off', true),
+                    set_config('enable_seqscan', 'off', true)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let older: Vec<i64> = sqlx::query_scalar(
+            "SELECT seq FROM messages
+             WHERE epoch_id = $1 AND search @@ $2::tsquery AND NOT deleted AND kind = 'message'
+               AND seq < $3 AND ($4::text[] IS NULL OR room = ANY($4))
+             ORDER BY seq DESC
+             LIMIT $5",
         )
         .bind(self.epoch_id)
-        .bind(tsquery)
-        .bind(before)
-        .bind(req.room.as_ref().map(RoomId::as_str))
-        .bind(req.user.as_ref().map(UserId::as_str))
-        .bind(n as i64)
-        .fetch_all(&self.pool)
+        .bind(&indexed)
+        .bind(floor)
+        .bind(&heap_rooms)
+        .bind(rest)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(rows.into_iter().filter_map(row_to_message).collect())
+        found.extend(older);
+        fetch_rows(&mut tx, self.epoch_id, &found).await
+    }
+}
+
+/// Newest rows of the epoch a search reads first by default (see [`Search::matching`]): about
+/// 1 ms on a quiet machine.
+pub const DEFAULT_WINDOW: i64 = 2000;
+
+/// Most rows a widened window reads (the second look at the newest rows).
+const WIDEN_MAX: i64 = 12_000;
+
+/// Matches the first window must have found for a widening to be worth it: fewer, and the
+/// terms are rare enough in the user's rooms for the index to be the cheaper way.
+const DENSE_HITS: usize = 4;
+
+/// Most rooms written into the indexed query as lexemes; a user in more rooms is searched with
+/// the text index alone and the rooms checked on each row found (the query's cost grows with
+/// its number of terms).
+const MAX_ROOM_TERMS: usize = 1000;
+
+/// The rooms as the tsquery alternative of their lexemes (migration 0007: a space, then the id).
+fn room_terms(rooms: &[String]) -> String {
+    let terms: Vec<String> = rooms
+        .iter()
+        .filter(|r| chat_proto::is_valid_id(r))
+        .map(|r| format!("' {r}'"))
+        .collect();
+    if terms.is_empty() {
+        // No valid room: a lexeme no row has (a lone space is never a room id).
+        return "' '".to_owned();
+    }
+    terms.join(" | ")
+}
+
+/// The messages of `seqs` (newest first), read in the search's snapshot.
+async fn fetch_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    epoch_id: i32,
+    seqs: &[i64],
+) -> Result<Vec<ChatMessage>, sqlx::Error> {
+    if seqs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT m.room, m.seq, m.sender, COALESCE(m.sent_body, m.body), m.client_id, m.ts,
+                COALESCE((SELECT max(p.seq) FROM messages p
+                          WHERE p.epoch_id = m.epoch_id AND p.room = m.room AND p.seq < m.seq), 0),
+                m.reply_to, m.thread
+         FROM messages m
+         WHERE m.epoch_id = $1 AND m.seq = ANY($2)
+         ORDER BY m.seq DESC",
+    )
+    .bind(epoch_id)
+    .bind(seqs)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().filter_map(row_to_message).collect())
+}
+
+/// Whether no message can match: an excluded term that an included one implies (the same
+/// term, or one word of an included phrase: `deploy -deploy`, `"a b" -b`). Answered without
+/// reading the archive; any such query would otherwise read every message the included
+/// terms match and keep none.
+pub fn contradicts(include: &[String], exclude: &[String]) -> bool {
+    exclude.iter().filter(|e| !e.is_empty()).any(|e| {
+        include.iter().any(|i| {
+            i == e
+                || lexemes(e)
+                    .is_some_and(|x| x.len() == 1 && lexemes(i).is_some_and(|l| l.contains(&x[0])))
+        })
+    })
+}
+
+/// The lexemes of a normalized term (`'a' <-> 'b'`), all of which a match holds; None if it is
+/// not of that form.
+fn lexemes(term: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rest = term.trim();
+    loop {
+        let inner = rest.strip_prefix('\'')?;
+        let mut lexeme = String::new();
+        let mut chars = inner.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '\'') => {
+                    if inner[i + 1..].starts_with('\'') {
+                        lexeme.push('\'');
+                        chars.next();
+                    } else {
+                        break i + 1;
+                    }
+                }
+                (_, '\\') => lexeme.push(chars.next()?.1),
+                (_, c) => lexeme.push(c),
+            }
+        };
+        out.push(lexeme);
+        rest = inner[end..].trim_start();
+        if rest.is_empty() {
+            return Some(out);
+        }
+        // Only phrase operators (`<->`, `<N>`) between lexemes.
+        let op = rest.strip_prefix('<')?;
+        let close = op.find('>')?;
+        if !op[..close].chars().all(|c| c == '-' || c.is_ascii_digit()) {
+            return None;
+        }
+        rest = op[close + 1..].trim_start();
     }
 }
 
@@ -437,6 +637,36 @@ mod tests {
         assert_eq!(tsquery_text(&s(&["", "'x'"]), &s(&[""])).unwrap(), "('x')");
         let e = tsquery_text(&s(&[""]), &s(&["'d'"])).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn an_exclusion_an_included_term_implies_contradicts() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let c = |i: &[&str], e: &[&str]| contradicts(&s(i), &s(e));
+        assert!(c(&["'a'"], &["'a'"]));
+        assert!(c(&["'x'", "'a' <-> 'b'"], &["'b'"]));
+        assert!(c(&["'a' <-> 'b'"], &["'a' <-> 'b'"]));
+        assert!(c(&["'it''s'"], &["'it''s'"]));
+        assert!(c(&["'well-known' <-> 'well' <-> 'known'"], &["'known'"]));
+        assert!(!c(&["'a'"], &["'b'"]));
+        assert!(!c(&["'a'"], &["'a' <-> 'b'"]));
+        assert!(!c(&["'a' <-> 'b'"], &["'b' <-> 'a'"]));
+        assert!(!c(&["'a'"], &[""]));
+        assert_eq!(
+            lexemes("'a' <-> 'it''s' <2> 'c'"),
+            Some(s(&["a", "it's", "c"]))
+        );
+        assert_eq!(lexemes("'a' & 'b'"), None);
+        assert_eq!(lexemes(""), None);
+    }
+
+    #[test]
+    fn rooms_are_lexemes_no_word_can_be() {
+        assert_eq!(
+            room_terms(&["general".into(), "ops-2".into()]),
+            "' general' | ' ops-2'"
+        );
+        assert_eq!(room_terms(&["bad room".into()]), "' '");
     }
 
     #[test]

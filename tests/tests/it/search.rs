@@ -92,9 +92,21 @@ async fn corpus(stack: &Stack) -> (WsClient, WsClient) {
     (alice, bob)
 }
 
+/// A search window of one row: every search below goes on to the text index (with the rooms as
+/// lexemes), where with the default window the newest rows alone answer it.
+const INDEX_PATH: &[(&str, &str)] = &[("HISTORY_SEARCH_WINDOW", "1")];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn words_phrases_exclusions_and_the_room_filter() {
-    let stack = Stack::start().await;
+    query_language(Stack::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn words_phrases_exclusions_and_the_room_filter_through_the_index() {
+    query_language(Stack::start_with(INDEX_PATH).await).await;
+}
+
+async fn query_language(stack: Stack) {
     let (mut alice, mut bob) = corpus(&stack).await;
 
     // Case-insensitive whole words, newest first, only alice's rooms.
@@ -134,6 +146,23 @@ async fn words_phrases_exclusions_and_the_room_filter() {
     assert_eq!(found(&r)[0].1, "Deploy the release notes on Friday");
     let r = search(&mut alice, json!({"query": "deploy -\"release notes\""})).await;
     assert_eq!(found(&r), [("s-b".into(), "deploy draft tomorrow".into())]);
+    // An exclusion an included term implies leaves nothing to find (answered without reading
+    // the archive); one it does not imply still excludes only its own matches.
+    for q in [
+        "deploy -deploy",
+        "DEPLOY -\"deploy\"",
+        "\"release notes\" -notes",
+        "notes \"release notes\" -\"release  notes\"",
+    ] {
+        let r = search(&mut alice, json!({ "query": q })).await;
+        assert_eq!(found(&r), vec![], "{q:?}");
+        assert_eq!(r["has_more"], false);
+    }
+    let r = search(&mut alice, json!({"query": "notes -\"release notes\""})).await;
+    assert_eq!(
+        found(&r),
+        [("s-a".into(), "release the notes, draft".into())]
+    );
 
     // room: that room only; a room alice is not in: forbidden.
     let r = search(&mut alice, json!({"query": "deploy", "room": "s-a"})).await;
@@ -213,7 +242,21 @@ async fn membership_is_checked_when_the_search_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_pages_back_and_limit_is_clamped() {
-    let stack = Stack::start_with(FAST).await;
+    paging(Stack::start_with(FAST).await).await;
+}
+
+/// The same pages with small windows: with 3 rows a page is found partly in the newest rows and
+/// partly through the index; with 6, the window is widened (it held more than a few matches).
+/// The parts join without a gap or a repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_join_across_the_window_and_the_index() {
+    for window in ["3", "6"] {
+        let env = [FAST, &[("HISTORY_SEARCH_WINDOW", window)]].concat();
+        paging(Stack::start_with(&env).await).await;
+    }
+}
+
+async fn paging(stack: Stack) {
     let (mut alice, _) = stack.login(0, "alice").await;
     alice.join("pages").await;
     alice.join("pages2").await;
