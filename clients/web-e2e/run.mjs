@@ -29,7 +29,7 @@ let stopped = false;
 const CHECKS = [
   "sign-in", "join", "presence", "typing", "message", "reply", "text-not-html", "reload-history",
   "unread", "status", "dm-notification", "private-room", "bulk", "scroll-back", "search",
-  // The message lifecycle (CONTRACT v1.1 §2 Lifecycle: needs a backend that has it) ...
+  // The message lifecycle (protocol.md#ws-lifecycle: needs a backend that has it) ...
   "edit", "delete", "react", "quote-reply", "thread",
   // ... and the app's own behaviour (any backend).
   "incremental", "new-messages", "leave-invite", "phone", "retry", "no-errors",

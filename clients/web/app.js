@@ -82,7 +82,7 @@ function roomView(id, kind) {
   if (!r) {
     r = {
       id,
-      // Only the server makes dm- ids (CONTRACT §1), so an unknown room's kind can be told from its id.
+      // Only the server makes dm- ids (protocol.md#identities), so an unknown room's kind can be told from its id.
       kind: kind ?? (id.startsWith("dm-") ? "dm" : "public"),
       label: null,
       unread: 0,
@@ -344,7 +344,7 @@ function wire(c) {
   });
 
   // Live counts: the SDK adds each later message of another user to the server's count
-  // (CONTRACT §2 Unread, v1.1: no count is pushed per message).
+  // (protocol.md#ws-unread, v1.1: no count is pushed per message).
   c.on("unread_count", (u) => {
     const r = rooms.get(u.room);
     if (!r) return;
@@ -533,7 +533,7 @@ async function loadOlder() {
   box.scrollTop = box.scrollHeight - fromBottom; // keep the reader's place
 }
 
-// ---- search (CONTRACT §2 Search) ----
+// ---- search (protocol.md#ws-search) ----
 
 /** The last search: its query, the results listed, and whether more match below them. */
 const search = { query: "", results: [], hasMore: false, busy: false };
@@ -706,7 +706,7 @@ function retrySend(roomId, clientId) {
   if (p) sendMessage(roomId, p.body, { replyTo: p.replyTo, thread: p.thread, clientId });
 }
 
-// ---- message lifecycle (CONTRACT v1.1 §2 Lifecycle) ----
+// ---- message lifecycle (protocol.md#ws-lifecycle) ----
 
 function startReply(roomId, seq) {
   const m = rooms.get(roomId)?.messages.get(seq);
@@ -845,7 +845,7 @@ function renderHeader() {
   $("room-kind").textContent = r ? { public: "public room", private: "private room", dm: "direct message" }[r.kind] ?? "" : "";
   $("leave-btn").hidden = !r;
   $("leave-btn").setAttribute("aria-label", r ? `Leave ${roomName(r)}` : "Leave");
-  // Only a member of a private room may invite (CONTRACT §2).
+  // Only a member of a private room may invite (protocol.md#ws).
   $("invite-btn").hidden = !r || r.kind !== "private";
   if ($("invite-btn").hidden) showInvite(false);
   updateComposer();

@@ -514,7 +514,7 @@ async fn send(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `chat edit`, `delete`, `react` and `reply` (CONTRACT §2 Lifecycle): one frame, its `ack`.
+/// `chat edit`, `delete`, `react` and `reply` (protocol.md#ws-lifecycle): one frame, its `ack`.
 async fn change(cmd: &str, a: &Args) -> anyhow::Result<()> {
     let room = a.room()?;
     let seq = a
@@ -627,7 +627,7 @@ async fn history(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `chat search`: one page of results, newest first (CONTRACT §2 Search).
+/// `chat search`: one page of results, newest first (protocol.md#ws-search).
 async fn search(a: &Args) -> anyhow::Result<()> {
     let query = a.req("query")?.to_owned();
     let room = a.opt("room").map(|_| a.room()).transpose()?;

@@ -1,5 +1,5 @@
 //! `chatctl dead-letters`: the `CHAT_DLQ` stream, where a consumer puts what it can never handle
-//! (today chat-history's archive writer: entries that are not events, CONTRACT §3).
+//! (today chat-history's archive writer: entries that are not events, protocol.md#nats).
 //!
 //! A dead letter keeps the original payload and headers, plus where it came from and why
 //! ([`REASON_HEADER`], [`SEQ_HEADER`], [`SUBJECT_HEADER`]); its subject is

@@ -1,7 +1,7 @@
 /**
  * `ChatClient`: one logical connection to chat-edge that survives reconnects.
  *
- * It hides what CONTRACT §2 leaves to clients: authentication and token refresh, reconnect with
+ * It hides what protocol.md#ws leaves to clients: authentication and token refresh, reconnect with
  * jittered exponential backoff, per-room ordering with gap detection from `prev_seq` (filled with
  * `history{after}`), recovery after a reconnect with `join{room, since, epoch}`, idempotent sends
  * retried with the same `client_id` until acknowledged, `ref` correlation of requests and replies,
@@ -12,7 +12,7 @@
  * gap-filled). `frame` carries every raw frame. Plus `state`, `recovered`, `reset` (recovery failed:
  * the room's log is not continuous with what the app holds), `gap`, `auth_error`, `token_refreshed`,
  * `sync_error`, `send_failed` and `unread_count` (a room's live unread count changed: the server's
- * count from `hello`, `joined` or `unread`, plus each later message of another user, CONTRACT §2
+ * count from `hello`, `joined` or `unread`, plus each later message of another user, protocol.md#ws
  * Unread; also readable as `unread(room)`).
  */
 
@@ -140,7 +140,7 @@ export interface SyncErrorEvent { room: string; error: ChatError }
 /** A send, edit, delete or react that will not be acknowledged (its promise is rejected too). */
 export interface SendFailedEvent { room: string; client_id: string; error: ChatError; kind: WriteFrame["type"] }
 /**
- * A held message's state changed (CONTRACT v1.1 §2 Lifecycle): an edit, delete or reaction from the
+ * A held message's state changed (protocol.md#ws-lifecycle): an edit, delete or reaction from the
  * ordered stream, or (`reply`) a new message in the thread it is the root of.
  */
 export interface UpdateEvent {
@@ -487,7 +487,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   }
 
   /**
-   * Searches the rooms the user is a member of (CONTRACT §2 Search): words (case-insensitive,
+   * Searches the rooms the user is a member of (protocol.md#ws-search): words (case-insensitive,
    * whole words), `"phrases"` and `-exclusions`. Results are newest first; to page back, pass the
    * last result's seq as `before` while `has_more`. A query with no word to include is rejected
    * with `bad_request`; a room the user is not in with `forbidden`.
@@ -1089,7 +1089,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         const root = this.#log.countReply(e.room, e.thread, e.seq);
         if (root) this.emit("update", { room: e.room, seq: root.seq, message: root, cause: "reply", event: message });
       }
-      // CONTRACT §2 Unread: only `message` events count.
+      // protocol.md#ws-unread: only `message` events count.
       const count = this.#unread.onMessage(e.room, e.seq, e.from, this.#hello?.user ?? null);
       if (count) this.emit("unread_count", count);
       return;

@@ -1,4 +1,4 @@
-/** Chat SDK: a WebSocket client for chat-edge (CONTRACT §2) for browsers and Node. */
+/** Chat SDK: a WebSocket client for chat-edge (protocol.md#ws) for browsers and Node. */
 export * from "./protocol.js";
 export * from "./client.js";
 export * from "./cursor.js";

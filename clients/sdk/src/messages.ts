@@ -1,5 +1,5 @@
 /**
- * A room's messages with their current state (CONTRACT v1.1 §2 Lifecycle), as pure bookkeeping.
+ * A room's messages with their current state (protocol.md#ws-lifecycle), as pure bookkeeping.
  *
  * Every change to a message is a room event of its own (`edit`, `delete`, `reaction`) with its own
  * seq. History pages and search results carry a message's current state with a `version` (the seq

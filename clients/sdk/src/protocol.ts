@@ -1,5 +1,5 @@
 /**
- * The WebSocket protocol of chat-edge (CONTRACT §2), as TypeScript types.
+ * The WebSocket protocol of chat-edge (protocol.md#ws), as TypeScript types.
  *
  * One JSON object per text frame, with a string `type`. Any client frame may carry `ref`; the reply
  * or error to it echoes the same `ref`.
@@ -54,7 +54,7 @@ export interface SendFrame {
   thread?: number;
   ref?: string;
 }
-/** v1.1 (CONTRACT §2 Lifecycle): replaces the body of one's own message `seq`. */
+/** v1.1 (protocol.md#ws-lifecycle): replaces the body of one's own message `seq`. */
 export interface EditFrame { type: "edit"; room: string; seq: number; body: string; client_id: string; ref?: string }
 /** v1.1: deletes one's own message `seq`. */
 export interface DeleteFrame { type: "delete"; room: string; seq: number; client_id: string; ref?: string }
@@ -70,7 +70,7 @@ export interface HistoryFrame {
   thread?: number;
   ref?: string;
 }
-/** Full-text search of the user's rooms (CONTRACT §2 Search): words, `"phrases"`, `-exclusions`. */
+/** Full-text search of the user's rooms (protocol.md#ws-search): words, `"phrases"`, `-exclusions`. */
 export interface SearchFrame {
   type: "search";
   query: string;
@@ -133,7 +133,7 @@ export interface ChatMessage {
   reply_to?: number;
   /** v1.1: the root of the thread this message belongs to. */
   thread?: number;
-  // v1.1, in history pages and search results only (CONTRACT §2 Lifecycle): the current state.
+  // v1.1, in history pages and search results only (protocol.md#ws-lifecycle): the current state.
   /** The highest seq of any event that changed the message; its own seq if none. */
   version?: number;
   /** `ts` of the latest edit; absent if never edited. */
@@ -213,7 +213,7 @@ export interface MessageFrame extends ChatMessage { type: "message" }
 export interface EditEventFrame extends EditEvent { type: "edit" }
 export interface DeleteEventFrame extends DeleteEvent { type: "delete" }
 export interface ReactionEventFrame extends ReactionEvent { type: "reaction" }
-/** A room event of any kind, each with the `type` of its live frame (CONTRACT §2 Lifecycle). */
+/** A room event of any kind, each with the `type` of its live frame (protocol.md#ws-lifecycle). */
 export type RoomEventFrame = MessageFrame | EditEventFrame | DeleteEventFrame | ReactionEventFrame;
 /** The room events that change another message (`target`). */
 export type ChangeEventFrame = EditEventFrame | DeleteEventFrame | ReactionEventFrame;
@@ -351,10 +351,10 @@ export const ERROR_CODES: readonly ErrorCode[] = [
   "too_large", "limit_exceeded", "rate_limited", "unavailable", "internal",
 ];
 
-/** Room and user id pattern of CONTRACT §1. */
-/** Longest reaction emoji, in characters (CONTRACT §2 `react`). */
+/** Room and user id pattern of protocol.md#identities. */
+/** Longest reaction emoji, in characters (protocol.md#ws `react`). */
 export const MAX_EMOJI_CHARS = 32;
-/** Most distinct emoji on one message (CONTRACT §2 Limits): past it, an addition changes nothing. */
+/** Most distinct emoji on one message (protocol.md#ws-limits): past it, an addition changes nothing. */
 export const MAX_REACTION_EMOJI = 20;
 /** Most reactions (user and emoji pairs) on one message, the same way. */
 export const MAX_REACTIONS = 5_000;

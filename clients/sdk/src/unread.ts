@@ -1,5 +1,5 @@
 /**
- * Live unread counts (CONTRACT §2 Unread, v1.1): the server says a room's count only in `hello`,
+ * Live unread counts (protocol.md#ws-unread, v1.1): the server says a room's count only in `hello`,
  * `joined` (both covering events up to their `last_seq`) and `unread` (covering events up to
  * `as_of`, sent when the read marker moves); it does not push a count per message. The client
  * adds one for each later `message` of another user. This is exact because a session receives

@@ -1,4 +1,4 @@
-// A small in-process fake of chat-edge speaking CONTRACT §2, for the SDK's unit tests (and, with
+// A small in-process fake of chat-edge speaking protocol.md#ws, for the SDK's unit tests (and, with
 // `node test/fake-server.mjs`, for trying the browser app without the Rust services).
 //
 // It is a fake, not a model of the real server: one process, no NATS, no persistence. It keeps
@@ -349,7 +349,7 @@ export class FakeServer {
         if (r.kind !== "public" && !r.members.has(user)) return this.#error(session, f, "forbidden", "private room");
         const isNew = !r.members.has(user);
         r.members.add(user);
-        // A newcomer to a public room starts with its history read (CONTRACT §2 Unread).
+        // A newcomer to a public room starts with its history read (protocol.md#ws-unread).
         const key = `${user}\n${room}`;
         if (isNew && r.kind === "public") this.lastRead.set(key, Math.max(this.lastRead.get(key) ?? 0, this.#lastSeq(r)));
         const joined = { type: "joined", room, kind: r.kind, last_seq: this.#lastSeq(r), last_read: this.lastRead.get(key) ?? 0, unread: this.#unread(user, room) };
@@ -415,7 +415,7 @@ export class FakeServer {
         const r = member(room);
         if (!r) return;
         if (typeof f.client_id !== "string" || f.client_id.length < 1 || f.client_id.length > 64) return this.#error(session, f, "bad_request", "client_id");
-        // Idempotent per (user, client_id), answered before any other check (CONTRACT §2 Lifecycle).
+        // Idempotent per (user, client_id), answered before any other check (protocol.md#ws-lifecycle).
         const seen = this.dedupe.get(`${user}\n${f.client_id}`);
         if (seen) {
           if (this.dropAck?.(session, f)) return;
@@ -467,7 +467,7 @@ export class FakeServer {
         const limit = Math.max(1, Math.min(200, f.limit ?? 50));
         let list;
         let has_more;
-        // Pages carry every kind of event; messages with their current state (CONTRACT §2 Lifecycle).
+        // Pages carry every kind of event; messages with their current state (protocol.md#ws-lifecycle).
         const events = f.thread !== undefined
           ? r.events.filter((m) => m.type === "message" && (m.seq === f.thread || m.thread === f.thread))
           : r.events;
@@ -521,7 +521,7 @@ export class FakeServer {
         return;
       }
       case "search": {
-        // A small model of CONTRACT §2 Search: lower-cased whole words, "phrases", -exclusions.
+        // A small model of protocol.md#ws-search: lower-cased whole words, "phrases", -exclusions.
         if (typeof f.query !== "string") return this.#error(session, f, "bad_request", "query");
         const words = (t) => t.toLowerCase().split(/[^\p{L}\p{N}]+/u).filter(Boolean);
         const terms = [...f.query.matchAll(/(-?)(?:"([^"]*)"?|(\S+))/g)]
@@ -577,7 +577,7 @@ export class FakeServer {
     return r.events.find((e) => e.seq === seq && e.type === "message");
   }
 
-  /** A message's current state (CONTRACT §2 Lifecycle), folded from the log. */
+  /** A message's current state (protocol.md#ws-lifecycle), folded from the log. */
   stateOf(room, seq) {
     const r = this.rooms.get(room);
     const m = r?.events.find((e) => e.seq === seq && e.type === "message");

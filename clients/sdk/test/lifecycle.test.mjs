@@ -1,4 +1,4 @@
-// ChatClient and the message lifecycle (CONTRACT v1.1 §2 Lifecycle) against the in-process fake edge:
+// ChatClient and the message lifecycle (protocol.md#ws-lifecycle) against the in-process fake edge:
 // the calls and their frames, the ordered stream of every event kind, gaps across change events,
 // idempotent retries, threads, and unread counts that ignore changes.
 

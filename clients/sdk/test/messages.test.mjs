@@ -1,4 +1,4 @@
-// Unit tests of MessageStore: the CONTRACT v1.1 §2 Lifecycle rules as pure bookkeeping (no server).
+// Unit tests of MessageStore: the protocol.md#ws-lifecycle as pure bookkeeping (no server).
 
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";

@@ -1,4 +1,4 @@
-//! A bot over NATS (CONTRACT §3), the smallest useful one: it follows the live feed of a room
+//! A bot over NATS (protocol.md#nats), the smallest useful one: it follows the live feed of a room
 //! (`chat.fanout.<room>`, every stored event in order, with its seq in `Nats-Sequence`) and
 //! answers each `!ping` with a `pong` that quotes it, published to `chat.room.<room>.msg` through
 //! JetStream like any client's message.

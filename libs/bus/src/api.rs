@@ -1,4 +1,4 @@
-//! Request/reply payloads: the public `chat.api.*` ones (CONTRACT §3) and the internal ones
+//! Request/reply payloads: the public `chat.api.*` ones (protocol.md#nats) and the internal ones
 //! between chat-edge and the services, with one error shape, `{"error":{code,message}}`.
 
 use bytes::Bytes;
@@ -103,7 +103,7 @@ pub struct HistoryRequest {
     pub thread: Option<u64>,
     /// On whose behalf the page is asked. chat-edge always names its user, so that chat-history
     /// itself refuses (`forbidden`) a user who is not a member of the room, whatever the edge
-    /// checked; an integration that omits it reads as the trusted party it is (CONTRACT §3).
+    /// checked; an integration that omits it reads as the trusted party it is (protocol.md#nats).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<UserId>,
     /// *(v1.1)* The events as they were sent, as `join{since}` replays them and the live feed
@@ -118,12 +118,12 @@ pub struct HistoryRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryPage {
     pub room: RoomId,
-    /// Room events of every kind, each with the `type` of its live frame (CONTRACT §2, v1.1).
+    /// Room events of every kind, each with the `type` of its live frame (protocol.md#ws, v1.1).
     pub messages: Vec<RoomEventFrame>,
     pub has_more: bool,
 }
 
-/// Default number of search results (CONTRACT §2 `search`).
+/// Default number of search results (protocol.md#ws `search`).
 pub const SEARCH_DEFAULT_LIMIT: u32 = 20;
 /// Most search results in one reply.
 pub const SEARCH_MAX_LIMIT: u32 = 50;
@@ -139,7 +139,7 @@ pub fn clamp_search_limit(limit: Option<i64>) -> u32 {
     }
 }
 
-/// `chat.api.search` request (CONTRACT §3).
+/// `chat.api.search` request (protocol.md#nats).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SearchRequest {
     /// Words, `"phrases"` and `-exclusions`.
@@ -377,7 +377,7 @@ pub struct Disconnect {
 pub struct NotifyStateRequest {
     pub user: UserId,
     pub rooms: Vec<RoomId>,
-    /// The seq each count must cover (CONTRACT §2 Unread), aligned with `rooms`: the `last_seq`
+    /// The seq each count must cover (protocol.md#ws-unread), aligned with `rooms`: the `last_seq`
     /// the edge puts in `hello` or `joined`. Empty: chat-notify takes each room's newest seq.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_seqs: Vec<u64>,
@@ -390,7 +390,7 @@ pub struct UnreadState {
     pub last_read: u64,
     /// The count of others' messages with last_read < seq <= `as_of`.
     pub unread: u64,
-    /// The seq the count covers (CONTRACT §2 Unread).
+    /// The seq the count covers (protocol.md#ws-unread).
     #[serde(default)]
     pub as_of: u64,
 }
@@ -414,7 +414,7 @@ pub struct ReadRequest {
     pub seq: u64,
 }
 
-/// Published on `chat.user.<user>.unread` (CONTRACT §3).
+/// Published on `chat.user.<user>.unread` (protocol.md#nats).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 /// v1.1: published when a marker moves or a count changes for another reason than a new
 /// message, never per message; `count` covers the events up to seq `as_of`.
@@ -427,7 +427,7 @@ pub struct UnreadUpdate {
     pub as_of: u64,
 }
 
-/// Published on `chat.user.<user>.notify` (CONTRACT §3): a notification plus its user.
+/// Published on `chat.user.<user>.notify` (protocol.md#nats): a notification plus its user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserNotification {
     pub user: UserId,

@@ -1,4 +1,4 @@
-//! The room event of the `CHAT` stream (CONTRACT §3) and how its live copy becomes a message.
+//! The room event of the `CHAT` stream (protocol.md#nats) and how its live copy becomes a message.
 //!
 //! Event validity is decided here and only here, so that every component (the edge's live
 //! feed, the archive, history pages and replays, notifications) agrees on which stored entries
@@ -26,7 +26,7 @@ pub const LAST_SEQUENCE_HEADER: &str = "Nats-Last-Sequence";
 /// Header of a republished event: when it was stored (RFC 3339).
 pub const TIMESTAMP_HEADER: &str = "Nats-Time-Stamp";
 
-/// What kind of event a stored object is (CONTRACT §3; `edit`, `delete`, `reaction` are v1.1).
+/// What kind of event a stored object is (protocol.md#nats; `edit`, `delete`, `reaction` are v1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
@@ -62,7 +62,7 @@ impl EventKind {
     }
 }
 
-/// One event as stored in the stream (CONTRACT §3):
+/// One event as stored in the stream (protocol.md#nats):
 /// `{"v":1,"kind":"message","room","from","body","client_id","ts", reply_to?, thread?}`,
 /// `{"v":1,"kind":"edit","room","from","target","body","client_id","ts"}`,
 /// `{"v":1,"kind":"delete","room","from","target","client_id","ts"}`,
@@ -284,7 +284,7 @@ impl RoomEvent {
         Ok(event)
     }
 
-    /// The messages this event refers to: its target, `reply_to` and `thread` (CONTRACT §3: each
+    /// The messages this event refers to: its target, `reply_to` and `thread` (protocol.md#nats: each
     /// must be a valid message of the room at a lower seq).
     pub fn references(&self) -> impl Iterator<Item = u64> {
         [self.target, self.reply_to, self.thread]
@@ -350,14 +350,14 @@ impl RoomEvent {
 
 /// Longest `body` an event may carry, in characters: the ceiling of `CHAT_MAX_BODY` (the edge
 /// refuses a larger setting), so that what the edge accepts is always a valid event, and one
-/// event always fits in a history page (CONTRACT §2 Limits).
+/// event always fits in a history page (protocol.md#ws-limits).
 pub const MAX_EVENT_BODY_CHARS: usize = 16_384;
-/// Longest `client_id`, in characters (CONTRACT §2 `send`).
+/// Longest `client_id`, in characters (protocol.md#ws `send`).
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
-/// The kinds of event this code knows (CONTRACT §3); any other `kind` is not an event.
+/// The kinds of event this code knows (protocol.md#nats); any other `kind` is not an event.
 pub const KNOWN_KINDS: &[&str] = &["message", "edit", "delete", "reaction"];
 
-/// Why a stored entry is not an event (CONTRACT §3: never delivered, archived or counted; the
+/// Why a stored entry is not an event (protocol.md#nats: never delivered, archived or counted; the
 /// chains of `prev_seq` skip it; dead-lettered with this reason).
 ///
 /// Every reason is a fixed, short ASCII text naming at most a field: nothing of the entry
@@ -374,13 +374,13 @@ pub enum Invalid {
     UnknownKind,
     /// `room` other than the room of the subject the entry was stored under.
     RoomMismatch,
-    /// The named field is not a valid id (CONTRACT §1).
+    /// The named field is not a valid id (protocol.md#identities).
     InvalidId(&'static str),
     /// The named field is empty.
     Empty(&'static str),
     /// The named field is longer than allowed.
     TooLong(&'static str),
-    /// The named field holds a control character CONTRACT §2 (Hostile input) forbids.
+    /// The named field holds a control character protocol.md#ws (Hostile input) forbids.
     ControlCharacter(&'static str),
     /// The named field is out of range (a negative `ts`).
     OutOfRange(&'static str),
@@ -443,7 +443,7 @@ impl std::error::Error for Invalid {}
 
 /// A valid room event: what is delivered, archived, counted and chained by `prev_seq`.
 ///
-/// One variant per kind of CONTRACT §3. A new kind adds a variant here, its name to
+/// One variant per kind of protocol.md#nats. A new kind adds a variant here, its name to
 /// [`KNOWN_KINDS`], its stateless checks to [`validate`] and, if it refers to other events,
 /// its stateful checks to [`Candidate::resolve`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -534,12 +534,12 @@ impl Candidate {
         self.0.event().references().collect()
     }
 
-    /// The stateful step (CONTRACT §3): checks what the entry says of the events it refers to.
+    /// The stateful step (protocol.md#nats): checks what the entry says of the events it refers to.
     /// `lookup(seq)` answers with the event `seq` of the same room if it is a valid event
     /// below the entry's own seq (`None`: no such event, or not a valid one). Pure: the same
     /// answers give the same result, so every component that looks up the same log decides
     /// the same. A change is valid whatever later happened to its target (a change after a
-    /// delete is an event that changes nothing, CONTRACT §2 Lifecycle).
+    /// delete is an event that changes nothing, protocol.md#ws-lifecycle).
     pub fn resolve(self, mut lookup: impl FnMut(u64) -> Option<Target>) -> Result<Event, Invalid> {
         let e = self.0.event();
         let mut message = |seq: u64, field: &'static str| match lookup(seq) {
@@ -602,7 +602,7 @@ struct Probe {
     kind: Option<serde_json::Value>,
 }
 
-/// The stateless half of event validity (CONTRACT §3): decodes the stored entry `payload` of
+/// The stateless half of event validity (protocol.md#nats): decodes the stored entry `payload` of
 /// the subject of room `subject_room` and checks everything that needs no other event — the
 /// version and kind, that `room` is the subject's, the ids, lengths and control characters.
 /// Pure and cheap (one decode); never panics, whatever the bytes.
@@ -640,7 +640,7 @@ pub fn validate(payload: &[u8], subject_room: &RoomId) -> Result<Candidate, Inva
         if emoji.chars().any(char::is_whitespace) {
             return Err(Invalid::Whitespace("emoji"));
         }
-        // `on` defaults to true, as in the client frame (CONTRACT §2 `react`).
+        // `on` defaults to true, as in the client frame (protocol.md#ws `react`).
         (Some(emoji), Some(raw.on.unwrap_or(true)))
     } else {
         (None, None)
@@ -727,7 +727,7 @@ pub fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {
     headers?.get(name)?.as_str().parse().ok()
 }
 
-/// One stored entry as the live feed `chat.fanout.<room>` carries it (CONTRACT §3).
+/// One stored entry as the live feed `chat.fanout.<room>` carries it (protocol.md#nats).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FanoutEntry {
     /// Its stream sequence (`Nats-Sequence`).

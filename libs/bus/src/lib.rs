@@ -2,7 +2,7 @@
 //!
 //! - [`subjects`]: every subject, stream, consumer and queue-group name (no subject literal lives
 //!   anywhere else);
-//! - [`event`]: the room event stored in the `CHAT` stream (CONTRACT §3) and its live copy;
+//! - [`event`]: the room event stored in the `CHAT` stream (protocol.md#nats) and its live copy;
 //! - [`lookup`]: what an event's target, reply_to or thread refers to (event validity);
 //! - [`stream`]: the `CHAT` stream's configuration and its epoch;
 //! - [`api`]: request/reply payloads, public (`chat.api.*`) and internal;
@@ -22,7 +22,7 @@ pub mod stream;
 pub mod subjects;
 pub mod trace;
 
-/// Milliseconds since the Unix epoch: the `ts` of CONTRACT §1.
+/// Milliseconds since the Unix epoch: the `ts` of protocol.md#identities.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,4 +1,4 @@
-//! The lookups behind the stateful step of event validity (CONTRACT §3, [`Candidate::resolve`]):
+//! The lookups behind the stateful step of event validity (protocol.md#nats, [`Candidate::resolve`]):
 //! what an entry's `target`, `reply_to` or `thread` refers to. Everything a [`Target`] says is
 //! immutable once the event is in the log (author, kind, thread; existence and validity), so
 //! answers are memoized for good.

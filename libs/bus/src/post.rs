@@ -1,11 +1,11 @@
-//! Posting room events: the field checks, the checks of CONTRACT §2's client table that need a
+//! Posting room events: the field checks, the checks of protocol.md#ws's client table that need a
 //! target's state, the publish with its dedup id, and the recognition of a retry. One path for
 //! chat-edge (a session's `send`/`edit`/`delete`/`react`) and chat-api (a bot's HTTP calls), so
 //! that both refuse and deduplicate the same way.
 //!
 //! A retry (same author and client_id within the deduplication window) is answered with the
 //! original seq (`duplicate: true`) whatever happened since, as if before any other check
-//! (CONTRACT §2). The work for one event:
+//! (protocol.md#ws). The work for one event:
 //! 1. [`check`]: the checks that need the target's state (chat-history's
 //!    `chat.internal.history.message`): `not_found`, `forbidden`;
 //! 2. passed: [`publish`]; JetStream's deduplication (`Nats-Msg-Id`) answers a retry with the
@@ -30,7 +30,7 @@ use crate::{now_ms, subjects, trace};
 /// Longest `client_id`.
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 
-/// Most ids a `create` may list in `members` (CONTRACT v1.1 §2 Quotas).
+/// Most ids a `create` may list in `members` (protocol.md#ws-limits).
 pub const MAX_CREATE_MEMBERS: usize = 1000;
 
 /// `send`/`edit`: a body of 1..=max_body characters, a client_id of 1..=64 characters.
@@ -58,7 +58,7 @@ pub fn check_client_id(client_id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A reaction's emoji (CONTRACT §2 `react`).
+/// A reaction's emoji (protocol.md#ws `react`).
 pub fn check_emoji(emoji: &str) -> Result<(), ApiError> {
     if chat_proto::valid_emoji(emoji) {
         Ok(())
@@ -89,7 +89,7 @@ pub fn check_query(query: &str) -> Result<(), ApiError> {
 }
 
 /// The field checks of a lifecycle frame (`send`, `edit`, `delete`, `react`) that need no I/O:
-/// CONTRACT v1.1 §2 Hostile input, then lengths. Membership is the caller's to check.
+/// protocol.md#ws-limits, then lengths. Membership is the caller's to check.
 pub fn check_frame(frame: &ClientFrame, max_body: usize) -> Result<(), ApiError> {
     if let Some(why) = frame.hostile_field() {
         return Err(ApiError::bad_request(why));
@@ -166,7 +166,7 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
-/// The NATS headers of a room event (CONTRACT §3) with dedup id `msg_id` and the trace `fields`
+/// The NATS headers of a room event (protocol.md#nats) with dedup id `msg_id` and the trace `fields`
 /// a propagator wrote: the W3C trace context, then `Nats-Msg-Id` (after the trace fields: the
 /// dedup id must never be lost). Cannot panic: async-nats panics on a header value holding CR
 /// or LF (a `client_id` sent as `"a\r\nb"` once killed the session task, issue 15), so every
@@ -243,7 +243,7 @@ fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such message in this room")
 }
 
-/// The checks of CONTRACT §2's client table that need the target's state (step 1). A plain
+/// The checks of protocol.md#ws's client table that need the target's state (step 1). A plain
 /// message (no reply_to, no thread) costs nothing.
 pub async fn check(r: Reader<'_>, event: &RoomEvent) -> Result<(), Refused> {
     let info = |seq: u64| message_info(r, &event.room, seq, None);

@@ -93,14 +93,14 @@ macro_rules! endpoints {
 }
 
 endpoints! {
-    /// `chat.api.history` (CONTRACT §3), served by chat-history.
+    /// `chat.api.history` (protocol.md#nats), served by chat-history.
     History: subjects::API_HISTORY, subjects::HISTORY_QUEUE, HistoryRequest => HistoryPage;
-    /// `chat.api.search` (CONTRACT §3), served by chat-history.
+    /// `chat.api.search` (protocol.md#nats), served by chat-history.
     Search: subjects::API_SEARCH, subjects::HISTORY_QUEUE, SearchRequest => SearchReply;
     /// A message's author, thread and state, asked before a change to it (event validity).
     MessageLookup: subjects::HISTORY_MESSAGE, subjects::HISTORY_QUEUE,
         MessageInfoRequest => MessageInfo;
-    /// `chat.api.presence` (CONTRACT §3), served by chat-presence.
+    /// `chat.api.presence` (protocol.md#nats), served by chat-presence.
     Presence: subjects::API_PRESENCE, subjects::PRESENCE_QUEUE, PresenceRequest => PresenceReply;
     /// What `hello` lists of a user's unread counts and notifications, served by chat-notify.
     NotifyStateEndpoint: subjects::NOTIFY_STATE, subjects::NOTIFY_QUEUE,

@@ -29,7 +29,7 @@ pub fn duplicate_window(settings: &StreamSettings) -> Duration {
     settings.max_age.min(Duration::from_secs(120))
 }
 
-/// The configuration of the `CHAT` stream (CONTRACT §3).
+/// The configuration of the `CHAT` stream (protocol.md#nats).
 pub fn chat_stream_config(settings: &StreamSettings) -> stream::Config {
     stream::Config {
         name: subjects::STREAM.to_owned(),

@@ -1,6 +1,6 @@
 //! Subject, stream, consumer and queue-group names: the one place that spells them.
 //!
-//! Public subjects (CONTRACT §3) are stable; everything under `chat.internal.` and
+//! Public subjects (protocol.md#nats) are stable; everything under `chat.internal.` and
 //! `chat.user.<user>.membership` is internal and may change.
 
 use chat_proto::{RoomId, UserId};
@@ -145,11 +145,11 @@ pub fn integration_of(subject: &str) -> Option<(&str, RoomId)> {
 pub const API_HISTORY: &str = "chat.api.history";
 /// Public request/reply: presence of a room or of users.
 pub const API_PRESENCE: &str = "chat.api.presence";
-/// Public request/reply: full-text search of the archive (CONTRACT §3 `chat.api.search`).
+/// Public request/reply: full-text search of the archive (protocol.md#nats `chat.api.search`).
 pub const API_SEARCH: &str = "chat.api.search";
 
 /// Internal request/reply: a message's author, thread and whether it is deleted (chat-history;
-/// CONTRACT §2 Lifecycle checks and the stateful step of event validity).
+/// protocol.md#ws-lifecycle and the stateful step of event validity).
 pub const HISTORY_MESSAGE: &str = "chat.internal.history.message";
 /// Internal request/reply: rooms and membership (served by chat-history).
 pub const ROOMS: &str = "chat.internal.rooms";

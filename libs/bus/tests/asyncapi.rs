@@ -1,4 +1,4 @@
-//! docs/asyncapi.json (the public NATS API, CONTRACT §3) against the code: every channel's
+//! docs/asyncapi.json (the public NATS API, protocol.md#nats) against the code: every channel's
 //! address is what the subject functions of this crate produce, and every message schema has
 //! exactly the fields the Rust types serialize (required = always present), recursively. Adding
 //! or renaming a field or a subject without the document fails here.

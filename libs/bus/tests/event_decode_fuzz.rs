@@ -2,7 +2,7 @@
 //! `event_decode` fuzz target (`fuzz/corpus/event_decode/seed-*`), every input the fuzzer once
 //! failed on (`fuzz/regressions/event_decode/`), and proptest's entries: arbitrary bytes, and
 //! event-shaped JSON with control characters, oversized and multi-byte fields and mismatched
-//! subjects (CONTRACT v1.1 §2 Hostile input, §3).
+//! subjects (protocol.md#ws-limits, #nats).
 
 #[path = "support/event_model.rs"]
 mod event_model;

@@ -1,4 +1,4 @@
-//! Property tests of event validity (CONTRACT §3): `validate` against an independent model of
+//! Property tests of event validity (protocol.md#nats): `validate` against an independent model of
 //! the rules, on entries built field by field from valid, invalid, mistyped and missing values;
 //! and on arbitrary bytes, where it must never panic and always give a header-safe reason.
 
@@ -144,7 +144,7 @@ fn is_id(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// The rules of CONTRACT §1–§3 for a stored message, written out independently, in the order
+/// The rules of protocol.md#identities, #nats for a stored message, written out independently, in the order
 /// the reasons are reported.
 fn model(e: &Entry) -> Result<(), Invalid> {
     let string_or_absent = |f: &Field| f.as_ref().is_none_or(Value::is_string);

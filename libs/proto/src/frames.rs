@@ -43,7 +43,7 @@ pub enum Status {
     Offline,
 }
 
-/// Client → server frames (CONTRACT §2). `ref` and `traceparent` are read from the envelope.
+/// Client → server frames (protocol.md#ws). `ref` and `traceparent` are read from the envelope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
@@ -78,7 +78,7 @@ pub enum ClientFrame {
         room: RoomId,
         body: String,
         client_id: String,
-        /// *(v1.1)* The seq of the message this one quotes (CONTRACT §2).
+        /// *(v1.1)* The seq of the message this one quotes (protocol.md#ws).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<u64>,
         /// *(v1.1)* The seq of the top-level message whose thread this one belongs to.
@@ -119,7 +119,7 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         thread: Option<u64>,
     },
-    /// Full-text search of the user's rooms (CONTRACT §2 Search).
+    /// Full-text search of the user's rooms (protocol.md#ws-search).
     Search {
         query: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,7 +155,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "history", "search", "typing", "read", "status", "presence", "ping",
 ];
 
-/// Longest reaction emoji, in characters (CONTRACT §2 `react`).
+/// Longest reaction emoji, in characters (protocol.md#ws `react`).
 pub const MAX_EMOJI_CHARS: usize = 32;
 
 /// Most distinct emoji on one message (so also the most reactions one user can add to it): a
@@ -182,7 +182,7 @@ pub fn reaction_fits(reactions: &Reactions, user: &UserId, emoji: &str) -> bool 
 }
 
 /// Whether `emoji` may name a reaction: 1..=32 characters, no whitespace and no control
-/// characters (CONTRACT §2 `react`).
+/// characters (protocol.md#ws `react`).
 pub fn valid_emoji(emoji: &str) -> bool {
     let len = crate::char_len(emoji);
     (1..=MAX_EMOJI_CHARS).contains(&len)
@@ -190,7 +190,7 @@ pub fn valid_emoji(emoji: &str) -> bool {
 }
 
 impl ClientFrame {
-    /// The first field breaking CONTRACT v1.1 §2 Hostile input (a control character where none
+    /// The first field breaking protocol.md#ws-limits (a control character where none
     /// may be), with why; `None` when the frame is clean. Every string a client controls that
     /// reaches a NATS header, a log line or another user is listed here.
     pub fn hostile_field(&self) -> Option<&'static str> {
@@ -324,7 +324,7 @@ impl Envelope {
         };
         let reference = match map.remove("ref") {
             None | Some(Value::Null) => None,
-            // Not echoed (CONTRACT v1.1 §2): the ref itself is the bad field.
+            // Not echoed (protocol.md#ws): the ref itself is the bad field.
             Some(Value::String(r)) if crate::has_control(&r) => {
                 return Err(fail(
                     None,
@@ -400,7 +400,7 @@ impl Envelope {
     }
 }
 
-/// Error codes of CONTRACT §2.
+/// Error codes of protocol.md#ws.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -412,7 +412,7 @@ pub enum ErrorCode {
     NotFound,
     Conflict,
     TooLarge,
-    /// A quota (CONTRACT v1.1 §2 Quotas).
+    /// A quota (protocol.md#ws-limits).
     LimitExceeded,
     RateLimited,
     Unavailable,
@@ -454,7 +454,7 @@ pub struct ChatMessage {
     /// *(v1.1)* The root of the thread this message belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thread: Option<u64>,
-    /// *(v1.1)* Current state, in history pages and search results only (CONTRACT §2 Lifecycle).
+    /// *(v1.1)* Current state, in history pages and search results only (protocol.md#ws-lifecycle).
     #[serde(flatten)]
     pub state: Option<MessageState>,
 }
@@ -488,7 +488,7 @@ impl ChatMessage {
 /// Users who reacted with each emoji, in the order they reacted.
 pub type Reactions = std::collections::BTreeMap<String, Vec<UserId>>;
 
-/// *(v1.1)* A message's current state (CONTRACT §2 Lifecycle): carried by `message` objects in
+/// *(v1.1)* A message's current state (protocol.md#ws-lifecycle): carried by `message` objects in
 /// history pages and search results, never by live frames.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct MessageState {
@@ -507,7 +507,7 @@ pub struct MessageState {
     pub replies: Option<u64>,
 }
 
-/// *(v1.1)* An `edit` room event (CONTRACT §2 Lifecycle).
+/// *(v1.1)* An `edit` room event (protocol.md#ws-lifecycle).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EditEvent {
     pub room: RoomId,
@@ -547,7 +547,7 @@ pub struct ReactionEvent {
 }
 
 /// A room event of any kind, as a history page lists it: each entry carries the `type` of its
-/// live frame (CONTRACT §2, v1.1).
+/// live frame (protocol.md#ws, v1.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RoomEventFrame {
@@ -683,10 +683,10 @@ pub struct PresenceEntry {
     pub last_seen: i64,
 }
 
-/// Most pending notifications a `hello` lists (CONTRACT §2 v1.1: the newest 100).
+/// Most pending notifications a `hello` lists (protocol.md#ws v1.1: the newest 100).
 pub const HELLO_NOTIFICATIONS: usize = 100;
 
-/// Server → client frames (CONTRACT §2).
+/// Server → client frames (protocol.md#ws).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
@@ -697,7 +697,7 @@ pub enum ServerFrame {
         heartbeat_ms: u64,
         limits: Limits,
         rooms: Vec<RoomSummary>,
-        /// The newest [`HELLO_NOTIFICATIONS`] pending notifications, oldest first (CONTRACT §2
+        /// The newest [`HELLO_NOTIFICATIONS`] pending notifications, oldest first (protocol.md#ws
         /// v1.1), so that `hello` always fits in one frame.
         notifications: Vec<Notification>,
         /// How many notifications are pending in all (v1.1).
@@ -705,7 +705,7 @@ pub enum ServerFrame {
         notifications_total: u64,
     },
     Message(ChatMessage),
-    /// *(v1.1)* Lifecycle events (CONTRACT §2 Lifecycle).
+    /// *(v1.1)* Lifecycle events (protocol.md#ws-lifecycle).
     Edit(EditEvent),
     Delete(DeleteEvent),
     Reaction(ReactionEvent),
@@ -751,7 +751,7 @@ pub enum ServerFrame {
         messages: Vec<RoomEventFrame>,
         has_more: bool,
     },
-    /// Answer to `search`: message objects, newest first (CONTRACT §2 Search).
+    /// Answer to `search`: message objects, newest first (protocol.md#ws-search).
     SearchResults {
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
@@ -777,7 +777,7 @@ pub enum ServerFrame {
     },
     /// v1.1: sent when the marker moves (or the count changes for another reason than a new
     /// message); `count` covers the events up to seq `as_of`, and the client adds one for each
-    /// later `message` of another user (CONTRACT §2 Unread).
+    /// later `message` of another user (protocol.md#ws-unread).
     Unread {
         room: RoomId,
         count: u64,
@@ -940,7 +940,7 @@ mod tests {
 
     #[test]
     fn control_characters_are_refused_and_a_bad_ref_is_not_echoed() {
-        // CONTRACT v1.1 §2 Hostile input.
+        // protocol.md#ws-limits.
         let cases = [
             (
                 r#"{"type":"send","room":"r","body":"b","client_id":"a\r\nb","ref":"1"}"#,

@@ -1,4 +1,4 @@
-//! Identifiers of CONTRACT §1: user and room ids, and the server-made DM room id.
+//! Identifiers of protocol.md#identities: user and room ids, and the server-made DM room id.
 
 use std::fmt;
 
@@ -36,7 +36,7 @@ macro_rules! id_type {
         pub struct $name(String);
 
         impl $name {
-            /// Validates `s` against the id pattern of CONTRACT §1.
+            /// Validates `s` against the id pattern of protocol.md#identities.
             pub fn new(s: impl Into<String>) -> Result<Self, InvalidId> {
                 let s = s.into();
                 if is_valid_id(&s) { Ok(Self(s)) } else { Err(InvalidId($what)) }
@@ -89,7 +89,7 @@ id_type!(
 pub const DM_PREFIX: &str = "dm-";
 
 impl RoomId {
-    /// The deterministic DM room of a pair (CONTRACT §1): `dm-` and 16 hex characters of
+    /// The deterministic DM room of a pair (protocol.md#identities): `dm-` and 16 hex characters of
     /// SHA-256 of `"<a>\n<b>"` with a < b bytewise. `None` for a pair of one user.
     pub fn dm(x: &UserId, y: &UserId) -> Option<RoomId> {
         let (a, b) = match x.as_str().cmp(y.as_str()) {

@@ -1,7 +1,7 @@
-//! The WebSocket protocol that client apps speak with `chat-edge` (CONTRACT §2).
+//! The WebSocket protocol that client apps speak with `chat-edge` (protocol.md#ws).
 //!
 //! Serde types only: one internally tagged enum per direction ([`ClientFrame`], [`ServerFrame`]),
-//! the validated identifiers of CONTRACT §1, the error codes and the close codes. Storage and NATS
+//! the validated identifiers of protocol.md#identities, the error codes and the close codes. Storage and NATS
 //! crates may reuse the plain data types here (a message, a notification, a presence entry), but
 //! nothing in this crate knows about storage or NATS.
 
@@ -11,7 +11,7 @@ mod ids;
 pub use frames::*;
 pub use ids::*;
 
-/// WebSocket close codes of CONTRACT §2.
+/// WebSocket close codes of protocol.md#ws.
 pub mod close {
     /// Missing, invalid or expired token.
     pub const UNAUTHORIZED: u16 = 4001;
@@ -32,13 +32,13 @@ pub fn char_len(s: &str) -> usize {
     s.chars().count()
 }
 
-/// Does `s` hold a control character (Unicode category Cc)? CONTRACT v1.1 §2 Hostile input:
+/// Does `s` hold a control character (Unicode category Cc)? protocol.md#ws-limits:
 /// `client_id`, `ref`, `emoji` and `traceparent` hold none.
 pub fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
-/// Does a message body hold a control character other than tab and newline (CONTRACT v1.1 §2)?
+/// Does a message body hold a control character other than tab and newline (protocol.md#ws)?
 pub fn body_has_control(s: &str) -> bool {
     s.chars().any(|c| c.is_control() && c != '\t' && c != '\n')
 }

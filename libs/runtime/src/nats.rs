@@ -154,7 +154,7 @@ pub fn is_connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
 }
 
-/// Whether a request's reply subject may be answered (CONTRACT §3): only inboxes, `_INBOX.…` or
+/// Whether a request's reply subject may be answered (protocol.md#nats): only inboxes, `_INBOX.…` or
 /// a client's own prefix such as `_INBOX_integrations.…`. Anything else (a stream's subject, a
 /// KV key, another service's subject) is dropped unanswered.
 pub fn trusted_reply_subject(reply: &str) -> bool {
@@ -218,7 +218,7 @@ where
             continue;
         };
         if !trusted_reply_subject(&reply) {
-            // CONTRACT §3: answering `$KV.…` or `chat.…` would publish into a bucket or a
+            // protocol.md#nats: answering `$KV.…` or `chat.…` would publish into a bucket or a
             // stream with this service's permissions.
             metrics::counter!("chat_nats_requests_dropped_total", "reason" => "reply_subject")
                 .increment(1);

@@ -99,7 +99,7 @@ impl Base {
     }
 }
 
-/// The `CHAT` stream (created if missing, CONTRACT §1) and its epoch, waiting for NATS as long
+/// The `CHAT` stream (created if missing, protocol.md#identities) and its epoch, waiting for NATS as long
 /// as it is down (or until `shutdown`).
 pub async fn chat_stream(
     js: &async_nats::jetstream::Context,

@@ -3,7 +3,7 @@
 //! `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`, gRPC (plain text only);
 //! sampling follows `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`. No endpoint, no export —
 //! but spans still get W3C trace context, so every event still carries a `traceparent` header
-//! (CONTRACT §3: integrators and logs correlate on it) and a client's trace id is kept.
+//! (protocol.md#nats: integrators and logs correlate on it) and a client's trace id is kept.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
@@ -71,7 +71,7 @@ pub fn otlp_target(env: &Env) -> Option<(String, OtlpProtocol)> {
 pub fn tracer_provider(env: &Env, service: &str) -> Option<SdkTracerProvider> {
     let (url, protocol) = otlp_target(env)?;
     let exporter = match protocol {
-        // gRPC (CONTRACT §4) is plain text: for an https:// collector use http/protobuf.
+        // gRPC (protocol.md#ops) is plain text: for an https:// collector use http/protobuf.
         OtlpProtocol::Grpc if url.starts_with("https://") => Err(
             "OTLP over gRPC has no TLS here: use http/protobuf for an https:// collector".into(),
         ),

@@ -169,7 +169,7 @@ impl WsClient {
         let _ = self.ws.close(None).await;
     }
 
-    // What a chat client does (CONTRACT §2), each step checked: `alice.join("r")`,
+    // What a chat client does (protocol.md#ws), each step checked: `alice.join("r")`,
     // `alice.post("r", "hi")`.
 
     /// Joins `room` and returns the `joined` frame.

@@ -1,4 +1,4 @@
-//! chat-api's configuration (CONTRACT §4 plus its own variables).
+//! chat-api's configuration (protocol.md#ops plus its own variables).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! Who may open a connection, and what an open connection counts against (CONTRACT v1.1 §2
+//! Who may open a connection, and what an open connection counts against (protocol.md#ws
 //! Quotas, issue 15 item 9): new connections per second per client address (so that one address
 //! cannot take the whole admission rate), unauthenticated connections apart from authenticated
 //! ones (a client that never authenticates holds no slot of `CHAT_MAX_CONNECTIONS`), and open

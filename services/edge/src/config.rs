@@ -1,4 +1,4 @@
-//! chat-edge's configuration (CONTRACT §4).
+//! chat-edge's configuration (protocol.md#ops).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use chat_runtime::{ConfigError, Env};
 
 /// Default admin address of chat-edge.
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9101";
-/// Shortest `CHAT_JWT_SECRET` accepted outside development (CONTRACT v1.1 §4): HS256 with a
+/// Shortest `CHAT_JWT_SECRET` accepted outside development (protocol.md#ops): HS256 with a
 /// shorter key is open to offline guessing.
 pub const MIN_SECRET_BYTES: usize = 32;
 
@@ -81,7 +81,7 @@ pub struct EdgeConfig {
     /// IPv6 /64 is one address), burst the same; beyond: 503 with Retry-After. 0: off (behind
     /// a proxy every client has the proxy's address).
     pub admission_per_ip_per_s: u32,
-    /// `CHAT_MAX_SESSIONS_PER_USER` (CONTRACT v1.1 §2 Quotas): open sessions of one user on this
+    /// `CHAT_MAX_SESSIONS_PER_USER` (protocol.md#ws-limits): open sessions of one user on this
     /// edge; beyond: HTTP 429, or `limit_exceeded` and close 4029 after the `auth` frame.
     pub max_sessions_per_user: usize,
 }
@@ -115,7 +115,7 @@ impl std::fmt::Debug for JwtSecret {
     }
 }
 
-/// The HS256 secret of the configuration, or why chat-edge must not start (CONTRACT v1.1 §4).
+/// The HS256 secret of the configuration, or why chat-edge must not start (protocol.md#ops).
 fn jwt_secret(
     secret: Option<&str>,
     has_jwks: bool,
@@ -209,7 +209,7 @@ impl EdgeConfig {
         let max_body = env.parse("CHAT_MAX_BODY", 4000usize)?;
         if max_body == 0 || max_body > MAX_EVENT_BODY_CHARS {
             // A larger body would be published but not be a valid event: dead-lettered, never
-            // delivered (CONTRACT v1.1 §3), with an `ack` already sent. Refused at start.
+            // delivered (protocol.md#nats), with an `ack` already sent. Refused at start.
             return Err(ConfigError {
                 key: "CHAT_MAX_BODY".into(),
                 value: max_body.to_string(),
@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn refuses_to_start_without_a_secret_or_jwks_or_with_a_short_secret() {
-        // CONTRACT v1.1 §4; issue 15 item 5 (a built-in secret let anyone forge tokens).
+        // protocol.md#ops; issue 15 item 5 (a built-in secret let anyone forge tokens).
         let err = EdgeConfig::from_env(&Env::default())
             .unwrap_err()
             .to_string();

@@ -118,7 +118,7 @@ pub fn classify(
     }
 }
 
-/// The checks of a decoded frame that need no I/O: membership first (CONTRACT §2: every
+/// The checks of a decoded frame that need no I/O: membership first (protocol.md#ws: every
 /// operation on a room but `join` and `leave` requires it; `create` makes the room), then the
 /// frame's own fields.
 fn validate(

@@ -184,7 +184,7 @@ pub struct Hub {
     nats: async_nats::Client,
     /// How long a gap in a room's live feed waits for chat-history to fill it.
     request_timeout: Duration,
-    /// What a live event refers to (the stateful step of event validity, CONTRACT §3).
+    /// What a live event refers to (the stateful step of event validity, protocol.md#nats).
     lookup: chat_bus::lookup::TargetLookup,
     rooms: Mutex<HashMap<RoomId, Entry>>,
     /// Local sessions per user, served by one subscription to every user's subject
@@ -386,7 +386,7 @@ impl Hub {
 /// last one seen reveals a gap, which is filled from chat-history before the entry, so sessions
 /// get every event in order.
 ///
-/// A stored entry that is not a valid event (CONTRACT §3) is never delivered, and the chain of
+/// A stored entry that is not a valid event (protocol.md#nats) is never delivered, and the chain of
 /// `prev_seq` skips it: the feed keeps the seq of the last valid event itself, and gives it as
 /// the next event's `prev_seq`, exactly as chat-history computes it for pages and replays. Until
 /// the feed has seen one (its first entry since subscribing), chat-history tells it.
@@ -429,7 +429,7 @@ async fn room_feed(
         let checked = match entry.candidate {
             Err(invalid) => Err(invalid),
             Ok(candidate) if candidate.references().is_empty() => candidate.resolve(|_| None),
-            // A change, reply or thread message (CONTRACT §3's stateful step): what it refers
+            // A change, reply or thread message (protocol.md#nats's stateful step): what it refers
             // to is looked up once (memoized) and checked as the archive checks it.
             Ok(candidate) => {
                 let stated = candidate.peek().clone();
@@ -500,7 +500,7 @@ async fn previous_event(
 /// The events of `room` strictly between `after` and `before`, from chat-history (which answers
 /// from the stream what the archive does not hold yet), and whether that is all of them. If it
 /// cannot say (a warning), the sessions see the gap in `prev_seq` and can fill it themselves
-/// (CONTRACT §2).
+/// (protocol.md#ws).
 async fn fill_gap(
     nats: &async_nats::Client,
     timeout: Duration,

@@ -1,4 +1,4 @@
-//! chat-edge: terminates client WebSockets (CONTRACT §2) and talks NATS to the services.
+//! chat-edge: terminates client WebSockets (protocol.md#ws) and talks NATS to the services.
 //!
 //! A client frame's way: [`http::listener`] accepts the connection, [`http::upgrade`] admits the
 //! upgrade, [`session`] runs the socket (its [`session::handshake`] to `hello`, then its loop),
@@ -11,7 +11,7 @@
 //! - [`app`]: the process — build (listeners, NATS, the stream, the token verifier), run, drain;
 //! - [`service`]: the edge as a `chat_runtime::service::Service` (what `main` runs);
 //! - [`state`]: [`Edge`], what every connection shares (configuration, NATS, hub, counters);
-//! - [`config`]: the configuration from the environment (CONTRACT §4);
+//! - [`config`]: the configuration from the environment (protocol.md#ops);
 //! - [`http`]: the client listener — [`http::routes`] (routes, security headers, web client),
 //!   [`http::upgrade`] (Origin check, admission, the WebSocket upgrade), [`http::listener`]
 //!   (accept loop, `wss://`, header timeout), [`http::dev_login`] (`POST /dev/token`);

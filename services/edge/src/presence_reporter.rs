@@ -1,4 +1,4 @@
-//! What this edge tells chat-presence (CONTRACT §3): every heartbeat, the sessions it
+//! What this edge tells chat-presence (protocol.md#nats): every heartbeat, the sessions it
 //! holds (an edge that stops reporting is presumed dead, its sessions gone), and each session's
 //! `up` (after `hello`) and `down` (at its cleanup, however it ended).
 

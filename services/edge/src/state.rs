@@ -19,7 +19,7 @@ pub struct EdgeInner {
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub stream: jetstream::stream::Stream,
-    /// The log's incarnation (CONTRACT §1).
+    /// The log's incarnation (protocol.md#identities).
     pub epoch: String,
     pub hub: hub::Hub,
     pub auth: auth::Authenticator,

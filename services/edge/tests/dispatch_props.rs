@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use serde_json::json;
 use support::dispatch_model::{CONTROLS, run_bytes};
 
-/// Where a control character goes in an otherwise valid `send` (CONTRACT v1.1 §2 Hostile input).
+/// Where a control character goes in an otherwise valid `send` (protocol.md#ws-limits).
 #[derive(Debug, Clone, Copy)]
 enum Spot {
     ClientId,
@@ -112,7 +112,7 @@ fn fuzz_regressions_stay_fixed() {
     }
 }
 
-/// The seed corpus (valid CONTRACT §2 frames) passes the model too.
+/// The seed corpus (valid protocol.md#ws frames) passes the model too.
 #[test]
 fn seed_corpus_keeps_the_contract() {
     let dir = concat!(
@@ -173,7 +173,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     /// The v1.1 sizes and control characters agree between the frame path and the event rules
-    /// (CONTRACT §2 Hostile input, §3): with `max_body` at its ceiling
+    /// (protocol.md#ws-limits, #nats): with `max_body` at its ceiling
     /// (`MAX_EVENT_BODY_CHARS`, the most `CHAT_MAX_BODY` may be), every `send` the edge accepts
     /// becomes an event that `validate` accepts (else it would be acked, then dead-lettered and
     /// never delivered), and a body one character over the ceiling is `too_large`.

@@ -3,7 +3,7 @@
 //! Redelivery is harmless (`ON CONFLICT DO NOTHING` on the stream sequence); an event that can
 //! never be stored is dead-lettered after `max_deliver` deliveries instead of blocking its room.
 //!
-//! A stored entry that is not a valid event (CONTRACT §3, [`chat_bus::event::validate`]) is
+//! A stored entry that is not a valid event (protocol.md#nats, [`chat_bus::event::validate`]) is
 //! dead-lettered with its reason at once, acknowledged and skipped: never archived or counted.
 //! The writer loops are supervised: one that ends or panics is restarted with a backoff, and
 //! while any is not running the service is not ready ([`WriterHealth`]).
@@ -267,7 +267,7 @@ impl Archive {
         drop(spans);
     }
 
-    /// Which entries of a batch are events (CONTRACT §3), in delivery order. A kind whose
+    /// Which entries of a batch are events (protocol.md#nats), in delivery order. A kind whose
     /// validity depends on earlier events looks them up here: in the archive (one query per
     /// batch), among the batch's own earlier events, then in the stream ([`TargetLookup`]).
     /// An entry whose targets cannot be looked up now (the stream unreachable) is redelivered
@@ -462,7 +462,7 @@ async fn archived_targets(
 }
 
 /// Writes a batch of valid events; rows already archived are skipped. Every kind is a row of
-/// `messages`; a change also updates the state of the message it targets (CONTRACT §2
+/// `messages`; a change also updates the state of the message it targets (protocol.md#ws
 /// Lifecycle), in the same transaction: all of a batch commits or none does.
 ///
 /// The writer loops of every process commit batches concurrently, so a change may commit before

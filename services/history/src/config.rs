@@ -1,4 +1,4 @@
-//! chat-history's configuration (CONTRACT §4 plus its own tuning variables).
+//! chat-history's configuration (protocol.md#ops plus its own tuning variables).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,14 +29,14 @@ pub struct HistoryConfig {
     pub ack_wait: Duration,
     /// `HISTORY_WRITERS` (4): concurrent writer loops in this process.
     pub writers: usize,
-    /// `CHAT_MAX_ROOMS_PER_USER` (1000): rooms one user may be a member of (CONTRACT §2 v1.1
+    /// `CHAT_MAX_ROOMS_PER_USER` (1000): rooms one user may be a member of (protocol.md#ws v1.1
     /// Quotas); a further join, create, open_dm or invite of that user gets `limit_exceeded`.
     pub max_rooms_per_user: u64,
     /// `HISTORY_ARCHIVE` (true): run the archive writer. Off, the process only answers requests
     /// (history pages, rooms), so readers and writers can be scaled separately.
     pub archive: bool,
     /// `HISTORY_PAGE_MAX_BYTES` (196608): most bytes of serialized events in one history page;
-    /// a longer page is cut (`has_more` true) so that its frame always fits (CONTRACT §2 Limits).
+    /// a longer page is cut (`has_more` true) so that its frame always fits (protocol.md#ws-limits).
     pub page_max_bytes: usize,
     /// `HISTORY_SEARCH_WINDOW` (2000): newest rows a search reads by seq before it asks the text
     /// index (crate::search; tests make it small to reach the index with a few messages).

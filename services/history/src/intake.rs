@@ -1,9 +1,9 @@
 //! The intake of integrations that have an account of their own (issue 15 item 8;
-//! docs/deploy.md *Integrations and scopes*). Such an integration publishes the CONTRACT §3
+//! docs/deploy.md *Integrations and scopes*). Such an integration publishes the protocol.md#nats
 //! event to `chat.room.<room>.msg` through JetStream, as any bot does; its account's service
 //! import carries the publish to `chat.integration.<credential>.<room>.msg` in the chat account,
 //! so the subject names the credential and the publisher cannot choose it. Here each one is
-//! checked — a valid event (the stateless step of CONTRACT §3) whose `from` is one of the bot
+//! checked — a valid event (the stateless step of protocol.md#nats) whose `from` is one of the bot
 //! identities configured for that credential (`CHAT_INTEGRATION_BOTS`) — and relayed to the
 //! room's subject with `Nats-Msg-Id: <from>:<client_id>`. The answer is the `CHAT` stream's own
 //! acknowledgement (its seq, `duplicate`), or a JetStream-shaped error the integration's client

@@ -345,7 +345,7 @@ pub async fn queue_room_events(
     Ok(())
 }
 
-/// Nothing of a deleted message's text is kept (CONTRACT §2 Lifecycle), not even in webhooks
+/// Nothing of a deleted message's text is kept (protocol.md#ws-lifecycle), not even in webhooks
 /// not delivered yet: the `message.created` and `message.edited` events of the messages `gone`
 /// (seqs of epoch `epoch_id`) still waiting get `body` "". Called in the transaction that
 /// archived the delete. It first takes the sequencer's lock (only while an endpoint is

@@ -3,19 +3,19 @@
 //! was dead-lettered as not an event); whatever lies above it is read from the stream. So a page
 //! is complete however far the writer lags.
 //!
-//! What a page costs (CONTRACT §2 Limits, issue 15 item 10): one PostgreSQL query and one
+//! What a page costs (protocol.md#ws-limits, issue 15 item 10): one PostgreSQL query and one
 //! batched direct get of the stream, run concurrently, in the common case; while the archive lags
 //! by more than a page, or PostgreSQL is down, the stream part is located by bisection over the
 //! room's entry counts (O(log seqs) single gets) and read in one batch: never the whole room.
 //! The floor is refreshed in the background ([`HistoryQuery::track_floor`]), not per page.
 //!
-//! `prev_seq` (CONTRACT §1, §3): the seq of the previous *valid* event of the room. The archive
+//! `prev_seq` (protocol.md#identities, #nats): the seq of the previous *valid* event of the room. The archive
 //! holds exactly the valid events, so within it the previous row is the previous event; each
 //! page reads one row (or entry) more than it returns, so every `prev_seq` comes from its
 //! neighbour, and entries of the stream that are not events ([`chat_bus::event::validate`]) are
 //! skipped exactly as the archive and the live feed skip them.
 //!
-//! *(v1.1, CONTRACT §2 Lifecycle)* A page holds events of every kind. Its `message` objects carry
+//! *(v1.1, protocol.md#ws-lifecycle)* A page holds events of every kind. Its `message` objects carry
 //! their current state: the changes archived at or below the floor, read from PostgreSQL, and
 //! those above it, read from the stream's tail of the room, folded in seq order
 //! ([`crate::state`]), so a page is right from either or both. A replay (`replay`, what
@@ -50,7 +50,7 @@ use chat_runtime::db::db_error;
 pub const FLOOR_REFRESH: Duration = Duration::from_millis(20);
 
 /// Default byte budget of a page's events, serialized (`HISTORY_PAGE_MAX_BYTES`): a page
-/// frame always fits the edge's write buffer and NATS's payload limit (CONTRACT §2 Limits).
+/// frame always fits the edge's write buffer and NATS's payload limit (protocol.md#ws-limits).
 pub const DEFAULT_PAGE_MAX_BYTES: usize = 192 * 1024;
 
 /// Most stream entries one page may examine (invalid entries included) beyond the ones it needs.
@@ -187,7 +187,7 @@ impl HistoryQuery {
         self.floor.value.load(Ordering::Relaxed)
     }
 
-    /// One page (CONTRACT §2 `history`, §3 `chat.api.history`). With PostgreSQL unreachable,
+    /// One page (protocol.md#ws `history`, §3 `chat.api.history`). With PostgreSQL unreachable,
     /// the page is read from the stream alone when the stream still holds all it needs, and is
     /// `unavailable` otherwise: never silently short.
     pub async fn page(&self, req: HistoryRequest) -> Result<HistoryPage, ApiError> {
@@ -218,7 +218,7 @@ impl HistoryQuery {
 
     /// Refuses a page asked on behalf of a non-member. This is the second line (chat-edge checks
     /// its session's rooms first), so while PostgreSQL is unreachable it lets the page through
-    /// rather than break history for connected members (CONTRACT §2, outages), and counts it.
+    /// rather than break history for connected members (protocol.md#ws, outages), and counts it.
     async fn require_member(&self, req: &HistoryRequest) -> Result<(), ApiError> {
         let Some(user) = &req.user else {
             return Ok(());
@@ -361,7 +361,7 @@ impl HistoryQuery {
     }
 
     /// `chat.internal.history.message`: what the edge checks before publishing a change of
-    /// message `seq`, a reply to it or a message in its thread (CONTRACT §2 Lifecycle): its
+    /// message `seq`, a reply to it or a message in its thread (protocol.md#ws-lifecycle): its
     /// author, thread and whether it is deleted, whether it is archived or only in the stream
     /// (and, with PostgreSQL down, from the stream alone); `not_found` if it is no valid message.
     pub async fn message_info(&self, req: MessageInfoRequest) -> Result<MessageInfo, ApiError> {
@@ -445,7 +445,7 @@ impl HistoryQuery {
         Ok(fold(seq, String::new(), &changes).state.reactions)
     }
 
-    /// The stream entry as a page's event, if it is a valid event (CONTRACT §3, both steps);
+    /// The stream entry as a page's event, if it is a valid event (protocol.md#nats, both steps);
     /// `prev_seq` is set by [`chain`].
     async fn valid_event(
         &self,
@@ -580,7 +580,7 @@ impl HistoryQuery {
         Ok(())
     }
 
-    /// A page of thread `root` (CONTRACT §2 `history{thread}`): only `message` events, the root
+    /// A page of thread `root` (protocol.md#ws `history{thread}`): only `message` events, the root
     /// and the messages of its thread, each with its room's `prev_seq`. The archived part comes
     /// from PostgreSQL (by the thread's index), the part above the floor from the stream's tail.
     async fn thread_page(
@@ -1131,7 +1131,7 @@ pub(crate) struct Archived {
     pub replies: HashMap<u64, u64>,
 }
 
-/// Applies `known` to the events of a page (CONTRACT §2 Lifecycle): a message gets its current
+/// Applies `known` to the events of a page (protocol.md#ws-lifecycle): a message gets its current
 /// body and state, or (`replay`) keeps its body as sent and no state; either way a deleted
 /// message's body is "", and so is the body of each edit of it.
 fn apply_state(page: &mut [RoomEventFrame], known: &Archived, replay: bool) {

@@ -13,7 +13,7 @@ use chat_proto::{ErrorCode, RoomId, RoomKind, UserId};
 use chat_runtime::db::db_error;
 use sqlx::{PgPool, Postgres, Transaction};
 
-/// Most user ids one `create` may list (CONTRACT §2 v1.1 Quotas).
+/// Most user ids one `create` may list (protocol.md#ws v1.1 Quotas).
 pub const MAX_CREATE_MEMBERS: usize = 1_000;
 
 /// The rooms service.

@@ -1,4 +1,4 @@
-//! Full-text search of the archive (CONTRACT §2 Search, §3 `chat.api.search`).
+//! Full-text search of the archive (protocol.md#ws-search, #nats `chat.api.search`).
 //!
 //! The index is the `search` column of `messages` (migrations 0005, 0007): a stored generated
 //! `tsvector` of the body and, as one more lexeme, the room; written by PostgreSQL inside the
@@ -31,7 +31,7 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Bytes of JSON the results of one reply may take, so that the reply (and the edge's
 /// `search_results` frame, which adds the query and its envelope) stays below 1 MiB
-/// (CONTRACT §2 Limits). Fewer results than `limit` then, and `has_more`.
+/// (protocol.md#ws-limits). Fewer results than `limit` then, and `has_more`.
 pub const RESULTS_BUDGET: usize = 768 * 1024;
 
 /// Connections of the search pool.
@@ -187,7 +187,7 @@ impl Search {
         }
     }
 
-    /// One search (CONTRACT §2 `search`, §3 `chat.api.search`). With PostgreSQL unreachable or
+    /// One search (protocol.md#ws `search`, §3 `chat.api.search`). With PostgreSQL unreachable or
     /// too slow: `unavailable`.
     pub async fn search(&self, req: SearchRequest) -> Result<SearchReply, ApiError> {
         let parsed = parse(&req.query)?;
@@ -213,7 +213,7 @@ impl Search {
         Ok(bounded(rows, limit))
     }
 
-    /// Results carry their current state (CONTRACT §2 Search, Lifecycle), folded from their
+    /// Results carry their current state (protocol.md#ws-search, Lifecycle), folded from their
     /// archived changes like a history page's; the body found is the current one.
     async fn add_state(&self, rows: &mut [ChatMessage]) -> Result<(), sqlx::Error> {
         let seqs: Vec<i64> = rows.iter().map(|m| m.seq as i64).collect();

@@ -1,4 +1,4 @@
-//! A message's current state (CONTRACT §2 Lifecycle) as a pure fold of the changes that target
+//! A message's current state (protocol.md#ws-lifecycle) as a pure fold of the changes that target
 //! it, in seq order. The archive writer keeps it in the message's row with it; history pages
 //! fold again what the stream holds beyond the archive, so a page is right from PostgreSQL,
 //! from the stream tail, or from both.
@@ -58,7 +58,7 @@ impl Folded {
                 self.state.reactions.clear();
             }
             EventKind::Reaction => {
-                // Past the bounds of CONTRACT §2 Limits, an addition changes nothing.
+                // Past the bounds of protocol.md#ws-limits, an addition changes nothing.
                 if c.on && !chat_proto::reaction_fits(&self.state.reactions, &c.from, &c.emoji) {
                     return;
                 }

@@ -1,4 +1,4 @@
-//! chat-notify's configuration (CONTRACT §4 plus its own tuning variables).
+//! chat-notify's configuration (protocol.md#ops plus its own tuning variables).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! The consumer: a durable pull consumer (`notify`) on the `CHAT` stream. Each batch is stored in
 //! one transaction (room rows and new notifications) and acknowledged only after it committed
 //! (so the consumer's ack floor says what is stored); then the new notifications are published.
-//! No unread count is made or published per message (CONTRACT §2 Unread): clients add up the
+//! No unread count is made or published per message (protocol.md#ws-unread): clients add up the
 //! messages they receive. A
 //! redelivered event inserts nothing new (primary keys on `(room, seq)` and on the notification
 //! id, derived from seq and user), so nothing is counted or stored twice. Live delivery is at
@@ -44,7 +44,7 @@ const MIN_REFRESH_AGE: Duration = Duration::from_millis(500);
 struct Decoded {
     seq: u64,
     event: RoomEvent,
-    /// Authors of the messages it answers (reply_to, thread root): CONTRACT §2 `reply`.
+    /// Authors of the messages it answers (reply_to, thread root): protocol.md#ws `reply`.
     answered: Vec<UserId>,
     /// Delivered before: an earlier attempt may have committed and then died before publishing.
     redelivered: bool,
@@ -102,7 +102,7 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
         if info.delivered > 1 {
             metrics::counter!("chat_notify_redeliveries_total").increment(1);
         }
-        // CONTRACT §3: an entry that is not a valid event is never counted or notified.
+        // protocol.md#nats: an entry that is not a valid event is never counted or notified.
         let checked = match chat_bus::event::validate_stored(&msg.subject, &msg.payload) {
             Ok(c) if !c.references().is_empty() => {
                 let room = c.peek().room().clone();
@@ -124,7 +124,7 @@ async fn handle_batch(core: &Core, batch: Vec<jetstream::Message>, shutdown: &Ca
                 .remember(&room, seq, Some(chat_bus::event::Target::of(e)));
         }
         match checked {
-            // CONTRACT §2: edits, deletes and reactions are not counted and never notify; a
+            // protocol.md#ws: edits, deletes and reactions are not counted and never notify; a
             // delete withdraws the deleted message's pending notifications.
             Ok(Event::Edit(e) | Event::Delete(e) | Event::Reaction(e)) => {
                 if e.kind == chat_bus::event::EventKind::Delete

@@ -1,7 +1,7 @@
 //! What the consumer, the request handlers and the membership listener share: the pool, NATS,
 //! the member cache, the webhook dispatcher's wake-up, per-room locks that keep `unread`
 //! publications of one room in the order their counts were computed, and the exact unread
-//! count (CONTRACT §2 Unread: asked for by `hello`, `joined` and a moving marker, never made per
+//! count (protocol.md#ws-unread: asked for by `hello`, `joined` and a moving marker, never made per
 //! message).
 
 use std::collections::hash_map::DefaultHasher;
@@ -112,7 +112,7 @@ impl Core {
     }
 
     /// The user's marker and exact unread count in each room, covering the events up to the
-    /// room's given seq (CONTRACT §2 Unread: `hello` and `joined` cover their `last_seq`, however
+    /// room's given seq (protocol.md#ws-unread: `hello` and `joined` cover their `last_seq`, however
     /// far behind the consumer is). What the consumer has stored up to its ack floor is counted
     /// in PostgreSQL; the events above it, up to the seq asked for, are read from the stream.
     pub async fn unread(
@@ -199,7 +199,7 @@ impl Core {
         Ok(count)
     }
 
-    /// Tells every session of `user` their marker and count in `room` (CONTRACT §2 Unread: only
+    /// Tells every session of `user` their marker and count in `room` (protocol.md#ws-unread: only
     /// when the marker moved or the count changed for another reason than a new message).
     async fn push_unread(&self, user: &UserId, room: &RoomId, as_of: u64) -> Option<UnreadUpdate> {
         let state = match self.unread(user, &[(room.clone(), as_of)]).await {
@@ -310,7 +310,7 @@ impl Core {
 
     /// `NOTIFY_READ`: moves the marker forward (clamped to the room's last seq), clears the
     /// notifications it covers, and, if the marker moved, tells every session of the user the
-    /// new count (a read that moves nothing pushes nothing: CONTRACT §2 Unread).
+    /// new count (a read that moves nothing pushes nothing: protocol.md#ws-unread).
     /// A non-member is refused (`forbidden`): no marker, no count of the room's messages.
     pub async fn read(&self, req: ReadRequest) -> Result<UnreadUpdate, ApiError> {
         self.require_member(&req.user, &req.room).await?;
@@ -359,7 +359,7 @@ impl Core {
     /// Joining a public room starts the marker at its newest event: its history is not
     /// "unread" to a newcomer (nor to someone rejoining after a leave). The floor may be set
     /// after the joiner's `joined` counted without it: the count then changed for another reason
-    /// than a new message, and is pushed (CONTRACT §2 Unread).
+    /// than a new message, and is pushed (protocol.md#ws-unread).
     async fn joined_public(&self, user: &UserId, room: &RoomId) {
         let Ok(seq) = self.last_seq(room).await else {
             return;

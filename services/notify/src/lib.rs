@@ -1,4 +1,4 @@
-//! chat-notify: unread counts, read markers and notifications (CONTRACT §2, §3).
+//! chat-notify: unread counts, read markers and notifications (protocol.md#ws, #nats).
 //!
 //! - [`consumer`]: a durable consumer of the `CHAT` stream records every event per room and the
 //!   notifications it makes (mentions, DMs), then publishes `chat.user.<user>.unread` and

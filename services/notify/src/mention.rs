@@ -1,4 +1,4 @@
-//! Who a message notifies (CONTRACT §2): `@id` mentions of room members and the other member of
+//! Who a message notifies (protocol.md#ws): `@id` mentions of room members and the other member of
 //! a DM. Pure functions, so that every rule is unit-tested without a server.
 //!
 //! A mention is `@` followed by an id (`[A-Za-z0-9_-]{1,64}`), where the `@` is at the start of
@@ -137,7 +137,7 @@ pub fn preview(body: &str) -> String {
 /// The id of the notification of message `seq` for `user`: deterministic, so that a redelivered
 /// event finds the notification it made the first time instead of making a second one.
 /// [`plan`] plus the `reply` notifications of a message with `reply_to` or in a thread
-/// (CONTRACT §2 Mentions, v1.1): each author of a message it answers (`answered`: the quoted
+/// (protocol.md#ws-notifications, v1.1): each author of a message it answers (`answered`: the quoted
 /// message's, the thread root's) who is a member, is not the sender and gets no `mention` or
 /// `dm` for it. Still at most one notification per user per message.
 pub fn plan_with_replies(

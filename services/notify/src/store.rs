@@ -3,7 +3,7 @@
 //!
 //! Unread is computed, never incremented: `count(*)` of the room's rows from others above the
 //! reader's marker, over the `(room, seq)` primary key, only when a count is asked for (`hello`,
-//! `joined`, a marker that moves), never per message (CONTRACT §2 Unread). A redelivered event
+//! `joined`, a marker that moves), never per message (protocol.md#ws-unread). A redelivered event
 //! re-inserts rows that exist (`ON CONFLICT DO NOTHING`), so it can never count twice.
 
 use std::collections::HashMap;
@@ -332,7 +332,7 @@ pub async fn unread_in_range(
 type PendingRow = (String, String, String, i64, String, String, i64, i64);
 
 /// A user's pending notifications in `rooms`: the newest [`MAX_PENDING_LISTED`], oldest first,
-/// and how many are pending in all (CONTRACT §2 v1.1), in one query.
+/// and how many are pending in all (protocol.md#ws v1.1), in one query.
 pub async fn pending(
     pool: &PgPool,
     user: &UserId,
@@ -372,7 +372,7 @@ pub async fn pending(
 
 /// Moves a marker forward to `seq` (never back) and clears the notifications it covers.
 /// Returns the effective marker (the read one or the join floor, whichever is higher) before
-/// and after: equal when the read moved nothing (CONTRACT §2 Unread: then nothing is pushed).
+/// and after: equal when the read moved nothing (protocol.md#ws-unread: then nothing is pushed).
 pub async fn read(
     pool: &PgPool,
     user: &UserId,
@@ -461,7 +461,7 @@ pub async fn start_marker(
     Ok(done.rows_affected() == 1 && seq > 0)
 }
 
-/// Withdraws the pending notifications of deleted messages (CONTRACT §2 Lifecycle), with their
+/// Withdraws the pending notifications of deleted messages (protocol.md#ws-lifecycle), with their
 /// webhook deliveries not yet made. `deleted` are (room, seq) of the deleted messages.
 pub async fn withdraw(pool: &PgPool, deleted: &[(RoomId, u64)]) -> Result<u64, sqlx::Error> {
     if deleted.is_empty() {

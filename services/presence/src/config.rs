@@ -1,4 +1,4 @@
-//! chat-presence's configuration (CONTRACT §4 plus its own tuning variables).
+//! chat-presence's configuration (protocol.md#ops plus its own tuning variables).
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! chat-presence: who is online, away, busy or offline (CONTRACT §2 "Presence", §3).
+//! chat-presence: who is online, away, busy or offline (protocol.md#ws "Presence", §3).
 //!
 //! Stateless: every instance keeps its state in two JetStream KV buckets, and any number of
 //! them share the work (a durable work-queue consumer for the edges' session and status events,
@@ -60,7 +60,7 @@ pub const DEAD_AFTER_HEARTBEATS: f64 = 2.0;
 /// Most users one `chat.api.presence {users}` request may ask about (ten batched reads).
 pub const MAX_USERS_PER_REQUEST: usize = 10_000;
 
-/// Most users in a room's snapshot (CONTRACT §2 v1.1: `presence_snapshot` lists at most 1,000).
+/// Most users in a room's snapshot (protocol.md#ws v1.1: `presence_snapshot` lists at most 1,000).
 pub const MAX_SNAPSHOT_USERS: usize = 1_000;
 
 /// A started chat-presence, ready to [`run`](App::run).
@@ -578,7 +578,7 @@ impl Presence {
     }
 
     /// Answers `chat.api.presence`: a room's members (the first [`MAX_SNAPSHOT_USERS`] that
-    /// chat-history lists, CONTRACT §2 v1.1) or a list of users. Unknown users are offline,
+    /// chat-history lists, protocol.md#ws v1.1) or a list of users. Unknown users are offline,
     /// last seen at 0. The records are read in batches of [`store::MAX_BATCH_KEYS`] (one
     /// request each), never one read per member.
     pub async fn query(&self, req: PresenceRequest) -> Result<PresenceReply, ApiError> {

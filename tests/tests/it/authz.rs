@@ -44,7 +44,7 @@ struct Caller<'a> {
     epoch: &'a str,
 }
 
-/// What a non-member gets, by CONTRACT §2/§3.
+/// What a non-member gets, by protocol.md#ws, #nats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
     /// An error with this code.
@@ -83,7 +83,7 @@ struct Op {
     expect: fn(Kind) -> Expect,
 }
 
-/// Every client frame of CONTRACT §2 that names a room.
+/// Every client frame of protocol.md#ws that names a room.
 fn ws_ops() -> Vec<Op> {
     vec![
         Op {
@@ -560,7 +560,7 @@ async fn the_services_refuse_a_non_member_whatever_an_edge_asks_on_their_behalf(
     assert!(accepted.is_empty(), "accepted: {accepted:#?}");
     assert_rooms_untouched(&stack, &targets, &["eve", "lena"]).await;
 
-    // The room's JetStream subject is trusted by design (bots post through it, CONTRACT §3; only
+    // The room's JetStream subject is trusted by design (bots post through it, protocol.md#nats; only
     // the edge and integration credentials may publish there): a post "from eve" is stored, but
     // gives eve nothing of the room.
     let event = json!({"v": 1, "kind": "message", "room": "vault", "from": "eve",
@@ -711,7 +711,7 @@ async fn a_revoked_membership_stops_delivery_to_every_session_within_a_second() 
             bob1.send(json!({"type": "leave", "room": "vault", "ref": "bye"}))
                 .await;
         } else {
-            // There is no owner or admin "remove" in CONTRACT §2: an integrator with a service
+            // There is no owner or admin "remove" in protocol.md#ws: an integrator with a service
             // credential asks chat-history directly, as an edge does for a leave.
             let nats = stack.nats.client().await;
             let _: chat_bus::api::Done = nats_request(

@@ -1,5 +1,5 @@
 //! Issue 15 items 2, 3, 4 (history) and 10 (history): stored entries that are not events
-//! (CONTRACT §3) are dead-lettered and skipped everywhere — archive, notifications, the live
+//! (protocol.md#nats) are dead-lettered and skipped everywhere — archive, notifications, the live
 //! feed, history pages and replays, and the `prev_seq` chains — and history pages stay bounded.
 
 use std::time::Duration;
@@ -240,7 +240,7 @@ fn seq_of(ack: &Value) -> u64 {
     ack["seq"].as_u64().expect("seq")
 }
 
-/// CONTRACT §3: the chains of `prev_seq` skip entries that are not events. Live (the edge's
+/// protocol.md#nats: the chains of `prev_seq` skip entries that are not events. Live (the edge's
 /// feed carries `Nats-Last-Sequence`, the previous *stored entry*), in history pages from the
 /// archive and from the stream's tail (archive writer stopped), and in `join{since}` replays,
 /// every component gives the same unbroken chain; a new edge's first event after an invalid

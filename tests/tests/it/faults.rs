@@ -726,7 +726,7 @@ async fn killing_notify_and_presence_under_load_loses_no_count_mention_or_status
         async || {
             alice.idle(Duration::from_millis(20)).await;
             bob.idle(Duration::from_millis(20)).await;
-            // v1.1 (CONTRACT §2 Unread): a count covers exactly the seq it names, however far the
+            // v1.1 (protocol.md#ws-unread): a count covers exactly the seq it names, however far the
             // restarted consumer still is behind, so it is exact from the first answer on; only the
             // notifications wait for the consumer.
             let s = chat_tests::notify_state(&client, "carol", &["busy"]).await;

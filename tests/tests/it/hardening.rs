@@ -11,7 +11,7 @@ use chat_tests::{Stack, eventually, nats_request};
 use futures::StreamExt;
 use serde_json::json;
 
-/// Item 7: a request whose reply subject is not an inbox is dropped unanswered (CONTRACT §3), so
+/// Item 7: a request whose reply subject is not an inbox is dropped unanswered (protocol.md#nats), so
 /// a service cannot be made to publish into its own KV bucket or a stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_with_foreign_reply_subjects_are_dropped() {
@@ -83,7 +83,7 @@ async fn requests_with_foreign_reply_subjects_are_dropped() {
 }
 
 /// Item 10: a room's snapshot reads its members' records in one batched read (not one KV read
-/// per member) and lists at most 1,000 of them (CONTRACT §2 v1.1).
+/// per member) and lists at most 1,000 of them (protocol.md#ws v1.1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_snapshots_are_one_bounded_read() {
     let stack = Stack::start().await;
@@ -568,7 +568,7 @@ fn kind_code(f: &serde_json::Value) -> (Option<&str>, Option<&str>) {
     (f["type"].as_str(), f["code"].as_str())
 }
 
-/// Item 9, CONTRACT v1.1 §2 Quotas, enforced where membership is stored (chat-history): with
+/// Item 9, protocol.md#ws-limits, enforced where membership is stored (chat-history): with
 /// CHAT_MAX_ROOMS_PER_USER=3 a user in 3 rooms gets `limit_exceeded` for a further `join`,
 /// `create`, `open_dm` and when invited; a `create` listing a member at the quota is refused
 /// whole (the room is not made); a `leave` frees a place. Before, one session joined 1,800 rooms.

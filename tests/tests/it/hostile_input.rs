@@ -548,7 +548,7 @@ async fn refused_status(stack: &Stack, bearer: Option<&str>) -> u16 {
     }
 }
 
-/// Issue 15 item 9, CONTRACT v1.1 §2 Quotas: at most CHAT_MAX_SESSIONS_PER_USER sessions of one
+/// Issue 15 item 9, protocol.md#ws-limits: at most CHAT_MAX_SESSIONS_PER_USER sessions of one
 /// user per edge (200 of one user once opened in 0.6 s): beyond, HTTP 429 when the token came in
 /// the header, `limit_exceeded` and close 4029 after an `auth` frame, before any `hello`; other
 /// users are not affected, and a closed session frees its place.

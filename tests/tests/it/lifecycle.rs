@@ -1,4 +1,4 @@
-//! Issue 13: messages that live (CONTRACT v1.1 §2 Lifecycle, §3 event kinds). Edit, delete,
+//! Issue 13: messages that live (protocol.md#ws-lifecycle, #nats event kinds). Edit, delete,
 //! react, replies and threads against real servers: the rules of each frame, retries, state in
 //! history pages (from PostgreSQL and from the stream tail with the archive writer stopped),
 //! recovery across a gap of changes, thread pages, reply notifications, and changes posted by a
@@ -749,7 +749,7 @@ async fn replays_carry_events_as_sent_and_deleted_text_is_never_served_again() {
     assert!(texts.iter().all(|t| !t.contains("secret")), "{texts:?}");
 }
 
-/// Only `message` events count as unread (CONTRACT §2 Unread): `hello` and `joined` count the
+/// Only `message` events count as unread (protocol.md#ws-unread): `hello` and `joined` count the
 /// messages of others, not their edits, deletes or reactions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_messages_count_as_unread() {
@@ -848,7 +848,7 @@ async fn history_page_latency_with_state() {
     measure("archive stopped, 300 changes in the tail").await;
 }
 
-/// CONTRACT §2 Limits: a message holds at most `MAX_REACTION_EMOJI` distinct emoji (and
+/// protocol.md#ws-limits: a message holds at most `MAX_REACTION_EMOJI` distinct emoji (and
 /// `MAX_REACTIONS` in all), so one user cannot grow its state without bound: the edge answers
 /// `limit_exceeded`, and an addition that reaches the log anyway (a bot through JetStream)
 /// changes nothing, in pages as in the archive.

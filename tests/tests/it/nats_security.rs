@@ -264,7 +264,7 @@ async fn each_service_user_may_use_its_subjects_and_nothing_else() {
 }
 
 /// Issue 15 item 7: the services answer requests without `allow_responses`, so even a service
-/// that forgot to check a reply subject (CONTRACT §3) could not publish into a bucket or a
+/// that forgot to check a reply subject (protocol.md#nats) could not publish into a bucket or a
 /// stream through it: a reply goes to an inbox or nowhere.
 #[tokio::test]
 async fn a_service_user_cannot_answer_on_a_foreign_reply_subject() {
@@ -353,7 +353,7 @@ async fn integrations_are_scoped_to_their_rooms_and_bots_and_read_no_dm_or_previ
     let users: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
     assert!(users["users"].is_array());
 
-    // Posting through JetStream, as CONTRACT §3 says, to a room of its scope and as one of its
+    // Posting through JetStream, as protocol.md#nats says, to a room of its scope and as one of its
     // bots: chat-history relays it and the ack is the CHAT stream's.
     let js = async_nats::jetstream::new(bot.client.clone());
     let post = |from: &str, id: &str| {

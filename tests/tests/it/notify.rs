@@ -118,7 +118,7 @@ async fn offline_mentions_and_dms_wait_in_hello_until_a_read_clears_them_everywh
     assert_eq!(room_of(&hello_alice, &dm_room)["unread"], 0);
 
     // Live: both of bob's sessions get the notification and the message, but no count: v1.1
-    // pushes none per message (CONTRACT §2 Unread); a client adds one to hello's count.
+    // pushes none per message (protocol.md#ws-unread); a client adds one to hello's count.
     let (mut bob2, hello2) = stack.login(0, "bob").await;
     assert_eq!(room_of(&hello2, "proj")["unread"], proj_bodies.len());
     let live = alice.post_as("proj", "@bob live one", "live").await;
@@ -130,7 +130,7 @@ async fn offline_mentions_and_dms_wait_in_hello_until_a_read_clears_them_everywh
             let f = b.recv().await.expect("frame");
             match f["type"].as_str() {
                 // A notification listed in hello can also arrive live when notify published it
-                // while the session was starting (pending and live at once, CONTRACT §2
+                // while the session was starting (pending and live at once, protocol.md#ws
                 // Mentions): the client knows it by its id. Only a new one is this message's.
                 Some("notification") if ids.contains(f["id"].as_str().unwrap_or("")) => {}
                 Some("notification") => n = Some(f),
@@ -221,7 +221,7 @@ async fn a_newcomer_to_a_public_room_has_no_unread_history() {
     assert_eq!(room_of(&hello, "hist")["last_read"], last);
 }
 
-/// v1.1 (CONTRACT §2 Unread): `hello` and `joined` carry counts covering exactly their
+/// v1.1 (protocol.md#ws-unread): `hello` and `joined` carry counts covering exactly their
 /// `last_seq` even while chat-notify's consumer has not seen those messages (here it is paused),
 /// and a read pushes the count as of the room's end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -261,7 +261,7 @@ async fn traces_reach_an_https_collector() {
     .await;
 }
 
-/// Issue 17 / CONTRACT §3: with no OTLP endpoint configured, every event still carries a
+/// Issue 17 / protocol.md#nats: with no OTLP endpoint configured, every event still carries a
 /// well-formed `traceparent` (integrators and logs correlate on it), and a client's trace id
 /// is kept in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +393,7 @@ async fn metrics_parse_and_move_and_readiness_follows_nats() {
     .await;
 }
 
-/// Issue 15 item 5, CONTRACT v1.1 §4: without `CHAT_JWT_SECRET` and `CHAT_JWT_JWKS` (and without
+/// Issue 15 item 5, protocol.md#ops: without `CHAT_JWT_SECRET` and `CHAT_JWT_JWKS` (and without
 /// `CHAT_DEV_LOGIN=true`), or with a secret under 32 bytes, chat-edge refuses to start — it once
 /// accepted tokens signed with a built-in development secret for any user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

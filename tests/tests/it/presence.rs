@@ -1,4 +1,4 @@
-//! Presence end to end (CONTRACT §2 "Presence", §3): real edges, chat-presence, chat-history,
+//! Presence end to end (protocol.md#ws "Presence", §3): real edges, chat-presence, chat-history,
 //! nats-server and PostgreSQL. Heartbeats are shortened so that edge deaths are quick to see.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Issue 14: full-text search (CONTRACT §2 Search, §3 `chat.api.search`) against the real
+//! Issue 14: full-text search (protocol.md#ws-search, #nats `chat.api.search`) against the real
 //! services: the query language, membership at the time of the search, paging, the NATS API
 //! with and without `user`, PostgreSQL down, and a body too big to index whole.
 
@@ -449,7 +449,7 @@ async fn a_body_too_big_to_index_whole_does_not_block_the_archive() {
     assert!(body.len() > 900_000);
 }
 
-/// Issue 15 item 4 (CONTRACT v1.1 §2: no server frame is dropped, none is over 1 MiB): a page of
+/// Issue 15 item 4 (protocol.md#ws: no server frame is dropped, none is over 1 MiB): a page of
 /// search results near its byte budget (768 KiB) still reaches the client over WebSocket. Before,
 /// the edge's write buffer was capped at 4 × max_frame (256 KiB), so such a frame could not be
 /// written at all and the session ended instead of answering.

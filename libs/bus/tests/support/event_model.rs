@@ -1,4 +1,4 @@
-//! The contract of the event decoder (CONTRACT §3, [`chat_bus::event::validate_stored`] and
+//! The contract of the event decoder (protocol.md#nats, [`chat_bus::event::validate_stored`] and
 //! [`chat_bus::event::decode_fanout`]) as an executable check, shared by
 //! `tests/event_decode_fuzz.rs` (CI: proptest, the seeds under `fuzz/corpus/event_decode/` and
 //! the files under `fuzz/regressions/event_decode/`) and the `event_decode` fuzz target

@@ -1,4 +1,4 @@
-//! Token verification (CONTRACT §2): HS256 with a shared secret, and RS256/ES256 (or any
+//! Token verification (protocol.md#ws): HS256 with a shared secret, and RS256/ES256 (or any
 //! asymmetric algorithm a key declares) against the JWKS of an OAuth2/OIDC provider
 //! ([`jwks`]). `exp` and `sub` are required, `iss`/`aud` checked when configured.
 //!

@@ -1,4 +1,4 @@
-//! `auth` after `hello` (CONTRACT §2): a refreshed token, for the same user, moves the
+//! `auth` after `hello` (protocol.md#ws): a refreshed token, for the same user, moves the
 //! session's expiry (the session closes with 4001 when its token expires).
 
 use chat_bus::api::ApiError;

@@ -1,4 +1,4 @@
-//! `create` (CONTRACT §2): chat-history creates the room (public, or private with its first
+//! `create` (protocol.md#ws): chat-history creates the room (public, or private with its first
 //! members), and the session joins it at once (`joined`).
 
 use chat_bus::api::{ApiError, RoomInfo, rooms};

@@ -1,4 +1,4 @@
-//! `history` (CONTRACT §2): one page of a room (or of a thread) from chat-history, as the
+//! `history` (protocol.md#ws): one page of a room (or of a thread) from chat-history, as the
 //! user may see it, answered `history`.
 
 use chat_bus::api::{ApiError, HistoryPage, HistoryRequest};

@@ -1,4 +1,4 @@
-//! `invite` (CONTRACT §2): chat-history adds a member to a private room; the invitee's
+//! `invite` (protocol.md#ws): chat-history adds a member to a private room; the invitee's
 //! sessions learn it from the membership announcement (`joined`), this one gets `ok`.
 
 use chat_bus::api::{self, ApiError, rooms};

@@ -1,4 +1,4 @@
-//! `join` (CONTRACT §2; the replay: §2 Lifecycle): chat-history adds the membership, the session
+//! `join` (protocol.md#ws; the replay: §2 Lifecycle): chat-history adds the membership, the session
 //! subscribes to the room and answers `joined`; with `since` (and the log's current epoch) it
 //! first replays what came after `since` ([`crate::session::rooms`]), so the client misses
 //! nothing.

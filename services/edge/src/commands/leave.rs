@@ -1,4 +1,4 @@
-//! `leave` (CONTRACT §2): chat-history removes the membership, then the session stops the
+//! `leave` (protocol.md#ws): chat-history removes the membership, then the session stops the
 //! room's events and answers `left`.
 
 use chat_bus::api::{self, ApiError, rooms};

@@ -1,4 +1,4 @@
-//! *(v1.1)* The lifecycle frames of a session (CONTRACT §2 Lifecycle): `edit`, `delete`, `react`
+//! *(v1.1)* The lifecycle frames of a session (protocol.md#ws-lifecycle): `edit`, `delete`, `react`
 //! and `send` with `reply_to`/`thread`. Each becomes a room event of its own kind, published to
 //! the room's subject like a message, and is acknowledged with that event's own seq.
 //!

@@ -1,4 +1,4 @@
-//! `open_dm` (CONTRACT §2): chat-history finds or makes the direct-message room of two
+//! `open_dm` (protocol.md#ws): chat-history finds or makes the direct-message room of two
 //! users, and the session joins it (`joined`).
 
 use chat_bus::api::{ApiError, RoomInfo, rooms};

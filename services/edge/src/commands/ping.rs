@@ -1,4 +1,4 @@
-//! `ping` (CONTRACT §2): answered `pong`, for clients that cannot see WebSocket pings.
+//! `ping` (protocol.md#ws): answered `pong`, for clients that cannot see WebSocket pings.
 
 use chat_bus::api::ApiError;
 use chat_proto::ServerFrame;

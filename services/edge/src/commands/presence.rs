@@ -1,4 +1,4 @@
-//! `presence` (CONTRACT §2): who of a room is online now, from chat-presence, answered
+//! `presence` (protocol.md#ws): who of a room is online now, from chat-presence, answered
 //! `presence_snapshot`.
 
 use chat_bus::api::{ApiError, PresenceReply, PresenceRequest};

@@ -1,4 +1,4 @@
-//! `read` (CONTRACT §2 Unread): moves the user's read marker in chat-notify, which announces the
+//! `read` (protocol.md#ws-unread): moves the user's read marker in chat-notify, which announces the
 //! new count to every session of the user (`unread`).
 
 use chat_bus::api::{ApiError, ReadRequest, UnreadUpdate};

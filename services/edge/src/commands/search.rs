@@ -1,4 +1,4 @@
-//! The `search` frame (CONTRACT §2 Search): asks chat-history (`chat.api.search`) on behalf of
+//! The `search` frame (protocol.md#ws-search): asks chat-history (`chat.api.search`) on behalf of
 //! the session's user, so that chat-history applies the user's memberships as they are when the
 //! search runs, and answers `search_results`. [`crate::dispatch::classify`] has checked the
 //! fields and, with `room`, the session's membership.

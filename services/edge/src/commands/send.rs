@@ -1,4 +1,4 @@
-//! `send` of a plain message (CONTRACT §2): published to the room's stream subject in the
+//! `send` of a plain message (protocol.md#ws): published to the room's stream subject in the
 //! order the sends came, acknowledged (`ack`, with the stream's seq) once the stream has it. The
 //! session goes on reading meanwhile: the wait for each acknowledgement joins the session's
 //! queue of send replies (`Session::sends`), answered in order. `send` with `reply_to` or
@@ -17,7 +17,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::session::{Session, Socket};
 
-/// Most sends of one session waiting for their acknowledgement at once (CONTRACT §2: the
+/// Most sends of one session waiting for their acknowledgement at once (protocol.md#ws: the
 /// session keeps reading meanwhile; acks go out in the order of the sends).
 pub const MAX_SENDS_IN_FLIGHT: usize = 64;
 

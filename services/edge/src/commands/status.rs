@@ -1,4 +1,4 @@
-//! `status` (CONTRACT §2): the user's chosen status (online, away, busy…), published
+//! `status` (protocol.md#ws): the user's chosen status (online, away, busy…), published
 //! to chat-presence, which tells the user's rooms.
 
 use chat_bus::api::{ApiError, StatusChange};

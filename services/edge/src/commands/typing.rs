@@ -1,4 +1,4 @@
-//! `typing` (CONTRACT §2): published to the room's typing subject, at most once per
+//! `typing` (protocol.md#ws): published to the room's typing subject, at most once per
 //! [`crate::hub::TYPING_INTERVAL`] per user and room (the hub's throttle); never answered.
 
 use chat_bus::api::{ApiError, TypingEvent};

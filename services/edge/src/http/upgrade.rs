@@ -1,4 +1,4 @@
-//! A WebSocket upgrade's way in (CONTRACT v1.1 §2 Quotas): the Origin check, refusal while
+//! A WebSocket upgrade's way in (protocol.md#ws-limits): the Origin check, refusal while
 //! draining, admission (the rate per client address and per edge, then a slot: authenticated
 //! with a header token, else unauthenticated until the `auth` frame), then the socket's buffer
 //! and frame limits, and the session.
@@ -11,10 +11,10 @@ use axum::response::{IntoResponse, Response};
 
 use crate::{Edge, admission, ratelimit, session};
 
-/// No server frame is larger than this (CONTRACT v1.1 §2 Limits).
+/// No server frame is larger than this (protocol.md#ws-limits).
 pub const MAX_SERVER_FRAME: usize = 1 << 20;
 
-/// Is this upgrade's Origin acceptable (CONTRACT §2)?
+/// Is this upgrade's Origin acceptable (protocol.md#ws)?
 pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
@@ -57,8 +57,9 @@ pub(super) async fn ws_upgrade(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(|t| t.trim().to_owned());
-    // A token in the header is checked now, so that the quotas can answer in HTTP (CONTRACT
-    // v1.1 §2: 429 past the sessions of the user); a bad one is refused by the session (4001).
+    // A token in the header is checked now, so that the quotas can answer in HTTP
+    // (protocol.md#ws-limits: 429 past the sessions of the user); a bad one is refused by the
+    // session (4001).
     let verified = match &token {
         Some(t) => edge.auth.verify(t).await.ok(),
         None => None,
@@ -94,7 +95,7 @@ pub(super) async fn ws_upgrade(
     let tracker = edge.sessions.clone();
     ws.read_buffer_size(buffer)
         .write_buffer_size(buffer)
-        // The largest legal server frame (CONTRACT v1.1 §2 Limits: 1 MiB; search results and
+        // The largest legal server frame (protocol.md#ws-limits: 1 MiB; search results and
         // history pages are bounded below it) must always fit, with room for a batch queued
         // ahead of it: a frame the buffer cannot take would end the session unanswered.
         .max_write_buffer_size(

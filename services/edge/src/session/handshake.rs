@@ -1,4 +1,4 @@
-//! From the upgrade to `hello` (CONTRACT §2): the token (the upgrade's header or the
+//! From the upgrade to `hello` (protocol.md#ws): the token (the upgrade's header or the
 //! first frame, within `CHAT_AUTH_TIMEOUT`), the slots an authenticated session counts against
 //! ([`crate::admission`]), then the session's registration in the hub, its rooms and `hello`.
 //! A connection refused on the way gets an error frame and its close code here.
@@ -43,7 +43,7 @@ pub struct SessionSlots {
 /// Why an authenticated connection may not become a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// `CHAT_MAX_SESSIONS_PER_USER` (CONTRACT v1.1 §2 Quotas).
+    /// `CHAT_MAX_SESSIONS_PER_USER` (protocol.md#ws-limits).
     UserSessions,
     /// `CHAT_MAX_CONNECTIONS`.
     Connections,
@@ -87,7 +87,7 @@ pub(super) async fn accept<S: Socket>(
             let slots = match admit_session(edge, &identity) {
                 Ok(slots) => slots,
                 Err(Refused::UserSessions) => {
-                    // CONTRACT v1.1 §2 Quotas: before any hello.
+                    // protocol.md#ws-limits: before any hello.
                     let f = ServerFrame::error(
                         None,
                         ErrorCode::LimitExceeded,
@@ -232,7 +232,7 @@ impl<S: Socket> Session<S> {
                 .await
                 .into_iter()
                 .collect::<Result<_, _>>()?;
-        // Counts covering exactly each room's `last_seq` (CONTRACT §2 Unread): what follows
+        // Counts covering exactly each room's `last_seq` (protocol.md#ws-unread): what follows
         // comes live, and the client counts it.
         let state: NotifyState = match self
             .request(&NotifyStateRequest {

@@ -57,7 +57,7 @@ pub(super) async fn next_reconcile(
 
 impl<S: Socket> Session<S> {
     /// The user's marker and unread count in `room` covering the events up to `last` (what a
-    /// `joined` carries: CONTRACT §2 Unread); zeros, with a warning, while chat-notify does not
+    /// `joined` carries: protocol.md#ws-unread); zeros, with a warning, while chat-notify does not
     /// answer (its next `unread` corrects them).
     pub(crate) async fn unread_of(&mut self, room: &RoomId, last: u64) -> (u64, u64) {
         let req = NotifyStateRequest {
@@ -216,7 +216,7 @@ impl<S: Socket> Session<S> {
     /// order. The room is subscribed already, so what is published meanwhile waits in the queue
     /// and is dropped there if the replay covered it.
     pub(crate) async fn replay(&mut self, room: &RoomId, since: u64) -> Result<(), ApiError> {
-        // Events as they were sent (CONTRACT §2 Lifecycle), not current state.
+        // Events as they were sent (protocol.md#ws-lifecycle), not current state.
         let mut pages = rpc::EventsAfter::new(room.clone(), since, Some(self.user().clone()));
         let (nats, timeout) = (self.edge.nats.clone(), self.edge.config.request_timeout);
         while let Some(page) = pages.next(&nats, timeout).await? {

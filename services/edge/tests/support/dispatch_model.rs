@@ -52,7 +52,7 @@ pub const FIELDS: &[&str] = &[
     "query",
 ];
 const STATUSES: &[&str] = &["online", "away", "busy", "offline", "idle"];
-/// Characters of CONTRACT v1.1 §2 Hostile input: every one but tab and newline is refused in a
+/// Characters of protocol.md#ws-limits: every one but tab and newline is refused in a
 /// body, every one in an id-like field; the last two are not control characters (category Cf/Zl).
 pub const CONTROLS: &[char] = &[
     '\r', '\n', '\t', '\0', '\u{7}', '\u{1b}', '\u{7f}', '\u{85}', '\u{9f}', '\u{200b}', '\u{2028}',
@@ -322,7 +322,7 @@ pub fn run_bytes(data: &[u8]) {
     }
 }
 
-/// The room of a frame that requires membership (CONTRACT §2: every operation on a room but
+/// The room of a frame that requires membership (protocol.md#ws: every operation on a room but
 /// `join` and `leave`; `create` makes one).
 fn room_requiring_membership(frame: &ClientFrame) -> Option<&RoomId> {
     match frame {
@@ -340,7 +340,7 @@ fn room_requiring_membership(frame: &ClientFrame) -> Option<&RoomId> {
     }
 }
 
-/// The error the contract demands for a decoded frame, if any, read off CONTRACT §2.
+/// The error the contract demands for a decoded frame, if any, read off protocol.md#ws.
 fn contract_refusal(
     frame: &ClientFrame,
     max_body: usize,
@@ -381,7 +381,7 @@ fn contract_refusal(
                 None
             }
         }
-        // CONTRACT §2 Search; the bound of 1,000 characters is the project's (docs/protocol.md).
+        // protocol.md#ws-search; the bound of 1,000 characters is the project's (docs/protocol.md).
         ClientFrame::Search { query, .. }
             if query.trim().is_empty()
                 || query.chars().count() > 1000
@@ -437,7 +437,7 @@ fn check_envelope_fields(reference: Option<&str>) {
     }
 }
 
-/// CONTRACT v1.1 §2 Hostile input, read off the frame: the reason to refuse it, if any.
+/// protocol.md#ws-limits, read off the frame: the reason to refuse it, if any.
 fn hostile(frame: &ClientFrame) -> bool {
     match frame {
         ClientFrame::Send {
