@@ -120,98 +120,37 @@ impl Stack {
 
     /// A chat-history with extra variables (e.g. `HISTORY_ARCHIVE=false`).
     pub async fn add_history_with(&mut self, extra: &[(&str, &str)]) -> usize {
-        let mut env = self.service_env();
-        for (k, v) in extra {
-            env = env.with(*k, *v);
-        }
-        let config = chat_history::HistoryConfig::from_env(&env).expect("history config");
-        let stop = CancellationToken::new();
-        let app = chat_history::App::build(config, &stop)
-            .await
-            .expect("start chat-history");
-        let admin = app.admin_addr();
-        let task = tokio::spawn(app.run(stop.clone()));
-        self.histories.push(Running {
-            stop,
-            task,
-            addr: None,
-            admin,
-        });
+        let running = start::<chat_history::App>(&with(self.service_env(), extra)).await;
+        self.histories.push(running);
         self.histories.len() - 1
     }
 
     pub async fn add_presence(&mut self) -> usize {
-        let config =
-            chat_presence::PresenceConfig::from_env(&self.service_env()).expect("presence config");
-        let stop = CancellationToken::new();
-        let app = chat_presence::App::build(config, &stop)
-            .await
-            .expect("start chat-presence");
-        let admin = app.admin_addr();
-        let task = tokio::spawn(app.run(stop.clone()));
-        self.presences.push(Running {
-            stop,
-            task,
-            addr: None,
-            admin,
-        });
+        let running = start::<chat_presence::App>(&self.service_env()).await;
+        self.presences.push(running);
         self.presences.len() - 1
     }
 
     pub async fn add_notify(&mut self) -> usize {
-        let config =
-            chat_notify::NotifyConfig::from_env(&self.service_env()).expect("notify config");
-        let stop = CancellationToken::new();
-        let app = chat_notify::App::build(config, &stop)
-            .await
-            .expect("start chat-notify");
-        let admin = app.admin_addr();
-        let task = tokio::spawn(app.run(stop.clone()));
-        self.notifies.push(Running {
-            stop,
-            task,
-            addr: None,
-            admin,
-        });
+        let running = start::<chat_notify::App>(&self.service_env()).await;
+        self.notifies.push(running);
         self.notifies.len() - 1
     }
 
     pub async fn add_edge(&mut self) -> usize {
-        let config = chat_edge::EdgeConfig::from_env(&self.service_env()).expect("edge config");
-        let stop = CancellationToken::new();
-        let app = chat_edge::App::build(config, stop.clone())
-            .await
-            .expect("start chat-edge");
-        let (addr, admin) = (app.local_addr(), app.admin_addr());
-        let task = tokio::spawn(app.run());
-        self.edges.push(Running {
-            stop,
-            task,
-            addr: Some(addr),
-            admin,
-        });
+        let running = start::<chat_edge::App>(&self.service_env()).await;
+        self.edges.push(running);
         self.edges.len() - 1
     }
 
     /// A chat-api with extra variables; returns its index (its HTTP address is `addr`).
     pub async fn add_api_with(&mut self, extra: &[(&str, &str)]) -> usize {
-        let mut env = self.service_env().with("CHAT_API_ADDR", "127.0.0.1:0");
-        for (k, v) in extra {
-            env = env.with(*k, *v);
-        }
-        let config = chat_api::ApiConfig::from_env(&env).expect("api config");
-        let stop = CancellationToken::new();
-        let app = chat_api::App::build(config, &stop)
-            .await
-            .expect("start chat-api");
-        let (addr, admin) = (app.local_addr(), app.admin_addr());
-        let task = tokio::spawn(app.run(stop.clone()));
-        self.apis.push(Running {
-            stop,
-            task,
-            addr: Some(addr),
-            admin,
-        });
+        let env = with(
+            self.service_env().with("CHAT_API_ADDR", "127.0.0.1:0"),
+            extra,
+        );
+        let running = start::<chat_api::App>(&env).await;
+        self.apis.push(running);
         self.apis.len() - 1
     }
 
@@ -617,4 +556,30 @@ pub async fn revoke_api_key(client: &async_nats::Client, id: &str) {
         .await
         .expect("key bucket");
     kv.delete(id).await.expect("delete key");
+}
+
+/// Starts service `S` in this process as its `main` would (configuration from `env`, `build`,
+/// `run` until the returned handle's `stop`).
+async fn start<S: chat_runtime::service::Service>(env: &Env) -> Running {
+    let config = S::config(env).unwrap_or_else(|e| panic!("{} configuration: {e}", S::NAME));
+    let stop = CancellationToken::new();
+    let app = S::build(config, &stop)
+        .await
+        .unwrap_or_else(|e| panic!("start {}: {e:#}", S::NAME));
+    let (addr, admin) = (app.listen_addr(), app.admin_addr());
+    let task = tokio::spawn(app.run(stop.clone()));
+    Running {
+        stop,
+        task,
+        addr,
+        admin,
+    }
+}
+
+/// `env` with the `extra` variables set.
+fn with(mut env: Env, extra: &[(&str, &str)]) -> Env {
+    for (k, v) in extra {
+        env = env.with(*k, *v);
+    }
+    env
 }

@@ -47,6 +47,15 @@ pub trait Service: Sized + Send + 'static {
 
     /// Serves until `shutdown`, then drains.
     fn run(self, shutdown: CancellationToken) -> impl Future<Output = ()> + Send;
+
+    /// Where the admin routes listen (tests bind port 0 and ask).
+    fn admin_addr(&self) -> SocketAddr;
+
+    /// Where the service's own clients connect, for a service that has a listener of its own
+    /// (the edge's WebSocket, chat-api's HTTP).
+    fn listen_addr(&self) -> Option<SocketAddr> {
+        None
+    }
 }
 
 /// Everything a service's `main` does: telemetry, configuration, `build`, `run` until the first

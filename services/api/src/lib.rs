@@ -96,6 +96,14 @@ impl Service for App {
     async fn run(self, shutdown: CancellationToken) {
         App::run(self, shutdown).await
     }
+
+    fn admin_addr(&self) -> SocketAddr {
+        App::admin_addr(self)
+    }
+
+    fn listen_addr(&self) -> Option<SocketAddr> {
+        Some(App::local_addr(self))
+    }
 }
 
 impl App {

@@ -8,18 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use anyhow::Context as _;
-use async_nats::jetstream;
-use chat_bus::stream;
-use chat_runtime::{admin, retry};
+use chat_runtime::service::{self, Admin, Base};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::http;
 use crate::state::{Edge, EdgeInner};
-use crate::{
-    EdgeConfig, admission, auth, config, hub, metrics_catalogue, presence_reporter, ratelimit,
-};
+use crate::{EdgeConfig, admission, auth, config, hub, presence_reporter, ratelimit};
 
 /// Client addresses whose admission buckets are remembered (twice this at most).
 const PER_ADDRESS_CAP: usize = 65_536;
@@ -28,7 +24,7 @@ const PER_ADDRESS_CAP: usize = 65_536;
 pub struct App {
     edge: Edge,
     listener: TcpListener,
-    admin: TcpListener,
+    admin: Admin,
     /// Set when `EDGE_TLS_CERT`/`EDGE_TLS_KEY` are: the client listener speaks `wss://`.
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -52,20 +48,9 @@ impl App {
         let listener = TcpListener::bind(config.listen)
             .await
             .context("bind EDGE_LISTEN")?;
-        let admin = TcpListener::bind(config.admin_listen)
-            .await
-            .context("bind ADMIN_LISTEN")?;
-        let nats = config
-            .nats
-            .connect("chat-edge")
-            .await
-            .map_err(|e| anyhow::anyhow!("connect to NATS: {e}"))?;
-        let js = jetstream::new(nats.clone());
-        let (stream, epoch) = retry::until_ok("create the CHAT stream", &shutdown, || {
-            stream::ensure_chat_stream(&js, &config.stream)
-        })
-        .await
-        .context("stopped during start")?;
+        let Base { admin, nats, js } =
+            Base::start::<App>(config.admin_listen, &config.nats).await?;
+        let (stream, epoch) = service::chat_stream(&js, &config.stream, &shutdown).await?;
         let auth = auth::authenticator(&config).await?;
         let edge_id = format!("e{:08x}", rand::random::<u32>());
         tracing::info!(%edge_id, epoch, listen = %listener.local_addr()?, tls = tls.is_some(), "chat-edge started");
@@ -117,9 +102,7 @@ impl App {
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .expect("bound listener has an address")
+        self.admin.addr()
     }
 
     pub fn edge(&self) -> Edge {
@@ -136,13 +119,8 @@ impl App {
             tls,
         } = self;
         let shutdown = edge.shutdown.clone();
-        chat_runtime::metrics::install("edge", metrics_catalogue::CATALOGUE);
+        let admin_task = tokio::spawn(admin.serve(Vec::new(), shutdown.clone()));
         metrics::gauge!("chat_edge_max_connections").set(edge.config.max_connections as f64);
-        let admin_task = tokio::spawn(admin::serve(
-            admin,
-            admin::nats_ready(edge.nats.clone()),
-            shutdown.clone(),
-        ));
         let heartbeat = tokio::spawn(presence_reporter::heartbeat(edge.clone()));
         let app = http::router(edge.clone());
         http::listener::serve(

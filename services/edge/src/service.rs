@@ -1,5 +1,6 @@
 //! chat-edge as a [`Service`]: what `main` runs.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use chat_runtime::metrics::Metric;
@@ -32,5 +33,13 @@ impl Service for App {
     /// The edge watches the token it was built with (every session holds it).
     async fn run(self, _shutdown: CancellationToken) {
         App::run(self).await
+    }
+
+    fn admin_addr(&self) -> SocketAddr {
+        App::admin_addr(self)
+    }
+
+    fn listen_addr(&self) -> Option<SocketAddr> {
+        Some(App::local_addr(self))
     }
 }

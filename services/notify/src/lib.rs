@@ -62,6 +62,10 @@ impl Service for App {
     async fn run(self, shutdown: CancellationToken) {
         App::run(self, shutdown).await
     }
+
+    fn admin_addr(&self) -> SocketAddr {
+        App::admin_addr(self)
+    }
 }
 
 impl App {
