@@ -688,6 +688,69 @@ impl Drop for Hub {
 mod tests {
     use super::*;
 
+    fn handle(id: u64, queue: usize) -> (SessionHandle, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let handle = SessionHandle {
+            id,
+            name: Arc::from(format!("s{id}")),
+            user: UserId::new(format!("u{id}")).unwrap(),
+            tx,
+            overflow: CancellationToken::new(),
+            kick: Arc::default(),
+        };
+        (handle, rx)
+    }
+
+    fn ids(snapshot: &[SessionHandle]) -> Vec<u64> {
+        let mut ids: Vec<u64> = snapshot.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn a_room_snapshot_is_shared_until_its_sessions_change() {
+        let (first, _r1) = handle(1, 4);
+        let sessions = Sessions::new(first);
+        let (second, _r2) = handle(2, 4);
+        sessions.insert(second);
+        let before = sessions.snapshot();
+        assert_eq!(ids(&before), vec![1, 2]);
+        // Deliveries read the same list, not a copy, while nothing changes.
+        assert!(Arc::ptr_eq(&before, &sessions.snapshot()));
+        // Removing a session that is not there changes nothing, not even the list.
+        assert_eq!(sessions.remove(7), 2);
+        assert!(Arc::ptr_eq(&before, &sessions.snapshot()));
+        assert_eq!(sessions.remove(1), 1);
+        let after = sessions.snapshot();
+        assert_eq!(ids(&after), vec![2]);
+        // A snapshot taken before keeps the sessions it had (a delivery under way finishes).
+        assert_eq!(ids(&before), vec![1, 2]);
+        assert_eq!(sessions.remove(2), 0);
+        assert!(sessions.snapshot().is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_marks_its_session_to_close_and_a_closed_one_is_skipped() {
+        let (session, rx) = handle(1, 1);
+        let room = Arc::new(RoomId::new("r").unwrap());
+        let frame = || Outbound::RoomFrame {
+            room: room.clone(),
+            text: Utf8Bytes::from_static("{}"),
+        };
+        assert!(session.push(frame()));
+        assert!(!session.overflow.is_cancelled());
+        assert!(!session.push(frame()), "the queue holds one");
+        assert!(session.overflow.is_cancelled(), "a full queue means 4008");
+        let (closed, closed_rx) = handle(2, 1);
+        drop(closed_rx);
+        assert!(!closed.push(frame()));
+        assert!(
+            !closed.overflow.is_cancelled(),
+            "a gone session is not a slow one"
+        );
+        drop(rx);
+    }
+
     #[test]
     fn a_kick_keeps_its_first_reason_bounded_and_printable() {
         let k = Kick::default();
