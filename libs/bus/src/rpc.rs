@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::api::rooms;
 use crate::api::{
     ApiError, HistoryPage, HistoryRequest, MessageInfo, MessageInfoRequest, NotifyState,
     NotifyStateRequest, PresenceReply, PresenceRequest, ReadRequest, RoomInfo, RoomsRequest,
@@ -46,7 +47,8 @@ pub async fn call<R: Request>(
     req: &R,
     timeout: Duration,
 ) -> Result<R::Reply, ApiError> {
-    request_on(client, <R::Endpoint as Endpoint>::SUBJECT, req, timeout).await
+    let subject = async_nats::Subject::from_static(<R::Endpoint as Endpoint>::SUBJECT);
+    request(client, subject, req, timeout).await
 }
 
 /// [`call`] on a subject named by the caller: for a test or a tool that speaks to a subject as
@@ -57,18 +59,28 @@ pub async fn request_on<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
     req: &Req,
     timeout: Duration,
 ) -> Result<Resp, ApiError> {
+    request(client, async_nats::Subject::from(subject), req, timeout).await
+}
+
+/// The one request: a static subject costs no copy ([`call`]), a caller's is copied once.
+async fn request<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: async_nats::Subject,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, ApiError> {
     let payload = Bytes::from(serde_json::to_vec(req).map_err(|_| ApiError::internal())?);
     let mut headers = async_nats::HeaderMap::new();
     crate::trace::inject_current(&mut headers);
-    let fut = client.request_with_headers(subject.to_owned(), headers, payload);
+    let fut = client.request_with_headers(subject.clone(), headers, payload);
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(msg)) => decode_reply(&msg.payload),
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, subject, "request failed");
+            tracing::debug!(error = %e, %subject, "request failed");
             Err(ApiError::unavailable())
         }
         Err(_) => {
-            tracing::debug!(subject, "request timed out");
+            tracing::debug!(%subject, "request timed out");
             Err(ApiError::unavailable())
         }
     }
@@ -128,9 +140,6 @@ pub enum RoomsReply {
     Done(crate::api::Done),
     Rooms(UserRooms),
 }
-
-/// The operations of the rooms endpoint, one type each, re-exported from [`crate::api::rooms`].
-pub use crate::api::rooms;
 
 macro_rules! room_ops {
     ($($op:ident => $reply:ty;)*) => {$(
