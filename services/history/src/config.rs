@@ -38,8 +38,9 @@ pub struct HistoryConfig {
     /// `HISTORY_PAGE_MAX_BYTES` (196608): most bytes of serialized events in one history page;
     /// a longer page is cut (`has_more` true) so that its frame always fits (protocol.md#ws-limits).
     pub page_max_bytes: usize,
-    /// `HISTORY_SEARCH_WINDOW` (2000): newest rows a search reads by seq before it asks the text
-    /// index (crate::search; tests make it small to reach the index with a few messages).
+    /// `HISTORY_SEARCH_WINDOW` (8000): most rows of the searched rooms a search reads newest first
+    /// before it asks the text index (crate::search; tests make it small to reach the index with
+    /// a few messages).
     pub search_window: i64,
     /// `CHAT_INTEGRATION_BOTS` (`credential=bot,bot;…`): the bot identities each integration
     /// account may post as (crate::intake; docs/deploy.md *Integrations and scopes*).

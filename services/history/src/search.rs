@@ -262,10 +262,13 @@ impl Search {
     /// cheap where the other is not (measured on 1,000,000 messages, the user in 50 rooms, see
     /// docs/benchmarks.md "Search"):
     ///
-    /// 1. the newest `window` rows of the epoch, read backwards by seq and filtered: a word in
-    ///    many of the user's messages fills the page here; if it filled part of it, the window is
-    ///    widened once, as far as the density seen says the rest needs (at most [`WIDEN_MAX`]);
-    /// 2. below that window, the GIN index alone: the terms ∧ (one of the user's rooms), the
+    /// 1. the newest messages of the searched rooms, read backwards by seq in spans (each room's
+    ///    own `(epoch, room, seq)` range, so a span costs the rows of those rooms, not of the
+    ///    epoch) and filtered: a term in many of them fills the page here. Each span is sized by
+    ///    what the spans before it saw (rows per seq, matches per row); at most `window` rows
+    ///    are read this way, and none past the point where the matches seen say the rest of the
+    ///    page lies further back than that;
+    /// 2. below the spans, the GIN index alone: the terms ∧ (one of the user's rooms), the
     ///    rooms being lexemes of the indexed text (migration 0007). Its cost follows the rarer of
     ///    the terms and the rooms, never the size of the archive; the planner is kept from
     ///    walking the primary key instead (a walk that a misjudged query, like a word minus
@@ -301,39 +304,53 @@ impl Search {
         if rooms.as_ref().is_some_and(Vec::is_empty) {
             return Ok(Vec::new());
         }
+        let (first, last): (Option<i64>, Option<i64>) =
+            sqlx::query_as("SELECT min(seq), max(seq) FROM messages WHERE epoch_id = $1")
+                .bind(self.epoch_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let (Some(first), Some(last)) = (first, last) else {
+            return Ok(Vec::new());
+        };
         let mut found: Vec<i64> = Vec::with_capacity(n);
-        let mut floor = before;
-        let mut window = self.window;
-        for widened in [false, true] {
-            let (low, scanned, hits): (Option<i64>, i64, Vec<i64>) = sqlx::query_as(
-                "SELECT min(w.seq), count(*),
-                        COALESCE(array_agg(w.seq ORDER BY w.seq DESC) FILTER (WHERE w.hit), '{}')
-                 FROM (SELECT seq, ($5::text[] IS NULL OR room = ANY($5)) AND NOT deleted
-                                   AND kind = 'message' AND search @@ $4::tsquery AS hit
-                       FROM messages WHERE epoch_id = $1 AND seq < $2
-                       ORDER BY seq DESC LIMIT $3) w",
-            )
-            .bind(self.epoch_id)
-            .bind(floor)
-            .bind(window)
-            .bind(tsquery)
-            .bind(&rooms)
-            .fetch_one(&mut *tx)
-            .await?;
-            let had = found.len();
-            found.extend(hits.into_iter().take(n - had));
-            // The page is full, or the window reached the first message of the epoch.
-            if found.len() >= n || scanned < window {
+        // Below `hi` nothing has been read yet.
+        let mut hi = before.min(last.saturating_add(1));
+        let mut plan = Spans::new(self.window);
+        while let Some(span) = plan.next_span(n - found.len()) {
+            if hi <= first {
                 return fetch_rows(&mut tx, self.epoch_id, &found).await;
             }
-            floor = low.unwrap_or(floor);
-            let seen = found.len() as i64;
-            if widened || (seen as usize) < DENSE_HITS {
-                break;
+            let lo = hi.saturating_sub(span).max(first);
+            let sql = if rooms.is_some() {
+                "SELECT count(*), COALESCE(array_agg(m.seq ORDER BY m.seq DESC)
+                     FILTER (WHERE NOT m.deleted AND m.kind = 'message'
+                             AND m.search @@ $4::tsquery), '{}')
+                 FROM unnest($5::text[]) AS r(room)
+                 CROSS JOIN LATERAL (
+                     SELECT seq, deleted, kind, search FROM messages
+                     WHERE epoch_id = $1 AND room = r.room AND seq >= $2 AND seq < $3) m"
+            } else {
+                "SELECT count(*), COALESCE(array_agg(seq ORDER BY seq DESC)
+                     FILTER (WHERE NOT deleted AND kind = 'message'
+                             AND search @@ $4::tsquery), '{}')
+                 FROM messages WHERE epoch_id = $1 AND seq >= $2 AND seq < $3"
+            };
+            let mut window = sqlx::query_as(sql)
+                .bind(self.epoch_id)
+                .bind(lo)
+                .bind(hi)
+                .bind(tsquery);
+            if let Some(rooms) = &rooms {
+                window = window.bind(rooms);
             }
-            // Rows the rest of the page should take at the density seen, and half again.
-            let total_scanned = window;
-            window = ((n as i64 - seen) * total_scanned / seen * 3 / 2).clamp(1, WIDEN_MAX);
+            let (rows, hits): (i64, Vec<i64>) = window.fetch_one(&mut *tx).await?;
+            let had = found.len();
+            found.extend(hits.iter().copied().take(n - had));
+            plan.saw(hi - lo, rows, hits.len() as i64);
+            hi = lo;
+            if found.len() >= n || hi <= first {
+                return fetch_rows(&mut tx, self.epoch_id, &found).await;
+            }
         }
         let rest = (n - found.len()) as i64;
         let indexed = match &rooms {
@@ -358,7 +375,7 @@ impl Search {
         )
         .bind(self.epoch_id)
         .bind(&indexed)
-        .bind(floor)
+        .bind(hi)
         .bind(&heap_rooms)
         .bind(rest)
         .fetch_all(&mut *tx)
@@ -368,16 +385,88 @@ impl Search {
     }
 }
 
-/// Newest rows of the epoch a search reads first by default (see [`Search::matching`]): about
-/// 1 ms on a quiet machine.
-pub const DEFAULT_WINDOW: i64 = 2000;
+/// Most rows of the searched rooms a search reads newest first (in [`Spans`]) before it asks
+/// the text index; `HISTORY_SEARCH_WINDOW`. About 1 µs a row on a quiet machine.
+pub const DEFAULT_WINDOW: i64 = 8000;
 
-/// Most rows a widened window reads (the second look at the newest rows).
-const WIDEN_MAX: i64 = 12_000;
+/// Seqs of the epoch the first span covers (the rows it holds are those of the searched rooms).
+const FIRST_SPAN: i64 = 2048;
 
-/// Matches the first window must have found for a widening to be worth it: fewer, and the
-/// terms are rare enough in the user's rooms for the index to be the cheaper way.
-const DENSE_HITS: usize = 4;
+/// Rows read without a match after which the terms count as rare: the index is then cheaper.
+const PROBE_ROWS: i64 = 1000;
+
+/// Most spans read before the index (a span sized from an empty one grows 16-fold).
+const MAX_SPANS: usize = 6;
+
+/// How far back the next span of [`Search::matching`] reaches: a pure plan from what the spans
+/// before it read, so that the rows read stay within the budget and end where the matches seen
+/// say the page is full, or early when the terms are too rare for reading rows to pay.
+#[derive(Debug)]
+struct Spans {
+    /// Rows that may still be read.
+    budget: i64,
+    spans: usize,
+    /// Seqs covered, rows read and matches among them, so far.
+    seqs: i64,
+    rows: i64,
+    hits: i64,
+    /// The last span's length in seqs.
+    last: i64,
+}
+
+impl Spans {
+    fn new(budget: i64) -> Spans {
+        Spans {
+            budget: budget.max(1),
+            spans: 0,
+            seqs: 0,
+            rows: 0,
+            hits: 0,
+            last: 0,
+        }
+    }
+
+    /// Records a span read: its length in seqs, the rows it held and the matches among them.
+    fn saw(&mut self, seqs: i64, rows: i64, hits: i64) {
+        self.spans += 1;
+        self.seqs += seqs;
+        self.rows += rows;
+        self.hits += hits;
+        self.budget -= rows;
+        self.last = seqs;
+    }
+
+    /// The next span in seqs for `missing` more matches, or None: ask the index.
+    fn next_span(&self, missing: usize) -> Option<i64> {
+        if self.spans == 0 {
+            // A quarter of the budget at most: room for spans sized by what this one sees.
+            return Some((self.budget / 4).clamp(1, FIRST_SPAN));
+        }
+        if self.budget <= 0 || self.spans >= MAX_SPANS {
+            return None;
+        }
+        if self.rows == 0 {
+            // No row of these rooms yet: look 16 times further back.
+            return Some(self.last.saturating_mul(16));
+        }
+        let rows = if self.hits == 0 {
+            if self.rows >= PROBE_ROWS.min(self.budget + self.rows) {
+                return None;
+            }
+            PROBE_ROWS - self.rows
+        } else {
+            // The rows the rest of the page takes at the density seen, and half again.
+            let need = (missing as i64).saturating_mul(self.rows) / self.hits * 3 / 2;
+            if need > self.budget {
+                return None;
+            }
+            need
+        };
+        let rows = rows.clamp(1, self.budget);
+        // Rows to seqs at the rate seen (rows per seq ≤ 1 when seqs are dense).
+        Some((rows.saturating_mul(self.seqs) / self.rows).max(1))
+    }
+}
 
 /// Most rooms written into the indexed query as lexemes; a user in more rooms is searched with
 /// the text index alone and the rooms checked on each row found (the query's cost grows with
@@ -718,5 +807,55 @@ mod tests {
         let r = bounded(vec![msg(7, "z".repeat(RESULTS_BUDGET))], 20);
         assert_eq!((r.results.len(), r.has_more), (1, false));
         assert!(serde_json::to_vec(&r.results[0]).unwrap().len() <= RESULTS_BUDGET);
+    }
+
+    #[test]
+    fn spans_read_as_far_as_the_density_seen_says_the_page_needs() {
+        let mut plan = Spans::new(8192);
+        assert_eq!(plan.next_span(21), Some(FIRST_SPAN));
+        // 100 rows of the user's rooms in the first 2048 seqs, 7 matches: 14 more need
+        // 14 * 100 / 7 * 1.5 = 300 rows, 6144 seqs at that rate.
+        plan.saw(2048, 100, 7);
+        assert_eq!(plan.next_span(14), Some(6144));
+    }
+
+    #[test]
+    fn rare_terms_go_to_the_index_after_the_probe_or_when_the_budget_would_not_do() {
+        let mut plan = Spans::new(8000);
+        plan.saw(2048, 100, 0);
+        // No match yet: read up to PROBE_ROWS rows in all.
+        assert_eq!(plan.next_span(21), Some((PROBE_ROWS - 100) * 2048 / 100));
+        plan.saw(18_432, 900, 0);
+        assert_eq!(plan.next_span(21), None, "1000 rows, no match: the index");
+        // One match in 1000 rows: 20 more would take 30,000 rows, over the budget.
+        let mut plan = Spans::new(8000);
+        plan.saw(20_480, 1000, 1);
+        assert_eq!(plan.next_span(20), None);
+    }
+
+    #[test]
+    fn spans_stay_within_the_budget_and_grow_over_empty_ones() {
+        let mut plan = Spans::new(40);
+        assert_eq!(
+            plan.next_span(20),
+            Some(10),
+            "a quarter of the budget first"
+        );
+        plan.saw(10, 10, 8);
+        assert_eq!(plan.next_span(15), Some(27), "15 * 10 / 8 * 1.5 rows");
+        plan.saw(27, 27, 2);
+        assert_eq!(plan.next_span(5), None, "27 rows needed, 3 left");
+        assert_eq!(Spans::new(3).next_span(20), Some(1));
+        let mut plan = Spans::new(8000);
+        plan.saw(2048, 0, 0);
+        assert_eq!(
+            plan.next_span(20),
+            Some(2048 * 16),
+            "no row of these rooms yet"
+        );
+        for _ in 1..MAX_SPANS {
+            plan.saw(10, 0, 0);
+        }
+        assert_eq!(plan.next_span(20), None, "at most MAX_SPANS spans");
     }
 }

@@ -246,11 +246,11 @@ async fn before_pages_back_and_limit_is_clamped() {
 }
 
 /// The same pages with small windows: with 3 rows a page is found partly in the newest rows and
-/// partly through the index; with 6, the window is widened (it held more than a few matches).
-/// The parts join without a gap or a repeat.
+/// partly through the index; with 40, in spans of the newest rows sized by what the first one
+/// found (docs/protocol.md#ws-search). The parts join without a gap or a repeat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_join_across_the_window_and_the_index() {
-    for window in ["3", "6"] {
+    for window in ["3", "40"] {
         let env = [FAST, &[("HISTORY_SEARCH_WINDOW", window)]].concat();
         paging(Stack::start_with(&env).await).await;
     }
