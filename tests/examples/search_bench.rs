@@ -163,6 +163,12 @@ async fn main() {
     .execute(&db)
     .await
     .expect("bench user");
+    // The index as the migrations made it (storage options included), to build it back the same.
+    let (index_def,): (String,) =
+        sqlx::query_as("SELECT pg_get_indexdef('history.messages_search'::regclass)")
+            .fetch_one(&db)
+            .await
+            .expect("the search index's definition");
     sqlx::query("DROP INDEX history.messages_search")
         .execute(&db)
         .await
@@ -194,7 +200,7 @@ async fn main() {
         .execute(&db)
         .await
         .ok();
-    sqlx::query("CREATE INDEX messages_search ON history.messages USING GIN (search)")
+    sqlx::query(sqlx::AssertSqlSafe(index_def.clone()))
         .execute(&db)
         .await
         .expect("build the index");
@@ -334,7 +340,7 @@ async fn main() {
     .execute(&db)
     .await
     .expect("add the index column again");
-    sqlx::query("CREATE INDEX messages_search ON history.messages USING GIN (search)")
+    sqlx::query(sqlx::AssertSqlSafe(index_def))
         .execute(&db)
         .await
         .expect("build the index again");
