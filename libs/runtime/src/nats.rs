@@ -181,8 +181,11 @@ pub fn trusted_reply_subject(reply: &str) -> bool {
     !rest.is_empty() && !rest.contains(['*', '>'])
 }
 
-/// Serves request/reply on `subject` in queue group `queue` until `shutdown`, then stops taking
-/// requests and waits for those in flight. Each request runs in its own task, inside a span
+/// Serves request/reply on `subject` in queue group `queue` until `shutdown`, then drains: asks
+/// the server to route nothing more here, answers every request already delivered (none is
+/// dropped unanswered, to wait out its requester's timeout), waits for those in flight, and
+/// returns only once the server has taken the unsubscription ([`await_unsubscribed`]), so that a
+/// request sent after the return gets "no responders" at once. Each request runs in its own task, inside a span
 /// continuing the requester's trace; `handle` returns the reply payload. `limits` bounds the
 /// work: at most `concurrency` requests at once (the next one waits for a free slot), each
 /// answered within `deadline` (`unavailable` past it). Only inbox reply subjects are answered
@@ -206,13 +209,28 @@ where
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.concurrency.max(1)));
     let mut sub = client.queue_subscribe(subject, queue.to_owned()).await?;
     let tasks = tokio_util::task::TaskTracker::new();
+    // Once draining, the subscription ends by itself after what the server had sent; with NATS
+    // unreachable it may not, hence the bound.
+    let mut draining = false;
     loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            msg = sub.next() => match msg {
-                Some(m) => m,
-                None => break,
-            },
+        let next = if draining {
+            tokio::time::timeout(FLUSH_TIMEOUT, sub.next())
+                .await
+                .unwrap_or_default()
+        } else {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    draining = drain(&mut sub, subject).await;
+                    if !draining {
+                        break;
+                    }
+                    continue;
+                }
+                msg = sub.next() => msg,
+            }
+        };
+        let Some(msg) = next else {
+            break;
         };
         let Some(reply) = msg.reply.clone() else {
             continue;
@@ -226,17 +244,28 @@ where
             continue;
         }
         // A free slot first: while every slot is busy, requests wait in the subscription.
+        // Slots free within the deadline, so even a drain waits for one rather than drop `msg`.
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
                 metrics::counter!("chat_nats_requests_waited_total", "subject" => subject)
                     .increment(1);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    slot = slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
+                let acquired = slots.clone().acquire_owned();
+                tokio::pin!(acquired);
+                let slot = if draining {
+                    acquired.await
+                } else {
+                    tokio::select! {
+                        slot = &mut acquired => slot,
+                        _ = shutdown.cancelled() => {
+                            draining = drain(&mut sub, subject).await;
+                            acquired.as_mut().await
+                        }
+                    }
+                };
+                match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
                 }
             }
         };
@@ -275,11 +304,48 @@ where
             .instrument(span),
         );
     }
-    let _ = sub.unsubscribe().await;
+    if !draining {
+        let _ = sub.unsubscribe().await;
+    }
     tasks.close();
     tasks.wait().await;
     flush_within(&client).await;
+    await_unsubscribed(&client).await;
     Ok(())
+}
+
+/// Starts the drain of a request subscription: the server is told to route nothing more to it,
+/// and what it already sent stays readable. `false` when the client is closed (nothing more
+/// will come either way).
+async fn drain(sub: &mut async_nats::Subscriber, subject: &'static str) -> bool {
+    match sub.drain().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, subject, "drain not started");
+            false
+        }
+    }
+}
+
+/// Returns once the server has processed everything this client sent before, its
+/// unsubscriptions included (within [`FLUSH_TIMEOUT`]). A flush only hands the bytes to the
+/// socket; nats-server reads each connection in order, so a message this client publishes to a
+/// fresh inbox of its own, and gets back, was read after them.
+pub async fn await_unsubscribed(client: &async_nats::Client) {
+    use futures::StreamExt;
+
+    let round_trip = async {
+        let inbox = client.new_inbox();
+        let mut echo = client.subscribe(inbox.clone()).await?;
+        client.publish(inbox, bytes::Bytes::new()).await?;
+        echo.next().await;
+        Ok::<_, async_nats::Error>(())
+    };
+    match tokio::time::timeout(FLUSH_TIMEOUT, round_trip).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "round trip to NATS failed"),
+        Err(_) => tracing::warn!("NATS unreachable: unsubscription not confirmed"),
+    }
 }
 
 /// Serving an endpoint of [`chat_bus::rpc`]: `rpc::History::serve(nats, limits, shutdown,

@@ -265,6 +265,97 @@ async fn request_servers_bound_concurrency_and_answer_by_the_deadline() {
     );
 }
 
+/// A request server that is shut down answers every request it was already sent, even those
+/// waiting for a slot, and once it has returned a request finds no responder at once: none is
+/// left to wait out its requester's timeout (the 5 s an HTTP call to chat-api waited when
+/// chat-history stopped under it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_server_drains_what_it_was_sent_and_leaves_no_route_behind() {
+    use std::sync::Arc;
+
+    let nats = chat_tests::chat_testkit::NatsServer::start().await;
+    let requester = async_nats::ConnectOptions::new()
+        .request_timeout(Some(Duration::from_secs(4)))
+        .connect(nats.url.as_str())
+        .await
+        .unwrap();
+    let (rounds, mut answered, mut refused, mut unanswered, mut late) = (20, 0, 0, 0, 0);
+    for round in 0..rounds {
+        let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+        let limits = chat_runtime::nats::ServeLimits {
+            concurrency: 1,
+            deadline: Duration::from_secs(2),
+        };
+        let first = Arc::new(tokio::sync::Notify::new());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(chat_runtime::nats::serve_requests(
+            client,
+            "test.drain",
+            "test",
+            limits,
+            stop.clone(),
+            {
+                let first = first.clone();
+                move |msg| {
+                    let first = first.clone();
+                    async move {
+                        if &msg.payload[..] == b"go" {
+                            first.notify_one();
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        bytes::Bytes::from_static(b"done")
+                    }
+                }
+            },
+        ));
+        eventually(
+            "the server is subscribed",
+            Duration::from_secs(10),
+            async || requester.request("test.drain", "x".into()).await,
+        )
+        .await;
+        // Five requests to one slot: one runs, the others wait in the subscription.
+        let asked =
+            futures::future::join_all((0..5).map(|_| requester.request("test.drain", "go".into())));
+        let stopper = async {
+            first.notified().await;
+            stop.cancel();
+            server.await.unwrap().unwrap();
+            // The server has returned: a request now must find nobody, not a dead route.
+            let t = std::time::Instant::now();
+            let after = requester.request("test.drain", "x".into()).await;
+            (after, t.elapsed())
+        };
+        let (answers, (after, took)) = tokio::join!(asked, stopper);
+        for a in &answers {
+            match a {
+                Ok(m) => {
+                    assert_eq!(&m.payload[..], b"done", "round {round}");
+                    answered += 1;
+                }
+                // Sent once the server had taken the unsubscription: nobody, said at once.
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => refused += 1,
+                Err(_) => unanswered += 1,
+            }
+        }
+        match after {
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+            other => panic!("round {round}: after the return, {other:?}"),
+        }
+        if took > Duration::from_millis(500) {
+            late += 1;
+        }
+    }
+    assert_eq!(
+        unanswered, 0,
+        "requests left unanswered by a draining server"
+    );
+    assert_eq!(late, 0, "a request after the return waited for an answer");
+    println!(
+        "FIGURES request drain: {rounds} shutdowns with 5 requests on 1 slot each: {answered} answered, {refused} no responders at once, 0 left to time out, 0 routed to a stopped server"
+    );
+}
+
 /// Item 10: every pool has a `statement_timeout` (5 s by default, or the URL's own), so a
 /// runaway query fails instead of holding a connection; migrations run without it.
 #[tokio::test]
