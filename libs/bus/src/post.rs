@@ -214,6 +214,29 @@ pub async fn publish(
     }
 }
 
+/// The stream's acknowledgement of a [`publish`], by `deadline`: the stored seq, and whether the
+/// stream had the event already (a retry, recognized by its dedup id).
+pub async fn acknowledged(
+    ack: PublishAckFuture,
+    deadline: tokio::time::Instant,
+) -> Result<(u64, bool), ApiError> {
+    match tokio::time::timeout_at(deadline, ack).await {
+        Ok(Ok(ack)) => Ok((ack.sequence, ack.duplicate)),
+        Ok(Err(e)) => Err(publish_failed(&e)),
+        Err(_) => Err(publish_failed(&"no acknowledgement in time")),
+    }
+}
+
+/// The `ts` of the event stored at `seq`: `event`'s own, or for a duplicate the original's, read
+/// back from the stream (`event`'s if that read fails).
+pub async fn stored_ts(stream: &Stream, event: &RoomEvent, seq: u64, duplicate: bool) -> i64 {
+    if duplicate {
+        original_ts(stream, seq).await.unwrap_or(event.ts)
+    } else {
+        event.ts
+    }
+}
+
 /// What the checks and the retry lookup read: NATS (chat-history), the `CHAT` stream.
 #[derive(Clone, Copy)]
 pub struct Reader<'a> {
@@ -408,25 +431,14 @@ pub async fn post(
 ) -> Result<Posted, ApiError> {
     let deadline = tokio::time::Instant::now() + r.timeout;
     let (seq, duplicate) = match check(r, event).await {
-        Ok(()) => {
-            let ack = publish(js, event, deadline).await?;
-            match tokio::time::timeout_at(deadline, ack).await {
-                Ok(Ok(ack)) => (ack.sequence, ack.duplicate),
-                Ok(Err(e)) => return Err(publish_failed(&e)),
-                Err(_) => return Err(publish_failed(&"no acknowledgement in time")),
-            }
-        }
+        Ok(()) => acknowledged(publish(js, event, deadline).await?, deadline).await?,
         Err(Refused::Deleted(refused)) => match earlier(r, event).await? {
             Some(seq) => (seq, true),
             None => return Err(refused),
         },
         Err(Refused::Other(e)) => return Err(e),
     };
-    let ts = if duplicate {
-        original_ts(r.stream, seq).await.unwrap_or(event.ts)
-    } else {
-        event.ts
-    };
+    let ts = stored_ts(r.stream, event, seq, duplicate).await;
     Ok(Posted { seq, ts, duplicate })
 }
 

@@ -7,15 +7,14 @@
 //! send replies, so that replies go out in the order the frames came.
 
 use chat_bus::api::ApiError;
-use chat_bus::post::{Refused, check, earlier, event_of};
+use chat_bus::post::{Refused, acknowledged, check, earlier, event_of};
 use chat_bus::trace;
 use chat_proto::{ClientFrame, ServerFrame};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::send::MAX_SENDS_IN_FLIGHT;
+use super::send::ack_frame;
 use crate::session::{Session, Socket};
-use chat_bus::post::{original_ts, publish_failed};
 
 /// How a lifecycle frame went out: published (its stream acknowledgement pending), or found to
 /// be the retry of an event already made.
@@ -32,12 +31,7 @@ pub(super) async fn handle<S: Socket>(
     traceparent: Option<String>,
     frame: ClientFrame,
 ) -> Result<(), ApiError> {
-    use futures::StreamExt;
-    while session.sends.len() >= MAX_SENDS_IN_FLIGHT {
-        if let Some(reply) = session.sends.next().await {
-            session.send(&reply).await;
-        }
-    }
+    session.make_room_for_a_send().await;
     let name = frame.type_name();
     let Some(event) = event_of(frame, session.user()) else {
         return Err(ApiError::internal());
@@ -79,34 +73,14 @@ pub(super) async fn handle<S: Socket>(
     .instrument(span.clone())
     .await;
     let reply = async move {
-        let (seq, duplicate) = match outcome {
-            Ok(Outcome::Published(ack)) => match tokio::time::timeout_at(deadline, ack).await {
-                Ok(Ok(ack)) => (ack.sequence, ack.duplicate),
-                Ok(Err(e)) => {
-                    let e = publish_failed(&e);
-                    return ServerFrame::error(reference, e.code, e.message);
-                }
-                Err(_) => {
-                    let e = publish_failed(&"no acknowledgement in time");
-                    return ServerFrame::error(reference, e.code, e.message);
-                }
-            },
-            Ok(Outcome::Earlier(seq)) => (seq, true),
-            Err(e) => return ServerFrame::error(reference, e.code, e.message),
+        let stored = match outcome {
+            Ok(Outcome::Published(ack)) => acknowledged(ack, deadline).await,
+            Ok(Outcome::Earlier(seq)) => Ok((seq, true)),
+            Err(e) => Err(e),
         };
-        tracing::Span::current().record("seq", seq);
-        let ts = if duplicate {
-            original_ts(&edge.stream, seq).await.unwrap_or(event.ts)
-        } else {
-            event.ts
-        };
-        ServerFrame::Ack {
-            reference,
-            room: event.room,
-            client_id: event.client_id,
-            seq,
-            ts,
-            duplicate,
+        match stored {
+            Ok((seq, duplicate)) => ack_frame(&edge, reference, event, seq, duplicate).await,
+            Err(e) => ServerFrame::error(reference, e.code, e.message),
         }
     };
     session.sends.push_back(Box::pin(reply.instrument(span)));

@@ -8,13 +8,14 @@ use std::time::Instant;
 
 use chat_bus::api::ApiError;
 use chat_bus::event::RoomEvent;
-use chat_bus::post::{original_ts, publish_failed};
+use chat_bus::post::{acknowledged, stored_ts};
 use chat_bus::{now_ms, trace};
 use chat_proto::{RoomId, ServerFrame};
 use futures::StreamExt;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::Edge;
 use crate::session::{Session, Socket};
 
 /// Most sends of one session waiting for their acknowledgement at once (protocol.md#ws: the
@@ -38,11 +39,7 @@ impl<S: Socket> Session<S> {
         body: String,
         client_id: String,
     ) -> Result<(), ApiError> {
-        while self.sends.len() >= MAX_SENDS_IN_FLIGHT {
-            if let Some(reply) = self.sends.next().await {
-                self.send(&reply).await;
-            }
-        }
+        self.make_room_for_a_send().await;
         let span = tracing::info_span!(
             parent: None,
             "send",
@@ -59,13 +56,7 @@ impl<S: Socket> Session<S> {
             let _ = span.set_parent(trace::from_traceparent(tp));
         }
         let started = Instant::now();
-        let event = RoomEvent::message(
-            room.clone(),
-            self.user().clone(),
-            body,
-            client_id.clone(),
-            now_ms(),
-        );
+        let event = RoomEvent::message(room, self.user().clone(), body, client_id, now_ms());
         let deadline = tokio::time::Instant::now() + self.edge.config.request_timeout;
         // Published here, in the order the sends came, so the stream keeps that order.
         let published = self
@@ -75,36 +66,28 @@ impl<S: Socket> Session<S> {
         let edge = self.edge.clone();
         let reply = async move {
             let result = match published {
-                Ok(ack) => match tokio::time::timeout_at(deadline, ack).await {
-                    Ok(Ok(ack)) => Ok((ack.sequence, ack.duplicate)),
-                    Ok(Err(e)) => Err(publish_failed(&e)),
-                    Err(_) => Err(publish_failed(&"no acknowledgement in time")),
-                },
+                Ok(ack) => acknowledged(ack, deadline).await,
                 Err(e) => Err(e),
             };
             metrics::histogram!("chat_edge_send_ack_seconds")
                 .record(started.elapsed().as_secs_f64());
-            let (seq, duplicate) = match result {
-                Ok(r) => r,
-                Err(e) => return ServerFrame::error(reference, e.code, e.message),
-            };
-            tracing::Span::current().record("seq", seq);
-            let ts = if duplicate {
-                original_ts(&edge.stream, seq).await.unwrap_or(event.ts)
-            } else {
-                event.ts
-            };
-            ServerFrame::Ack {
-                reference,
-                room,
-                client_id,
-                seq,
-                ts,
-                duplicate,
+            match result {
+                Ok((seq, duplicate)) => ack_frame(&edge, reference, event, seq, duplicate).await,
+                Err(e) => ServerFrame::error(reference, e.code, e.message),
             }
         };
         self.sends.push_back(Box::pin(reply.instrument(span)));
         Ok(())
+    }
+
+    /// Waits, answering the oldest sends, until fewer than [`MAX_SENDS_IN_FLIGHT`] await their
+    /// acknowledgement.
+    pub(crate) async fn make_room_for_a_send(&mut self) {
+        while self.sends.len() >= MAX_SENDS_IN_FLIGHT {
+            if let Some(reply) = self.sends.next().await {
+                self.send(&reply).await;
+            }
+        }
     }
 
     /// Publishes through JetStream ([`chat_bus::post::publish`]); the stream's acknowledgement
@@ -116,5 +99,26 @@ impl<S: Socket> Session<S> {
         deadline: tokio::time::Instant,
     ) -> Result<async_nats::jetstream::context::PublishAckFuture, ApiError> {
         chat_bus::post::publish(&self.edge.js, event, deadline).await
+    }
+}
+
+/// The `ack` of an event the stream stored at `seq` (protocol.md#ws): a duplicate carries the
+/// original's `ts`. Recorded as the span's `seq`.
+pub(crate) async fn ack_frame(
+    edge: &Edge,
+    reference: Option<String>,
+    event: RoomEvent,
+    seq: u64,
+    duplicate: bool,
+) -> ServerFrame {
+    tracing::Span::current().record("seq", seq);
+    let ts = stored_ts(&edge.stream, &event, seq, duplicate).await;
+    ServerFrame::Ack {
+        reference,
+        room: event.room,
+        client_id: event.client_id,
+        seq,
+        ts,
+        duplicate,
     }
 }
