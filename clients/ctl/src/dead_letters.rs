@@ -25,12 +25,11 @@ use serde::Serialize;
 
 use crate::{Ctx, push_json, push_table, rfc3339};
 
-/// Why the entry is there (chat-history's `DLQ_REASON_HEADER`).
-pub const REASON_HEADER: &str = "Chat-Dlq-Reason";
-/// Its sequence in the stream it came from (chat-history's `DLQ_SEQ_HEADER`).
-pub const SEQ_HEADER: &str = "Chat-Dlq-Stream-Seq";
-/// The subject it was stored under (chat-history's `DLQ_SUBJECT_HEADER`).
-pub const SUBJECT_HEADER: &str = "Chat-Dlq-Subject";
+/// The headers chat-history writes on a dead letter: why, its seq and subject where it came from.
+pub use event::{
+    DLQ_HEADER_PREFIX, DLQ_REASON_HEADER as REASON_HEADER, DLQ_SEQ_HEADER as SEQ_HEADER,
+    DLQ_SUBJECT_HEADER as SUBJECT_HEADER,
+};
 
 /// A dead letter as `list` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -264,7 +263,7 @@ fn replay_headers(original: &HeaderMap, msg_id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, values) in original.iter() {
         let n: &str = name.as_ref();
-        if n.to_ascii_lowercase().starts_with("nats-") || n.starts_with("Chat-Dlq-") {
+        if n.to_ascii_lowercase().starts_with("nats-") || n.starts_with(DLQ_HEADER_PREFIX) {
             continue;
         }
         for v in values {

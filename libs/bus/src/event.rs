@@ -26,6 +26,15 @@ pub const LAST_SEQUENCE_HEADER: &str = "Nats-Last-Sequence";
 /// Header of a republished event: when it was stored (RFC 3339).
 pub const TIMESTAMP_HEADER: &str = "Nats-Time-Stamp";
 
+/// What every header chat-history adds to a dead-lettered entry begins with (a replay drops them).
+pub const DLQ_HEADER_PREFIX: &str = "Chat-Dlq-";
+/// Header of a dead-lettered entry: why it is there (a sanitized, short text).
+pub const DLQ_REASON_HEADER: &str = "Chat-Dlq-Reason";
+/// Header of a dead-lettered entry: its sequence in the stream it came from (`CHAT`).
+pub const DLQ_SEQ_HEADER: &str = "Chat-Dlq-Stream-Seq";
+/// Header of a dead-lettered entry: the subject it was stored under.
+pub const DLQ_SUBJECT_HEADER: &str = "Chat-Dlq-Subject";
+
 /// What kind of event a stored object is (protocol.md#nats; `edit`, `delete`, `reaction` are v1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -912,7 +921,7 @@ mod tests {
             assert!(text.bytes().all(|b| (0x20..0x7f).contains(&b)), "{text:?}");
             // The conversion that panicked in issue 15 item 2.
             let mut h = HeaderMap::new();
-            h.insert("Chat-Dlq-Reason", text.as_str());
+            h.insert(DLQ_REASON_HEADER, text.as_str());
             assert!(!reason.code().is_empty());
         }
     }

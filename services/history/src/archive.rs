@@ -31,12 +31,7 @@ struct Row {
     event: Event,
 }
 
-/// Header of a dead-lettered entry: why it is there (a sanitized, short text).
-pub const DLQ_REASON_HEADER: &str = "Chat-Dlq-Reason";
-/// Header of a dead-lettered entry: its sequence in the `CHAT` stream.
-pub const DLQ_SEQ_HEADER: &str = "Chat-Dlq-Stream-Seq";
-/// Header of a dead-lettered entry: the subject it was stored under.
-pub const DLQ_SUBJECT_HEADER: &str = "Chat-Dlq-Subject";
+pub use chat_bus::event::{DLQ_REASON_HEADER, DLQ_SEQ_HEADER, DLQ_SUBJECT_HEADER};
 
 /// How many of the writer loops are running; the service is ready only while all are.
 #[derive(Debug, Clone)]
