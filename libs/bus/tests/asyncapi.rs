@@ -18,115 +18,14 @@ use chat_proto::{
 };
 use serde_json::Value;
 
+// The NATS document has no examples: the checker's `Fits` mode is the WebSocket test's.
+#[allow(dead_code)]
+#[path = "../../proto/tests/support/schema.rs"]
+mod schema;
+use schema::{Sample, check, resolve};
+
 fn doc() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/asyncapi.json");
-    let text = std::fs::read_to_string(path).expect("read docs/asyncapi.json");
-    serde_json::from_str(&text).expect("docs/asyncapi.json is JSON")
-}
-
-/// Follows a local `$ref` (`#/a/b/c`).
-fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
-    match v.get("$ref").and_then(Value::as_str) {
-        Some(r) => {
-            let pointer = r.strip_prefix('#').expect("local $ref");
-            let target = doc
-                .pointer(pointer)
-                .unwrap_or_else(|| panic!("dangling $ref {r}"));
-            resolve(doc, target)
-        }
-        None => v,
-    }
-}
-
-/// Full: every Option is Some, so keys == properties. Minimal: every Option is None, so
-/// keys == required.
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Sample {
-    Full,
-    Minimal,
-}
-
-/// Checks `value` against `schema`; `Err` says where they differ.
-fn check(doc: &Value, schema: &Value, value: &Value, mode: Sample, at: &str) -> Result<(), String> {
-    let schema = resolve(doc, schema);
-    if let Some(alternatives) = schema.get("oneOf").and_then(Value::as_array) {
-        let fits = alternatives
-            .iter()
-            .filter(|alt| check(doc, alt, value, mode, at).is_ok())
-            .count();
-        return if fits == 1 {
-            Ok(())
-        } else {
-            Err(format!(
-                "{at}: {value} fits {fits} of the oneOf alternatives"
-            ))
-        };
-    }
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
-        && !allowed.contains(value)
-    {
-        return Err(format!("{at}: {value} is not in the enum {allowed:?}"));
-    }
-    if let Some(c) = schema.get("const")
-        && c != value
-    {
-        return Err(format!("{at}: {value} is not the const {c}"));
-    }
-    let ty = schema.get("type").and_then(Value::as_str);
-    match (ty, value) {
-        (Some("object"), Value::Object(fields)) if schema.get("properties").is_none() => {
-            // A map (`additionalProperties`): every value fits the value schema.
-            let values = &schema["additionalProperties"];
-            assert!(
-                values.is_object(),
-                "{at}: an object schema without properties"
-            );
-            if fields.is_empty() {
-                return Err(format!("{at}: give the sample map at least one entry"));
-            }
-            fields
-                .iter()
-                .try_for_each(|(k, v)| check(doc, values, v, mode, &format!("{at}.{k}")))
-        }
-        (Some("object"), Value::Object(fields)) => {
-            let props = schema["properties"].as_object().expect("properties");
-            let declared: BTreeSet<&str> = props.keys().map(String::as_str).collect();
-            let required: BTreeSet<&str> = schema["required"]
-                .as_array()
-                .map(|r| r.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let present: BTreeSet<&str> = fields.keys().map(String::as_str).collect();
-            let expected = match mode {
-                Sample::Full => &declared,
-                Sample::Minimal => &required,
-            };
-            if &present != expected {
-                return Err(format!(
-                    "{at}: serialized fields {present:?}, schema ({mode:?}) {expected:?}"
-                ));
-            }
-            if !required.is_subset(&declared) {
-                return Err(format!("{at}: required {required:?} not all declared"));
-            }
-            for (k, v) in fields {
-                check(doc, &props[k], v, mode, &format!("{at}.{k}"))?;
-            }
-            Ok(())
-        }
-        (Some("array"), Value::Array(items)) => {
-            if items.is_empty() {
-                return Err(format!("{at}: give the sample at least one item"));
-            }
-            items
-                .iter()
-                .try_for_each(|i| check(doc, &schema["items"], i, mode, &format!("{at}[]")))
-        }
-        (Some("string"), Value::String(_)) | (Some("boolean"), Value::Bool(_)) | (None, _) => {
-            Ok(())
-        }
-        (Some("integer"), Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(()),
-        (ty, v) => Err(format!("{at}: {v} is not of type {ty:?}")),
-    }
+    schema::load("asyncapi.json")
 }
 
 fn room() -> RoomId {
