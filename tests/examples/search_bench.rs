@@ -163,6 +163,19 @@ async fn main() {
     .execute(&db)
     .await
     .expect("bench user");
+    // SEARCH_INDEX_OPTS (e.g. "fastupdate = off"): storage options to try on the index before it
+    // is built, to measure a setting before a migration makes it the default.
+    if let Ok(opts) = std::env::var("SEARCH_INDEX_OPTS")
+        && !opts.trim().is_empty()
+    {
+        println!("index options tried: {opts}");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER INDEX history.messages_search SET ({opts})"
+        )))
+        .execute(&db)
+        .await
+        .expect("SEARCH_INDEX_OPTS");
+    }
     // The index as the migrations made it (storage options included), to build it back the same.
     let (index_def,): (String,) =
         sqlx::query_as("SELECT pg_get_indexdef('history.messages_search'::regclass)")
