@@ -381,6 +381,15 @@ impl Search {
         .fetch_all(&mut *tx)
         .await?;
         found.extend(older);
+        // Back to the server's settings for the rows: without index scans, each row's prev_seq
+        // (the newest earlier seq of its room) became a bitmap scan of the room's every older
+        // message (21 % of PostgreSQL's samples at 100 searches/s, docs/benchmarks.md).
+        sqlx::query(
+            "SELECT set_config(name, reset_val, true) FROM pg_settings
+             WHERE name IN ('enable_indexscan', 'enable_seqscan')",
+        )
+        .execute(&mut *tx)
+        .await?;
         fetch_rows(&mut tx, self.epoch_id, &found).await
     }
 }
