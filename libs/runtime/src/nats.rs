@@ -210,13 +210,16 @@ where
     let mut sub = client.queue_subscribe(subject, queue.to_owned()).await?;
     let tasks = tokio_util::task::TaskTracker::new();
     // Once draining, the subscription ends by itself after what the server had sent; with NATS
-    // unreachable it may not, hence the bound.
+    // unreachable it may not, hence the bound. Not closed: a request still on the wire when the
+    // drain begins can be lost, since async-nats forgets the subscription one read after it sends
+    // the UNSUB, not at the server's answer to it.
     let mut draining = false;
     loop {
         let next = if draining {
             tokio::time::timeout(FLUSH_TIMEOUT, sub.next())
                 .await
-                .unwrap_or_default()
+                .ok()
+                .flatten()
         } else {
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -243,27 +246,15 @@ where
             tracing::debug!(subject, reply = %reply, "request with a foreign reply subject dropped");
             continue;
         }
-        // A free slot first: while every slot is busy, requests wait in the subscription.
-        // Slots free within the deadline, so even a drain waits for one rather than drop `msg`.
+        // A free slot first: while every slot is busy, requests wait in the subscription. Slots
+        // free within the deadline, so even a shutdown waits for one rather than drop `msg`; the
+        // drain starts at the next turn of the loop.
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
                 metrics::counter!("chat_nats_requests_waited_total", "subject" => subject)
                     .increment(1);
-                let acquired = slots.clone().acquire_owned();
-                tokio::pin!(acquired);
-                let slot = if draining {
-                    acquired.await
-                } else {
-                    tokio::select! {
-                        slot = &mut acquired => slot,
-                        _ = shutdown.cancelled() => {
-                            draining = drain(&mut sub, subject).await;
-                            acquired.as_mut().await
-                        }
-                    }
-                };
-                match slot {
+                match slots.clone().acquire_owned().await {
                     Ok(slot) => slot,
                     Err(_) => break,
                 }
@@ -309,7 +300,7 @@ where
     }
     tasks.close();
     tasks.wait().await;
-    flush_within(&client).await;
+    // Also flushes the replies: they were written before the round trip's message.
     await_unsubscribed(&client).await;
     Ok(())
 }
@@ -331,7 +322,7 @@ async fn drain(sub: &mut async_nats::Subscriber, subject: &'static str) -> bool 
 /// unsubscriptions included (within [`FLUSH_TIMEOUT`]). A flush only hands the bytes to the
 /// socket; nats-server reads each connection in order, so a message this client publishes to a
 /// fresh inbox of its own, and gets back, was read after them.
-pub async fn await_unsubscribed(client: &async_nats::Client) {
+async fn await_unsubscribed(client: &async_nats::Client) {
     use futures::StreamExt;
 
     let round_trip = async {

@@ -282,6 +282,9 @@ async fn a_request_server_drains_what_it_was_sent_and_leaves_no_route_behind() {
     let (rounds, mut answered, mut refused, mut unanswered, mut late) = (20, 0, 0, 0, 0);
     for round in 0..rounds {
         let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+        // Published after the requests and routed to the serving connection after them: once
+        // it is read there, so are they (nats-server keeps a connection's order).
+        let mut marker = client.subscribe("test.drain.marker").await.unwrap();
         let limits = chat_runtime::nats::ServeLimits {
             concurrency: 1,
             deadline: Duration::from_secs(2),
@@ -295,14 +298,15 @@ async fn a_request_server_drains_what_it_was_sent_and_leaves_no_route_behind() {
             limits,
             stop.clone(),
             {
-                let first = first.clone();
+                let (first, stop) = (first.clone(), stop.clone());
                 move |msg| {
-                    let first = first.clone();
+                    let (first, stop) = (first.clone(), stop.clone());
                     async move {
+                        // A "go" request holds the one slot until the shutdown has begun.
                         if &msg.payload[..] == b"go" {
                             first.notify_one();
+                            stop.cancelled().await;
                         }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
                         bytes::Bytes::from_static(b"done")
                     }
                 }
@@ -314,11 +318,18 @@ async fn a_request_server_drains_what_it_was_sent_and_leaves_no_route_behind() {
             async || requester.request("test.drain", "x".into()).await,
         )
         .await;
-        // Five requests to one slot: one runs, the others wait in the subscription.
+        // Five requests to one slot: one runs, the others wait in the subscription. The shutdown
+        // begins once all five reached the server's client: requests still on the wire when a
+        // drain begins can be dropped by async-nats (see `serve_requests`).
         let asked =
             futures::future::join_all((0..5).map(|_| requester.request("test.drain", "go".into())));
         let stopper = async {
             first.notified().await;
+            requester
+                .publish("test.drain.marker", "".into())
+                .await
+                .unwrap();
+            marker.next().await.unwrap();
             stop.cancel();
             server.await.unwrap().unwrap();
             // The server has returned: a request now must find nobody, not a dead route.

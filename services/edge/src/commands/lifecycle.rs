@@ -79,7 +79,7 @@ pub(super) async fn handle<S: Socket>(
             Err(e) => Err(e),
         };
         match stored {
-            Ok((seq, duplicate)) => ack_frame(&edge, reference, event, seq, duplicate).await,
+            Ok((seq, duplicate)) => ack_frame(&edge.stream, reference, event, seq, duplicate).await,
             Err(e) => ServerFrame::error(reference, e.code, e.message),
         }
     };

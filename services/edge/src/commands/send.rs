@@ -15,7 +15,6 @@ use futures::StreamExt;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::Edge;
 use crate::session::{Session, Socket};
 
 /// Most sends of one session waiting for their acknowledgement at once (protocol.md#ws: the
@@ -72,7 +71,9 @@ impl<S: Socket> Session<S> {
             metrics::histogram!("chat_edge_send_ack_seconds")
                 .record(started.elapsed().as_secs_f64());
             match result {
-                Ok((seq, duplicate)) => ack_frame(&edge, reference, event, seq, duplicate).await,
+                Ok((seq, duplicate)) => {
+                    ack_frame(&edge.stream, reference, event, seq, duplicate).await
+                }
                 Err(e) => ServerFrame::error(reference, e.code, e.message),
             }
         };
@@ -105,14 +106,14 @@ impl<S: Socket> Session<S> {
 /// The `ack` of an event the stream stored at `seq` (protocol.md#ws): a duplicate carries the
 /// original's `ts`. Recorded as the span's `seq`.
 pub(crate) async fn ack_frame(
-    edge: &Edge,
+    stream: &async_nats::jetstream::stream::Stream,
     reference: Option<String>,
     event: RoomEvent,
     seq: u64,
     duplicate: bool,
 ) -> ServerFrame {
     tracing::Span::current().record("seq", seq);
-    let ts = stored_ts(&edge.stream, &event, seq, duplicate).await;
+    let ts = stored_ts(stream, &event, seq, duplicate).await;
     ServerFrame::Ack {
         reference,
         room: event.room,
