@@ -464,29 +464,29 @@ async fn archived_targets(
 /// its target (or two changes of one message out of order). Each transaction therefore locks
 /// the rooms it writes (in a fixed order), and recomputes the state of every message it touches
 /// from all its archived changes: the state is the same whatever order the batches commit in.
+/// A room the batch only adds messages to is locked shared: new messages of different batches
+/// never touch each other's state, so such batches commit in parallel (before, every batch
+/// spanning many rooms waited for every other one, and the writers ran one at a time,
+/// docs/benchmarks.md "Search"); a room with a change in the batch is locked exclusively, so a
+/// change and its target, or two changes, still never commit unseen by each other.
 async fn insert_rows(pool: &PgPool, epoch_id: i32, rows: &[Row]) -> Result<(), sqlx::Error> {
     let mut columns = EventColumns::with_capacity(rows.len());
-    let mut rooms: Vec<&str> = Vec::new();
+    let mut rooms: Vec<&str> = Vec::with_capacity(rows.len());
+    let mut exclusive: Vec<bool> = Vec::with_capacity(rows.len());
     let mut changed: Vec<i64> = Vec::new();
     let mut has_changes = false;
     for r in rows {
         let e = r.event.event();
         columns.push(r.seq, e);
         rooms.push(e.room.as_str());
+        exclusive.push(e.target.is_some());
         if let Some(t) = e.target {
             changed.push(t as i64);
             has_changes = true;
         }
     }
     let mut tx = pool.begin().await?;
-    rooms.sort_unstable();
-    rooms.dedup();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtext('chat-history:' || r)) FROM UNNEST($1::text[]) AS r",
-    )
-    .bind(&rooms)
-    .execute(&mut *tx)
-    .await?;
+    lock_rooms(&mut tx, &rooms, &exclusive).await?;
     let inserted = columns.insert(&mut tx, epoch_id).await?;
     // Integration webhooks of the events this transaction added (not of a redelivery).
     if !inserted.is_empty() {
@@ -514,6 +514,32 @@ async fn insert_rows(pool: &PgPool, epoch_id: i32, rows: &[Row]) -> Result<(), s
         recompute_state(&mut tx, epoch_id, &changed).await?;
     }
     tx.commit().await
+}
+
+/// Locks the rooms a batch writes for its transaction (see [`insert_rows`]): room `i`
+/// exclusively if `exclusive[i]` (the batch changes a message there), shared otherwise. One lock
+/// per key (rooms whose hashes collide share one, in its strongest mode), taken in key order, so
+/// two batches never wait for each other in a cycle; the keys are those of the membership
+/// trigger (migration 0006), which locks exclusively. PostgreSQL computes output expressions
+/// after the sort when ORDER BY does not refer to them (SELECT reference, "The SELECT List"), so
+/// the locks are taken in that order.
+pub async fn lock_rooms(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    rooms: &[&str],
+    exclusive: &[bool],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT CASE WHEN x THEN pg_advisory_xact_lock(k)::text
+                     ELSE pg_advisory_xact_lock_shared(k)::text END
+         FROM (SELECT hashtext('chat-history:' || u.r) AS k, bool_or(u.x) AS x
+               FROM UNNEST($1::text[], $2::bool[]) AS u(r, x) GROUP BY 1) l
+         ORDER BY k",
+    )
+    .bind(rooms)
+    .bind(exclusive)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Recomputes the stored state of messages `targets` from every archived change of each.

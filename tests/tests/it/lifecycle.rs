@@ -914,3 +914,80 @@ async fn reactions_on_a_message_are_bounded() {
         "the refused addition is no change: {state}"
     );
 }
+
+/// What a transaction of `lock_rooms` gets within `wait`: Ok, or the code of its error.
+async fn try_lock(
+    pool: &sqlx::PgPool,
+    rooms: &[&str],
+    exclusive: &[bool],
+    wait: &str,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    Result<(), String>,
+) {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(wait)
+        .execute(&mut *tx)
+        .await
+        .expect("lock_timeout");
+    let got = chat_history::archive::lock_rooms(&mut tx, rooms, exclusive)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(db) => db.code().unwrap_or_default().into_owned(),
+            other => other.to_string(),
+        });
+    (tx, got)
+}
+
+/// The archive writers' room locks: batches that only add messages commit in parallel (they
+/// were serialized, every batch of many rooms waiting for every other one), while a batch with a
+/// change waits for any batch writing its room, and is waited for, so a change and its target
+/// still never commit unseen by each other. A wait that is refused ends at `lock_timeout`
+/// (55P03) instead of hanging the test; one that must be granted has 10 s.
+#[tokio::test]
+async fn archive_batches_of_messages_share_rooms_and_changes_take_them_alone() {
+    let pool = sqlx::PgPool::connect(&chat_testkit::fresh_database().await)
+        .await
+        .expect("connect");
+    let (a, got) = try_lock(&pool, &["r1", "r2"], &[false, false], "10s").await;
+    assert_eq!(got, Ok(()));
+    let (b, got) = try_lock(&pool, &["r3", "r2", "r2"], &[false, false, false], "10s").await;
+    assert_eq!(
+        got,
+        Ok(()),
+        "two batches of new messages in one room commit in parallel"
+    );
+    let (_, got) = try_lock(&pool, &["r2"], &[true], "100ms").await;
+    assert_eq!(
+        got,
+        Err("55P03".to_owned()),
+        "a change waits for messages of its room"
+    );
+    // A room with both a message and a change in the batch is taken alone.
+    let (_, got) = try_lock(&pool, &["r9", "r3", "r3"], &[false, false, true], "100ms").await;
+    assert_eq!(
+        got,
+        Err("55P03".to_owned()),
+        "a change waits for messages of its room"
+    );
+    let (_, got) = try_lock(&pool, &["r4"], &[true], "10s").await;
+    assert_eq!(got, Ok(()), "rooms no one writes are not held up");
+    a.commit().await.expect("commit");
+    b.commit().await.expect("commit");
+    let (change, got) = try_lock(&pool, &["r2", "r5"], &[true, false], "10s").await;
+    assert_eq!(got, Ok(()), "granted once the message batches committed");
+    let (_, got) = try_lock(&pool, &["r2"], &[false], "100ms").await;
+    assert_eq!(
+        got,
+        Err("55P03".to_owned()),
+        "messages wait for a change of their room"
+    );
+    let (_, got) = try_lock(&pool, &["r5"], &[false], "10s").await;
+    assert_eq!(
+        got,
+        Ok(()),
+        "a room the change batch only adds messages to stays shared"
+    );
+    change.rollback().await.expect("rollback");
+}
