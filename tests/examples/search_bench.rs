@@ -233,16 +233,27 @@ async fn main() {
         indexed.as_secs_f64()
     );
 
+    // SEARCH_BENCH_HOLD=1: wait for a line on stdin with the archive loaded, to look at a
+    // query's plan by hand (`EXPLAIN ANALYZE`) on the same data.
+    if std::env::var_os("SEARCH_BENCH_HOLD").is_some() {
+        println!(
+            "holding with the archive loaded: psql {} (schema history); Enter goes on",
+            stack.db_url
+        );
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+
     // 2. Search at a fixed rate.
     let nats = stack.nats.client().await;
     let user = UserId::new("bench").expect("user id");
     let step = (rooms / user_rooms.max(1)).max(1);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let total = rate * seconds;
-    // (class, latency, results) of each answered search.
-    let answers = Arc::new(Mutex::new(Vec::<(usize, Duration, usize)>::with_capacity(
-        total,
-    )));
+    // (class, latency, results, query) of each answered search.
+    let answers = Arc::new(Mutex::new(
+        Vec::<(usize, Duration, usize, String)>::with_capacity(total),
+    ));
     let errors = Arc::new(Mutex::new(0usize));
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -282,7 +293,10 @@ async fn main() {
             .await;
             let took = planned.elapsed();
             match reply {
-                Ok(r) => answers.lock().await.push((class, took, r.results.len())),
+                Ok(r) => answers
+                    .lock()
+                    .await
+                    .push((class, took, r.results.len(), req.query)),
                 Err(e) => {
                     eprintln!("search {:?}: {e}", req.query);
                     *errors.lock().await += 1;
@@ -298,7 +312,7 @@ async fn main() {
     let mut table = vec![format!(
         "| query class | share | searches | results (mean) | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|"
     )];
-    let mut row = |name: &str, share: String, of: Vec<&(usize, Duration, usize)>| {
+    let mut row = |name: &str, share: String, of: Vec<&(usize, Duration, usize, String)>| {
         let mut lat: Vec<Duration> = of.iter().map(|a| a.1).collect();
         lat.sort_unstable();
         let results = of.iter().map(|a| a.2).sum::<usize>() as f64 / of.len().max(1) as f64;
@@ -326,6 +340,19 @@ async fn main() {
         ms(p50),
         ms(p99),
     );
+
+    // The slowest searches, to look at by hand (SEARCH_BENCH_HOLD).
+    let mut slowest: Vec<&(usize, Duration, usize, String)> = answers.iter().collect();
+    slowest.sort_by_key(|a| std::cmp::Reverse(a.1));
+    for a in slowest.iter().take(10) {
+        println!(
+            "  slow: {:.2} ms, {} results, {}: {:?}",
+            ms(a.1),
+            a.2,
+            CLASSES[a.0].0,
+            a.3
+        );
+    }
 
     // 3. Archive rows/s with the index, then without.
     let with = archive_rate(&mut stack, &db, "with", archive_events, rooms).await;

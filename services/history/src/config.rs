@@ -42,6 +42,11 @@ pub struct HistoryConfig {
     /// before it asks the text index (crate::search; tests make it small to reach the index with
     /// a few messages).
     pub search_window: i64,
+    /// `HISTORY_SEARCH_ROOM_TERMS_FACTOR` (10): the text index is asked for the terms in the
+    /// user's rooms unless the terms alone are estimated to match fewer than 1 / this of those
+    /// rooms' messages, which are then checked on each match instead (crate::search; 0: always
+    /// checked so, as tests do to reach that way).
+    pub search_room_terms_factor: u32,
     /// `CHAT_INTEGRATION_BOTS` (`credential=bot,bot;…`): the bot identities each integration
     /// account may post as (crate::intake; docs/deploy.md *Integrations and scopes*).
     pub integration_bots: crate::intake::IntegrationBots,
@@ -71,6 +76,10 @@ impl HistoryConfig {
             search_window: env
                 .parse("HISTORY_SEARCH_WINDOW", crate::search::DEFAULT_WINDOW)?
                 .clamp(1, 100_000),
+            search_room_terms_factor: env.parse(
+                "HISTORY_SEARCH_ROOM_TERMS_FACTOR",
+                crate::search::DEFAULT_ROOM_TERMS_FACTOR,
+            )?,
             integration_bots: crate::intake::IntegrationBots::parse(
                 env.get("CHAT_INTEGRATION_BOTS").unwrap_or(""),
             )

@@ -91,7 +91,8 @@ impl App {
         }
         let search = search::Search::new(&config.database_url, SCHEMA, epoch_id)
             .context("DATABASE_URL")?
-            .with_window(config.search_window);
+            .with_window(config.search_window)
+            .with_room_terms_factor(config.search_room_terms_factor);
         tracing::info!(epoch, "chat-history started");
         Ok(App {
             config,

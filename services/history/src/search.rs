@@ -141,6 +141,7 @@ pub struct Search {
     pool: PgPool,
     epoch_id: i32,
     window: i64,
+    room_terms_factor: f64,
 }
 
 /// room, seq, sender, body as sent, client_id, ts, prev_seq, reply_to, thread.
@@ -175,6 +176,7 @@ impl Search {
             pool,
             epoch_id,
             window: DEFAULT_WINDOW,
+            room_terms_factor: f64::from(DEFAULT_ROOM_TERMS_FACTOR),
         })
     }
 
@@ -183,6 +185,16 @@ impl Search {
     pub fn with_window(self, window: i64) -> Search {
         Search {
             window: window.max(1),
+            ..self
+        }
+    }
+
+    /// Writes the searched rooms into the text index's query unless the terms alone are
+    /// estimated to match fewer than 1 / `factor` of those rooms' rows (see
+    /// [`DEFAULT_ROOM_TERMS_FACTOR`]); 0: never (tests reach the other way so).
+    pub fn with_room_terms_factor(self, factor: u32) -> Search {
+        Search {
+            room_terms_factor: f64::from(factor),
             ..self
         }
     }
@@ -353,23 +365,35 @@ impl Search {
             }
         }
         let rest = (n - found.len()) as i64;
-        let indexed = match &rooms {
-            Some(rooms) if rooms.len() <= MAX_ROOM_TERMS => {
-                format!("({tsquery}) & ({})", room_terms(rooms))
+        // The rooms in the index's query, or checked on each row it finds: whichever reads
+        // less (see [`DEFAULT_ROOM_TERMS_FACTOR`]). The rooms' rows are estimated from the
+        // density the spans saw (none seen: few).
+        let room_terms_pay = match &rooms {
+            Some(r) if r.len() <= MAX_ROOM_TERMS && self.room_terms_factor > 0.0 => {
+                let room_rows = plan.rows_per_seq().unwrap_or(0.0) * (last - first + 1) as f64;
+                estimated_matches(&mut tx, tsquery).await? * self.room_terms_factor > room_rows
             }
-            _ => tsquery.to_owned(),
+            _ => false,
         };
-        let heap_rooms = rooms.filter(|r| r.len() > MAX_ROOM_TERMS);
+        let (indexed, heap_rooms) = match rooms {
+            Some(rooms) if room_terms_pay => {
+                (format!("({tsquery}) & ({})", room_terms(&rooms)), None)
+            }
+            rooms => (tsquery.to_owned(), rooms),
+        };
         sqlx::query(
             "SELECT set_config('enable_indexscan', 'off', true),
                     set_config('enable_seqscan', 'off', true)",
         )
         .execute(&mut *tx)
         .await?;
+        // `IS TRUE` keeps the rooms a filter on the rows the text index finds: as an index
+        // condition the planner would AND the bitmap of every message of those rooms with it,
+        // the very cost that leaving the rooms out of the text query avoids.
         let older: Vec<i64> = sqlx::query_scalar(
             "SELECT seq FROM messages
              WHERE epoch_id = $1 AND search @@ $2::tsquery AND NOT deleted AND kind = 'message'
-               AND seq < $3 AND ($4::text[] IS NULL OR room = ANY($4))
+               AND seq < $3 AND ($4::text[] IS NULL OR (room = ANY($4)) IS TRUE)
              ORDER BY seq DESC
              LIMIT $5",
         )
@@ -445,6 +469,11 @@ impl Spans {
         self.last = seqs;
     }
 
+    /// Rows of the searched rooms per seq of the epoch in what was read, if any was.
+    fn rows_per_seq(&self) -> Option<f64> {
+        (self.rows > 0 && self.seqs > 0).then(|| self.rows as f64 / self.seqs as f64)
+    }
+
     /// The next span in seqs for `missing` more matches, or None: ask the index.
     fn next_span(&self, missing: usize) -> Option<i64> {
         if self.spans == 0 {
@@ -475,6 +504,43 @@ impl Spans {
         // Rows to seqs at the rate seen (rows per seq ≤ 1 when seqs are dense).
         Some((rows.saturating_mul(self.seqs) / self.rows).max(1))
     }
+}
+
+/// The rooms go into the index's query as lexemes unless the terms alone are estimated to match
+/// fewer than 1 / this of the rows of those rooms (`HISTORY_SEARCH_ROOM_TERMS_FACTOR`). With the rooms, the index reads
+/// the posting lists of all of them whenever the rarest term is more common than one room (the
+/// rooms are then the smallest entries, and GIN's scan is driven by them): ~0.45 µs per row of
+/// the rooms, 20-25 ms for 50 rooms of 1,000 messages whatever the words. Without, it reads the
+/// rarest term's list and every row the terms match anywhere is checked for its room: ~5 µs a
+/// row (EXPLAIN ANALYZE on the benchmark's archive, docs/benchmarks.md "Search": `w62 w4`, 1,738
+/// rows matched, 10 ms without the rooms against 22 ms with them; `w3 -w1`, 119,708, 127 ms
+/// without against 22 ms with).
+pub const DEFAULT_ROOM_TERMS_FACTOR: u32 = 10;
+
+/// PostgreSQL's estimate of the rows `tsquery` matches in the whole archive (its planner's, from
+/// the column's lexeme statistics): one planning, no execution. The top plan node's `rows=` of
+/// EXPLAIN's text; unknown (the plan's text not as expected) counts as too many to leave the
+/// rooms out.
+async fn estimated_matches(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tsquery: &str,
+) -> Result<f64, sqlx::Error> {
+    let plan: Vec<String> =
+        sqlx::query_scalar("EXPLAIN SELECT 1 FROM messages WHERE search @@ $1::tsquery")
+            .bind(tsquery)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(plan.first().and_then(|l| plan_rows(l)).unwrap_or(f64::MAX))
+}
+
+/// The `rows=N` estimate of one line of EXPLAIN's text output.
+fn plan_rows(line: &str) -> Option<f64> {
+    let (_, after) = line.split_once(" rows=")?;
+    after
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Most rooms written into the indexed query as lexemes; a user in more rooms is searched with
@@ -735,6 +801,18 @@ mod tests {
         assert_eq!(tsquery_text(&s(&["", "'x'"]), &s(&[""])).unwrap(), "('x')");
         let e = tsquery_text(&s(&[""]), &s(&["'d'"])).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn plan_rows_reads_the_estimate_of_explains_text() {
+        let line = "Bitmap Heap Scan on messages  (cost=40.62..5334.56 rows=1628 width=16)";
+        assert_eq!(plan_rows(line), Some(1628.0));
+        assert_eq!(
+            plan_rows("Seq Scan on messages  (cost=0.00..1.01 rows=1 width=4)"),
+            Some(1.0)
+        );
+        assert_eq!(plan_rows("Result  (cost=0.00..0.01 width=4)"), None);
+        assert_eq!(plan_rows("  rows=x"), None);
     }
 
     #[test]

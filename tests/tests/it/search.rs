@@ -106,6 +106,14 @@ async fn words_phrases_exclusions_and_the_room_filter_through_the_index() {
     query_language(Stack::start_with(INDEX_PATH).await).await;
 }
 
+/// The index asked for the terms alone, the rooms checked on each row it finds (the way taken
+/// when the terms are much rarer than the user's rooms' messages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn words_phrases_exclusions_and_the_room_filter_through_the_index_without_room_terms() {
+    let env = [INDEX_PATH, &[("HISTORY_SEARCH_ROOM_TERMS_FACTOR", "0")]].concat();
+    query_language(Stack::start_with(&env).await).await;
+}
+
 async fn query_language(stack: Stack) {
     let (mut alice, mut bob) = corpus(&stack).await;
 
