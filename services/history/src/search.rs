@@ -328,7 +328,38 @@ impl Search {
         // Below `hi` nothing has been read yet.
         let mut hi = before.min(last.saturating_add(1));
         let mut plan = Spans::new(self.window);
-        while let Some(span) = plan.next_span(n - found.len()) {
+        // The rooms' rows, estimated from the density the spans see (none seen: few), if the
+        // index can be asked for them as lexemes; PostgreSQL's estimate of the terms' matches,
+        // asked once, when the index is near.
+        let room_rows = |plan: &Spans| {
+            rooms
+                .as_ref()
+                .filter(|r| r.len() <= MAX_ROOM_TERMS && self.room_terms_factor > 0.0)
+                .map(|_| plan.rows_per_seq().unwrap_or(0.0) * (last - first + 1) as f64)
+        };
+        let mut matches: Option<f64> = None;
+        loop {
+            let span = match plan.next_span(n - found.len()) {
+                Some(span) => span,
+                None => {
+                    // Past the budget, reading on still pays if it fills the page for less
+                    // than the index would cost (once: the density seen is then confirmed).
+                    let Some(need) = plan
+                        .rows_to_fill(n - found.len())
+                        .filter(|_| !plan.extended)
+                    else {
+                        break;
+                    };
+                    let m = estimated_matches(&mut tx, tsquery).await?;
+                    matches = Some(m);
+                    let (_, cost) = index_plan(m, room_rows(&plan), self.room_terms_factor);
+                    if (need as f64) < cost {
+                        plan.extend(need);
+                        continue;
+                    }
+                    break;
+                }
+            };
             if hi <= first {
                 return fetch_rows(&mut tx, self.epoch_id, &found).await;
             }
@@ -366,14 +397,16 @@ impl Search {
         }
         let rest = (n - found.len()) as i64;
         // The rooms in the index's query, or checked on each row it finds: whichever reads
-        // less (see [`DEFAULT_ROOM_TERMS_FACTOR`]). The rooms' rows are estimated from the
-        // density the spans saw (none seen: few).
-        let room_terms_pay = match &rooms {
-            Some(r) if r.len() <= MAX_ROOM_TERMS && self.room_terms_factor > 0.0 => {
-                let room_rows = plan.rows_per_seq().unwrap_or(0.0) * (last - first + 1) as f64;
-                estimated_matches(&mut tx, tsquery).await? * self.room_terms_factor > room_rows
+        // less (see [`index_plan`]).
+        let room_terms_pay = match room_rows(&plan) {
+            Some(room_rows) => {
+                let m = match matches {
+                    Some(m) => m,
+                    None => estimated_matches(&mut tx, tsquery).await?,
+                };
+                index_plan(m, Some(room_rows), self.room_terms_factor).0
             }
-            _ => false,
+            None => false,
         };
         let (indexed, heap_rooms) = match rooms {
             Some(rooms) if room_terms_pay => {
@@ -445,6 +478,9 @@ struct Spans {
     hits: i64,
     /// The last span's length in seqs.
     last: i64,
+    /// Whether the budget was extended ([`Spans::extend`]), and the spans allowed.
+    extended: bool,
+    max_spans: usize,
 }
 
 impl Spans {
@@ -456,7 +492,22 @@ impl Spans {
             rows: 0,
             hits: 0,
             last: 0,
+            extended: false,
+            max_spans: MAX_SPANS,
         }
+    }
+
+    /// Rows the rest of the page (`missing` matches) takes at the density seen, and half again;
+    /// None before any match.
+    fn rows_to_fill(&self, missing: usize) -> Option<i64> {
+        (self.hits > 0).then(|| (missing as i64).saturating_mul(self.rows) / self.hits * 3 / 2)
+    }
+
+    /// Allows `rows` more rows, and two more spans to read them in.
+    fn extend(&mut self, rows: i64) {
+        self.budget = self.budget.max(0) + rows.max(1);
+        self.max_spans = self.spans + 2;
+        self.extended = true;
     }
 
     /// Records a span read: its length in seqs, the rows it held and the matches among them.
@@ -480,7 +531,7 @@ impl Spans {
             // A quarter of the budget at most: room for spans sized by what this one sees.
             return Some((self.budget / 4).clamp(1, FIRST_SPAN));
         }
-        if self.budget <= 0 || self.spans >= MAX_SPANS {
+        if self.budget <= 0 || self.spans >= self.max_spans {
             return None;
         }
         if self.rows == 0 {
@@ -493,12 +544,10 @@ impl Spans {
             }
             PROBE_ROWS - self.rows
         } else {
-            // The rows the rest of the page takes at the density seen, and half again.
-            let need = (missing as i64).saturating_mul(self.rows) / self.hits * 3 / 2;
-            if need > self.budget {
-                return None;
+            match self.rows_to_fill(missing) {
+                Some(need) if need <= self.budget => need,
+                _ => return None,
             }
-            need
         };
         let rows = rows.clamp(1, self.budget);
         // Rows to seqs at the rate seen (rows per seq ≤ 1 when seqs are dense).
@@ -507,15 +556,30 @@ impl Spans {
 }
 
 /// The rooms go into the index's query as lexemes unless the terms alone are estimated to match
-/// fewer than 1 / this of the rows of those rooms (`HISTORY_SEARCH_ROOM_TERMS_FACTOR`). With the rooms, the index reads
-/// the posting lists of all of them whenever the rarest term is more common than one room (the
-/// rooms are then the smallest entries, and GIN's scan is driven by them): ~0.45 µs per row of
-/// the rooms, 20-25 ms for 50 rooms of 1,000 messages whatever the words. Without, it reads the
-/// rarest term's list and every row the terms match anywhere is checked for its room: ~5 µs a
-/// row (EXPLAIN ANALYZE on the benchmark's archive, docs/benchmarks.md "Search": `w62 w4`, 1,738
-/// rows matched, 10 ms without the rooms against 22 ms with them; `w3 -w1`, 119,708, 127 ms
-/// without against 22 ms with).
+/// fewer than 1 / this of the rows of those rooms (`HISTORY_SEARCH_ROOM_TERMS_FACTOR`): about
+/// [`MATCH_ROW_COST`] / [`ROOM_ROW_COST`], what the two ways cost per row (see [`index_plan`]).
 pub const DEFAULT_ROOM_TERMS_FACTOR: u32 = 10;
+
+/// What the index costs per row of the searched rooms, when they are in its query and the
+/// rarest term is more common than one room (GIN's scan is then driven by the rooms' posting
+/// lists), relative to a row read in a span (~1 µs): 20-25 ms for 50 rooms of 1,000 messages
+/// whatever the words (EXPLAIN ANALYZE on the benchmark's archive, docs/benchmarks.md "Search").
+const ROOM_ROW_COST: f64 = 0.45;
+
+/// What the index costs per row the terms match anywhere, when the rooms are checked on each
+/// row, relative to a row read in a span: `w62 w4`, 1,738 rows, 10 ms (22 ms with the rooms);
+/// `w3 -w1`, 119,708 rows, 127 ms (22 ms with them).
+const MATCH_ROW_COST: f64 = 5.0;
+
+/// How to ask the index for the terms' `matches` (PostgreSQL's estimate) when the searched rooms
+/// hold `room_rows` rows (None: the rooms cannot be lexemes of the query): with the rooms as
+/// lexemes or not, and what it is expected to cost in rows read in a span.
+fn index_plan(matches: f64, room_rows: Option<f64>, factor: f64) -> (bool, f64) {
+    match room_rows {
+        Some(rows) if matches * factor > rows => (true, rows * ROOM_ROW_COST),
+        _ => (false, matches * MATCH_ROW_COST),
+    }
+}
 
 /// PostgreSQL's estimate of the rows `tsquery` matches in the whole archive (its planner's, from
 /// the column's lexeme statistics): one planning, no execution. The top plan node's `rows=` of
@@ -918,6 +982,47 @@ mod tests {
         let mut plan = Spans::new(8000);
         plan.saw(20_480, 1000, 1);
         assert_eq!(plan.next_span(20), None);
+    }
+
+    #[test]
+    fn an_extended_budget_reads_on_in_at_most_two_more_spans() {
+        let mut plan = Spans::new(8000);
+        plan.saw(20_480, 8000, 16);
+        // 5 more at 500 rows a match, and half again: 3,750 rows, over the budget.
+        assert_eq!(plan.next_span(5), None);
+        assert_eq!(plan.rows_to_fill(5), Some(3750));
+        plan.extend(3750);
+        assert_eq!(plan.next_span(5), Some(3750 * 20_480 / 8000));
+        // Fewer rows than expected in the first (1,000), one more match: the 2 still missing
+        // take 1,588 rows, within the 2,750 left.
+        plan.saw(2560, 1000, 1);
+        assert!(plan.next_span(2).is_some(), "the second of two more spans");
+        plan.saw(100, 10, 0);
+        assert_eq!(plan.next_span(2), None, "two spans past the extension");
+        assert_eq!(
+            Spans::new(10).rows_to_fill(5),
+            None,
+            "no match seen: no estimate"
+        );
+    }
+
+    #[test]
+    fn the_index_is_asked_for_the_rooms_when_the_terms_are_not_much_rarer() {
+        let f = f64::from(DEFAULT_ROOM_TERMS_FACTOR);
+        // 50 rooms of 1,000 messages: words matching 1,738 rows anywhere go without the rooms.
+        assert_eq!(
+            index_plan(1738.0, Some(50_000.0), f),
+            (false, 1738.0 * MATCH_ROW_COST)
+        );
+        assert_eq!(
+            index_plan(119_070.0, Some(50_000.0), f),
+            (true, 50_000.0 * ROOM_ROW_COST)
+        );
+        // The rooms cannot be lexemes (too many, a trusted search, or factor 0).
+        assert!(!index_plan(119_070.0, None, f).0);
+        assert!(!index_plan(119_070.0, Some(50_000.0), 0.0).0);
+        // No row of the rooms seen: few rows, the rooms go in.
+        assert!(index_plan(1.0, Some(0.0), f).0);
     }
 
     #[test]
