@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use chat_bus::subjects;
 use chat_runtime::Env;
 use chat_testkit::{NatsServer, fresh_database, token};
 use serde_json::Value;
@@ -118,11 +119,44 @@ impl Stack {
         self.add_history_with(&[]).await
     }
 
-    /// A chat-history with extra variables (e.g. `HISTORY_ARCHIVE=false`).
+    /// A chat-history with extra variables (e.g. `HISTORY_ARCHIVE=false`), returned once its
+    /// requests are served.
     pub async fn add_history_with(&mut self, extra: &[(&str, &str)]) -> usize {
         let running = start::<chat_history::App>(&with(self.service_env(), extra)).await;
         self.histories.push(running);
+        self.wait_served(&[
+            subjects::ROOMS,
+            subjects::API_HISTORY,
+            subjects::API_SEARCH,
+            subjects::HISTORY_MESSAGE,
+        ])
+        .await;
         self.histories.len() - 1
+    }
+
+    /// Waits until each of the subjects `names` has a subscriber: a request is answered (an empty body
+    /// gets a `bad_request` error) instead of NATS's "no responders". A service subscribes in
+    /// its `run`, after [`start`] returns; a test that replaced the only chat-history and logged
+    /// in at once raced it (`hello` then closed with 1013, no room list to send).
+    async fn wait_served(&self, names: &[&'static str]) {
+        let client = self.nats.client().await;
+        for &subject in names {
+            eventually(
+                &format!("a subscriber of {subject}"),
+                std::time::Duration::from_secs(10),
+                || {
+                    let client = client.clone();
+                    async move {
+                        client
+                            .request(subject, bytes::Bytes::new())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                },
+            )
+            .await;
+        }
     }
 
     pub async fn add_presence(&mut self) -> usize {
