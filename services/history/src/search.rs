@@ -585,7 +585,7 @@ fn index_plan(matches: f64, room_rows: Option<f64>, factor: f64) -> (bool, f64) 
 /// the column's lexeme statistics): one planning, no execution. The top plan node's `rows=` of
 /// EXPLAIN's text; unknown (the plan's text not as expected) counts as too many to leave the
 /// rooms out.
-async fn estimated_matches(
+pub async fn estimated_matches(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     tsquery: &str,
 ) -> Result<f64, sqlx::Error> {

@@ -583,3 +583,47 @@ async fn an_edit_reindexes_and_a_delete_removes_from_results() {
             .is_empty()
     );
 }
+
+/// The planner's estimate that a search asks for before the index follows each query's own terms
+/// (the bound tsquery is planned with its value, not as a generic parameter): it decides whether
+/// the rooms go into the index's query (docs/protocol.md *Search*).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_estimate_before_the_index_follows_the_terms() {
+    let stack = Stack::start().await;
+    let db = stack.db().await;
+    sqlx::query(
+        "INSERT INTO history.rooms (id, kind, created_by, created_at) VALUES ('est', 'public', 'm', 0)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    // 5,000 messages hold `common`, 50 of them `rare` too.
+    sqlx::query(
+        "INSERT INTO history.messages (epoch_id, seq, room, sender, body, client_id, ts)
+         SELECT (SELECT max(id) FROM history.epochs), 1000000 + g, 'est', 'm',
+                CASE WHEN g % 100 = 0 THEN 'rare common' ELSE 'common' END, 'c' || g, 0
+         FROM generate_series(1, 5000) g",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE history.messages")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("SET LOCAL search_path = history")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let common = chat_history::search::estimated_matches(&mut tx, "'common'")
+        .await
+        .unwrap();
+    let rare = chat_history::search::estimated_matches(&mut tx, "'rare'")
+        .await
+        .unwrap();
+    assert!(
+        (4000.0..=6000.0).contains(&common) && rare <= 500.0,
+        "estimates: common {common}, rare {rare}"
+    );
+}
