@@ -120,7 +120,7 @@ impl Stack {
     }
 
     /// A chat-history with extra variables (e.g. `HISTORY_ARCHIVE=false`), returned once its
-    /// requests are served.
+    /// requests are served (as are presence's and notify's by `add_presence`, `add_notify`).
     pub async fn add_history_with(&mut self, extra: &[(&str, &str)]) -> usize {
         let running = start::<chat_history::App>(&with(self.service_env(), extra)).await;
         self.histories.push(running);
@@ -162,12 +162,15 @@ impl Stack {
     pub async fn add_presence(&mut self) -> usize {
         let running = start::<chat_presence::App>(&self.service_env()).await;
         self.presences.push(running);
+        self.wait_served(&[subjects::API_PRESENCE]).await;
         self.presences.len() - 1
     }
 
     pub async fn add_notify(&mut self) -> usize {
         let running = start::<chat_notify::App>(&self.service_env()).await;
         self.notifies.push(running);
+        self.wait_served(&[subjects::NOTIFY_STATE, subjects::NOTIFY_READ])
+            .await;
         self.notifies.len() - 1
     }
 
