@@ -281,10 +281,12 @@ impl Search {
     ///    are read this way, and none past the point where the matches seen say the rest of the
     ///    page lies further back than that;
     /// 2. below the spans, the GIN index alone: the terms ∧ (one of the user's rooms), the
-    ///    rooms being lexemes of the indexed text (migration 0007). Its cost follows the rarer of
-    ///    the terms and the rooms, never the size of the archive; the planner is kept from
-    ///    walking the primary key instead (a walk that a misjudged query, like a word minus
-    ///    itself, took to the statement timeout).
+    ///    rooms being lexemes of the indexed text (migration 0007), or the terms alone and each
+    ///    match's room checked when PostgreSQL estimates them much rarer than the rooms' rows
+    ///    ([`index_plan`]; the spans read on instead when that is cheaper still). Its cost
+    ///    follows the rarer of the terms and the rooms, never the size of the archive; the
+    ///    planner is kept from walking the primary key instead (a walk that a misjudged query,
+    ///    like a word minus itself, took to the statement timeout).
     async fn matching(
         &self,
         tsquery: &str,
