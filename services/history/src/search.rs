@@ -336,7 +336,7 @@ impl Search {
         let room_rows = |plan: &Spans| {
             rooms
                 .as_ref()
-                .filter(|r| r.len() <= MAX_ROOM_TERMS && self.room_terms_factor > 0.0)
+                .filter(|r| r.len() <= MAX_ROOM_TERMS)
                 .map(|_| plan.rows_per_seq().unwrap_or(0.0) * (last - first + 1) as f64)
         };
         let mut matches: Option<f64> = None;
