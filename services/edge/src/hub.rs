@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::session::writer::Outbound;
+pub use crate::session::writer::{Outbound, RoomEvent, RoomFrame};
 
 /// A session as the hub sees it.
 #[derive(Debug, Clone)]
@@ -145,21 +145,12 @@ impl Sessions {
     }
 }
 
-/// Hands one ready frame to every session of `targets`; returns how many took it. No
-/// allocation per recipient: the room and the bytes are shared by reference count.
-pub fn deliver_event(
-    targets: &[SessionHandle],
-    room: &Arc<RoomId>,
-    seq: u64,
-    text: &Utf8Bytes,
-) -> u64 {
+/// Hands one ready event to every session of `targets`; returns how many took it. No
+/// allocation per recipient: the event is shared by reference count.
+pub fn deliver_event(targets: &[SessionHandle], event: &Arc<RoomEvent>) -> u64 {
     let mut delivered = 0;
     for s in targets {
-        if s.push(Outbound::Event {
-            room: room.clone(),
-            seq,
-            text: text.clone(),
-        }) {
+        if s.push(Outbound::Event(event.clone())) {
             delivered += 1;
         }
     }
@@ -553,10 +544,14 @@ fn fan_out(
     );
     chat_bus::trace::continue_from(&span, headers);
     let _entered = span.enter();
-    let text = Utf8Bytes::from(message.into_server_frame().to_json());
+    let event = Arc::new(RoomEvent {
+        room: room.clone(),
+        seq,
+        text: Utf8Bytes::from(message.into_server_frame().to_json()),
+    });
     let targets = sessions.snapshot();
     span.record("sessions", targets.len());
-    deliveries.increment(deliver_event(&targets, room, seq, &text));
+    deliveries.increment(deliver_event(&targets, &event));
 }
 
 /// Hands a ready frame about `room` to every session of `targets` (but `except`'s).
@@ -566,12 +561,13 @@ fn fan_out_frame(
     text: Utf8Bytes,
     except: Option<&UserId>,
 ) {
+    let frame = Arc::new(RoomFrame {
+        room: room.clone(),
+        text,
+    });
     for s in targets {
         if except != Some(&s.user) {
-            s.push(Outbound::RoomFrame {
-                room: room.clone(),
-                text: text.clone(),
-            });
+            s.push(Outbound::RoomFrame(frame.clone()));
         }
     }
 }
@@ -633,22 +629,23 @@ async fn users_feed(
         let item = match subjects::user_subject_kind(&msg.subject) {
             Some("notify") => serde_json::from_slice::<UserNotification>(&msg.payload)
                 .ok()
-                .map(|n| Outbound::RoomFrame {
-                    room: Arc::new(n.notification.room.clone()),
-                    text: ServerFrame::Notification(n.notification).to_json().into(),
+                .map(|n| {
+                    Outbound::room_frame(
+                        Arc::new(n.notification.room.clone()),
+                        ServerFrame::Notification(n.notification).to_json().into(),
+                    )
                 }),
             Some("unread") => serde_json::from_slice::<UnreadUpdate>(&msg.payload)
                 .ok()
-                .map(|u| Outbound::RoomFrame {
-                    room: Arc::new(u.room.clone()),
-                    text: ServerFrame::Unread {
+                .map(|u| {
+                    let room = Arc::new(u.room.clone());
+                    let text = ServerFrame::Unread {
                         room: u.room,
                         count: u.count,
                         last_read: u.last_read,
                         as_of: u.as_of,
-                    }
-                    .to_json()
-                    .into(),
+                    };
+                    Outbound::room_frame(room, text.to_json().into())
                 }),
             Some("membership") => serde_json::from_slice::<MembershipChange>(&msg.payload)
                 .ok()
@@ -733,10 +730,7 @@ mod tests {
     fn a_full_queue_marks_its_session_to_close_and_a_closed_one_is_skipped() {
         let (session, rx) = handle(1, 1);
         let room = Arc::new(RoomId::new("r").unwrap());
-        let frame = || Outbound::RoomFrame {
-            room: room.clone(),
-            text: Utf8Bytes::from_static("{}"),
-        };
+        let frame = || Outbound::room_frame(room.clone(), Utf8Bytes::from_static("{}"));
         assert!(session.push(frame()));
         assert!(!session.overflow.is_cancelled());
         assert!(!session.push(frame()), "the queue holds one");

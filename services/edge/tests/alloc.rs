@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::ws::{Message, Utf8Bytes};
-use chat_edge::hub::{Outbound, SessionHandle, deliver_event};
+use chat_edge::hub::{Outbound, RoomEvent, SessionHandle, deliver_event};
 use chat_edge::session::writer::{self, Rooms};
 use chat_proto::{RoomId, UserId};
 use futures::Sink;
@@ -82,16 +82,10 @@ const EVENTS_PER_ROUND: u64 = 20;
 async fn round(
     targets: &Arc<[SessionHandle]>,
     sessions: &mut [Session],
-    room: &Arc<RoomId>,
-    frames: &[Utf8Bytes],
-    next_seq: &mut u64,
+    events: &[Arc<RoomEvent>],
 ) -> u64 {
-    for text in frames {
-        *next_seq += 1;
-        assert_eq!(
-            deliver_event(targets, room, *next_seq, text),
-            SESSIONS as u64
-        );
+    for event in events {
+        assert_eq!(deliver_event(targets, event), SESSIONS as u64);
     }
     let mut written = 0;
     for s in sessions.iter_mut() {
@@ -130,20 +124,28 @@ async fn fan_out_and_batched_writes_allocate_nothing_per_delivery() {
         });
     }
     let targets: Arc<[SessionHandle]> = handles.into();
-    // Each event serialized once per edge (allocated here, outside the counted path).
-    let frames: Vec<Utf8Bytes> = (0..EVENTS_PER_ROUND)
-        .map(|i| Utf8Bytes::from(format!(r#"{{"type":"message","room":"busy","seq":{i}}}"#)))
-        .collect();
-    let mut seq = 0;
-    // Warm-up: the channels' blocks and the buffers reach their steady size.
-    for _ in 0..50 {
-        round(&targets, &mut sessions, &room, &frames, &mut seq).await;
-    }
+    let warm_up = 50;
     let rounds = 200;
+    // Each event is built once per edge, whatever its recipients (the hub serializes it and
+    // wraps it in one `Arc`): built here, outside the counted path, which is per delivery.
+    let events: Vec<Arc<RoomEvent>> = (1..=(warm_up + rounds) * EVENTS_PER_ROUND)
+        .map(|seq| {
+            Arc::new(RoomEvent {
+                room: room.clone(),
+                seq,
+                text: Utf8Bytes::from(format!(r#"{{"type":"message","room":"busy","seq":{seq}}}"#)),
+            })
+        })
+        .collect();
+    let mut per_round = events.chunks(EVENTS_PER_ROUND as usize);
+    // Warm-up: the channels' blocks and the buffers reach their steady size.
+    for _ in 0..warm_up {
+        round(&targets, &mut sessions, per_round.next().unwrap()).await;
+    }
     let region = Region::new(GLOBAL);
     let mut deliveries = 0;
     for _ in 0..rounds {
-        deliveries += round(&targets, &mut sessions, &room, &frames, &mut seq).await;
+        deliveries += round(&targets, &mut sessions, per_round.next().unwrap()).await;
     }
     let stats = region.change();
     let allocs = (stats.allocations + stats.reallocations) as u64;
@@ -155,6 +157,6 @@ async fn fan_out_and_batched_writes_allocate_nothing_per_delivery() {
     assert_eq!(allocs, 0, "allocations in the steady-state delivery path");
     // One flush per drained batch, not one per frame.
     let s = &sessions[0].sink;
-    assert_eq!(s.frames, (50 + rounds) * EVENTS_PER_ROUND);
-    assert_eq!(s.flushes, 50 + rounds);
+    assert_eq!(s.frames, (warm_up + rounds) * EVENTS_PER_ROUND);
+    assert_eq!(s.flushes, warm_up + rounds);
 }

@@ -27,20 +27,40 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Session, Socket};
 
-/// What the hub hands to a session.
+/// What the hub hands to a session: one pointer, so that a session's queue costs little while it
+/// is idle (its first block of slots is allocated with the channel) and a delivery copies 16
+/// bytes. What it points to is built once per edge and shared by every recipient.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A room event, delivered once per session (the session drops seqs it has delivered).
-    Event {
-        room: Arc<RoomId>,
-        seq: u64,
-        text: Utf8Bytes,
-    },
+    Event(Arc<RoomEvent>),
     /// Any other ready-made frame about one room (typing, presence, unread, notification):
     /// delivered only while the session is a member, so nothing of a room follows its `left`.
-    RoomFrame { room: Arc<RoomId>, text: Utf8Bytes },
+    RoomFrame(Arc<RoomFrame>),
     /// The user's membership changed (possibly from another session or edge).
     Membership(Box<MembershipChange>),
+}
+
+/// A room event as ready frame bytes (`Utf8Bytes` is `Bytes`-backed: a clone is a reference
+/// count).
+#[derive(Debug)]
+pub struct RoomEvent {
+    pub room: Arc<RoomId>,
+    pub seq: u64,
+    pub text: Utf8Bytes,
+}
+
+/// A ready frame about one room that is not one of its events.
+#[derive(Debug)]
+pub struct RoomFrame {
+    pub room: Arc<RoomId>,
+    pub text: Utf8Bytes,
+}
+
+impl Outbound {
+    pub fn room_frame(room: Arc<RoomId>, text: Utf8Bytes) -> Self {
+        Outbound::RoomFrame(Arc::new(RoomFrame { room, text }))
+    }
 }
 
 /// Most queued items written before one flush.
@@ -84,15 +104,15 @@ where
     while let Some(item) = next.take() {
         taken += 1;
         match item {
-            Outbound::Event { room, seq, text } => {
-                if rooms.admit_event(&room, seq) {
-                    sink.feed(Message::Text(text)).await?;
+            Outbound::Event(event) => {
+                if rooms.admit_event(&event.room, event.seq) {
+                    sink.feed(Message::Text(event.text.clone())).await?;
                     batch.events += 1;
                 }
             }
-            Outbound::RoomFrame { room, text } => {
-                if rooms.is_member(&room) {
-                    sink.feed(Message::Text(text)).await?;
+            Outbound::RoomFrame(frame) => {
+                if rooms.is_member(&frame.room) {
+                    sink.feed(Message::Text(frame.text.clone())).await?;
                     batch.frames += 1;
                 }
             }
