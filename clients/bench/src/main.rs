@@ -538,6 +538,12 @@ async fn history(a: &Args) -> anyhow::Result<()> {
             }
         });
         while let Some(()) = futures::FutureExt::now_or_never(inflight.next()).flatten() {}
+        // async-nats lends at most 5,000 unacknowledged publishes (a permit each, given back
+        // when the ack future completes): past them `publish` waits for a permit while the ack
+        // futures that hold them are polled only here — a deadlock. Wait here instead.
+        while inflight.len() >= 4096 {
+            inflight.next().await;
+        }
     }
     while inflight.next().await.is_some() {}
     let last = acked
