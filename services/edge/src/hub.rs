@@ -561,13 +561,10 @@ fn fan_out_frame(
     text: Utf8Bytes,
     except: Option<&UserId>,
 ) {
-    let frame = Arc::new(RoomFrame {
-        room: room.clone(),
-        text,
-    });
+    let item = Outbound::room_frame(room.clone(), text);
     for s in targets {
         if except != Some(&s.user) {
-            s.push(Outbound::RoomFrame(frame.clone()));
+            s.push(item.clone());
         }
     }
 }
