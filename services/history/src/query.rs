@@ -3,10 +3,12 @@
 //! was dead-lettered as not an event); whatever lies above it is read from the stream. So a page
 //! is complete however far the writer lags.
 //!
-//! What a page costs (protocol.md#ws-limits, issue 15 item 10): one PostgreSQL query and one
-//! batched direct get of the stream, run concurrently, in the common case; while the archive lags
-//! by more than a page, or PostgreSQL is down, the stream part is located by bisection over the
-//! room's entry counts (O(log seqs) single gets) and read in one batch: never the whole room.
+//! What a page costs (protocol.md#ws-limits, issue 15 item 10), in the common case: one
+//! PostgreSQL query and one batched direct get of the stream, run concurrently, for its events,
+//! then one PostgreSQL query for their state (the stream's tail above the floor, which the first
+//! read saw whole, is not read again). While the archive lags by more than a page, or
+//! PostgreSQL is down, the stream part is located by bisection over the room's entry counts
+//! (O(log seqs) single gets) and read in one batch: never the whole room.
 //! The floor is refreshed in the background ([`HistoryQuery::track_floor`]), not per page.
 //!
 //! `prev_seq` (protocol.md#identities, #nats): the seq of the previous *valid* event of the room. The archive
@@ -24,6 +26,7 @@
 //! Stream entries pass the same two steps of validity as the archive's (the stateful one
 //! through [`TargetLookup`]).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -123,6 +126,13 @@ impl View {
 struct Run {
     events: Vec<RoomEventFrame>,
     anchor: u64,
+}
+
+/// Every valid event of a room's stream with seq > `after`, as one read of the page saw them
+/// all: the page's state then needs no second read of the same tail.
+struct Tail {
+    after: u64,
+    events: Vec<RoomEventFrame>,
 }
 
 impl HistoryQuery {
@@ -238,21 +248,21 @@ impl HistoryQuery {
         let limit = clamp_limit(req.limit) as usize;
         let room = &req.room;
         let keep_oldest = req.after.is_some();
-        let (mut messages, mut has_more) = match (req.thread, req.after) {
+        let (mut messages, mut has_more, tail) = match (req.thread, req.after) {
             (Some(root), _) => {
                 self.thread_page(room, root, req.before, req.after, limit, view)
                     .await?
             }
             (None, Some(after)) => {
-                let (run, more) = self.forward(room, after, limit, view).await?;
-                (chain(run), more)
+                let (run, more, tail) = self.forward(room, after, limit, view).await?;
+                (chain(run), more, tail)
             }
             (None, None) => {
-                let (run, more) = self.backward(room, req.before, limit, view).await?;
-                (chain(run), more)
+                let (run, more, tail) = self.backward(room, req.before, limit, view).await?;
+                (chain(run), more, tail)
             }
         };
-        self.add_state(&mut messages, room, view, req.replay)
+        self.add_state(&mut messages, room, view, req.replay, tail.as_ref())
             .await?;
         if fit_in_bytes(&mut messages, self.page_max_bytes, keep_oldest) {
             metrics::counter!("chat_history_pages_cut_to_size_total").increment(1);
@@ -265,14 +275,15 @@ impl HistoryQuery {
         })
     }
 
-    /// The oldest up to `limit` events with seq > `after`, and whether more follow.
+    /// The oldest up to `limit` events with seq > `after`, whether more follow, and the stream's
+    /// whole tail above the floor when the read saw all of it.
     async fn forward(
         &self,
         room: &RoomId,
         after: u64,
         limit: usize,
         view: View,
-    ) -> Result<(Run, bool), ApiError> {
+    ) -> Result<(Run, bool, Option<Tail>), ApiError> {
         let want = limit + 1;
         let subject = subjects::room_msg(room);
         let (mut events, anchor, cursor) = match view {
@@ -285,13 +296,20 @@ impl HistoryQuery {
                 );
                 let (rows, anchor) = archived?;
                 // The tail is only needed (and its error only matters) if the archive is short.
-                let tail = if rows.len() < want {
-                    tail?.0
-                } else {
-                    Vec::new()
+                let (tail, whole) = match tail {
+                    Ok((events, complete)) => {
+                        let whole = complete.then(|| Tail {
+                            after: floor,
+                            events: events.clone(),
+                        });
+                        (events, whole)
+                    }
+                    Err(_) if rows.len() >= want => (Vec::new(), None),
+                    Err(e) => return Err(e),
                 };
+                let tail = if rows.len() < want { tail } else { Vec::new() };
                 let (events, more) = merge_forward(rows, tail, limit);
-                return Ok((Run { events, anchor }, more));
+                return Ok((Run { events, anchor }, more, whole));
             }
             View::Archive { .. } => (Vec::new(), None::<u64>, after),
             View::StreamOnly { first } => {
@@ -312,18 +330,19 @@ impl HistoryQuery {
         };
         let more = events.len() > limit;
         events.truncate(limit);
-        Ok((Run { events, anchor }, more))
+        Ok((Run { events, anchor }, more, None))
     }
 
-    /// The newest up to `limit` events with seq < `before` (any seq when `None`), and whether
-    /// more lie below them.
+    /// The newest up to `limit` events with seq < `before` (any seq when `None`), whether more
+    /// lie below them, and the stream's whole tail above the view's low end when the read saw
+    /// all of it (no `before`, and no more than the page above the floor).
     async fn backward(
         &self,
         room: &RoomId,
         before: Option<u64>,
         limit: usize,
         view: View,
-    ) -> Result<(Run, bool), ApiError> {
+    ) -> Result<(Run, bool, Option<Tail>), ApiError> {
         // One more than the page: it tells whether more exist and is the chain's anchor.
         let want = limit + 1;
         let subject = subjects::room_msg(room);
@@ -334,19 +353,26 @@ impl HistoryQuery {
             }
             self.stream_backward(room, &subject, lo, before, want).await
         };
-        let events: VecDeque<RoomEventFrame> = match view {
+        let whole = |tail: &VecDeque<RoomEventFrame>, reached_lo: bool| {
+            (before.is_none() && reached_lo).then(|| Tail {
+                after: lo,
+                events: tail.iter().cloned().collect(),
+            })
+        };
+        let (events, whole) = match view {
             View::Archive { floor } => {
                 let archive_before = before.map_or(floor.saturating_add(1), |b| b.min(floor + 1));
                 let (tail, archived) =
                     tokio::join!(stream_part, self.pg_backward(room, archive_before, want));
-                let (tail, _) = tail?;
+                let (tail, reached_lo) = tail?;
+                let whole = whole(&tail, reached_lo);
                 // The archive is only needed (and its error only matters) if the tail is short.
                 let rows = if tail.len() < want {
                     archived?
                 } else {
                     Vec::new()
                 };
-                merge_backward(tail, rows, want)
+                (merge_backward(tail, rows, want), whole)
             }
             View::StreamOnly { first } => {
                 let (tail, reached_lo) = stream_part.await?;
@@ -354,10 +380,12 @@ impl HistoryQuery {
                     // Older events may have left the stream for the archive only.
                     return Err(ApiError::unavailable());
                 }
-                tail
+                let whole = whole(&tail, reached_lo);
+                (tail, whole)
             }
         };
-        Ok(newest_page(events, limit))
+        let (run, more) = newest_page(events, limit);
+        Ok((run, more, whole))
     }
 
     /// `chat.internal.history.message`: what the edge checks before publishing a change of
@@ -505,13 +533,15 @@ impl HistoryQuery {
     /// unless deleted), and empties the body of every edit of a deleted message. The changes
     /// at or below the floor come from PostgreSQL, those above from the stream's tail; every
     /// change of a message comes after it, so the tail is read from the page's oldest message
-    /// (or edit's target) on, never below the floor.
+    /// (or edit's target) on, never below the floor: from `known` when the page's own read saw
+    /// that part whole (the common case: nothing is read twice), else by a read of its own.
     async fn add_state(
         &self,
         page: &mut [RoomEventFrame],
         room: &RoomId,
         view: View,
         replay: bool,
+        known: Option<&Tail>,
     ) -> Result<(), ApiError> {
         let mut targets: Vec<u64> = Vec::new();
         let mut roots: Vec<u64> = Vec::new();
@@ -557,13 +587,17 @@ impl HistoryQuery {
                 _ => Ok(Archived::default()),
             }
         };
-        let (archived, tail) = tokio::join!(
-            archived,
-            self.stream_tail(room, &subject, lo.max(view.stream_lo()))
-        );
+        let from = lo.max(view.stream_lo());
+        let tail = async {
+            match known {
+                Some(t) if t.after <= from => Ok(Cow::Borrowed(t.events.as_slice())),
+                _ => self.stream_tail(room, &subject, from).await.map(Cow::Owned),
+            }
+        };
+        let (archived, tail) = tokio::join!(archived, tail);
         let (mut archived, tail) = (archived?, tail?);
         let wanted: HashSet<u64> = targets.iter().copied().collect();
-        for e in &tail {
+        for e in tail.iter().filter(|e| e.seq() > from) {
             if let Some(c) = change_of(e) {
                 let target = e.target().unwrap_or(0);
                 if wanted.contains(&target) {
@@ -582,7 +616,8 @@ impl HistoryQuery {
 
     /// A page of thread `root` (protocol.md#ws `history{thread}`): only `message` events, the root
     /// and the messages of its thread, each with its room's `prev_seq`. The archived part comes
-    /// from PostgreSQL (by the thread's index), the part above the floor from the stream's tail.
+    /// from PostgreSQL (by the thread's index), the part above the floor from the stream's tail,
+    /// which is returned whole for the page's state.
     async fn thread_page(
         &self,
         room: &RoomId,
@@ -591,7 +626,7 @@ impl HistoryQuery {
         after: Option<u64>,
         limit: usize,
         view: View,
-    ) -> Result<(Vec<RoomEventFrame>, bool), ApiError> {
+    ) -> Result<(Vec<RoomEventFrame>, bool, Option<Tail>), ApiError> {
         let subject = subjects::room_msg(room);
         let in_thread = |e: &RoomEventFrame| matches!(e, RoomEventFrame::Message(m) if m.seq == root || m.thread == Some(root));
         // The stream part: the tail above the floor (or, PostgreSQL down, from the root on).
@@ -608,8 +643,13 @@ impl HistoryQuery {
             self.stream_tail(room, &subject, tail_lo),
             self.last_at_or_below(room, &subject, tail_lo, view)
         );
+        let tail = tail?;
+        let whole = Tail {
+            after: tail_lo,
+            events: tail.clone(),
+        };
         let mut tail = chain(Run {
-            events: tail?,
+            events: tail,
             anchor: anchor?,
         });
         tail.retain(in_thread);
@@ -655,7 +695,7 @@ impl HistoryQuery {
                 rows.remove(0);
             }
         }
-        Ok((rows, more))
+        Ok((rows, more, Some(whole)))
     }
 
     /// Archived messages of thread `root` (and the root) with `after < seq < before`: the
@@ -1164,7 +1204,7 @@ pub(crate) fn set_state(m: &mut ChatMessage, known: &Archived) {
 }
 
 /// The archived changes of messages `targets` and the sizes of the threads of `roots`, at or
-/// below `up_to` (everything archived when `None`): two indexed queries.
+/// below `up_to` (everything archived when `None`): one round trip, two indexed scans.
 pub(crate) async fn archived_state(
     pool: &PgPool,
     epoch_id: i32,
@@ -1172,36 +1212,66 @@ pub(crate) async fn archived_state(
     roots: &[i64],
     up_to: Option<u64>,
 ) -> Result<Archived, sqlx::Error> {
-    let changes = async {
-        if targets.is_empty() {
-            return Ok(HashMap::new());
+    if targets.is_empty() && roots.is_empty() {
+        return Ok(Archived::default());
+    }
+    // A thread's size comes as a row of no kind ('') with the root as target and the count as
+    // seq: no change has that kind.
+    let rows: Vec<ChangeRow> = sqlx::query_as(
+        "SELECT target, seq, kind, sender, sent_body, emoji, reaction_on, ts FROM messages
+          WHERE epoch_id = $1 AND target = ANY($2) AND ($4::bigint IS NULL OR seq <= $4)
+         UNION ALL
+         SELECT thread, count(*), '', '', NULL, NULL, NULL, 0 FROM messages
+          WHERE epoch_id = $1 AND thread = ANY($3) AND kind = 'message'
+            AND ($4::bigint IS NULL OR seq <= $4)
+          GROUP BY thread
+         ORDER BY seq",
+    )
+    .bind(epoch_id)
+    .bind(targets)
+    .bind(roots)
+    .bind(up_to.map(to_i64))
+    .fetch_all(pool)
+    .await?;
+    let mut out = Archived::default();
+    for row in rows {
+        if row.2.is_empty() {
+            out.replies.insert(row.0 as u64, row.1 as u64);
+        } else {
+            add_change(&mut out.changes, row);
         }
-        pg_changes(pool, epoch_id, targets, up_to).await
+    }
+    Ok(out)
+}
+
+/// target, seq, kind, sender, body as sent, emoji, reaction_on, ts.
+type ChangeRow = (
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<bool>,
+    i64,
+);
+
+/// Adds the change of `row` to its target's (rows come in seq order); skips a row that is no
+/// change.
+fn add_change(out: &mut HashMap<u64, Vec<Change>>, row: ChangeRow) {
+    let (target, seq, kind, sender, body, emoji, on, ts) = row;
+    let (Some(kind), Ok(from)) = (EventKind::parse(&kind), UserId::new(sender)) else {
+        return;
     };
-    let counts = async {
-        if roots.is_empty() {
-            return Ok(Vec::new());
-        }
-        sqlx::query_as::<_, (i64, i64)>(
-            "SELECT thread, count(*) FROM messages
-             WHERE epoch_id = $1 AND thread = ANY($2) AND kind = 'message'
-               AND ($3::bigint IS NULL OR seq <= $3)
-             GROUP BY thread",
-        )
-        .bind(epoch_id)
-        .bind(roots)
-        .bind(up_to.map(to_i64))
-        .fetch_all(pool)
-        .await
-    };
-    let (changes, counts) = tokio::join!(changes, counts);
-    Ok(Archived {
-        changes: changes?,
-        replies: counts?
-            .into_iter()
-            .map(|(t, n)| (t as u64, n as u64))
-            .collect(),
-    })
+    out.entry(target as u64).or_default().push(Change {
+        seq: seq as u64,
+        kind,
+        from,
+        body: body.unwrap_or_default(),
+        emoji: emoji.unwrap_or_default(),
+        on: on.unwrap_or(true),
+        ts,
+    });
 }
 
 /// The archived changes of messages `targets` (at or below `up_to`), by target, in seq order.
@@ -1211,16 +1281,6 @@ pub(crate) async fn pg_changes<'e, E: sqlx::PgExecutor<'e>>(
     targets: &[i64],
     up_to: Option<u64>,
 ) -> Result<HashMap<u64, Vec<Change>>, sqlx::Error> {
-    type ChangeRow = (
-        i64,
-        i64,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<bool>,
-        i64,
-    );
     let rows: Vec<ChangeRow> = sqlx::query_as(
         "SELECT target, seq, kind, sender, sent_body, emoji, reaction_on, ts FROM messages
          WHERE epoch_id = $1 AND target = ANY($2) AND ($3::bigint IS NULL OR seq <= $3)
@@ -1232,19 +1292,8 @@ pub(crate) async fn pg_changes<'e, E: sqlx::PgExecutor<'e>>(
     .fetch_all(ex)
     .await?;
     let mut out: HashMap<u64, Vec<Change>> = HashMap::new();
-    for (target, seq, kind, sender, body, emoji, on, ts) in rows {
-        let (Some(kind), Ok(from)) = (EventKind::parse(&kind), UserId::new(sender)) else {
-            continue;
-        };
-        out.entry(target as u64).or_default().push(Change {
-            seq: seq as u64,
-            kind,
-            from,
-            body: body.unwrap_or_default(),
-            emoji: emoji.unwrap_or_default(),
-            on: on.unwrap_or(true),
-            ts,
-        });
+    for row in rows {
+        add_change(&mut out, row);
     }
     Ok(out)
 }
