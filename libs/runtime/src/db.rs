@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::admin::ReadinessCheck;
@@ -33,12 +34,71 @@ pub fn pool(url: &str, schema: &'static str, max: u32) -> Result<PgPool, sqlx::E
         .connect_lazy_with(opts))
 }
 
+/// A service's migrations compiled into its binary: `(version, description, SQL)` as sqlx reads
+/// `<version>_<description>.sql` from a migrations folder (same checksums, so a database migrated
+/// either way is the same to both). What `sqlx::migrate!` does, without sqlx's proc-macro crate,
+/// which compiles a second sqlx, tokio and rustls for the host: about a tenth of a from-scratch
+/// build. Each service's unit test [`check_embedded`] holds the list to its folder.
+pub fn embedded(files: &[(i64, &'static str, &'static str)]) -> Migrator {
+    use sqlx::SqlSafeStr as _;
+    Migrator::with_migrations(
+        files
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    sql.starts_with("-- no-transaction"),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Whether `embedded` holds exactly the migrations of the folder `dir` (versions,
+/// descriptions, kinds, checksums): the one thing [`embedded`] cannot check by itself.
+pub async fn check_embedded(embedded: &Migrator, dir: &std::path::Path) -> Result<(), String> {
+    let on_disk = Migrator::new(dir).await.map_err(|e| e.to_string())?;
+    let key = |m: &Migration| {
+        (
+            m.version,
+            m.description.to_string(),
+            m.migration_type,
+            m.checksum.to_vec(),
+            m.no_tx,
+        )
+    };
+    let want: Vec<_> = on_disk.iter().map(key).collect();
+    let have: Vec<_> = embedded.iter().map(key).collect();
+    if want == have {
+        Ok(())
+    } else {
+        let names = |v: &[_]| {
+            v.iter()
+                .map(
+                    |(version, description, ..): &(i64, String, MigrationType, Vec<u8>, bool)| {
+                        format!("{version} {description}")
+                    },
+                )
+                .collect::<Vec<_>>()
+        };
+        Err(format!(
+            "the embedded migrations differ from {}: embedded {:?}, on disk {:?} (same names: a file changed)",
+            dir.display(),
+            names(&have),
+            names(&want)
+        ))
+    }
+}
+
 /// Creates the schema and applies the migrations, on one connection without a statement
 /// timeout (a migration building an index over a large table may take long; requests may not).
 pub async fn prepare(
     pool: &PgPool,
     schema: &'static str,
-    migrator: &sqlx::migrate::Migrator,
+    migrator: &Migrator,
 ) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
     sqlx::query("SET statement_timeout = 0")
@@ -111,7 +171,7 @@ pub async fn migrated(
     url: &str,
     schema: &'static str,
     max: u32,
-    migrator: &sqlx::migrate::Migrator,
+    migrator: &Migrator,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<PgPool> {
     use anyhow::Context as _;
