@@ -377,8 +377,15 @@ async fn metrics_parse_and_move_and_readiness_follows_nats() {
         async || http_get(admin, "/readyz").await.unwrap().0 != 200,
     )
     .await;
+    // Each service notices on its own connection: the edge having noticed says nothing of
+    // chat-history.
     let history_admin = stack.histories[0].admin.port();
-    assert_eq!(http_get(history_admin, "/readyz").await.unwrap().0, 503);
+    eventually(
+        "chat-history's readyz says not ready without NATS",
+        Duration::from_secs(10),
+        async || http_get(history_admin, "/readyz").await.unwrap().0 == 503,
+    )
+    .await;
     assert_eq!(
         http_get(admin, "/healthz").await.unwrap().0,
         200,
