@@ -492,14 +492,18 @@ impl HistoryQuery {
     }
 
     /// Every valid event of the room's stream with seq > `after` (at most [`TAIL_MAX`] entries
-    /// examined, else `unavailable`), ascending, `prev_seq` unset. Normally the few events the
-    /// archive has not acknowledged yet: one batched get.
+    /// examined, else `unavailable`), ascending, `prev_seq` unset. Normally none, or the few
+    /// events the archive has not acknowledged yet: one request says whether there are any,
+    /// one batched get per [`MAX_BATCH`](crate::stream_read::MAX_BATCH) reads them.
     async fn stream_tail(
         &self,
         room: &RoomId,
         subject: &str,
         after: u64,
     ) -> Result<Vec<RoomEventFrame>, ApiError> {
+        if self.reader.count_from(subject, after + 1).await?.0 == 0 {
+            return Ok(Vec::new());
+        }
         let mut cursor = after;
         let mut out = Vec::new();
         let mut scanned = 0usize;

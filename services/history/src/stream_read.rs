@@ -121,13 +121,35 @@ impl StreamReader {
         }
     }
 
-    /// How many entries of `subject` have seq ≥ `from`, and the first of them.
-    async fn count_from(&self, subject: &str, from: u64) -> Result<(u64, Option<u64>), ApiError> {
-        let b = self.batch(subject, from, 1).await?;
-        Ok(match b.entries.first() {
-            Some(e) => (1 + b.pending, Some(e.seq)),
-            None => (0, None),
-        })
+    /// How many entries of `subject` have seq ≥ `from`, and the first of them. The first reply
+    /// of a batch of one says both, so this is a plain request on the client's shared reply
+    /// subscription, without a subscription of its own (the end-of-batch status that follows
+    /// the entry finds no request waiting and is dropped by the client).
+    pub async fn count_from(
+        &self,
+        subject: &str,
+        from: u64,
+    ) -> Result<(u64, Option<u64>), ApiError> {
+        let req = serde_json::json!({"seq": from.max(1), "next_by_subj": subject, "batch": 1});
+        let reply = tokio::time::timeout(
+            self.timeout,
+            self.nats.request(self.api.clone(), req.to_string().into()),
+        )
+        .await
+        .map_err(|e| unavailable("stream read: count", &e))?
+        .map_err(|e| unavailable("stream read: count", &e))?;
+        match reply.status.map(u16::from) {
+            None => {
+                let Some(seq) = header_u64(reply.headers.as_ref(), SEQUENCE_HEADER) else {
+                    return Err(unavailable("stream read", &"entry without a sequence"));
+                };
+                let pending = header_u64(reply.headers.as_ref(), NUM_PENDING_HEADER).unwrap_or(0);
+                Ok((1 + pending, Some(seq)))
+            }
+            // Nothing at or after `from`.
+            Some(404) => Ok((0, None)),
+            Some(code) => Err(unavailable("stream read: count", &format!("status {code}"))),
+        }
     }
 
     /// The last up to `n` entries of `subject` with `lo < seq < before` (`None`: no upper
