@@ -106,19 +106,30 @@ impl StreamReader {
 
     /// The seq of the newest entry of `subject` (0: none).
     pub async fn last_seq(&self, subject: &str) -> Result<u64, ApiError> {
-        let req = serde_json::json!({ "last_by_subj": subject });
-        let reply = tokio::time::timeout(
+        let what = "stream read: last";
+        let reply = self
+            .one_reply(what, serde_json::json!({ "last_by_subj": subject }))
+            .await?;
+        match reply.status.map(u16::from) {
+            None => Ok(header_u64(reply.headers.as_ref(), SEQUENCE_HEADER).unwrap_or(0)),
+            Some(404) => Ok(0),
+            Some(code) => Err(unavailable(what, &format!("status {code}"))),
+        }
+    }
+
+    /// The first reply to a direct get, on the client's shared reply subscription.
+    async fn one_reply(
+        &self,
+        what: &str,
+        req: serde_json::Value,
+    ) -> Result<async_nats::Message, ApiError> {
+        tokio::time::timeout(
             self.timeout,
             self.nats.request(self.api.clone(), req.to_string().into()),
         )
         .await
-        .map_err(|e| unavailable("stream read: last", &e))?
-        .map_err(|e| unavailable("stream read: last", &e))?;
-        match reply.status.map(u16::from) {
-            None => Ok(header_u64(reply.headers.as_ref(), SEQUENCE_HEADER).unwrap_or(0)),
-            Some(404) => Ok(0),
-            Some(code) => Err(unavailable("stream read: last", &format!("status {code}"))),
-        }
+        .map_err(|e| unavailable(what, &e))?
+        .map_err(|e| unavailable(what, &e))
     }
 
     /// How many entries of `subject` have seq ≥ `from`, and the first of them. The first reply
@@ -130,14 +141,9 @@ impl StreamReader {
         subject: &str,
         from: u64,
     ) -> Result<(u64, Option<u64>), ApiError> {
+        let what = "stream read: count";
         let req = serde_json::json!({"seq": from.max(1), "next_by_subj": subject, "batch": 1});
-        let reply = tokio::time::timeout(
-            self.timeout,
-            self.nats.request(self.api.clone(), req.to_string().into()),
-        )
-        .await
-        .map_err(|e| unavailable("stream read: count", &e))?
-        .map_err(|e| unavailable("stream read: count", &e))?;
+        let reply = self.one_reply(what, req).await?;
         match reply.status.map(u16::from) {
             None => {
                 let Some(seq) = header_u64(reply.headers.as_ref(), SEQUENCE_HEADER) else {
@@ -148,7 +154,7 @@ impl StreamReader {
             }
             // Nothing at or after `from`.
             Some(404) => Ok((0, None)),
-            Some(code) => Err(unavailable("stream read: count", &format!("status {code}"))),
+            Some(code) => Err(unavailable(what, &format!("status {code}"))),
         }
     }
 
