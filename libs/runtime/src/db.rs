@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+pub use sqlx::migrate::Migrator;
+use sqlx::migrate::{Migration, MigrationType};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::admin::ReadinessCheck;
@@ -38,7 +39,7 @@ pub fn pool(url: &str, schema: &'static str, max: u32) -> Result<PgPool, sqlx::E
 /// `<version>_<description>.sql` from a migrations folder (same checksums, so a database migrated
 /// either way is the same to both). What `sqlx::migrate!` does, without sqlx's proc-macro crate,
 /// which compiles a second sqlx, tokio and rustls for the host: about a tenth of a from-scratch
-/// build. Each service's unit test [`check_embedded`] holds the list to its folder.
+/// build. [`embedded_migrations!`] also makes the unit test that holds the list to the folder.
 pub fn embedded(files: &[(i64, &'static str, &'static str)]) -> Migrator {
     use sqlx::SqlSafeStr as _;
     Migrator::with_migrations(
@@ -55,6 +56,30 @@ pub fn embedded(files: &[(i64, &'static str, &'static str)]) -> Migrator {
             })
             .collect(),
     )
+}
+
+/// A service's `static` [`Migrator`] of the migrations in `migrations/` beside its Cargo.toml,
+/// compiled in ([`embedded`]), and its unit test `migrations_are_the_folder`, which holds the
+/// list to the folder ([`check_embedded`]). Each migration is `(version, description, file)`.
+#[macro_export]
+macro_rules! embedded_migrations {
+    ($name:ident: $(($version:literal, $description:literal, $file:literal)),+ $(,)?) => {
+        static $name: ::std::sync::LazyLock<$crate::db::Migrator> =
+            ::std::sync::LazyLock::new(|| {
+                $crate::db::embedded(&[$((
+                    $version,
+                    $description,
+                    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/", $file)),
+                )),+])
+            });
+
+        #[cfg(test)]
+        #[tokio::test]
+        async fn migrations_are_the_folder() {
+            let dir = ::std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+            assert_eq!($crate::db::check_embedded(&$name, &dir).await, Ok(()));
+        }
+    };
 }
 
 /// Whether `embedded` holds exactly the migrations of the folder `dir` (versions,
@@ -75,20 +100,16 @@ pub async fn check_embedded(embedded: &Migrator, dir: &std::path::Path) -> Resul
     if want == have {
         Ok(())
     } else {
-        let names = |v: &[_]| {
-            v.iter()
-                .map(
-                    |(version, description, ..): &(i64, String, MigrationType, Vec<u8>, bool)| {
-                        format!("{version} {description}")
-                    },
-                )
+        let names = |m: &Migrator| {
+            m.iter()
+                .map(|m| format!("{} {}", m.version, m.description))
                 .collect::<Vec<_>>()
         };
         Err(format!(
             "the embedded migrations differ from {}: embedded {:?}, on disk {:?} (same names: a file changed)",
             dir.display(),
-            names(&have),
-            names(&want)
+            names(embedded),
+            names(&on_disk)
         ))
     }
 }

@@ -31,29 +31,15 @@ pub use config::HistoryConfig;
 /// Schema of chat-history's tables.
 pub const SCHEMA: &str = "history";
 
-/// The migrations of `migrations/`, compiled in (the test `migrations_are_the_folder` holds
-/// this list to the folder).
-static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
-    db::embedded(&[
-        (1, "init", include_str!("../migrations/0001_init.sql")),
-        (
-            3,
-            "lifecycle",
-            include_str!("../migrations/0003_lifecycle.sql"),
-        ),
-        (5, "search", include_str!("../migrations/0005_search.sql")),
-        (
-            6,
-            "integration",
-            include_str!("../migrations/0006_integration.sql"),
-        ),
-        (
-            7,
-            "search rooms",
-            include_str!("../migrations/0007_search_rooms.sql"),
-        ),
-    ])
-});
+// The migrations of `migrations/`, compiled in, and the test that holds this list to the folder.
+chat_runtime::embedded_migrations! {
+    MIGRATOR:
+    (1, "init", "0001_init.sql"),
+    (3, "lifecycle", "0003_lifecycle.sql"),
+    (5, "search", "0005_search.sql"),
+    (6, "integration", "0006_integration.sql"),
+    (7, "search rooms", "0007_search_rooms.sql"),
+}
 
 /// A started chat-history, ready to [`run`](App::run).
 pub struct App {
@@ -293,17 +279,5 @@ impl App {
         let _ = floor.await;
         chat_runtime::nats::flush_within(&self.nats).await;
         self.pool.close().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[tokio::test]
-    async fn migrations_are_the_folder() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        assert_eq!(
-            chat_runtime::db::check_embedded(&super::MIGRATOR, &dir).await,
-            Ok(())
-        );
     }
 }

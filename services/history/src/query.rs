@@ -295,20 +295,20 @@ impl HistoryQuery {
                     self.stream_forward(room, &subject, floor, want, view)
                 );
                 let (rows, anchor) = archived?;
-                // The tail is only needed (and its error only matters) if the archive is short.
-                let (tail, whole) = match tail {
-                    Ok((events, complete)) => {
-                        let whole = complete.then(|| Tail {
-                            after: floor,
-                            events: events.clone(),
-                        });
-                        (events, whole)
-                    }
-                    Err(_) if rows.len() >= want => (Vec::new(), None),
+                // The tail is only needed among the events (and its error only matters) if the
+                // archive is short; read whole, it also serves the page's state.
+                let short = rows.len() < want;
+                let (tail, complete) = match tail {
+                    Ok(read) => read,
+                    Err(_) if !short => (Vec::new(), false),
                     Err(e) => return Err(e),
                 };
-                let tail = if rows.len() < want { tail } else { Vec::new() };
-                let (events, more) = merge_forward(rows, tail, limit);
+                let whole = complete.then(|| Tail {
+                    after: floor,
+                    events: tail.clone(),
+                });
+                let (events, more) =
+                    merge_forward(rows, if short { tail } else { Vec::new() }, limit);
                 return Ok((Run { events, anchor }, more, whole));
             }
             View::Archive { .. } => (Vec::new(), None::<u64>, after),

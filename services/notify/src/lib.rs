@@ -35,23 +35,13 @@ pub use config::{DEFAULT_ADMIN_LISTEN, NotifyConfig, WebhookConfig};
 /// Schema of chat-notify's tables.
 pub const SCHEMA: &str = "notify";
 
-/// The migrations of `migrations/`, compiled in (the test `migrations_are_the_folder` holds
-/// this list to the folder).
-static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
-    db::embedded(&[
-        (1, "init", include_str!("../migrations/0001_init.sql")),
-        (
-            2,
-            "webhook outbox",
-            include_str!("../migrations/0002_webhook_outbox.sql"),
-        ),
-        (
-            4,
-            "reply notifications",
-            include_str!("../migrations/0004_reply_notifications.sql"),
-        ),
-    ])
-});
+// The migrations of `migrations/`, compiled in, and the test that holds this list to the folder.
+chat_runtime::embedded_migrations! {
+    MIGRATOR:
+    (1, "init", "0001_init.sql"),
+    (2, "webhook outbox", "0002_webhook_outbox.sql"),
+    (4, "reply notifications", "0004_reply_notifications.sql"),
+}
 
 /// A started chat-notify, ready to [`run`](App::run).
 pub struct App {
@@ -229,16 +219,4 @@ async fn membership(core: core::Core, shutdown: CancellationToken) {
     }
     tasks.close();
     tasks.wait().await;
-}
-
-#[cfg(test)]
-mod tests {
-    #[tokio::test]
-    async fn migrations_are_the_folder() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        assert_eq!(
-            chat_runtime::db::check_embedded(&super::MIGRATOR, &dir).await,
-            Ok(())
-        );
-    }
 }
