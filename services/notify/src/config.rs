@@ -21,7 +21,9 @@ pub struct NotifyConfig {
     pub stream: StreamSettings,
     /// `NOTIFY_BATCH_MAX`: most events per transaction.
     pub batch_max: usize,
-    /// `NOTIFY_BATCH_WAIT`: longest a partial batch waits for more events.
+    /// `NOTIFY_BATCH_WAIT` (50ms): longest a partial batch waits for more events; as chat-history's
+    /// `HISTORY_BATCH_WAIT`, a larger batch spreads each transaction's fixed cost (a mention's
+    /// notification may wait that much longer).
     pub batch_wait: Duration,
     /// `NOTIFY_ACK_WAIT`: how long an event handed to a process that died waits before it is
     /// delivered again (set when the durable consumer is created).
@@ -113,7 +115,7 @@ impl NotifyConfig {
             admin_listen: env.addr("ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN)?,
             stream: env.stream_settings()?,
             batch_max: env.parse("NOTIFY_BATCH_MAX", 500)?,
-            batch_wait: env.duration("NOTIFY_BATCH_WAIT", Duration::from_millis(5))?,
+            batch_wait: env.duration("NOTIFY_BATCH_WAIT", Duration::from_millis(50))?,
             ack_wait: env.duration("NOTIFY_ACK_WAIT", Duration::from_secs(30))?,
             request_timeout: env.duration("CHAT_REQUEST_TIMEOUT", Duration::from_secs(5))?,
             members_ttl: env.duration("NOTIFY_MEMBERS_TTL", Duration::from_secs(60))?,
