@@ -48,7 +48,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{DEFAULT_ADMIN_LISTEN, PresenceConfig};
-use state::{EdgeAlive, EdgeRecord, EdgeSession, UserRecord};
+use state::{
+    EDGE_SHARDS, EdgeAlive, EdgeRecord, EdgeSession, UserRecord, edge_record_keys, edge_shard,
+    edge_shard_key,
+};
 use store::{Records, StoreError};
 
 /// An edge silent for this many of its heartbeats is dead. With the sweeper running every quarter
@@ -401,13 +404,13 @@ impl Presence {
         }
     }
 
-    /// A session opened: the edge record learns it first (so that the sweeper can take it
-    /// offline should the edge die), then the user's record. An edge's first session makes the
-    /// edge known to the sweeper even before its first heartbeat.
+    /// A session opened: the edge record learns it first, in the session's shard (so that the
+    /// sweeper can take it offline should the edge die), then the user's record. An edge's first
+    /// session makes the edge known to the sweeper even before its first heartbeat.
     pub async fn on_up(&self, ev: &SessionEvent) -> Result<(), StoreError> {
         let updated = self
             .edges
-            .update(&ev.edge, |cur| {
+            .update(&edge_shard_key(&ev.edge, edge_shard(&ev.session)), |cur| {
                 if cur.is_some_and(|r| r.sessions.contains_key(&ev.session)) {
                     return None;
                 }
@@ -440,30 +443,43 @@ impl Presence {
     }
 
     /// An edge's heartbeat (its liveness is recorded by the dispatcher): the sessions it lists
-    /// are the truth for it. The edge record takes them (compare-and-set), then the users whose
-    /// sessions there differ from what the record knew are reconciled.
+    /// are the truth for it. Each shard of the edge record takes those of its sessions
+    /// (compare-and-set), then the users whose sessions there differ from what the record knew
+    /// are reconciled.
     pub async fn on_heartbeat(&self, hb: &EdgeHeartbeat) -> Result<(), StoreError> {
-        let listed: BTreeMap<String, UserId> = hb
-            .sessions
-            .iter()
-            .map(|s| (s.session.clone(), s.user.clone()))
-            .collect();
+        let mut shards = vec![BTreeMap::<String, UserId>::new(); EDGE_SHARDS as usize];
         let mut by_user: BTreeMap<&UserId, BTreeSet<String>> = BTreeMap::new();
         for s in &hb.sessions {
+            shards[edge_shard(&s.session) as usize].insert(s.session.clone(), s.user.clone());
             by_user
                 .entry(&s.user)
                 .or_default()
                 .insert(s.session.clone());
         }
         let grace = hb.heartbeat_ms as i64;
+        let mut updates = Vec::with_capacity(shards.len());
+        for (i, listed) in shards.iter().enumerate() {
+            let key = edge_shard_key(&hb.edge, i as u32);
+            updates.push(async move {
+                let mut changed = BTreeSet::new();
+                self.edges
+                    .update(&key, |cur| {
+                        // A shard with nothing listed and no record stays unwritten.
+                        if cur.is_none() && listed.is_empty() {
+                            return None;
+                        }
+                        let mut record = cur.cloned().unwrap_or_default();
+                        changed = record.apply_heartbeat(listed, hb.ts, grace);
+                        Some(record)
+                    })
+                    .await?;
+                Ok::<_, StoreError>(changed)
+            });
+        }
         let mut changed = BTreeSet::new();
-        self.edges
-            .update(&hb.edge, |cur| {
-                let mut record = cur.cloned().unwrap_or_default();
-                changed = record.apply_heartbeat(&listed, hb.ts, grace);
-                Some(record)
-            })
-            .await?;
+        for users in futures::future::try_join_all(updates).await? {
+            changed.extend(users);
+        }
         let empty = BTreeSet::new();
         let results: Vec<Result<(), StoreError>> = futures::stream::iter(changed)
             .map(|user| {
@@ -662,14 +678,13 @@ impl Presence {
             if !self.alive.remove_if(&edge, revision).await? {
                 continue;
             }
-            let (record, _) = self.edges.get(&edge).await?;
-            let record = record.unwrap_or_default();
-            tracing::info!(
-                edge,
-                sessions = record.sessions.len(),
-                "edge silent, taking its users offline"
-            );
-            for user in record.users() {
+            let keys = edge_record_keys(&edge);
+            let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let records = self.edges.get_many(&self.nats, &key_refs).await?;
+            let sessions: usize = records.values().map(|r| r.sessions.len()).sum();
+            let users: BTreeSet<UserId> = records.values().flat_map(EdgeRecord::users).collect();
+            tracing::info!(edge, sessions, "edge silent, taking its users offline");
+            for user in users {
                 if let Err(e) = self
                     .change_user(&user, |r| r.edge_dead(&edge, alive.seen_at))
                     .await
@@ -682,7 +697,9 @@ impl Presence {
             // Unconditionally: a heartbeat applied meanwhile must not leave a record that
             // matches the edge's sessions while their users are offline (the edge's next
             // heartbeat, finding no record, brings back the sessions of an edge that lives).
-            self.edges.remove(&edge).await?;
+            for key in &keys {
+                self.edges.remove(key).await?;
+            }
             metrics::counter!("chat_presence_dead_edges_total").increment(1);
             dead += 1;
         }
