@@ -408,9 +408,10 @@ impl Presence {
     /// sweeper can take it offline should the edge die), then the user's record. An edge's first
     /// session makes the edge known to the sweeper even before its first heartbeat.
     pub async fn on_up(&self, ev: &SessionEvent) -> Result<(), StoreError> {
+        let shard = edge_shard_key(&ev.edge, edge_shard(ev.user.as_str()));
         let updated = self
             .edges
-            .update(&edge_shard_key(&ev.edge, edge_shard(&ev.session)), |cur| {
+            .update(&shard, |cur| {
                 if cur.is_some_and(|r| r.sessions.contains_key(&ev.session)) {
                     return None;
                 }
@@ -450,7 +451,7 @@ impl Presence {
         let mut shards = vec![BTreeMap::<String, UserId>::new(); EDGE_SHARDS as usize];
         let mut by_user: BTreeMap<&UserId, BTreeSet<String>> = BTreeMap::new();
         for s in &hb.sessions {
-            shards[edge_shard(&s.session) as usize].insert(s.session.clone(), s.user.clone());
+            shards[edge_shard(s.user.as_str()) as usize].insert(s.session.clone(), s.user.clone());
             by_user
                 .entry(&s.user)
                 .or_default()

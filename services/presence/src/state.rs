@@ -166,17 +166,19 @@ impl UserRecord {
 }
 
 /// Shards of an edge's record: the sessions an edge holds are kept in this many KV entries
-/// ([`edge_shard_key`]), a session in the one its id hashes to ([`edge_shard`]). A session's `up`
+/// ([`edge_shard_key`]), a session in the one its user's id hashes to ([`edge_shard`]: all of a
+/// user's sessions on an edge in one shard, so that a shard alone is enough to reconcile its
+/// users — and a heartbeat could one day come in parts, one per shard). A session's `up`
 /// rewrites its shard, not a record of every session of the edge: with one record, n connects
 /// cost O(n²) (~3.6 ms of CPU per connect at 1,000 sessions, docs/benchmarks.md "Batch wait"),
 /// and the record outgrew NATS's max payload past ~15,000 sessions.
 pub const EDGE_SHARDS: u32 = 16;
 
-/// The shard of the edge record that holds `session`: FNV-1a of its id, stable across
-/// processes and versions (every instance must agree).
-pub fn edge_shard(session: &str) -> u32 {
+/// The shard of the edge record that holds the sessions of `user`: FNV-1a of the user id,
+/// stable across processes and versions (every instance must agree).
+pub fn edge_shard(user: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
-    for b in session.bytes() {
+    for b in user.bytes() {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
@@ -297,7 +299,7 @@ mod tests {
         assert_eq!(edge_shard_key("e0000abcd", 7), "e0000abcd.s07");
         let mut counts = [0u32; EDGE_SHARDS as usize];
         for i in 0..16_000 {
-            counts[edge_shard(&format!("s{i}")) as usize] += 1;
+            counts[edge_shard(&format!("user-{i}")) as usize] += 1;
         }
         // 1,000 per shard if even; no shard more than 20 % off.
         assert!(
