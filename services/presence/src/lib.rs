@@ -404,9 +404,10 @@ impl Presence {
         }
     }
 
-    /// A session opened: the edge record learns it first, in the session's shard (so that the
-    /// sweeper can take it offline should the edge die), then the user's record. An edge's first
-    /// session makes the edge known to the sweeper even before its first heartbeat.
+    /// A session opened: the edge record learns it first, in its user's shard (so that the
+    /// sweeper can take it offline should the edge die), then the user's record. The first
+    /// session of a shard makes the edge known to the sweeper even before its first heartbeat
+    /// (a liveness record that exists already is left as it is).
     pub async fn on_up(&self, ev: &SessionEvent) -> Result<(), StoreError> {
         let shard = edge_shard_key(&ev.edge, edge_shard(ev.user.as_str()));
         let updated = self

@@ -293,7 +293,8 @@ mod tests {
 
     #[test]
     fn edge_shards_are_stable_and_spread() {
-        // Pinned values: instances of different versions must put a session in the same shard.
+        // Pinned values: instances of different versions must put a user's sessions in the same
+        // shard.
         assert_eq!(edge_shard(""), 0x811c_9dc5 % EDGE_SHARDS);
         assert_eq!(edge_shard("s1"), 0x0851_b8c9_u32 % EDGE_SHARDS);
         assert_eq!(edge_shard_key("e0000abcd", 7), "e0000abcd.s07");

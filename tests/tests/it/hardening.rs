@@ -964,7 +964,9 @@ async fn a_lost_leave_announcement_is_reconciled_within_a_bounded_time() {
             got_rec2 = true;
             // Joined after the marker was sent: the marker is history, which `last_seq`
             // covers (a join delivers what follows it live, not what came before).
-            if f["last_seq"].as_u64() >= marker["seq"].as_u64() {
+            if let (Some(last), Some(seq)) = (f["last_seq"].as_u64(), marker["seq"].as_u64())
+                && last >= seq
+            {
                 break;
             }
         }
