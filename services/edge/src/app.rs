@@ -87,6 +87,9 @@ impl App {
             shutdown,
             sessions: TaskTracker::new(),
         }));
+        // The shutdown token is awaited once, here, instead of by every session's loop: a
+        // drain raises Restart on each registered session's stop signal.
+        edge.hub.stop_all_on(edge.shutdown.clone());
         Ok(App {
             edge,
             listener,

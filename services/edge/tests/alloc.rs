@@ -16,7 +16,6 @@ use chat_proto::{RoomId, UserId};
 use futures::Sink;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -110,8 +109,7 @@ async fn fan_out_and_batched_writes_allocate_nothing_per_delivery() {
             name: format!("edge-{i}").into(),
             user: UserId::new(format!("u{i}")).unwrap(),
             tx,
-            overflow: CancellationToken::new(),
-            kick: Default::default(),
+            stop: Default::default(),
         });
         sessions.push(Session {
             rx,

@@ -24,13 +24,12 @@ use chat_bus::rpc;
 use chat_proto::{ErrorCode, RoomId, ServerFrame, UserId, close};
 use futures::{FutureExt as _, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::Edge;
 use crate::auth::now_s;
 use crate::commands::send::SendReply;
 use crate::dispatch::{self, Action, Inbound};
-use crate::hub::{Outbound, SessionHandle};
+use crate::hub::{Outbound, SessionHandle, StopReason};
 use crate::presence_reporter;
 use crate::ratelimit::TokenBucket;
 
@@ -92,8 +91,7 @@ pub async fn run_admitted<S: Socket>(edge: Edge, mut socket: S, admitted: Admitt
         name: name.clone(),
         user: identity.user.clone(),
         tx,
-        overflow: CancellationToken::new(),
-        kick: Default::default(),
+        stop: Default::default(),
     };
     let mut session = Session {
         edge: edge.clone(),
@@ -240,9 +238,12 @@ impl<S: Socket> Session<S> {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let expiry = tokio::time::sleep_until(expiry_instant(self.exp));
         tokio::pin!(expiry);
-        let shutdown = self.edge.shutdown.clone();
-        let overflow = self.handle.overflow.clone();
-        let kick = self.handle.kick.clone();
+        // Registered (in `start`) before this check, so a drain either is seen here or raises
+        // this session's stop (`Hub::stop_all_on`).
+        if self.edge.shutdown.is_cancelled() {
+            self.handle.stop.raise(StopReason::Restart);
+        }
+        let stop = self.handle.stop.clone();
         let mut read_first = true;
         loop {
             if self.expiry_changed {
@@ -251,17 +252,8 @@ impl<S: Socket> Session<S> {
             }
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    close_with(&mut self.socket, close::RESTART, "server restart").await;
-                    return;
-                }
-                _ = overflow.cancelled() => {
-                    close_with(&mut self.socket, close::SLOW_CONSUMER, "slow consumer").await;
-                    return;
-                }
-                _ = kick.requested() => {
-                    tracing::info!(session = %self.handle.name, "disconnected on request (4001)");
-                    close_with(&mut self.socket, close::UNAUTHORIZED, kick.reason()).await;
+                why = stop.raised() => {
+                    self.close_for(why).await;
                     return;
                 }
                 _ = &mut expiry => {
@@ -307,7 +299,7 @@ impl<S: Socket> Session<S> {
                     let more = match io {
                         Io::Inbound(msg) => self.on_inbound(msg).await,
                         Io::Outbound(item) => {
-                            self.on_outbound(item, &mut rx, &overflow, &mut ping).await
+                            self.on_outbound(item, &mut rx, &stop, &mut ping).await
                         }
                     };
                     if !more {
@@ -319,6 +311,23 @@ impl<S: Socket> Session<S> {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// Closes the connection for a reason raised from outside the session's task.
+    async fn close_for(&mut self, why: StopReason) {
+        match why {
+            StopReason::Restart => {
+                close_with(&mut self.socket, close::RESTART, "server restart").await;
+            }
+            StopReason::SlowConsumer => {
+                close_with(&mut self.socket, close::SLOW_CONSUMER, "slow consumer").await;
+            }
+            StopReason::Kicked => {
+                tracing::info!(session = %self.handle.name, "disconnected on request (4001)");
+                let reason = self.handle.stop.kick_reason();
+                close_with(&mut self.socket, close::UNAUTHORIZED, reason).await;
             }
         }
     }

@@ -8,8 +8,9 @@
 //!   nothing. Written over any `Sink` of WebSocket messages, so it is tested (allocations
 //!   included) without a socket.
 //! - The write deadline and slow consumers: a write blocked for 3 heartbeats, or a queue that
-//!   filled meanwhile (the hub cancels the session's overflow token), closes the session with
-//!   4008 (`Session::on_outbound`; an idle session's loop closes on the overflow token alike);
+//!   filled meanwhile (the hub raises the session's stop), closes the session with 4008
+//!   (`Session::on_outbound`; an idle session's loop closes on its stop alike, and a kick or
+//!   the drain ends a blocked write the same way, with their own codes);
 //!   a heartbeat due meanwhile pings once the write is done.
 //! - Replies and closes: [`send_frame`] (one frame, counted by type and error code),
 //!   [`close_with`] (a close frame, counted by code) and [`close_and_drain`] (close, then read
@@ -20,12 +21,11 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use chat_bus::api::MembershipChange;
-use chat_proto::{RoomId, ServerFrame, close};
+use chat_proto::{RoomId, ServerFrame};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
 use super::{Session, Socket};
+use crate::hub::{Stop, StopReason};
 
 /// What the hub hands to a session: one pointer, so that a session's queue costs little while it
 /// is idle (its first block of slots is allocated with the channel) and a delivery copies 16
@@ -192,12 +192,12 @@ impl<S: Socket> Session<S> {
         &mut self,
         item: Option<Outbound>,
         rx: &mut mpsc::Receiver<Outbound>,
-        overflow: &CancellationToken,
+        stop: &Stop,
         ping: &mut tokio::time::Interval,
     ) -> bool {
         let Some(item) = item else { return false };
-        // A peer that stops reading blocks the write; the overflow token still ends the
-        // connection (its queue filled meanwhile), without waiting for the peer. A write blocked
+        // A peer that stops reading blocks the write; a stop still ends the connection (its
+        // queue filled meanwhile, a kick, the drain), without waiting for the peer. A write blocked
         // for 3 heartbeats ends it too: a peer that stops reading while it keeps writing would
         // otherwise hold the session forever (each side waiting for the other to read). That
         // deadline is checked on the heartbeat's own ticks: no timer is armed per write.
@@ -210,24 +210,21 @@ impl<S: Socket> Session<S> {
                 tokio::select! {
                     biased;
                     r = &mut write => break Some(r),
-                    _ = overflow.cancelled() => break None,
+                    _ = stop.raised() => break None,
                     _ = ping.tick() => {
                         self.ping_due = true;
                         if started.elapsed() >= stall {
                             metrics::counter!("chat_edge_slow_consumers_total").increment(1);
-                            overflow.cancel();
+                            stop.raise(StopReason::SlowConsumer);
                             break None;
                         }
                     }
                 }
             }
         };
-        if overflow.is_cancelled() {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                close_with(&mut self.socket, close::SLOW_CONSUMER, "slow consumer"),
-            )
-            .await;
+        if let Some(why) = stop.reason() {
+            // The peer may still not read: the close gets a second, not the write deadline.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.close_for(why)).await;
             return false;
         }
         match outcome {
