@@ -160,6 +160,99 @@ fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// Latencies by the second of the run they were scheduled in (max and the share over 10 and
+/// 50 ms): whether a tail is spread over the run or a few stalls, and when they happen. A few
+/// counters per second and reader, so that recording stays as cheap as the histogram's.
+#[derive(Default, Clone)]
+struct Timeline(Vec<Second>);
+
+#[derive(Default, Clone, Copy)]
+struct Second {
+    n: u64,
+    max_us: u64,
+    over_10ms: u64,
+    over_50ms: u64,
+}
+
+impl Timeline {
+    fn record(&mut self, second: usize, us: u64) {
+        if second >= self.0.len() {
+            self.0.resize(second + 1, Second::default());
+        }
+        let s = &mut self.0[second];
+        s.n += 1;
+        s.max_us = s.max_us.max(us);
+        s.over_10ms += u64::from(us > 10_000);
+        s.over_50ms += u64::from(us > 50_000);
+    }
+
+    fn add(&mut self, other: &Timeline) {
+        if other.0.len() > self.0.len() {
+            self.0.resize(other.0.len(), Second::default());
+        }
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            a.n += b.n;
+            a.max_us = a.max_us.max(b.max_us);
+            a.over_10ms += b.over_10ms;
+            a.over_50ms += b.over_50ms;
+        }
+    }
+
+    fn print(&self, what: &str) {
+        let col = |f: &dyn Fn(&Second) -> String| -> String {
+            self.0.iter().map(f).collect::<Vec<_>>().join(" ")
+        };
+        let share = |k: u64, n: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                100.0 * k as f64 / n as f64
+            }
+        };
+        println!("{what} by second of the run (scheduled send time):");
+        println!(
+            "  max ms      {}",
+            col(&|s| format!("{:.0}", s.max_us as f64 / 1000.0))
+        );
+        println!(
+            "  % > 10 ms   {}",
+            col(&|s| format!("{:.1}", share(s.over_10ms, s.n)))
+        );
+        println!(
+            "  % > 50 ms   {}",
+            col(&|s| format!("{:.1}", share(s.over_50ms, s.n)))
+        );
+    }
+
+    fn json(&self) -> Value {
+        json!(
+            self.0
+                .iter()
+                .map(|s| json!({"n":s.n,"max_ms":s.max_us as f64 / 1000.0,
+            "over_10ms":s.over_10ms,"over_50ms":s.over_50ms}))
+                .collect::<Vec<_>>()
+        )
+    }
+}
+
+/// This process's CPU time so far (user + system), in seconds: whether the load generator itself
+/// is the bound of what it measures (Linux `/proc/self/stat`, clock ticks of 1/100 s).
+fn own_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command's closing parenthesis start at field 3; utime and stime are 14
+    // and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    f.get(11)
+        .zip(f.get(12))
+        .map_or(0.0, |(u, s)| (u + s) / 100.0)
+}
+
 async fn throughput(a: &Args) -> anyhow::Result<()> {
     let url = a.get("url", "ws://127.0.0.1:8080/ws");
     let secret = a.get("secret", "local-dev-secret-at-least-32-bytes");
@@ -181,6 +274,8 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
     // Sending starts only once every member has joined (a late joiner would miss messages that
     // the expected count includes); readers learn the end of the run through this cell.
     let deadline_cell: std::sync::Arc<std::sync::OnceLock<Instant>> = Default::default();
+    // The wall-clock time of the first send's schedule, in ns: the timelines' second 0.
+    let start_cell: std::sync::Arc<std::sync::OnceLock<u64>> = Default::default();
     for r in 0..rooms {
         let room = format!("{tag}-r{r}");
         for m in 0..members {
@@ -194,7 +289,14 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
             let (sink, mut stream) = ws.split();
             let expected_msgs = (per_sender_rate * seconds as f64) as u64 * senders;
             let deadline_cell = deadline_cell.clone();
+            let start_cell = start_cell.clone();
             readers.push(tokio::spawn(async move {
+                let mut lat_by_s = Timeline::default();
+                let mut acks_by_s = Timeline::default();
+                let second = |ts: u64| {
+                    let start = start_cell.get().copied().unwrap_or(ts);
+                    (ts.saturating_sub(start) / 1_000_000_000) as usize
+                };
                 let mut lat =
                     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
                 let mut acks =
@@ -227,27 +329,28 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
                                 .and_then(|b| b.strip_prefix("t"))
                                 .and_then(|b| b.parse::<u64>().ok())
                             {
-                                let _ = lat.record(now.saturating_sub(ts) / 1000);
+                                let us = now.saturating_sub(ts) / 1000;
+                                let _ = lat.record(us);
+                                lat_by_s.record(second(ts), us);
                             }
                         }
                         Some("ack") => {
-                            if let Some(ts) =
-                                v["client_id"].as_str().and_then(|c| sent_at.remove(c))
-                            {
-                                let _ = acks.record(now.saturating_sub(ts) / 1000);
-                            } else if let Some(ts) = v["client_id"]
-                                .as_str()
-                                .and_then(|c| c.split('-').nth(1))
-                                .and_then(|t| t.parse::<u64>().ok())
-                            {
-                                let _ = acks.record(now.saturating_sub(ts) / 1000);
+                            let ts = v["client_id"].as_str().and_then(|c| {
+                                sent_at.remove(c).or_else(|| {
+                                    c.split('-').nth(1).and_then(|t| t.parse::<u64>().ok())
+                                })
+                            });
+                            if let Some(ts) = ts {
+                                let us = now.saturating_sub(ts) / 1000;
+                                let _ = acks.record(us);
+                                acks_by_s.record(second(ts), us);
                             }
                         }
                         _ => {}
                     }
                 }
                 sent_at.clear();
-                (got, lat, acks)
+                (got, lat, acks, lat_by_s, acks_by_s)
             }));
             if m < senders {
                 sender_sinks.push((room.clone(), sink));
@@ -258,6 +361,13 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
     }
     let start_at = Instant::now() + Duration::from_secs(1);
     let _ = deadline_cell.set(start_at + Duration::from_secs(seconds + 15));
+    let _ = start_cell.set(
+        now_ns()
+            + start_at
+                .saturating_duration_since(Instant::now())
+                .as_nanos() as u64,
+    );
+    let (cpu0, wall0) = (own_cpu_s(), Instant::now());
     let all_senders = sender_sinks.len().max(1) as u32;
     for (k, (room, mut sink)) in sender_sinks.into_iter().enumerate() {
         let n = (per_sender_rate * seconds as f64) as u64;
@@ -295,13 +405,18 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
     }
     let mut lat = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut acks = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut lat_by_s = Timeline::default();
+    let mut acks_by_s = Timeline::default();
     let mut delivered = 0;
     for r in readers {
-        let (got, l, a) = r.await?;
+        let (got, l, a, lt, at) = r.await?;
         delivered += got;
         lat.add(l)?;
         acks.add(a)?;
+        lat_by_s.add(&lt);
+        acks_by_s.add(&at);
     }
+    let (load_cpu, load_wall) = (own_cpu_s() - cpu0, wall0.elapsed().as_secs_f64());
     let expected_deliveries = sent * members;
     let elapsed = seconds as f64;
     println!(
@@ -323,13 +438,21 @@ async fn throughput(a: &Args) -> anyhow::Result<()> {
         pct(&late, 0.99)
     );
     println!(
+        "load generator: {load_cpu:.2} CPU-s over {load_wall:.1} s of sending and receiving ({:.0}% of one core)",
+        100.0 * load_cpu / load_wall.max(1e-9)
+    );
+    lat_by_s.print("e2e latency");
+    acks_by_s.print("send->ack");
+    println!(
         "{}",
         json!({"bench":"throughput","rooms":rooms,"members":members,"senders":senders,"offered_msgs_per_s":rate,
                "seconds":seconds,"sent":sent,"delivered":delivered,"expected_deliveries":expected_deliveries,
                "deliveries_per_s": delivered as f64 / elapsed,
                "e2e_ms":{"p50":pct(&lat,0.5),"p99":pct(&lat,0.99),"p999":pct(&lat,0.999)},
                "ack_ms":{"p50":pct(&acks,0.5),"p99":pct(&acks,0.99)},
-               "send_late_ms":{"p50":pct(&late,0.5),"p99":pct(&late,0.99)}})
+               "send_late_ms":{"p50":pct(&late,0.5),"p99":pct(&late,0.99)},
+               "load_cpu_s":load_cpu,"load_wall_s":load_wall,
+               "e2e_by_second":lat_by_s.json(),"ack_by_second":acks_by_s.json()})
     );
     Ok(())
 }

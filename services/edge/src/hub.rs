@@ -816,7 +816,11 @@ mod tests {
         let (closed, closed_rx) = handle(2, 1);
         drop(closed_rx);
         assert!(!closed.push(frame()));
-        assert_eq!(closed.stop.reason(), None, "a gone session is not a slow one");
+        assert_eq!(
+            closed.stop.reason(),
+            None,
+            "a gone session is not a slow one"
+        );
         drop(rx);
     }
 
@@ -832,7 +836,10 @@ mod tests {
             "{r:?}"
         );
         k.kick("second");
-        assert!(k.kick_reason().starts_with("banned"), "the first reason wins");
+        assert!(
+            k.kick_reason().starts_with("banned"),
+            "the first reason wins"
+        );
         assert_eq!(
             futures::FutureExt::now_or_never(k.raised()),
             Some(StopReason::Kicked)

@@ -19,13 +19,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{Session, Socket};
+use crate::hub::{Stop, StopReason};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use chat_bus::api::MembershipChange;
 use chat_proto::{RoomId, ServerFrame};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
-use super::{Session, Socket};
-use crate::hub::{Stop, StopReason};
 
 /// What the hub hands to a session: one pointer, so that a session's queue costs little while it
 /// is idle (its first block of slots is allocated with the channel) and a delivery copies 16
