@@ -477,13 +477,36 @@ pub struct SessionEvent {
     pub ts: i64,
 }
 
-/// Internal: an edge's periodic report of every session it holds.
+/// Internal: an edge's periodic report of the sessions it holds, in [`EDGE_SHARDS`] parts (one
+/// message per shard, each listing every session of its shard, so that no message grows with
+/// the whole edge: ~60 bytes a session, NATS's default 1 MB `max_payload` holds ~15,000).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeHeartbeat {
     pub edge: String,
     pub heartbeat_ms: u64,
     pub sessions: Vec<SessionRef>,
     pub ts: i64,
+    /// The shard ([`edge_shard`]) this part speaks for: it lists all of that shard's sessions
+    /// and says nothing of the others. Absent: the message lists every session of the edge (the
+    /// one-message heartbeat of versions before the parts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
+}
+
+/// How many shards an edge's sessions are split into: its heartbeat's parts and chat-presence's
+/// edge record (`chat_presence_edges/<edge>.sNN`) both follow [`edge_shard`].
+pub const EDGE_SHARDS: u32 = 16;
+
+/// The shard that holds the sessions of `user`: FNV-1a of the user id, stable across processes
+/// and versions (every edge and chat-presence instance must agree); all of a user's sessions on
+/// an edge share one, so that one shard alone is enough to reconcile its users.
+pub fn edge_shard(user: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in user.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % EDGE_SHARDS
 }
 
 /// Internal: a user chose a status.

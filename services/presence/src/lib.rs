@@ -363,19 +363,35 @@ impl Presence {
                     tracing::warn!("undecodable heartbeat");
                     return;
                 };
+                if hb.shard.is_some_and(|shard| shard >= EDGE_SHARDS) {
+                    tracing::warn!(
+                        edge = hb.edge,
+                        shard = hb.shard,
+                        "heartbeat part of no shard"
+                    );
+                    return;
+                }
                 // Liveness is recorded at once, apart from the lanes: however busy they are, a
-                // live edge must not look silent.
-                let alive = EdgeAlive {
-                    heartbeat_ms: hb.heartbeat_ms,
-                    seen_at: now_ms(),
+                // live edge must not look silent. Once per heartbeat: by its first part (each
+                // part arrives with the others; one lost is one heartbeat missed, as a whole
+                // heartbeat lost was, and the sweeper waits for two).
+                if hb.shard.is_none_or(|shard| shard == 0) {
+                    let alive = EdgeAlive {
+                        heartbeat_ms: hb.heartbeat_ms,
+                        seen_at: now_ms(),
+                    };
+                    let (edge, q) = (hb.edge.clone(), self.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = q.alive.put(&edge, &alive).await {
+                            tracing::warn!(error = %e, edge, "heartbeat not recorded");
+                        }
+                    });
+                }
+                // A part's lane is its shard's: parts apply side by side, each shard's in order.
+                let key = match hb.shard {
+                    Some(shard) => format!("edge:{}:{shard}", hb.edge),
+                    None => format!("edge:{}", hb.edge),
                 };
-                let (edge, q) = (hb.edge.clone(), self.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = q.alive.put(&edge, &alive).await {
-                        tracing::warn!(error = %e, edge, "heartbeat not recorded");
-                    }
-                });
-                let key = format!("edge:{}", hb.edge);
                 lanes
                     .submit(&key, kind, async move {
                         if let Err(e) = p.on_heartbeat(&hb).await {
@@ -448,11 +464,20 @@ impl Presence {
     /// are the truth for it. Each shard of the edge record takes those of its sessions
     /// (compare-and-set), then the users whose sessions there differ from what the record knew
     /// are reconciled.
+    ///
+    /// A part of a heartbeat (`shard` set: the edge sends one per shard, README "How it works")
+    /// speaks for its shard only: the
+    /// other shards are left as they are, and a session it lists from another shard is ignored.
     pub async fn on_heartbeat(&self, hb: &EdgeHeartbeat) -> Result<(), StoreError> {
+        let speaks_for = |shard: u32| hb.shard.is_none_or(|part| part == shard);
         let mut shards = vec![BTreeMap::<String, UserId>::new(); EDGE_SHARDS as usize];
         let mut by_user: BTreeMap<&UserId, BTreeSet<String>> = BTreeMap::new();
         for s in &hb.sessions {
-            shards[edge_shard(s.user.as_str()) as usize].insert(s.session.clone(), s.user.clone());
+            let shard = edge_shard(s.user.as_str());
+            if !speaks_for(shard) {
+                continue;
+            }
+            shards[shard as usize].insert(s.session.clone(), s.user.clone());
             by_user
                 .entry(&s.user)
                 .or_default()
@@ -461,6 +486,9 @@ impl Presence {
         let grace = hb.heartbeat_ms as i64;
         let mut updates = Vec::with_capacity(shards.len());
         for (i, listed) in shards.iter().enumerate() {
+            if !speaks_for(i as u32) {
+                continue;
+            }
             let key = edge_shard_key(&hb.edge, i as u32);
             updates.push(async move {
                 let mut changed = BTreeSet::new();

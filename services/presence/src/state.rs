@@ -165,25 +165,14 @@ impl UserRecord {
     }
 }
 
-/// Shards of an edge's record: the sessions an edge holds are kept in this many KV entries
+/// Shards of an edge's record: the sessions an edge holds are kept in [`EDGE_SHARDS`] KV entries
 /// ([`edge_shard_key`]), a session in the one its user's id hashes to ([`edge_shard`]: all of a
 /// user's sessions on an edge in one shard, so that a shard alone is enough to reconcile its
-/// users — and a heartbeat could one day come in parts, one per shard). A session's `up`
-/// rewrites its shard, not a record of every session of the edge: with one record, n connects
-/// cost O(n²) (~3.6 ms of CPU per connect at 1,000 sessions, docs/benchmarks.md "Batch wait"),
-/// and the record outgrew NATS's max payload past ~15,000 sessions.
-pub const EDGE_SHARDS: u32 = 16;
-
-/// The shard of the edge record that holds the sessions of `user`: FNV-1a of the user id,
-/// stable across processes and versions (every instance must agree).
-pub fn edge_shard(user: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in user.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h % EDGE_SHARDS
-}
+/// users; the edge's heartbeat comes in the same parts). A session's `up` rewrites its shard,
+/// not a record of every session of the edge: with one record, n connects cost O(n²) (~3.6 ms
+/// of CPU per connect at 1,000 sessions, docs/benchmarks.md "Batch wait"), and the record
+/// outgrew NATS's max payload past ~15,000 sessions.
+pub use chat_bus::api::{EDGE_SHARDS, edge_shard};
 
 /// The KV key of shard `shard` of `edge`'s record.
 pub fn edge_shard_key(edge: &str, shard: u32) -> String {

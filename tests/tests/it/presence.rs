@@ -443,7 +443,8 @@ async fn killing_and_restarting_one_of_two_presence_instances_loses_no_status() 
     nats.flush().await.unwrap();
     eventually_statuses(&nats, &want).await;
     // And it stays so over a few heartbeats (no reconciliation undoes anything).
-    heartbeats(&mut heartbeat_sub, 3, |_| true).await;
+    // (Each heartbeat comes in one part per shard: its first part counts it.)
+    heartbeats(&mut heartbeat_sub, 3, |hb| hb.shard.is_none_or(|s| s == 0)).await;
     assert_eq!(statuses(&nats, &names).await, want);
 }
 
@@ -643,4 +644,84 @@ async fn rooms_above_the_fanout_limit_get_no_broadcast_but_answer_snapshots() {
         .unwrap_or_else(|| panic!("alice in {snap}"));
     assert_eq!(alice_entry["status"], "busy");
     drop(alice);
+}
+
+/// Two users in different shards of an edge's record (`edge_shard`).
+fn users_in_two_shards() -> (String, String) {
+    let a = "parts-a".to_owned();
+    let b = (0..)
+        .map(|i| format!("parts-b{i}"))
+        .find(|b| api::edge_shard(b) != api::edge_shard(&a))
+        .expect("some name in another shard");
+    (a, b)
+}
+
+/// An edge's heartbeat comes in one part per shard (an edge of more than ~15,000 sessions could
+/// not report them in one message): a part is the truth for its shard and says nothing of the
+/// others. Parts of a made-up edge are published by hand; its long period keeps the sweeper
+/// away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_part_speaks_for_its_own_shard_only() {
+    let stack = stack().await;
+    let nats = stack.nats.client().await;
+    let (a, b) = users_in_two_shards();
+    let edge = format!("eparts{}", free_port());
+    let period = 60_000;
+    let t0 = chat_bus::now_ms();
+    let part = |user: Option<&str>, shard: u32, ts: i64| api::EdgeHeartbeat {
+        edge: edge.clone(),
+        heartbeat_ms: period,
+        sessions: user
+            .map(|u| api::SessionRef {
+                session: format!("{edge}-{u}"),
+                user: UserId::new(u).unwrap(),
+            })
+            .into_iter()
+            .collect(),
+        ts,
+        shard: Some(shard),
+    };
+    let publish = async |hb: api::EdgeHeartbeat| {
+        let payload = serde_json::to_vec(&hb).unwrap();
+        nats.publish(subjects::PRESENCE_HEARTBEAT, payload.into())
+            .await
+            .unwrap();
+        nats.flush().await.unwrap();
+    };
+    let (shard_a, shard_b) = (api::edge_shard(&a), api::edge_shard(&b));
+    publish(part(Some(&a), shard_a, t0)).await;
+    publish(part(Some(&b), shard_b, t0)).await;
+    let online = |a_status: &str, b_status: &str| {
+        BTreeMap::from([
+            (a.clone(), a_status.to_owned()),
+            (b.clone(), b_status.to_owned()),
+        ])
+    };
+    eventually_statuses(&nats, &online("online", "online")).await;
+
+    // b's shard, a period later, holds nothing: b is gone; a's shard is not b's part's business.
+    publish(part(None, shard_b, t0 + 2 * period as i64)).await;
+    eventually_statuses(&nats, &online("online", "offline")).await;
+    // The shard records are written before any user is reconciled: by now a heartbeat taken for
+    // the whole edge would have emptied a's shard too.
+    let js = async_nats::jetstream::new(nats.clone());
+    let edges = js
+        .get_key_value(subjects::PRESENCE_EDGES_BUCKET)
+        .await
+        .unwrap();
+    let record = edges
+        .get(format!("{edge}.s{shard_a:02}"))
+        .await
+        .unwrap()
+        .expect("a's shard is recorded");
+    let record: Value = serde_json::from_slice(&record).unwrap();
+    assert!(
+        record["sessions"].get(format!("{edge}-{a}")).is_some(),
+        "a's session is still listed: {record}"
+    );
+    assert_eq!(statuses(&nats, std::slice::from_ref(&a)).await[&a], "online");
+
+    // a's own shard, empty a period later, takes a offline.
+    publish(part(None, shard_a, t0 + 2 * period as i64)).await;
+    eventually_statuses(&nats, &online("offline", "offline")).await;
 }
