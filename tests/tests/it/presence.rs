@@ -719,7 +719,10 @@ async fn a_heartbeat_part_speaks_for_its_own_shard_only() {
         record["sessions"].get(format!("{edge}-{a}")).is_some(),
         "a's session is still listed: {record}"
     );
-    assert_eq!(statuses(&nats, std::slice::from_ref(&a)).await[&a], "online");
+    assert_eq!(
+        statuses(&nats, std::slice::from_ref(&a)).await[&a],
+        "online"
+    );
 
     // a's own shard, empty a period later, takes a offline.
     publish(part(None, shard_a, t0 + 2 * period as i64)).await;
